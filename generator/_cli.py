@@ -1,0 +1,176 @@
+"""CLI: argument parsing, exit codes and printing; the only module that prints."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from . import __version__, fs
+from .build import plan_artifacts, render_all
+from .errors import GeneratorError, MaterialError
+from .pki import build_pki
+from .render import make_environment
+from .spec import load_spec
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
+
+
+def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
+         stderr: TextIO | None = None) -> int:
+    """Run the command line; returns the exit code instead of exiting."""
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its usage error
+        return EXIT_OK if exc.code == 0 else EXIT_USAGE
+    try:
+        code: int = args.run(args, out, err)
+        return code
+    except GeneratorError as exc:
+        for message in exc.messages:
+            print(f"error: {message}", file=err)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=err)
+        return EXIT_ERROR
+    except BrokenPipeError:  # output piped into `head` and the like
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=err)
+        return EXIT_ERROR
+    except Exception as exc:  # a bug: say so in one line, unless asked for the traceback
+        if os.environ.get("ETCD_SEED_DEBUG"):
+            raise
+        print(f"error: internal error, please report it: {type(exc).__name__}: {exc}", file=err)
+        print("hint: set ETCD_SEED_DEBUG=1 to see the traceback", file=err)
+        return EXIT_BUG
+
+
+def main_entry() -> None:
+    """Console-script entry point."""
+    raise SystemExit(main())
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="etcd-seed",
+        description="Generate TLS certificates and cloud-init NoCloud seed ISOs for an etcd cluster.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    build = commands.add_parser("build", help="issue certificates and write every node's seed")
+    build.add_argument("--spec", type=Path, default=Path("cluster.yaml"),
+                       help="cluster definition (default: cluster.yaml)")
+    build.add_argument("--out", type=Path, default=Path("output"),
+                       help="output root; files go to OUT/<cluster>/ (default: output)")
+    build.set_defaults(run=_run_build)
+    check = commands.add_parser("check", help="validate the spec and its inputs, write nothing")
+    check.add_argument("--spec", type=Path, default=Path("cluster.yaml"))
+    check.set_defaults(run=_run_check)
+    hasher = commands.add_parser("hash-password",
+                                 help="read a password and print its hash for admin.password_hash")
+    hasher.set_defaults(run=_run_hash_password)
+    return parser
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+def _source_date_epoch() -> int | None:
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise MaterialError(f"SOURCE_DATE_EPOCH: '{value}' is not a whole number of seconds")
+    return int(value)
+
+
+def _load(spec_path: Path, err: TextIO):  # type: ignore[no-untyped-def]
+    text = fs.read_spec_text(spec_path)
+    spec, warnings = load_spec(text, base_dir=spec_path.parent, source=str(spec_path))
+    for warning in warnings:
+        print(f"warning: {warning}", file=err)
+    problems: list[str] = []
+    bundle = imported = None
+    try:
+        bundle = fs.load_bundle(spec)
+    except MaterialError as exc:
+        problems += exc.messages
+    try:
+        imported = fs.load_imported_ca(spec)
+    except MaterialError as exc:
+        problems += exc.messages
+    if problems or bundle is None:
+        raise MaterialError(problems)
+    return spec, bundle, imported
+
+
+def _run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    spec, _bundle, _imported = _load(args.spec, err)
+    print(f"{args.spec}: cluster {spec.name}, {len(spec.nodes)} members, etcd "
+          f"{spec.etcd.version}: ok", file=out)
+    return EXIT_OK
+
+
+def _run_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    spec, bundle, imported = _load(args.spec, err)
+    epoch = _source_date_epoch()
+    if args.out.exists() and not args.out.is_dir():
+        raise MaterialError(f"--out: {args.out} is not a directory")
+    root = args.out / spec.name
+    now = _now()
+    pki = build_pki(spec, fs.load_pki_dir(root / "pki"), imported, now)
+    env = make_environment()
+    builds = render_all(env, spec, pki, bundle, epoch)
+    artifacts = plan_artifacts(env, spec, pki, builds, bundle)
+    fs.ensure_dir(root / "pki", fs.SECRET_DIR_MODE)
+    changed, sizes = [], {}
+    for artifact in artifacts:
+        data = artifact.make()
+        if artifact.path.endswith("seed.iso"):
+            sizes[artifact.path.split("/")[0]] = len(data)
+        if fs.write_file(root / artifact.path, data, artifact.mode):
+            changed.append(artifact.path)
+    for event in pki.events:
+        print(f"pki: {event}", file=out)
+    print(f"{root}: {len(changed)} of {len(artifacts)} files written"
+          + ("" if changed else " (nothing changed)"), file=out)
+    _print_table(out, [(b.node.name, str(b.node.ip),
+                        f"{pki.nodes[b.node.name].cert.not_valid_after_utc:%Y-%m-%d}",
+                        _size(sizes[b.node.name])) for b in builds])
+    print(f"check the cluster: cd {root / 'pki'} && set -a && . ./etcdctl.env && set +a && "
+          "etcdctl endpoint health", file=out)
+    return EXIT_OK
+
+
+def _run_hash_password(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from passlib.hash import sha512_crypt  # libpass keeps the passlib import
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if password != getpass.getpass("again: "):
+            raise MaterialError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise MaterialError("empty password")
+    print(sha512_crypt.hash(password), file=out)
+    return EXIT_OK
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB"
+
+
+def _print_table(out: TextIO, rows: list[tuple[str, ...]]) -> None:
+    header = ("node", "ip", "cert expires", "seed.iso")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(),
+              file=out)

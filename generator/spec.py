@@ -1,0 +1,543 @@
+"""Spec: cluster.yaml text -> a validated, frozen Spec."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import SpecError
+
+KEY_TYPES = ("rsa2048", "rsa3072", "rsa4096", "ecdsa-p256", "ecdsa-p384")
+FLANNEL_BACKENDS = ("vxlan", "host-gw", "udp", "ipip", "wireguard")
+# etcd refuses to start outside these bounds (etcd server/config: election
+# timeout must be at least 5x the heartbeat and at most 50 s).
+MAX_ELECTION_TIMEOUT_MS = 50000
+ELECTION_TO_HEARTBEAT_MIN = 5
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+_SSH_KEY = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+( .*)?$")
+
+
+@dataclass(frozen=True)
+class Node:
+    """One etcd member: its short name, FQDN, static IPv4 and NIC MAC."""
+
+    name: str
+    fqdn: str
+    ip: ipaddress.IPv4Address
+    mac: str
+
+
+@dataclass(frozen=True)
+class Network:
+    """The node subnet shared by every member."""
+
+    prefix: int
+    gateway: ipaddress.IPv4Address | None
+    dns: tuple[ipaddress.IPv4Address, ...]
+    search: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Etcd:
+    """Which etcd to install, from where, and how to tune it."""
+
+    version: str
+    bundle: Path | None
+    url: str | None
+    sha256: str | None
+    heartbeat_interval: int
+    election_timeout: int
+    token: str
+    plaintext_localhost: bool
+
+    @property
+    def tarball_name(self) -> str:
+        """File name of the release tarball, as upstream names it."""
+        return f"etcd-v{self.version}-linux-amd64.tar.gz"
+
+    @property
+    def minor(self) -> tuple[int, int]:
+        major, minor, _ = self.version.split(".")
+        return int(major), int(minor)
+
+
+@dataclass(frozen=True)
+class CASource:
+    """An existing CA to import instead of generating one."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Key type and lifetimes for everything the generator issues."""
+
+    key_type: str
+    validity_days: int
+    ca_validity_days: int
+    renew_before_days: int
+    ca: CASource | None
+
+
+@dataclass(frozen=True)
+class Flannel:
+    """The flannel network config written into etcd once the cluster is up."""
+
+    network: ipaddress.IPv4Network
+    backend: str
+    subnet_len: int
+
+
+@dataclass(frozen=True)
+class Admin:
+    """An optional login user for operators."""
+
+    name: str
+    ssh_authorized_keys: tuple[str, ...]
+    password_hash: str | None
+    sudo: bool
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A whole, validated cluster definition."""
+
+    name: str
+    domain: str
+    network: Network
+    nodes: tuple[Node, ...]
+    etcd: Etcd
+    pki: Pki
+    flannel: Flannel | None
+    admin: Admin | None
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        """The node network: the first node's address under the prefix."""
+        return ipaddress.IPv4Network(f"{self.nodes[0].ip}/{self.network.prefix}", strict=False)
+
+
+class _Errors:
+    """Collects every problem, each with its dotted path, before failing."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self.warnings: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(f"{path}: {message}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+
+
+def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[Spec, list[str]]:
+    """Parse and validate a cluster definition.
+
+    Args:
+        text: the YAML text of cluster.yaml.
+        base_dir: directory that relative paths (bundle, CA files) are resolved against.
+        source: the spec's name, used in YAML syntax errors.
+
+    Returns:
+        The validated Spec, and a list of warnings.
+
+    Raises:
+        SpecError: with one message per problem, each prefixed by its dotted path.
+    """
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{where}: not valid YAML: {problem}") from None
+    errs = _Errors()
+    top = _mapping(raw, "", errs, required=("cluster", "network", "nodes", "etcd"),
+                   optional=("pki", "flannel", "admin"))
+    if top is None:
+        raise SpecError(errs.items)
+    cluster = _mapping(top.get("cluster"), "cluster", errs, required=("name", "domain"))
+    name = domain = None
+    if cluster is not None:
+        name = _text(cluster, "name", "cluster", errs, check=_check_label)
+        domain = _text(cluster, "domain", "cluster", errs, check=_check_domain)
+    network = _network(top.get("network"), errs)
+    nodes = _nodes(top.get("nodes"), domain, errs)
+    etcd = _etcd(top.get("etcd"), name, domain, base_dir, errs)
+    pki = _pki(top.get("pki", {}), base_dir, errs)
+    flannel = _flannel(top.get("flannel"), errs) if "flannel" in top else None
+    admin = _admin(top.get("admin"), errs) if "admin" in top else None
+    if network is not None and nodes:
+        _check_subnet(network, nodes, errs)
+    if errs.items:
+        raise SpecError(errs.items)
+    assert name and domain and network and nodes and etcd and pki  # noqa: S101 - errs was empty
+    spec = Spec(name=name, domain=domain, network=network, nodes=tuple(nodes), etcd=etcd,
+                pki=pki, flannel=flannel, admin=admin)
+    return spec, errs.warnings
+
+
+def _join(parent: str, key: str | int) -> str:
+    return f"{parent}.{key}" if parent else str(key)
+
+
+def _mapping(value: Any, path: str, errs: _Errors, required: tuple[str, ...] = (),
+             optional: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    where = path or "spec"
+    if not isinstance(value, Mapping):
+        errs.add(where, f"must be a mapping, got {_kind(value)}")
+        return None
+    allowed = required + optional
+    for key in value:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(allowed)})"
+            errs.add(_join(path, key), f"unknown key{hint}")
+    for key in required:
+        if key not in value:
+            errs.add(_join(path, key), "is required")
+    return dict(value)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _text(data: Mapping[str, Any], key: str, parent: str, errs: _Errors,
+          check: Callable[[str], str | None] | None = None, default: str | None = None) -> str | None:
+    path = _join(parent, key)
+    if key not in data:
+        return default
+    value = data[key]
+    if not isinstance(value, str) or not value:
+        errs.add(path, f"must be a non-empty string, got {_kind(value)}")
+        return None
+    problem = check(value) if check else None
+    if problem:
+        errs.add(path, problem)
+        return None
+    return value
+
+
+def _integer(data: Mapping[str, Any], key: str, parent: str, errs: _Errors, default: int,
+             low: int, high: int) -> int | None:
+    path = _join(parent, key)
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        errs.add(path, f"must be a whole number, got {_kind(value)}")
+        return None
+    if not low <= value <= high:
+        errs.add(path, f"must be between {low} and {high}, got {value}")
+        return None
+    return value
+
+
+def _boolean(data: Mapping[str, Any], key: str, parent: str, errs: _Errors, default: bool) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        errs.add(_join(parent, key), f"must be true or false, got {_kind(value)}")
+        return default
+    return value
+
+
+def _ipv4(value: Any, path: str, errs: _Errors) -> ipaddress.IPv4Address | None:
+    if not isinstance(value, str):
+        errs.add(path, f"must be an IPv4 address as a string, got {_kind(value)}")
+        return None
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        errs.add(path, f"'{value}' is not an IP address")
+        return None
+    if not isinstance(address, ipaddress.IPv4Address):
+        errs.add(path, f"'{value}' is IPv6; only IPv4 is supported")
+        return None
+    return address
+
+
+def _check_label(value: str) -> str | None:
+    if not _LABEL.match(value):
+        return (f"'{value}' is not a valid name: use 1-63 lowercase letters, digits and '-', "
+                "starting and ending with a letter or digit")
+    return None
+
+
+def _check_domain(value: str) -> str | None:
+    labels = value.rstrip(".").split(".")
+    if len(value) > 253 or not all(_LABEL.match(label) for label in labels):
+        return f"'{value}' is not a valid DNS name"
+    return None
+
+
+def _check_fqdn(value: str) -> str | None:
+    problem = _check_domain(value)
+    if problem is None and "." not in value.rstrip("."):
+        return f"'{value}' is not fully qualified (it has no domain)"
+    return problem
+
+
+def _network(value: Any, errs: _Errors) -> Network | None:
+    data = _mapping(value, "network", errs, required=("prefix",), optional=("gateway", "dns", "search"))
+    if data is None:
+        return None
+    prefix = _integer(data, "prefix", "network", errs, default=24, low=8, high=30)
+    gateway = _ipv4(data["gateway"], "network.gateway", errs) if "gateway" in data else None
+    dns: list[ipaddress.IPv4Address] = []
+    search: list[str] = []
+    for key, target in (("dns", dns), ("search", search)):
+        items = data.get(key, [])
+        if not isinstance(items, list):
+            errs.add(f"network.{key}", f"must be a list, got {_kind(items)}")
+            continue
+        for i, item in enumerate(items):
+            if key == "dns":
+                address = _ipv4(item, f"network.dns.{i}", errs)
+                if address is not None:
+                    dns.append(address)
+            elif not isinstance(item, str) or _check_domain(item):
+                errs.add(f"network.search.{i}", f"'{item}' is not a valid DNS name")
+            else:
+                search.append(item)
+    if prefix is None or ("gateway" in data and gateway is None):
+        return None
+    return Network(prefix=prefix, gateway=gateway, dns=tuple(dns), search=tuple(search))
+
+
+def _nodes(value: Any, domain: str | None, errs: _Errors) -> list[Node]:
+    if not isinstance(value, list):
+        errs.add("nodes", f"must be a list of nodes, got {_kind(value)}")
+        return []
+    if not value:
+        errs.add("nodes", "needs at least one member")
+        return []
+    if len(value) % 2 == 0:
+        errs.warnings.append(
+            f"nodes: {len(value)} members tolerate no more failures than {len(value) - 1}; "
+            "use an odd number")
+    nodes: list[Node] = []
+    seen: dict[str, dict[str, int]] = {"name": {}, "ip": {}, "mac": {}, "fqdn": {}}
+    for i, item in enumerate(value):
+        path = f"nodes.{i}"
+        data = _mapping(item, path, errs, required=("name", "ip", "mac"), optional=("fqdn",))
+        if data is None:
+            continue
+        name = _text(data, "name", path, errs, check=_check_label)
+        ip = _ipv4(data["ip"], f"{path}.ip", errs) if "ip" in data else None
+        mac = _mac(data["mac"], f"{path}.mac", errs) if "mac" in data else None
+        default_fqdn = f"{name}.{domain.rstrip('.')}" if name and domain else None
+        fqdn = _text(data, "fqdn", path, errs, check=_check_fqdn, default=default_fqdn)
+        for field, field_value in (("name", name), ("ip", ip), ("mac", mac), ("fqdn", fqdn)):
+            if field_value is None:
+                continue
+            key = str(field_value)
+            if key in seen[field]:
+                errs.add(f"{path}.{field}", f"'{key}' is already used by nodes.{seen[field][key]}")
+            else:
+                seen[field][key] = i
+        if name and ip and mac and fqdn:
+            nodes.append(Node(name=name, fqdn=fqdn.rstrip("."), ip=ip, mac=mac))
+    return nodes
+
+
+def _mac(value: Any, path: str, errs: _Errors) -> str | None:
+    if isinstance(value, int):
+        # YAML 1.1 reads an unquoted 52:54:00:00:00:01 as a base-60 number.
+        errs.add(path, "was read as a number; quote the MAC address, e.g. \"52:54:00:00:00:01\"")
+        return None
+    if not isinstance(value, str) or not _MAC.match(value.lower()):
+        errs.add(path, f"'{value}' is not a MAC address (six hex pairs joined by ':')")
+        return None
+    if int(value[:2], 16) & 1:
+        errs.add(path, f"'{value}' is a multicast address; a NIC needs a unicast MAC")
+        return None
+    return value.lower()
+
+
+def _check_subnet(network: Network, nodes: list[Node], errs: _Errors) -> None:
+    subnet = ipaddress.IPv4Network(f"{nodes[0].ip}/{network.prefix}", strict=False)
+    for i, node in enumerate(nodes):
+        if node.ip not in subnet:
+            errs.add(f"nodes.{i}.ip", f"{node.ip} is outside the node network {subnet} "
+                     f"(set by nodes.0.ip and network.prefix)")
+        elif node.ip in (subnet.network_address, subnet.broadcast_address):
+            errs.add(f"nodes.{i}.ip", f"{node.ip} is the network or broadcast address of {subnet}")
+        elif node.ip == network.gateway:
+            errs.add(f"nodes.{i}.ip", f"{node.ip} is also network.gateway")
+    if network.gateway is not None and network.gateway not in subnet:
+        errs.add("network.gateway", f"{network.gateway} is outside the node network {subnet}")
+
+
+def _etcd(value: Any, name: str | None, domain: str | None, base_dir: Path,
+          errs: _Errors) -> Etcd | None:
+    data = _mapping(value, "etcd", errs, required=("version",),
+                    optional=("bundle", "url", "sha256", "heartbeat_interval", "election_timeout",
+                              "token", "plaintext_localhost"))
+    if data is None:
+        return None
+    version = data.get("version")
+    if isinstance(version, float):
+        errs.add("etcd.version", f"was read as the number {version}; quote it, e.g. \"3.5.1\"")
+        version = None
+    elif not isinstance(version, str) or not _VERSION.match(version):
+        if "version" in data:
+            errs.add("etcd.version", f"'{version}' is not a release version like 3.5.1")
+        version = None
+    elif not (3, 4) <= tuple(int(p) for p in version.split(".")[:2]) <= (3, 6):
+        errs.add("etcd.version", f"'{version}' is not supported; use 3.4.x, 3.5.x or 3.6.x")
+        version = None
+    sha256 = _text(data, "sha256", "etcd", errs,
+                   check=lambda v: None if _SHA256.match(v) else "must be 64 lowercase hex digits")
+    bundle = url = None
+    if "bundle" in data and "url" in data:
+        errs.add("etcd", "give either bundle or url, not both")
+    elif "bundle" in data:
+        text = _text(data, "bundle", "etcd", errs)
+        bundle = (base_dir / text) if text else None
+    elif "url" in data:
+        url = _text(data, "url", "etcd", errs, check=lambda v: None if v.startswith(
+            ("https://", "http://")) else f"'{v}' is not an http(s) URL")
+        if "sha256" not in data:
+            errs.add("etcd.sha256", "is required with etcd.url, so each node can check its download")
+    else:
+        errs.add("etcd.bundle", "is required (or etcd.url with etcd.sha256)")
+    heartbeat = _integer(data, "heartbeat_interval", "etcd", errs, default=100, low=10, high=10000)
+    election = _integer(data, "election_timeout", "etcd", errs, default=1000, low=50,
+                        high=MAX_ELECTION_TIMEOUT_MS)
+    if heartbeat and election and election < ELECTION_TO_HEARTBEAT_MIN * heartbeat:
+        errs.add("etcd.election_timeout", f"{election} ms must be at least "
+                 f"{ELECTION_TO_HEARTBEAT_MIN}x heartbeat_interval ({heartbeat} ms); etcd refuses to start")
+    default_token = None
+    if name and domain:
+        digest = hashlib.sha256(f"{name}.{domain}".encode()).hexdigest()[:12]
+        default_token = f"{name}-{digest}"
+    token = _text(data, "token", "etcd", errs, default=default_token)
+    plaintext = _boolean(data, "plaintext_localhost", "etcd", errs, default=False)
+    if not (version and heartbeat and election and token) or (bundle is None and url is None):
+        return None
+    return Etcd(version=version, bundle=bundle, url=url, sha256=sha256,
+                heartbeat_interval=heartbeat, election_timeout=election, token=token,
+                plaintext_localhost=plaintext)
+
+
+def _pki(value: Any, base_dir: Path, errs: _Errors) -> Pki | None:
+    data = _mapping(value, "pki", errs, optional=("key_type", "validity_days", "ca_validity_days",
+                                                  "renew_before_days", "ca"))
+    if data is None:
+        return None
+    key_type = data.get("key_type", "rsa2048")
+    if key_type not in KEY_TYPES:
+        errs.add("pki.key_type", f"'{key_type}' is not one of {', '.join(KEY_TYPES)}")
+    validity = _integer(data, "validity_days", "pki", errs, default=365, low=1, high=3650)
+    ca_validity = _integer(data, "ca_validity_days", "pki", errs, default=3650, low=1, high=36500)
+    renew = _integer(data, "renew_before_days", "pki", errs, default=30, low=0, high=3650)
+    if validity and renew is not None and renew >= validity:
+        errs.add("pki.renew_before_days", f"{renew} must be less than validity_days ({validity}), "
+                 "or every run would renew every certificate")
+    ca = None
+    if "ca" in data:
+        ca_data = _mapping(data["ca"], "pki.ca", errs, required=("cert", "key"))
+        if ca_data is not None:
+            cert = _text(ca_data, "cert", "pki.ca", errs)
+            key = _text(ca_data, "key", "pki.ca", errs)
+            if cert and key:
+                ca = CASource(cert=base_dir / cert, key=base_dir / key)
+    if key_type not in KEY_TYPES or not validity or not ca_validity or renew is None:
+        return None
+    return Pki(key_type=key_type, validity_days=validity, ca_validity_days=ca_validity,
+               renew_before_days=renew, ca=ca)
+
+
+def _flannel(value: Any, errs: _Errors) -> Flannel | None:
+    data = _mapping(value, "flannel", errs, required=("network",), optional=("backend", "subnet_len"))
+    if data is None:
+        return None
+    network = None
+    raw = data.get("network")
+    try:
+        network = ipaddress.IPv4Network(str(raw))
+    except ValueError as exc:
+        if "network" in data:
+            errs.add("flannel.network", f"'{raw}' is not an IPv4 network: {exc}")
+    backend = data.get("backend", "vxlan")
+    if backend not in FLANNEL_BACKENDS:
+        errs.add("flannel.backend", f"'{backend}' is not one of {', '.join(FLANNEL_BACKENDS)}")
+    subnet_len = _integer(data, "subnet_len", "flannel", errs, default=24, low=8, high=30)
+    if network and subnet_len and subnet_len <= network.prefixlen:
+        errs.add("flannel.subnet_len", f"{subnet_len} must be longer than the prefix of "
+                 f"flannel.network ({network.prefixlen})")
+    if network is None or backend not in FLANNEL_BACKENDS or subnet_len is None:
+        return None
+    return Flannel(network=network, backend=backend, subnet_len=subnet_len)
+
+
+def _admin(value: Any, errs: _Errors) -> Admin | None:
+    data = _mapping(value, "admin", errs,
+                    optional=("name", "ssh_authorized_keys", "password_hash", "sudo"))
+    if data is None:
+        return None
+    name = _text(data, "name", "admin", errs, default="ops", check=_check_label)
+    if name in ("etcd", "root"):
+        errs.add("admin.name", f"'{name}' is reserved")
+        name = None
+    keys: list[str] = []
+    items = data.get("ssh_authorized_keys", [])
+    if not isinstance(items, list):
+        errs.add("admin.ssh_authorized_keys", f"must be a list, got {_kind(items)}")
+        items = []
+    for i, item in enumerate(items):
+        if not isinstance(item, str) or not _SSH_KEY.match(item.strip()):
+            errs.add(f"admin.ssh_authorized_keys.{i}", "is not an OpenSSH public key line")
+        else:
+            keys.append(item.strip())
+    password_hash = _text(data, "password_hash", "admin", errs, check=_check_password_hash)
+    if "password_hash" not in data and not keys and "ssh_authorized_keys" in data:
+        errs.add("admin.ssh_authorized_keys", "is empty and no password_hash is set; "
+                 "the admin user could never log in")
+    sudo = _boolean(data, "sudo", "admin", errs, default=True)
+    if name is None or ("password_hash" in data and password_hash is None):
+        return None
+    return Admin(name=name, ssh_authorized_keys=tuple(keys), password_hash=password_hash, sudo=sudo)
+
+
+def _check_password_hash(value: str) -> str | None:
+    from passlib.hash import sha512_crypt  # libpass keeps the passlib import
+
+    if not sha512_crypt.identify(value):
+        return ("is not a SHA-512 crypt hash ($6$...); make one with "
+                "'python -m generator hash-password'")
+    return None
