@@ -97,17 +97,19 @@ def _load(spec_path: Path, err: TextIO):  # type: ignore[no-untyped-def]
     for warning in warnings:
         print(f"warning: {warning}", file=err)
     problems: list[str] = []
+    hints: list[str] = []
     bundle = imported = None
     try:
         bundle = fs.load_bundle(spec)
     except MaterialError as exc:
         problems += exc.messages
+        hints += [exc.hint] if exc.hint else []
     try:
         imported = fs.load_imported_ca(spec)
     except MaterialError as exc:
         problems += exc.messages
     if problems or bundle is None:
-        raise MaterialError(problems)
+        raise MaterialError(problems, hint="; ".join(hints) or None)
     return spec, bundle, imported
 
 

@@ -11,7 +11,7 @@ import jinja2
 from .fs import PUBLIC_MODE, SECRET_MODE, Bundle
 from .iso import SeedEntry, build_iso
 from .pki import PkiState
-from .render import SeedFiles, client_endpoints, render_node
+from .render import SeedFiles, client_endpoints, node_pem, render_node
 from .spec import Node, Spec
 
 # Kept beside the generated tree so that `git add output/` can never pick up a secret.
@@ -54,7 +54,7 @@ def render_all(env: jinja2.Environment, spec: Spec, pki: PkiState, bundle: Bundl
     """Render every node. `epoch` pins ISO dates; None uses each node certificate's notBefore."""
     builds = []
     for node in spec.nodes:
-        files = render_node(env, spec, node, pki, bundle.sha256)
+        files = render_node(env, spec, node, node_pem(pki, node), bundle.sha256)
         cert = pki.nodes[node.name].cert
         iso_epoch = epoch if epoch is not None else int(cert.not_valid_before_utc.timestamp())
         builds.append(NodeBuild(node=node, files=files, iso_epoch=iso_epoch))

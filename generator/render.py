@@ -88,7 +88,22 @@ def redaction_marker(key_pem: bytes) -> str:
     return f"# private key withheld from review; sha256 of the PEM: {hashlib.sha256(key_pem).hexdigest()}\n"
 
 
-def render_node(env: jinja2.Environment, spec: Spec, node: Node, pki: PkiState,
+@dataclass(frozen=True)
+class NodePem:
+    """The PEM material a node carries: the CA, its chain (leaf + CA) and its key."""
+
+    ca_cert_pem: bytes
+    chain_pem: bytes
+    key_pem: bytes
+
+
+def node_pem(pki: PkiState, node: Node) -> NodePem:
+    """A node's PEM material out of the run's PKI."""
+    credential = pki.nodes[node.name]
+    return NodePem(pki.ca.cert_pem, credential.chain_pem, credential.key_pem)
+
+
+def render_node(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePem,
                 tarball_sha256: str) -> SeedFiles:
     """Render one node's seed files.
 
@@ -96,7 +111,7 @@ def render_node(env: jinja2.Environment, spec: Spec, node: Node, pki: PkiState,
         env: from make_environment().
         spec: the validated cluster definition.
         node: the member being rendered.
-        pki: the CA and credentials from build_pki().
+        pem: the node's CA, certificate chain and key.
         tarball_sha256: sha256 of the etcd release tarball, checked on the node.
 
     Returns:
@@ -105,7 +120,6 @@ def render_node(env: jinja2.Environment, spec: Spec, node: Node, pki: PkiState,
     Raises:
         TemplateError: a template is missing or uses an undefined variable.
     """
-    credential = pki.nodes[node.name]
     first = node == spec.nodes[0]
     context: dict[str, Any] = {
         "spec": spec, "node": node, "paths": PATHS, "sha256": tarball_sha256,
@@ -123,9 +137,9 @@ def render_node(env: jinja2.Environment, spec: Spec, node: Node, pki: PkiState,
     install_sh = _render(env, "etcd-install.sh.j2", {**context, "flannel_sh": flannel_sh})
     user_ctx = {**context, "options_env": options_env, "etcd_service": etcd_service,
                 "install_sh": install_sh, "flannel_sh": flannel_sh,
-                "flannel_service": flannel_service, "ca_pem": pki.ca.cert_pem.decode(),
-                "chain_pem": credential.chain_pem.decode()}
-    key_pem = credential.key_pem
+                "flannel_service": flannel_service, "ca_pem": pem.ca_cert_pem.decode(),
+                "chain_pem": pem.chain_pem.decode()}
+    key_pem = pem.key_pem
     user_data = _render(env, "user-data.j2", {**user_ctx, "key_pem": key_pem.decode()})
     redacted = _render(env, "user-data.j2", {**user_ctx, "key_pem": redaction_marker(key_pem)})
     network_config = _render(env, "network-config.j2", context)

@@ -244,6 +244,9 @@ def _text(data: Mapping[str, Any], key: str, parent: str, errs: _Errors,
     if key not in data:
         return default
     value = data[key]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        errs.add(path, f"was read as the number {value}; quote it")
+        return None
     if not isinstance(value, str) or not value:
         errs.add(path, f"must be a non-empty string, got {_kind(value)}")
         return None

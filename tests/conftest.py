@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import io
 import tarfile
 import textwrap
@@ -45,13 +46,13 @@ def spec_yaml(base: str = "192.168.0", count: int = 3, bundle: str = "etcd.tar.g
 def fake_bundle(version: str = "3.5.1", top: str | None = None) -> bytes:
     """A tiny tarball laid out like an etcd release, for tests that never run etcd."""
     raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+    with tarfile.open(fileobj=raw, mode="w") as tar:
         for name in ("etcd", "etcdctl"):
             data = f"#!/bin/sh\necho fake {name}\n".encode()
             info = tarfile.TarInfo(f"{top or f'etcd-v{version}-linux-amd64'}/{name}")
             info.size, info.mode = len(data), 0o755
             tar.addfile(info, io.BytesIO(data))
-    return raw.getvalue()
+    return gzip.compress(raw.getvalue(), mtime=0)
 
 
 @pytest.fixture(scope="session")

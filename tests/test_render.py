@@ -1,0 +1,174 @@
+"""Rendering: golden files for every seed file, and the structure cloud-init relies on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+import yaml
+
+from generator.errors import TemplateError
+from generator.render import NodePem, SeedFiles, make_environment, redaction_marker, render_node
+from generator.spec import Spec
+
+from .conftest import parse, spec_yaml
+
+GOLDEN = Path(__file__).parent / "golden"
+# Stand-ins for real PEMs so that the golden files stay byte-stable.
+FAKE_CA = b"-----BEGIN CERTIFICATE-----\nFAKE-CA\n-----END CERTIFICATE-----\n"
+SHA = "0" * 64
+ADMIN = """admin:
+  name: ops
+  ssh_authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForGoldenFiles ops@example"]
+"""
+
+
+def fake_pem(name: str) -> NodePem:
+    leaf = f"-----BEGIN CERTIFICATE-----\nFAKE-{name}\n-----END CERTIFICATE-----\n".encode()
+    key = f"-----BEGIN PRIVATE KEY-----\nFAKE-KEY-{name}\n-----END PRIVATE KEY-----\n".encode()
+    return NodePem(FAKE_CA, leaf + FAKE_CA, key)
+
+
+def render_all(spec: Spec) -> dict[str, SeedFiles]:
+    env = make_environment()
+    return {n.name: render_node(env, spec, n, fake_pem(n.name), SHA) for n in spec.nodes}
+
+
+@pytest.fixture(scope="module")
+def example() -> Spec:
+    return parse(spec_yaml() + ADMIN)
+
+
+@pytest.fixture(scope="module")
+def rendered(example: Spec) -> dict[str, SeedFiles]:
+    return render_all(example)
+
+
+FILES = ("user-data", "user-data.redacted", "meta-data", "network-config", "options.env", "etcd.service")
+
+
+@pytest.mark.parametrize("node", ["etcd01", "etcd02", "etcd03"])
+def test_golden(rendered: dict[str, SeedFiles], node: str) -> None:
+    """Each rendered file equals its golden copy; UPDATE_GOLDEN=1 rewrites them for review."""
+    files = rendered[node]
+    texts = dict(zip(FILES, (files.user_data, files.user_data_redacted, files.meta_data,
+                             files.network_config, files.options_env, files.etcd_service), strict=True))
+    for name, text in texts.items():
+        path = GOLDEN / node / name
+        if os.environ.get("UPDATE_GOLDEN"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        assert path.read_text() == text, f"{path} differs; rerun with UPDATE_GOLDEN=1 and review the diff"
+
+
+def _files_by_path(user_data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f["path"]: f for f in user_data["write_files"]}
+
+
+def test_user_data_is_cloud_config(rendered: dict[str, SeedFiles]) -> None:
+    """user-data starts with #cloud-config and parses as a YAML mapping."""
+    for files in rendered.values():
+        assert files.user_data.startswith("#cloud-config\n")
+        assert isinstance(yaml.safe_load(files.user_data), dict)
+        assert isinstance(yaml.safe_load(files.network_config), dict)
+        assert isinstance(yaml.safe_load(files.meta_data), dict)
+
+
+def test_etcd_owned_files_are_deferred(rendered: dict[str, SeedFiles]) -> None:
+    """Every file owned by etcd is written after users exist; the key is 0600."""
+    data = yaml.safe_load(rendered["etcd01"].user_data)
+    files = _files_by_path(data)
+    owned = [f for f in files.values() if f["owner"] == "etcd:etcd"]
+    assert {f["path"] for f in owned} == {"/etc/ssl/etcd/ca.crt", "/etc/ssl/etcd/etcd.crt",
+                                          "/etc/ssl/etcd/etcd.key", "/etc/etcd/options.env"}
+    assert all(f.get("defer") is True for f in owned)
+    assert files["/etc/ssl/etcd/etcd.key"]["permissions"] == "0600"
+    assert files["/etc/ssl/etcd/etcd.key"]["content"] == fake_pem("etcd01").key_pem.decode()
+    assert files["/etc/ssl/etcd/etcd.crt"]["content"] == fake_pem("etcd01").chain_pem.decode()
+
+
+def test_etcd_user_has_no_login(rendered: dict[str, SeedFiles]) -> None:
+    """The etcd user is a locked system user with no login shell."""
+    users = {u["name"]: u for u in yaml.safe_load(rendered["etcd02"].user_data)["users"]}
+    assert users["etcd"]["system"] is True
+    assert users["etcd"]["shell"] == "/usr/sbin/nologin"
+    assert users["etcd"]["lock_passwd"] is True
+    assert users["ops"]["ssh_authorized_keys"][0].startswith("ssh-ed25519 ")
+
+
+def test_unit_and_options_match_the_seed_and_cis(rendered: dict[str, SeedFiles]) -> None:
+    """options.env turns on TLS with client-cert auth both ways, and auto-TLS off (CIS 2.1-2.6)."""
+    env = dict(line.split("=", 1) for line in rendered["etcd01"].options_env.splitlines()
+               if line and not line.startswith("#"))
+    assert env["ETCD_CLIENT_CERT_AUTH"] == env["ETCD_PEER_CLIENT_CERT_AUTH"] == "true"
+    assert env["ETCD_AUTO_TLS"] == env["ETCD_PEER_AUTO_TLS"] == "false"
+    assert env["ETCD_LISTEN_CLIENT_URLS"] == "https://192.168.0.1:2379"
+    assert env["ETCD_INITIAL_CLUSTER"] == ",".join(
+        f"etcd0{i}=https://192.168.0.{i}:2380" for i in (1, 2, 3))
+    assert env["ETCD_INITIAL_CLUSTER_STATE"] == "new"
+    assert all(value.startswith("https://") for key, value in env.items() if key.endswith("_URLS"))
+    unit = rendered["etcd01"].etcd_service
+    for line in ("Type=notify", "After=network-online.target", "Wants=network-online.target",
+                 "Restart=always", "LimitNOFILE=40000", "User=etcd"):
+        assert f"\n{line}\n" in unit
+
+
+def test_plaintext_localhost_is_opt_in() -> None:
+    """The seed's http://127.0.0.1:2379 listener appears only when asked for."""
+    spec = parse(spec_yaml().replace("election_timeout: 1000", "election_timeout: 1000\n  plaintext_localhost: true"))
+    options = render_all(spec)["etcd01"].options_env
+    assert "ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379,https://192.168.0.1:2379\n" in options
+
+
+def test_flannel_only_on_the_first_node(rendered: dict[str, SeedFiles]) -> None:
+    """Only the first node writes flannel's config; without flannel in the spec nobody does."""
+    paths = {n: set(_files_by_path(yaml.safe_load(f.user_data))) for n, f in rendered.items()}
+    assert "/usr/local/sbin/etcd-flannel-config" in paths["etcd01"]
+    assert "/usr/local/sbin/etcd-flannel-config" not in paths["etcd02"]
+    plain = parse(spec_yaml().split("flannel:")[0])
+    assert "flannel" not in render_all(plain)["etcd01"].user_data
+
+
+def test_url_mode_downloads_and_checks(tmp_path: Path) -> None:
+    """In url mode the node downloads the tarball and checks the spec's sha256 before installing."""
+    spec = parse(spec_yaml().replace("bundle: etcd.tar.gz",
+                                     f"url: https://example.com/etcd.tar.gz\n  sha256: {'a' * 64}"))
+    env = make_environment()
+    files = render_node(env, spec, spec.nodes[0], fake_pem("etcd01"), "a" * 64)
+    script = _files_by_path(yaml.safe_load(files.user_data))["/usr/local/sbin/etcd-seed-install"]["content"]
+    assert "url=https://example.com/etcd.tar.gz" in script
+    assert f"want={'a' * 64}" in script
+    assert "blkid" not in script
+    assert script.index('[ "$got" = "$want" ]') < script.index("install -o root")
+
+
+def test_redacted_user_data_holds_no_key(rendered: dict[str, SeedFiles]) -> None:
+    """The reviewable user-data differs from the real one only where the key was."""
+    files = rendered["etcd03"]
+    key = fake_pem("etcd03").key_pem.decode()
+    assert key.splitlines()[1] in files.user_data
+    assert key.splitlines()[1] not in files.user_data_redacted
+    assert redaction_marker(key.encode()).strip() in files.user_data_redacted
+
+
+def test_instance_id_follows_the_node_config(example: Spec, rendered: dict[str, SeedFiles]) -> None:
+    """instance-ids differ per node, and change for a node only when its seed changes."""
+    ids = {n: f.instance_id for n, f in rendered.items()}
+    assert len(set(ids.values())) == 3
+    assert all(i.startswith(f"{n}-") for n, i in ids.items())
+    again = render_all(example)
+    assert {n: f.instance_id for n, f in again.items()} == ids
+    env = make_environment()
+    changed = render_node(env, example, example.nodes[1], fake_pem("renewed"), SHA)
+    assert changed.instance_id != ids["etcd02"]
+
+
+def test_undefined_variable_fails_loudly(example: Spec) -> None:
+    """StrictUndefined: a template that names a missing variable is an error, not a blank."""
+    env = make_environment()
+    env.loader = jinja2.DictLoader({"options.env.j2": "ETCD_NAME={{ node.nickname }}\n"})
+    with pytest.raises(TemplateError, match="templates/options.env.j2: .*nickname"):
+        render_node(env, example, example.nodes[0], fake_pem("etcd01"), SHA)
