@@ -20,7 +20,13 @@ seeds: $(SEED_DEPS)
 	$(PY) -m generator build --spec $(SPEC) --out $(OUT)
 
 test: $(STAMP) $(BUNDLE)
-	$(PY) -m pytest
+	sh tools/system-deps.sh test
+	$(PY) -m pytest -m "not e2e"
+
+# Boots the example's seeds in qemu VMs inside private network namespaces (needs root).
+e2e: $(STAMP) $(BUNDLE)
+	sh tools/system-deps.sh e2e
+	$(PY) -m pytest -m e2e -s -p no:cacheprovider tests/e2e
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check generator tests tools

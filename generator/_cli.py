@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from . import __version__, fs
+from . import __version__, fs, manifest
 from .build import plan_artifacts, render_all
 from .errors import GeneratorError, MaterialError
 from .pki import build_pki
@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--out", type=Path, default=Path("output"),
                        help="output root; files go to OUT/<cluster>/ (default: output)")
     build.set_defaults(run=_run_build)
+    plan = commands.add_parser("plan", help="show what a build would change, per node and file; write nothing")
+    plan.add_argument("--spec", type=Path, default=Path("cluster.yaml"))
+    plan.add_argument("--out", type=Path, default=Path("output"))
+    plan.set_defaults(run=_run_plan)
     check = commands.add_parser("check", help="validate the spec and its inputs, write nothing")
     check.add_argument("--spec", type=Path, default=Path("cluster.yaml"))
     check.set_defaults(run=_run_check)
@@ -120,34 +124,58 @@ def _run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-def _run_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def _prepare(args: argparse.Namespace, err: TextIO):  # type: ignore[no-untyped-def]
+    """Everything a build would write, computed in memory: nothing touches the disk yet."""
     spec, bundle, imported = _load(args.spec, err)
     epoch = _source_date_epoch()
     if args.out.exists() and not args.out.is_dir():
         raise MaterialError(f"--out: {args.out} is not a directory")
     root = args.out / spec.name
-    now = _now()
-    pki = build_pki(spec, fs.load_pki_dir(root / "pki"), imported, now)
+    pki = build_pki(spec, fs.load_pki_dir(root / "pki"), imported, _now())
     env = make_environment()
     builds = render_all(env, spec, pki, bundle, epoch)
     artifacts = plan_artifacts(env, spec, pki, builds, bundle)
+    previous = manifest.parse_manifest(fs.read_optional(root / manifest.NAME))
+    certs = {"pki/ca.crt": pki.ca.cert, "pki/admin.crt": pki.admin.cert,
+             **{f"pki/{name}.crt": cred.cert for name, cred in pki.nodes.items()}}
+    return spec, root, pki, builds, artifacts, previous, certs
+
+
+def _run_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    spec, root, pki, builds, artifacts, previous, certs = _prepare(args, err)
     fs.ensure_dir(root / "pki", fs.SECRET_DIR_MODE)
-    changed, sizes = [], {}
-    for artifact in artifacts:
-        data = artifact.make()
-        if artifact.path.endswith("seed.iso"):
-            sizes[artifact.path.split("/")[0]] = len(data)
-        if fs.write_file(root / artifact.path, data, artifact.mode):
-            changed.append(artifact.path)
+    states = fs.sync(root, artifacts, previous["files"], write=True)
+    document = manifest.render_manifest(spec, states, certs)
+    states += fs.sync(root, [fs.Artifact(manifest.NAME, fs.PUBLIC_MODE, lambda: document)], {}, write=True)
+    changed = [s for s in states if s.status != "unchanged"]
     for event in pki.events:
         print(f"pki: {event}", file=out)
-    print(f"{root}: {len(changed)} of {len(artifacts)} files written"
+    print(f"{root}: {len(changed)} of {len(states)} files written"
           + ("" if changed else " (nothing changed)"), file=out)
+    sizes = {s.path.split("/")[0]: s.size or 0 for s in states if s.path.endswith("/seed.iso")}
     _print_table(out, [(b.node.name, str(b.node.ip),
                         f"{pki.nodes[b.node.name].cert.not_valid_after_utc:%Y-%m-%d}",
                         _size(sizes[b.node.name])) for b in builds])
     print(f"check the cluster: cd {root / 'pki'} && set -a && . ./etcdctl.env && set +a && "
           "etcdctl endpoint health", file=out)
+    return EXIT_OK
+
+
+def _run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    _spec, root, pki, _builds, artifacts, previous, _certs = _prepare(args, err)
+    states = fs.sync(root, artifacts, previous["files"], write=False)
+    changed = [s for s in states if s.status != "unchanged"]
+    for event in pki.events:
+        if not event.endswith(": reused"):
+            print(f"pki: {event}", file=out)
+    width = max((len(s.path) for s in changed), default=0)
+    for state in changed:
+        print(f"  {state.path.ljust(width)}  {state.status}", file=out)
+    if changed:
+        print(f"  {manifest.NAME.ljust(width)}  {'create' if not previous['files'] else 'update'}", file=out)
+    counts = {k: sum(1 for s in changed if s.status == k) for k in ("create", "update", "mode")}
+    print(f"{root}: {counts['create']} to create, {counts['update']} to update, "
+          f"{counts['mode']} to chmod, {len(states) - len(changed)} unchanged", file=out)
     return EXIT_OK
 
 

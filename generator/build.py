@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from importlib.metadata import version
 
 import jinja2
 
-from .fs import PUBLIC_MODE, SECRET_MODE, Bundle
+from .fs import PUBLIC_MODE, SECRET_MODE, Artifact, Bundle
 from .iso import SeedEntry, build_iso
 from .pki import PkiState
 from .render import SeedFiles, client_endpoints, node_pem, render_node
@@ -21,19 +24,6 @@ GITIGNORE = """\
 */user-data
 */seed.iso
 """
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """One output file: where it goes under output/<cluster>/, its mode, and how to make it."""
-
-    path: str
-    mode: int
-    make: Callable[[], bytes]
-
-    @property
-    def secret(self) -> bool:
-        return self.mode == SECRET_MODE
 
 
 @dataclass(frozen=True)
@@ -71,6 +61,12 @@ def seed_entries(files: SeedFiles, bundle: Bundle) -> list[SeedEntry]:
     return entries
 
 
+def iso_inputs(entries: list[SeedEntry], epoch: int) -> str:
+    """A digest of everything an ISO's bytes depend on, so that an unchanged ISO is not rebuilt."""
+    described = [f"pycdlib {version('pycdlib')}", epoch, [(e.name, hashlib.sha256(e.data).hexdigest()) for e in entries]]
+    return hashlib.sha256(json.dumps(described).encode()).hexdigest()
+
+
 def plan_artifacts(env: jinja2.Environment, spec: Spec, pki: PkiState,
                    builds: list[NodeBuild], bundle: Bundle) -> list[Artifact]:
     """Every file of output/<cluster>/, in a stable order; ISOs are built only when asked for."""
@@ -95,6 +91,8 @@ def plan_artifacts(env: jinja2.Environment, spec: Spec, pki: PkiState,
             ("etcd.service", files.etcd_service, PUBLIC_MODE),
         ):
             artifacts.append(Artifact(f"{name}/{file_name}", mode, _const(text.encode())))
+        entries = seed_entries(files, bundle)
         artifacts.append(Artifact(f"{name}/seed.iso", SECRET_MODE,
-                                  partial(build_iso, seed_entries(files, bundle), build.iso_epoch)))
+                                  partial(build_iso, entries, build.iso_epoch),
+                                  inputs=iso_inputs(entries, build.iso_epoch)))
     return artifacts

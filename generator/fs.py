@@ -7,8 +7,10 @@ import io
 import os
 import tarfile
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from .errors import MaterialError, OutputError
 from .spec import Spec
@@ -16,6 +18,37 @@ from .spec import Spec
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
 SECRET_DIR_MODE = 0o700
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One output file: where it goes under output/<cluster>/, its mode, and how to make it.
+
+    `inputs` is a digest of everything `make` depends on, for files that are
+    costly to make (ISOs): when it matches the previous manifest and the file
+    on disk still has the recorded sha256, the file is not made again.
+    """
+
+    path: str
+    mode: int
+    make: Callable[[], bytes]
+    inputs: str | None = None
+
+    @property
+    def secret(self) -> bool:
+        return self.mode == SECRET_MODE
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What a build did, or would do, to one file."""
+
+    path: str
+    mode: int
+    status: str  # "create", "update", "mode" (permissions only) or "unchanged"
+    sha256: str | None  # None when a plan did not make the file
+    size: int | None
+    inputs: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +129,16 @@ def load_imported_ca(spec: Spec) -> tuple[bytes, bytes] | None:
     return out[0], out[1]
 
 
+def read_optional(path: Path) -> bytes | None:
+    """A file's bytes, or None when it does not exist."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
 def load_pki_dir(pki_dir: Path) -> dict[str, bytes]:
     """Every .crt and .key already in a cluster's pki/ directory, by file name."""
     if not pki_dir.is_dir():
@@ -133,6 +176,60 @@ def write_file(path: Path, data: bytes, mode: int) -> bool:
     except OSError as exc:
         raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
     return True
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sync(root: Path, artifacts: list[Artifact], previous: Mapping[str, Mapping[str, Any]],
+         write: bool) -> list[FileState]:
+    """Bring root/ in line with `artifacts`, or, with write=False, only say what that would change.
+
+    Args:
+        root: output/<cluster>.
+        artifacts: every file, in order.
+        previous: the "files" table of the manifest already on disk, if any.
+        write: False for a plan.
+
+    Returns:
+        One FileState per artifact.
+    """
+    states = []
+    for artifact in artifacts:
+        path = root / artifact.path
+        try:
+            states.append(_sync_one(path, artifact, previous.get(artifact.path, {}), write))
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return states
+
+
+def _sync_one(path: Path, artifact: Artifact, before: Mapping[str, Any], write: bool) -> FileState:
+    exists = path.is_file()
+    mode_ok = exists and path.stat().st_mode & 0o777 == artifact.mode
+    if artifact.inputs is not None and exists and before.get("inputs") == artifact.inputs \
+            and sha256_file(path) == before.get("sha256"):
+        status = "unchanged" if mode_ok else "mode"
+        if write and not mode_ok:
+            path.chmod(artifact.mode)
+        return FileState(artifact.path, artifact.mode, status, str(before["sha256"]),
+                         path.stat().st_size, artifact.inputs)
+    if artifact.inputs is not None and not write:
+        return FileState(artifact.path, artifact.mode, "update" if exists else "create", None, None,
+                         artifact.inputs)
+    data = artifact.make()
+    same = exists and path.read_bytes() == data
+    status = "create" if not exists else "unchanged" if same and mode_ok else "mode" if same else "update"
+    if write and status != "unchanged":
+        write_file(path, data, artifact.mode)
+    return FileState(artifact.path, artifact.mode, status, hashlib.sha256(data).hexdigest(), len(data),
+                     artifact.inputs)
 
 
 def ensure_dir(path: Path, mode: int) -> None:

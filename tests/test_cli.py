@@ -44,7 +44,7 @@ def test_build_writes_the_tree_with_modes(workdir: Path) -> None:
     assert (code, err) == (0, "")
     root = workdir / "out" / "demo"
     files = tree(root)
-    expected = {".gitignore", "pki/ca.crt", "pki/admin.crt", "pki/etcdctl.env",
+    expected = {".gitignore", "manifest.json", "pki/ca.crt", "pki/admin.crt", "pki/etcdctl.env",
                 *(f"pki/etcd0{i}.crt" for i in (1, 2, 3)), *SECRETS,
                 *(f"etcd0{i}/{f}" for i in (1, 2, 3) for f in (
                     "user-data.redacted", "meta-data", "network-config", "options.env", "etcd.service"))}
@@ -75,7 +75,7 @@ def test_rerun_changes_nothing(workdir: Path) -> None:
     root = workdir / "out" / "demo"
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
     code, out, _ = build(workdir)
-    assert code == 0 and "0 of 33 files written (nothing changed)" in out
+    assert code == 0 and "0 of 34 files written (nothing changed)" in out
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()} == before
 
 

