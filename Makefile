@@ -14,7 +14,7 @@ ifeq ($(SPEC),cluster.yaml)
 SEED_DEPS += $(BUNDLE)
 endif
 
-.PHONY: seeds test e2e bundle lint clean
+.PHONY: seeds test e2e bench verify plan bundle lint clean
 
 seeds: $(SEED_DEPS)
 	$(PY) -m generator build --spec $(SPEC) --out $(OUT)
@@ -27,6 +27,18 @@ test: $(STAMP) $(BUNDLE)
 e2e: $(STAMP) $(BUNDLE)
 	sh tools/system-deps.sh e2e
 	$(PY) -m pytest -m e2e -s -p no:cacheprovider tests/e2e
+
+# Checks output/ against the spec, the CA, the manifest and CIS 2 for etcd.
+verify: $(STAMP)
+	$(PY) -m generator verify --spec $(SPEC) --out $(OUT)
+
+plan: $(SEED_DEPS)
+	$(PY) -m generator plan --spec $(SPEC) --out $(OUT)
+
+# Timings only: the example beside shared/bench/baseline.sh, scaling, no-op re-run, ISO throughput.
+bench: $(STAMP) $(BUNDLE)
+	sh tools/system-deps.sh test
+	$(PY) tools/bench.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check generator tests tools

@@ -8,15 +8,19 @@ import getpass
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from . import __version__, fs, manifest
-from .build import plan_artifacts, render_all
+from cryptography import x509
+
+from . import __version__, fs, manifest, sealed
+from .build import NodeBuild, plan_artifacts, render_all
 from .errors import GeneratorError, MaterialError
-from .pki import build_pki
+from .pki import PkiState, build_pki
 from .render import make_environment
-from .spec import load_spec
+from .spec import Spec, load_spec
+from .verify import Finding, verify_tree
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
 
@@ -73,6 +77,24 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--spec", type=Path, default=Path("cluster.yaml"))
     plan.add_argument("--out", type=Path, default=Path("output"))
     plan.set_defaults(run=_run_plan)
+    verify = commands.add_parser("verify", help="check output/ against the spec, the CA, the manifest "
+                                 "and CIS 2; exit 1 on any failure")
+    verify.add_argument("--spec", type=Path, default=Path("cluster.yaml"))
+    verify.add_argument("--out", type=Path, default=Path("output"))
+    verify.add_argument("--warn-days", type=int, default=30, help="warn when a certificate expires sooner")
+    verify.add_argument("--fail-days", type=int, default=7, help="fail when a certificate expires sooner")
+    verify.set_defaults(run=_run_verify)
+    seal = commands.add_parser("seal", help="encrypt the private keys with age, for committing")
+    seal.add_argument("--spec", type=Path, default=Path("cluster.yaml"))
+    seal.add_argument("--out", type=Path, default=Path("output"))
+    seal.add_argument("--recipient", action="append", default=[], required=True,
+                      help="age public key (age1...); repeat for several operators")
+    seal.set_defaults(run=_run_seal)
+    unseal = commands.add_parser("unseal", help="decrypt sealed keys with an age identity")
+    unseal.add_argument("--spec", type=Path, default=Path("cluster.yaml"))
+    unseal.add_argument("--out", type=Path, default=Path("output"))
+    unseal.add_argument("--identity", type=Path, required=True, help="age identity file (age-keygen)")
+    unseal.set_defaults(run=_run_unseal)
     check = commands.add_parser("check", help="validate the spec and its inputs, write nothing")
     check.add_argument("--spec", type=Path, default=Path("cluster.yaml"))
     check.set_defaults(run=_run_check)
@@ -83,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def _source_date_epoch() -> int | None:
@@ -95,7 +117,7 @@ def _source_date_epoch() -> int | None:
     return int(value)
 
 
-def _load(spec_path: Path, err: TextIO):  # type: ignore[no-untyped-def]
+def _load(spec_path: Path, err: TextIO) -> tuple[Spec, fs.Bundle, tuple[bytes, bytes] | None]:
     text = fs.read_spec_text(spec_path)
     spec, warnings = load_spec(text, base_dir=spec_path.parent, source=str(spec_path))
     for warning in warnings:
@@ -124,7 +146,18 @@ def _run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-def _prepare(args: argparse.Namespace, err: TextIO):  # type: ignore[no-untyped-def]
+@dataclass(frozen=True)
+class _Prepared:
+    spec: Spec
+    root: Path
+    pki: PkiState
+    builds: list[NodeBuild]
+    artifacts: list[fs.Artifact]
+    previous: dict[str, Any]
+    certs: dict[str, x509.Certificate]
+
+
+def _prepare(args: argparse.Namespace, err: TextIO) -> _Prepared:
     """Everything a build would write, computed in memory: nothing touches the disk yet."""
     spec, bundle, imported = _load(args.spec, err)
     epoch = _source_date_epoch()
@@ -138,11 +171,13 @@ def _prepare(args: argparse.Namespace, err: TextIO):  # type: ignore[no-untyped-
     previous = manifest.parse_manifest(fs.read_optional(root / manifest.NAME))
     certs = {"pki/ca.crt": pki.ca.cert, "pki/admin.crt": pki.admin.cert,
              **{f"pki/{name}.crt": cred.cert for name, cred in pki.nodes.items()}}
-    return spec, root, pki, builds, artifacts, previous, certs
+    return _Prepared(spec, root, pki, builds, artifacts, previous, certs)
 
 
 def _run_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    spec, root, pki, builds, artifacts, previous, certs = _prepare(args, err)
+    p = _prepare(args, err)
+    spec, root, pki, builds, artifacts, previous, certs = (p.spec, p.root, p.pki, p.builds, p.artifacts,
+                                                           p.previous, p.certs)
     fs.ensure_dir(root / "pki", fs.SECRET_DIR_MODE)
     states = fs.sync(root, artifacts, previous["files"], write=True)
     document = manifest.render_manifest(spec, states, certs)
@@ -162,7 +197,8 @@ def _run_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    _spec, root, pki, _builds, artifacts, previous, _certs = _prepare(args, err)
+    p = _prepare(args, err)
+    root, pki, artifacts, previous = p.root, p.pki, p.artifacts, p.previous
     states = fs.sync(root, artifacts, previous["files"], write=False)
     changed = [s for s in states if s.status != "unchanged"]
     for event in pki.events:
@@ -176,6 +212,54 @@ def _run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     counts = {k: sum(1 for s in changed if s.status == k) for k in ("create", "update", "mode")}
     print(f"{root}: {counts['create']} to create, {counts['update']} to update, "
           f"{counts['mode']} to chmod, {len(states) - len(changed)} unchanged", file=out)
+    return EXIT_OK
+
+
+def _run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    spec, _warnings = load_spec(fs.read_spec_text(args.spec), base_dir=args.spec.parent, source=str(args.spec))
+    root = args.out / spec.name
+    if not root.is_dir():
+        raise MaterialError(f"{root}: no output to verify; run a build first")
+    if args.fail_days > args.warn_days:
+        raise MaterialError("--fail-days must not exceed --warn-days")
+    files, modes = fs.read_tree(root)
+    found = verify_tree(spec, files, modes, _now(), args.warn_days, args.fail_days, make_environment())
+    for name in sorted(p for p in files if p.endswith("/user-data")):
+        problem = fs.cloud_init_schema(root / name)
+        if problem:
+            found.append(Finding(name, problem))
+    for finding in found:
+        print(f"{'error' if finding.error else 'warning'}: {finding}", file=err)
+    errors = sum(f.error for f in found)
+    print(f"{root}: {len(files)} files checked, {errors} errors, {len(found) - errors} warnings",
+          file=out)
+    return EXIT_ERROR if errors else EXIT_OK
+
+
+def _cluster_pki(args: argparse.Namespace) -> Path:
+    spec, _warnings = load_spec(fs.read_spec_text(args.spec), base_dir=args.spec.parent, source=str(args.spec))
+    pki_dir: Path = args.out / spec.name / "pki"
+    if not pki_dir.is_dir():
+        raise MaterialError(f"{pki_dir}: no PKI here; run a build first")
+    return pki_dir
+
+
+def _run_seal(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    pki_dir = _cluster_pki(args)
+    result = sealed.seal(pki_dir, args.recipient)
+    for name in result.sealed:
+        print(f"sealed: {pki_dir / name}", file=out)
+    print(f"{pki_dir}: {len(result.sealed)} keys sealed, {len(result.unchanged)} unchanged; "
+          f"commit the .key.age files and {sealed.INDEX}", file=out)
+    return EXIT_OK
+
+
+def _run_unseal(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    pki_dir = _cluster_pki(args)
+    restored = sealed.unseal(pki_dir, args.identity)
+    for name in restored:
+        print(f"restored: {pki_dir / name}", file=out)
+    print(f"{pki_dir}: {len(restored)} keys restored; 'build' now rebuilds the same seeds", file=out)
     return EXIT_OK
 
 

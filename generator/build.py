@@ -63,7 +63,8 @@ def seed_entries(files: SeedFiles, bundle: Bundle) -> list[SeedEntry]:
 
 def iso_inputs(entries: list[SeedEntry], epoch: int) -> str:
     """A digest of everything an ISO's bytes depend on, so that an unchanged ISO is not rebuilt."""
-    described = [f"pycdlib {version('pycdlib')}", epoch, [(e.name, hashlib.sha256(e.data).hexdigest()) for e in entries]]
+    described = [f"pycdlib {version('pycdlib')}", epoch,
+                 [(e.name, hashlib.sha256(e.data).hexdigest()) for e in entries]]
     return hashlib.sha256(json.dumps(described).encode()).hexdigest()
 
 

@@ -3,31 +3,34 @@
 from __future__ import annotations
 
 # Every flag of etcd 3.5.1 (`etcd --help`); each is also read as ETCD_<FLAG>.
-FLAGS_3_5 = frozenset("""
-advertise-client-urls auth-token auth-token-ttl auto-compaction-mode auto-compaction-retention
-auto-tls backend-batch-interval backend-batch-limit backend-bbolt-freelist-type bcrypt-cost
-cert-file cipher-suites client-cert-allowed-hostname client-cert-auth client-crl-file config-file
-cors data-dir discovery discovery-fallback discovery-proxy discovery-srv discovery-srv-name
-election-timeout enable-log-rotation enable-pprof enable-v2
-experimental-bootstrap-defrag-threshold-megabytes experimental-compaction-batch-limit
-experimental-corrupt-check-time experimental-distributed-tracing-address
-experimental-distributed-tracing-instance-id experimental-distributed-tracing-service-name
-experimental-enable-distributed-tracing experimental-enable-lease-checkpoint
-experimental-enable-v2v3 experimental-initial-corrupt-check
-experimental-peer-skip-client-san-verification experimental-txn-mode-write-with-shared-buffer
-experimental-warning-apply-duration experimental-watch-progress-notify-interval
-force-new-cluster grpc-keepalive-interval grpc-keepalive-min-time grpc-keepalive-timeout
-heartbeat-interval host-whitelist initial-advertise-peer-urls initial-cluster
-initial-cluster-state initial-cluster-token initial-election-tick-advance key-file
-listen-client-urls listen-metrics-urls listen-peer-urls log-level log-outputs
-log-rotation-config-json logger max-request-bytes max-snapshots max-txn-ops max-wals metrics
-name peer-auto-tls peer-cert-allowed-cn peer-cert-allowed-hostname peer-cert-file
-peer-client-cert-auth peer-crl-file peer-key-file peer-trusted-ca-file pre-vote proxy
-proxy-dial-timeout proxy-failure-wait proxy-read-timeout proxy-refresh-interval
-proxy-write-timeout quota-backend-bytes self-signed-cert-validity snapshot-count
-socket-reuse-address socket-reuse-port strict-reconfig-check trusted-ca-file unsafe-no-fsync
-v2-deprecation wal-dir
-""".split())
+FLAGS_3_5 = frozenset({
+    "advertise-client-urls", "auth-token", "auth-token-ttl", "auto-compaction-mode",
+    "auto-compaction-retention", "auto-tls", "backend-batch-interval", "backend-batch-limit",
+    "backend-bbolt-freelist-type", "bcrypt-cost", "cert-file", "cipher-suites",
+    "client-cert-allowed-hostname", "client-cert-auth", "client-crl-file", "config-file", "cors",
+    "data-dir", "discovery", "discovery-fallback", "discovery-proxy", "discovery-srv",
+    "discovery-srv-name", "election-timeout", "enable-log-rotation", "enable-pprof", "enable-v2",
+    "experimental-bootstrap-defrag-threshold-megabytes", "experimental-compaction-batch-limit",
+    "experimental-corrupt-check-time", "experimental-distributed-tracing-address",
+    "experimental-distributed-tracing-instance-id", "experimental-distributed-tracing-service-name",
+    "experimental-enable-distributed-tracing", "experimental-enable-lease-checkpoint",
+    "experimental-enable-v2v3", "experimental-initial-corrupt-check",
+    "experimental-peer-skip-client-san-verification",
+    "experimental-txn-mode-write-with-shared-buffer", "experimental-warning-apply-duration",
+    "experimental-watch-progress-notify-interval", "force-new-cluster", "grpc-keepalive-interval",
+    "grpc-keepalive-min-time", "grpc-keepalive-timeout", "heartbeat-interval", "host-whitelist",
+    "initial-advertise-peer-urls", "initial-cluster", "initial-cluster-state",
+    "initial-cluster-token", "initial-election-tick-advance", "key-file", "listen-client-urls",
+    "listen-metrics-urls", "listen-peer-urls", "log-level", "log-outputs",
+    "log-rotation-config-json", "logger", "max-request-bytes", "max-snapshots", "max-txn-ops",
+    "max-wals", "metrics", "name", "peer-auto-tls", "peer-cert-allowed-cn",
+    "peer-cert-allowed-hostname", "peer-cert-file", "peer-client-cert-auth", "peer-crl-file",
+    "peer-key-file", "peer-trusted-ca-file", "pre-vote", "proxy", "proxy-dial-timeout",
+    "proxy-failure-wait", "proxy-read-timeout", "proxy-refresh-interval", "proxy-write-timeout",
+    "quota-backend-bytes", "self-signed-cert-validity", "snapshot-count", "socket-reuse-address",
+    "socket-reuse-port", "strict-reconfig-check", "trusted-ca-file", "unsafe-no-fsync",
+    "v2-deprecation", "wal-dir",
+})
 
 # etcd 3.6 removed the v2 API and the v2 proxy (etcd's 3.6 upgrade notes).
 REMOVED_IN_3_6 = frozenset({

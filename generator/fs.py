@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
+import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable, Mapping
@@ -230,6 +232,35 @@ def _sync_one(path: Path, artifact: Artifact, before: Mapping[str, Any], write: 
         write_file(path, data, artifact.mode)
     return FileState(artifact.path, artifact.mode, status, hashlib.sha256(data).hexdigest(), len(data),
                      artifact.inputs)
+
+
+def read_tree(root: Path) -> tuple[dict[str, bytes], dict[str, int]]:
+    """Every file under root by relative path, and each one's permission bits."""
+    files, modes = {}, {}
+    try:
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and ".git" not in path.relative_to(root).parts:
+                rel = path.relative_to(root).as_posix()
+                files[rel], modes[rel] = path.read_bytes(), path.stat().st_mode & 0o777
+    except OSError as exc:
+        raise OutputError(f"{root}: cannot read: {exc.strerror or exc}") from None
+    return files, modes
+
+
+def cloud_init_schema(path: Path) -> str | None:
+    """What Debian's `cloud-init schema` says is wrong with a user-data file, or None.
+
+    Returns None too when cloud-init is not installed: the check is then skipped.
+    """
+    tool = shutil.which("cloud-init")
+    if tool is None:
+        return None
+    result = subprocess.run([tool, "schema", "-c", str(path)], capture_output=True, text=True,
+                            check=False)
+    if result.returncode == 0:
+        return None
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    return "cloud-init schema: " + ("; ".join(lines[-3:]) or f"exit {result.returncode}")
 
 
 def ensure_dir(path: Path, mode: int) -> None:

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from time import struct_time
 from typing import Any
 
 import pycdlib
@@ -46,7 +47,7 @@ class _PinnedClock:
     def time(self) -> float:
         return float(self._epoch)
 
-    def localtime(self, secs: float | None = None) -> time.struct_time:
+    def localtime(self, secs: float | None = None) -> struct_time:
         return time.gmtime(self._epoch if secs is None else secs)
 
     def __getattr__(self, name: str) -> Any:
@@ -57,7 +58,7 @@ class _PinnedClock:
 def _pinned_clock(epoch: int) -> Iterator[None]:
     modules = (pycdlib.dates, pycdlib.headervd, pycdlib.pycdlib, pycdlib.utils)
     with _clock_lock:
-        saved = [m.time for m in modules]  # type: ignore[attr-defined]
+        saved = [m.time for m in modules]
         for module in modules:
             module.time = _PinnedClock(epoch)  # type: ignore[attr-defined]
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -212,18 +213,16 @@ def build_pki(spec: Spec, existing: dict[str, bytes], imported: tuple[bytes, byt
                     events=events)
 
 
-def check_leaf(cert: x509.Certificate, key: PrivateKey | None, ca: CA, identity: Identity,
-               key_type: str | None = None) -> list[str]:
+def check_leaf(cert: x509.Certificate, key: PrivateKey | None, ca_cert: x509.Certificate,
+               identity: Identity) -> list[str]:
     """Say what is wrong with a leaf certificate for an identity; an empty list means nothing."""
     problems = []
     try:
-        cert.verify_directly_issued_by(ca.cert)
+        cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature):
         problems.append("is not signed by the CA")
     if key is not None and _public_der(key) != _public_der_of_cert(cert):
         problems.append("does not match its key")
-    if key_type is not None and key is not None and key_type_of(key) != key_type:
-        problems.append(f"key is {key_type_of(key)}, the spec asks for {key_type}")
     cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if cns != [identity.common_name]:
         problems.append(f"CN is {cns}, expected {identity.common_name!r}")
@@ -236,9 +235,14 @@ def check_leaf(cert: x509.Certificate, key: PrivateKey | None, ca: CA, identity:
     except x509.ExtensionNotFound:
         usages = set()
     if usages != set(identity.usages):
-        problems.append(f"extended key usages are {sorted(u._name for u in usages)}, expected "
-                        f"{sorted(u._name for u in identity.usages)}")
+        problems.append(f"extended key usages are {_usage_names(usages)}, expected "
+                        f"{_usage_names(identity.usages)}")
     return problems
+
+
+def _usage_names(usages: Iterable[x509.ObjectIdentifier]) -> list[str]:
+    names = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"}
+    return sorted(names.get(u, u.dotted_string) for u in usages)
 
 
 def sans_of(cert: x509.Certificate) -> tuple[list[str], list[ipaddress.IPv4Address]]:
@@ -308,7 +312,7 @@ def _leaf(spec: Spec, ca: CA, name: str, identity: Identity, existing: dict[str,
 
 def _reissue_reason(spec: Spec, ca: CA, cert: x509.Certificate, key: PrivateKey,
                     identity: Identity, now: dt.datetime) -> str | None:
-    problems = check_leaf(cert, key, ca, identity)
+    problems = check_leaf(cert, key, ca.cert, identity)
     if problems:
         return problems[0]
     left = cert.not_valid_after_utc - now

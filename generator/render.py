@@ -59,11 +59,11 @@ class SeedFiles:
 
 def make_environment() -> jinja2.Environment:
     """A Jinja2 environment over templates/ that fails on any undefined variable."""
-    env = jinja2.Environment(  # noqa: S701 - renders YAML and shell, never HTML
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(d) for d in _TEMPLATE_DIRS]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
-        autoescape=False,
+        autoescape=False,  # noqa: S701 - renders YAML and shell, never HTML
     )
     # A JSON string is a valid YAML double-quoted scalar.
     env.filters["yq"] = lambda value: json.dumps(str(value), ensure_ascii=False)

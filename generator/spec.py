@@ -148,7 +148,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -320,25 +320,25 @@ def _network(value: Any, errs: _Errors) -> Network | None:
         return None
     prefix = _integer(data, "prefix", "network", errs, default=24, low=8, high=30)
     gateway = _ipv4(data["gateway"], "network.gateway", errs) if "gateway" in data else None
-    dns: list[ipaddress.IPv4Address] = []
-    search: list[str] = []
-    for key, target in (("dns", dns), ("search", search)):
-        items = data.get(key, [])
-        if not isinstance(items, list):
-            errs.add(f"network.{key}", f"must be a list, got {_kind(items)}")
-            continue
-        for i, item in enumerate(items):
-            if key == "dns":
-                address = _ipv4(item, f"network.dns.{i}", errs)
-                if address is not None:
-                    dns.append(address)
-            elif not isinstance(item, str) or _check_domain(item):
-                errs.add(f"network.search.{i}", f"'{item}' is not a valid DNS name")
-            else:
-                search.append(item)
+    dns = [a for i, item in enumerate(_list(data, "dns", "network", errs))
+           if (a := _ipv4(item, f"network.dns.{i}", errs)) is not None]
+    search = []
+    for i, item in enumerate(_list(data, "search", "network", errs)):
+        if not isinstance(item, str) or _check_domain(item):
+            errs.add(f"network.search.{i}", f"'{item}' is not a valid DNS name")
+        else:
+            search.append(item)
     if prefix is None or ("gateway" in data and gateway is None):
         return None
     return Network(prefix=prefix, gateway=gateway, dns=tuple(dns), search=tuple(search))
+
+
+def _list(data: Mapping[str, Any], key: str, parent: str, errs: _Errors) -> list[Any]:
+    items = data.get(key, [])
+    if not isinstance(items, list):
+        errs.add(_join(parent, key), f"must be a list, got {_kind(items)}")
+        return []
+    return items
 
 
 def _nodes(value: Any, domain: str | None, errs: _Errors) -> list[Node]:
@@ -518,11 +518,7 @@ def _admin(value: Any, errs: _Errors) -> Admin | None:
         errs.add("admin.name", f"'{name}' is reserved")
         name = None
     keys: list[str] = []
-    items = data.get("ssh_authorized_keys", [])
-    if not isinstance(items, list):
-        errs.add("admin.ssh_authorized_keys", f"must be a list, got {_kind(items)}")
-        items = []
-    for i, item in enumerate(items):
+    for i, item in enumerate(_list(data, "ssh_authorized_keys", "admin", errs)):
         if not isinstance(item, str) or not _SSH_KEY.match(item.strip()):
             errs.add(f"admin.ssh_authorized_keys.{i}", "is not an OpenSSH public key line")
         else:

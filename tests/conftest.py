@@ -16,7 +16,7 @@ from generator.pki import PkiState, build_pki
 from generator.spec import Spec, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
 SPEC_TEMPLATE = """\
 cluster: {{name: demo, domain: example.com}}

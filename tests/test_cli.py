@@ -110,7 +110,7 @@ def test_bad_input_writes_nothing(workdir: Path, edit: object, expected: str) ->
     """Bad input exits 1 with error: lines naming the field, no traceback, and no output at all."""
     spec = workdir / "cluster.yaml"
     spec.write_text(edit(spec.read_text()))  # type: ignore[operator]
-    code, out, err = build(workdir)
+    code, _, err = build(workdir)
     assert code == 1
     assert expected in err
     assert all(line.startswith(("error: ", "hint: ", "warning: ")) for line in err.splitlines()), err

@@ -170,5 +170,5 @@ def test_undefined_variable_fails_loudly(example: Spec) -> None:
     """StrictUndefined: a template that names a missing variable is an error, not a blank."""
     env = make_environment()
     env.loader = jinja2.DictLoader({"options.env.j2": "ETCD_NAME={{ node.nickname }}\n"})
-    with pytest.raises(TemplateError, match="templates/options.env.j2: .*nickname"):
+    with pytest.raises(TemplateError, match=r"templates/options\.env\.j2: .*nickname"):
         render_node(env, example, example.nodes[0], fake_pem("etcd01"), SHA)

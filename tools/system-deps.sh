@@ -5,7 +5,7 @@
 # that need it skip with that reason; `e2e` cannot run without them.
 set -eu
 case "${1:-}" in
-  test) need="openssl:openssl ip:iproute2 isoinfo:genisoimage cloud-init:cloud-init git:git blkid:util-linux" ;;
+  test) need="openssl:openssl ip:iproute2 isoinfo:genisoimage cloud-init:cloud-init git:git blkid:util-linux age:age" ;;
   e2e) need="qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mmdebstrap:mmdebstrap mkfs.ext4:e2fsprogs ssh:openssh-client ssh-keygen:openssh-client ip:iproute2" ;;
   *) echo "usage: $0 test|e2e" >&2; exit 2 ;;
 esac
