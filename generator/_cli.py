@@ -117,7 +117,8 @@ def _source_date_epoch() -> int | None:
     return int(value)
 
 
-def _load(spec_path: Path, err: TextIO) -> tuple[Spec, fs.Bundle, tuple[bytes, bytes] | None]:
+def _load(spec_path: Path, err: TextIO, out_dir: Path | None = None
+          ) -> tuple[Spec, fs.Bundle, tuple[bytes, bytes] | None]:
     text = fs.read_spec_text(spec_path)
     spec, warnings = load_spec(text, base_dir=spec_path.parent, source=str(spec_path))
     for warning in warnings:
@@ -125,8 +126,12 @@ def _load(spec_path: Path, err: TextIO) -> tuple[Spec, fs.Bundle, tuple[bytes, b
     problems: list[str] = []
     hints: list[str] = []
     bundle = imported = None
+    checked: frozenset[str] = frozenset()
+    if out_dir is not None:
+        previous = manifest.parse_manifest(fs.read_optional(out_dir / spec.name / manifest.NAME))
+        checked = frozenset({str(previous.get("bundle", {}).get("sha256"))})
     try:
-        bundle = fs.load_bundle(spec)
+        bundle = fs.load_bundle(spec, checked)
     except MaterialError as exc:
         problems += exc.messages
         hints += [exc.hint] if exc.hint else []
@@ -155,11 +160,12 @@ class _Prepared:
     artifacts: list[fs.Artifact]
     previous: dict[str, Any]
     certs: dict[str, x509.Certificate]
+    bundle: fs.Bundle
 
 
 def _prepare(args: argparse.Namespace, err: TextIO) -> _Prepared:
     """Everything a build would write, computed in memory: nothing touches the disk yet."""
-    spec, bundle, imported = _load(args.spec, err)
+    spec, bundle, imported = _load(args.spec, err, args.out)
     epoch = _source_date_epoch()
     if args.out.exists() and not args.out.is_dir():
         raise MaterialError(f"--out: {args.out} is not a directory")
@@ -171,7 +177,7 @@ def _prepare(args: argparse.Namespace, err: TextIO) -> _Prepared:
     previous = manifest.parse_manifest(fs.read_optional(root / manifest.NAME))
     certs = {"pki/ca.crt": pki.ca.cert, "pki/admin.crt": pki.admin.cert,
              **{f"pki/{name}.crt": cred.cert for name, cred in pki.nodes.items()}}
-    return _Prepared(spec, root, pki, builds, artifacts, previous, certs)
+    return _Prepared(spec, root, pki, builds, artifacts, previous, certs, bundle)
 
 
 def _run_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -180,7 +186,7 @@ def _run_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                                            p.previous, p.certs)
     fs.ensure_dir(root / "pki", fs.SECRET_DIR_MODE)
     states = fs.sync(root, artifacts, previous["files"], write=True)
-    document = manifest.render_manifest(spec, states, certs)
+    document = manifest.render_manifest(spec, states, certs, p.bundle)
     states += fs.sync(root, [fs.Artifact(manifest.NAME, fs.PUBLIC_MODE, lambda: document)], {}, write=True)
     changed = [s for s in states if s.status != "unchanged"]
     for event in pki.events:

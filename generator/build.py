@@ -61,10 +61,14 @@ def seed_entries(files: SeedFiles, bundle: Bundle) -> list[SeedEntry]:
     return entries
 
 
-def iso_inputs(entries: list[SeedEntry], epoch: int) -> str:
-    """A digest of everything an ISO's bytes depend on, so that an unchanged ISO is not rebuilt."""
-    described = [f"pycdlib {version('pycdlib')}", epoch,
-                 [(e.name, hashlib.sha256(e.data).hexdigest()) for e in entries]]
+def iso_inputs(entries: list[SeedEntry], epoch: int, known: dict[str, str] | None = None) -> str:
+    """A digest of everything an ISO's bytes depend on, so that an unchanged ISO is not rebuilt.
+
+    `known` gives sha256s already computed (the bundle's), by entry name.
+    """
+    known = known or {}
+    digests = [(e.name, known.get(e.name) or hashlib.sha256(e.data).hexdigest()) for e in entries]
+    described = [f"pycdlib {version('pycdlib')}", epoch, digests]
     return hashlib.sha256(json.dumps(described).encode()).hexdigest()
 
 
@@ -95,5 +99,5 @@ def plan_artifacts(env: jinja2.Environment, spec: Spec, pki: PkiState,
         entries = seed_entries(files, bundle)
         artifacts.append(Artifact(f"{name}/seed.iso", SECRET_MODE,
                                   partial(build_iso, entries, build.iso_epoch),
-                                  inputs=iso_inputs(entries, build.iso_epoch)))
+                                  inputs=iso_inputs(entries, build.iso_epoch, {bundle.name: bundle.sha256})))
     return artifacts

@@ -12,13 +12,6 @@ from dataclasses import dataclass
 from time import struct_time
 from typing import Any
 
-import pycdlib
-import pycdlib.dates
-import pycdlib.headervd
-import pycdlib.pycdlib
-import pycdlib.utils
-from pycdlib.pycdlibexception import PyCdlibException
-
 from .errors import IsoError
 
 VOLUME_LABEL = "cidata"  # the label cloud-init's NoCloud datasource looks for
@@ -56,6 +49,11 @@ class _PinnedClock:
 
 @contextlib.contextmanager
 def _pinned_clock(epoch: int) -> Iterator[None]:
+    import pycdlib.dates
+    import pycdlib.headervd
+    import pycdlib.pycdlib
+    import pycdlib.utils
+
     modules = (pycdlib.dates, pycdlib.headervd, pycdlib.pycdlib, pycdlib.utils)
     with _clock_lock:
         saved = [m.time for m in modules]
@@ -97,6 +95,9 @@ def build_iso(entries: list[SeedEntry], epoch: int) -> bytes:
     Raises:
         IsoError: pycdlib refused the input.
     """
+    import pycdlib  # imported here: a build with nothing new to write never needs it
+    from pycdlib.pycdlibexception import PyCdlibException
+
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
         raise IsoError(f"seed files have duplicate names: {names}")
@@ -120,6 +121,9 @@ def build_iso(entries: list[SeedEntry], epoch: int) -> bytes:
 
 def read_iso(iso_bytes: bytes) -> dict[str, bytes]:
     """The files at the root of a seed ISO, by their Rock Ridge names."""
+    import pycdlib
+    from pycdlib.pycdlibexception import PyCdlibException
+
     image = pycdlib.PyCdlib()
     try:
         image.open_fp(io.BytesIO(iso_bytes))

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .errors import OutputError
-from .fs import FileState
+from .fs import Bundle, FileState
 from .pki import sans_of
 from .spec import Spec
 
@@ -34,13 +34,15 @@ def describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
     }
 
 
-def render_manifest(spec: Spec, states: list[FileState], certs: Mapping[str, x509.Certificate]) -> bytes:
+def render_manifest(spec: Spec, states: list[FileState], certs: Mapping[str, x509.Certificate],
+                    bundle: Bundle) -> bytes:
     """The manifest for one cluster: every file's sha256 and mode, and each certificate's facts.
 
     Args:
         spec: the cluster.
         states: every file but the manifest itself, each with its sha256.
         certs: the leaf (or CA) certificate of each .crt file, by path.
+        bundle: the etcd tarball the seeds carry (or that nodes download), as checked.
     """
     files = {}
     for state in states:
@@ -52,6 +54,8 @@ def render_manifest(spec: Spec, states: list[FileState], certs: Mapping[str, x50
         "format": FORMAT,
         "cluster": spec.name,
         "etcd_version": spec.etcd.version,
+        "bundle": {"name": bundle.name, "sha256": bundle.sha256,
+                   "source": spec.etcd.url or (spec.etcd.bundle.name if spec.etcd.bundle else None)},
         "files": files,
         "certificates": {path: describe_certificate(cert) for path, cert in sorted(certs.items())},
     }

@@ -127,8 +127,10 @@ def create_ca(spec: Spec, now: dt.datetime, key: PrivateKey | None = None) -> CA
     return CA(cert=cert, key=key)
 
 
-def load_ca(cert_pem: bytes, key_pem: bytes, now: dt.datetime, source: str) -> CA:
+def load_ca(cert_pem: bytes, key_pem: bytes, now: dt.datetime, source: str, own: bool = False) -> CA:
     """Load an existing CA and check that it can sign: a CA, its key, not expired.
+
+    `own` marks a CA this tool wrote itself: its RSA key's slow consistency check is skipped.
 
     Raises:
         MaterialError: naming `source` (a spec path or file) and every problem found.
@@ -139,7 +141,7 @@ def load_ca(cert_pem: bytes, key_pem: bytes, now: dt.datetime, source: str) -> C
     except ValueError:
         raise MaterialError(f"{source}: the CA certificate is not a PEM certificate") from None
     try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
+        key = serialization.load_pem_private_key(key_pem, password=None, unsafe_skip_rsa_key_validation=own)
     except (ValueError, TypeError) as exc:
         raise MaterialError(f"{source}: the CA key cannot be read ({exc}); "
                             "it must be an unencrypted PEM key") from None
@@ -275,7 +277,7 @@ def _resolve_ca(spec: Spec, existing: dict[str, bytes], imported: tuple[bytes, b
                             "new CA over the old one",
                             hint="restore the file, or move pki/ away to start a new CA")
     if have_cert:
-        ca = load_ca(existing["ca.crt"], existing["ca.key"], now, "pki/ca.crt")
+        ca = load_ca(existing["ca.crt"], existing["ca.key"], now, "pki/ca.crt", own=True)
         events.append("ca: reused")
         return ca
     events.append("ca: created")
@@ -334,7 +336,9 @@ def _load_key(pem: bytes | None, source: str) -> PrivateKey | None:
     if pem is None:
         return None
     try:
-        key = serialization.load_pem_private_key(pem, password=None)
+        # Skipping RSA's consistency check (tens of ms a key) keeps a no-op re-run fast; a key
+        # that does not fit its certificate is still caught by comparing public keys.
+        key = serialization.load_pem_private_key(pem, password=None, unsafe_skip_rsa_key_validation=True)
     except (ValueError, TypeError):
         raise MaterialError(f"{source}: cannot be read as an unencrypted PEM key; "
                             "refusing to replace it", hint="move the file away to issue a new key"
