@@ -154,7 +154,7 @@ def load_ca(cert_pem: bytes, key_pem: bytes, now: dt.datetime, source: str, own:
         is_ca = False
     if not is_ca:
         problems.append(f"{source}: the certificate is not a CA (basicConstraints CA:TRUE missing)")
-    if _public_der(key) != _public_der_of_cert(cert):
+    if public_der(key) != public_der(cert):
         problems.append(f"{source}: the CA certificate and key do not match")
     if cert.not_valid_after_utc <= now:
         problems.append(f"{source}: the CA expired on {cert.not_valid_after_utc:%Y-%m-%d}")
@@ -223,7 +223,7 @@ def check_leaf(cert: x509.Certificate, key: PrivateKey | None, ca_cert: x509.Cer
         cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature):
         problems.append("is not signed by the CA")
-    if key is not None and _public_der(key) != _public_der_of_cert(cert):
+    if key is not None and public_der(key) != public_der(cert):
         problems.append("does not match its key")
     cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if cns != [identity.common_name]:
@@ -371,11 +371,7 @@ def _key_pem(key: PrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def _public_der(key: PrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.DER,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _public_der_of_cert(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+def public_der(holder: PrivateKey | x509.Certificate) -> bytes:
+    """The DER public key of a private key or a certificate, to tell whether the two belong together."""
+    return holder.public_key().public_bytes(serialization.Encoding.DER,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)

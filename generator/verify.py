@@ -19,7 +19,7 @@ from . import etcd, manifest
 from .errors import OutputError
 from .fs import SECRET_MODE
 from .iso import read_iso
-from .pki import ADMIN_IDENTITY, Identity, PrivateKey, check_leaf, node_identity
+from .pki import ADMIN_IDENTITY, Identity, PrivateKey, check_leaf, node_identity, public_der
 from .render import PATHS, NodePem, render_node
 from .spec import Spec
 
@@ -129,7 +129,7 @@ def _check_ca(files: Mapping[str, bytes], modes: Mapping[str, int], now: dt.date
         return None
     _expiry("pki/ca.crt", cert, now, warn_days, fail_days, found)
     key = _load_key(files, "pki/ca.key", found)
-    if key is not None and _public(key) != _public_of(cert):
+    if key is not None and public_der(key) != public_der(cert):
         found.append(Finding("pki/ca.key", "does not match pki/ca.crt"))
     return cert
 
@@ -271,14 +271,3 @@ def _load_key(files: Mapping[str, bytes], path: str, found: list[Finding]) -> Pr
         found.append(Finding(path, "is not an RSA or ECDSA key"))
         return None
     return key
-
-
-def _public(key: PrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.DER,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _public_of(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
-

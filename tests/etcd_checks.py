@@ -1,0 +1,53 @@
+"""Checks a running etcd cluster must pass, shared by the process test and the VM test."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Protocol
+
+from generator.spec import Spec
+
+
+class Etcdctl(Protocol):
+    def __call__(self, *args: str, endpoints: list[str] | None = None, cert_dir: Path | None = None,
+                 cert: bool = True, timeout: str = "5s") -> subprocess.CompletedProcess[str]: ...
+
+
+def etcdctl_argv(binary: Path, endpoints: list[str], pki: Path, cert_dir: Path | None, cert: bool,
+                 timeout: str) -> list[str]:
+    """etcdctl over mutual TLS with the admin certificate of cert_dir (default: pki)."""
+    urls = ",".join(f"https://{ip}:2379" for ip in endpoints)
+    argv = [str(binary), f"--endpoints={urls}", f"--cacert={pki / 'ca.crt'}", f"--dial-timeout={timeout}",
+            f"--command-timeout={timeout}"]
+    if cert:
+        source = cert_dir or pki
+        argv += [f"--cert={source / 'admin.crt'}", f"--key={source / 'admin.key'}"]
+    return argv
+
+
+ETCDCTL_ENV = {"ETCDCTL_API": "3", "PATH": os.environ.get("PATH", "")}
+
+
+def assert_all_healthy(etcdctl: Etcdctl, count: int) -> None:
+    result = etcdctl("endpoint", "health")
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout + result.stderr).count("is healthy") == count, result.stdout + result.stderr
+
+
+def assert_members_are_the_spec(etcdctl: Etcdctl, spec: Spec) -> None:
+    result = etcdctl("member", "list", "-w", "json")
+    assert result.returncode == 0, result.stderr
+    members = sorted((m["name"], tuple(m["peerURLs"])) for m in json.loads(result.stdout)["members"])
+    assert members == [(n.name, (f"https://{n.ip}:2380",)) for n in spec.nodes]
+
+
+def assert_refused(etcdctl: Etcdctl, key: str, foreign_pki: Path | None = None) -> None:
+    """A write without a client certificate (or with foreign_pki's) fails and leaves no trace;
+    the same write with the cluster's admin certificate then succeeds."""
+    result = etcdctl("put", key, "intruder", cert=foreign_pki is not None, cert_dir=foreign_pki, timeout="3s")
+    assert result.returncode != 0
+    assert etcdctl("get", key, "--print-value-only").stdout.strip() == ""
+    assert etcdctl("put", f"{key}-admin", "welcome").returncode == 0
