@@ -182,41 +182,38 @@ def _prepare(args: argparse.Namespace, err: TextIO) -> _Prepared:
 
 def _run_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     p = _prepare(args, err)
-    spec, root, pki, builds, artifacts, previous, certs = (p.spec, p.root, p.pki, p.builds, p.artifacts,
-                                                           p.previous, p.certs)
-    fs.ensure_dir(root / "pki", fs.SECRET_DIR_MODE)
-    states = fs.sync(root, artifacts, previous["files"], write=True)
-    document = manifest.render_manifest(spec, states, certs, p.bundle)
-    states += fs.sync(root, [fs.Artifact(manifest.NAME, fs.PUBLIC_MODE, lambda: document)], {}, write=True)
+    fs.ensure_dir(p.root / "pki", fs.SECRET_DIR_MODE)
+    states = fs.sync(p.root, p.artifacts, p.previous["files"], write=True)
+    document = manifest.render_manifest(p.spec, states, p.certs, p.bundle)
+    states += fs.sync(p.root, [fs.Artifact(manifest.NAME, fs.PUBLIC_MODE, lambda: document)], {}, write=True)
     changed = [s for s in states if s.status != "unchanged"]
-    for event in pki.events:
+    for event in p.pki.events:
         print(f"pki: {event}", file=out)
-    print(f"{root}: {len(changed)} of {len(states)} files written"
+    print(f"{p.root}: {len(changed)} of {len(states)} files written"
           + ("" if changed else " (nothing changed)"), file=out)
     sizes = {s.path.split("/")[0]: s.size or 0 for s in states if s.path.endswith("/seed.iso")}
     _print_table(out, [(b.node.name, str(b.node.ip),
-                        f"{pki.nodes[b.node.name].cert.not_valid_after_utc:%Y-%m-%d}",
-                        _size(sizes[b.node.name])) for b in builds])
-    print(f"check the cluster: cd {root / 'pki'} && set -a && . ./etcdctl.env && set +a && "
+                        f"{p.pki.nodes[b.node.name].cert.not_valid_after_utc:%Y-%m-%d}",
+                        _size(sizes[b.node.name])) for b in p.builds])
+    print(f"check the cluster: cd {p.root / 'pki'} && set -a && . ./etcdctl.env && set +a && "
           "etcdctl endpoint health", file=out)
     return EXIT_OK
 
 
 def _run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     p = _prepare(args, err)
-    root, pki, artifacts, previous = p.root, p.pki, p.artifacts, p.previous
-    states = fs.sync(root, artifacts, previous["files"], write=False)
+    states = fs.sync(p.root, p.artifacts, p.previous["files"], write=False)
     changed = [s for s in states if s.status != "unchanged"]
-    for event in pki.events:
+    for event in p.pki.events:
         if not event.endswith(": reused"):
             print(f"pki: {event}", file=out)
     width = max((len(s.path) for s in changed), default=0)
     for state in changed:
         print(f"  {state.path.ljust(width)}  {state.status}", file=out)
     if changed:
-        print(f"  {manifest.NAME.ljust(width)}  {'create' if not previous['files'] else 'update'}", file=out)
+        print(f"  {manifest.NAME.ljust(width)}  {'create' if not p.previous['files'] else 'update'}", file=out)
     counts = {k: sum(1 for s in changed if s.status == k) for k in ("create", "update", "mode")}
-    print(f"{root}: {counts['create']} to create, {counts['update']} to update, "
+    print(f"{p.root}: {counts['create']} to create, {counts['update']} to update, "
           f"{counts['mode']} to chmod, {len(states) - len(changed)} unchanged", file=out)
     return EXIT_OK
 
