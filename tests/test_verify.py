@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,3 +162,26 @@ def test_cloud_init_schema_runs_in_verify(workdir: Path, tree: Path) -> None:
     edit(tree / "etcd03" / "user-data", 'permissions: "0600"', "permissions: [1, 2]")
     code, _, err = verify(workdir)
     assert code == 1 and "error: etcd03/user-data: cloud-init schema:" in err
+
+
+def test_reviewer_checkout_without_secrets(workdir: Path, tree: Path, tmp_path: Path) -> None:
+    """A git clone of the committed tree (no keys, user-data or ISOs) verifies, with a warning per secret."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    out = workdir / "out"
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@e", "PATH": "/usr/bin:/bin"}
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "c"]):
+        subprocess.run(["git", "-C", str(out), *args], check=True, env=env, capture_output=True)
+    review = tmp_path / "review"
+    review.mkdir()
+    shutil.copy(workdir / "cluster.yaml", review)
+    subprocess.run(["git", "clone", "-q", str(out), str(review / "out")], check=True)
+    code, _, err = verify(review)
+    assert code == 0, err
+    assert "warning: pki/etcd01.key: secret not present here" in err
+    assert "warning: etcd02/seed.iso: secret not present here" in err
+    edit(review / "out" / "demo" / "etcd02" / "options.env", "ETCD_PEER_CLIENT_CERT_AUTH=true",
+         "ETCD_PEER_CLIENT_CERT_AUTH=false")
+    code, _, err = verify(review)
+    assert code == 1 and "error: etcd02/options.env: ETCD_PEER_CLIENT_CERT_AUTH must be true" in err
