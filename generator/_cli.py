@@ -197,6 +197,9 @@ def _run_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                         _size(sizes[b.node.name])) for b in p.builds])
     print(f"check the cluster: cd {p.root / 'pki'} && set -a && . ./etcdctl.env && set +a && "
           "etcdctl endpoint health", file=out)
+    for node in (n for n in p.spec.nodes if n.join):
+        print(f"{node.name} joins a running cluster: before it boots, run (as above) "
+              f"etcdctl member add {node.name} --peer-urls=https://{node.ip}:2380", file=out)
     return EXIT_OK
 
 

@@ -31,12 +31,17 @@ _SSH_KEY = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Z
 
 @dataclass(frozen=True)
 class Node:
-    """One etcd member: its short name, FQDN, static IPv4 and NIC MAC."""
+    """One etcd member: its short name, FQDN, static IPv4 and NIC MAC.
+
+    `join` marks a member added to a running cluster: it starts with
+    ETCD_INITIAL_CLUSTER_STATE=existing, after `etcdctl member add`.
+    """
 
     name: str
     fqdn: str
     ip: ipaddress.IPv4Address
     mac: str
+    join: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,8 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
     admin = _admin(top.get("admin"), errs) if "admin" in top else None
     if network is not None and nodes:
         _check_subnet(network, nodes, errs)
+    if nodes and all(n.join for n in nodes):
+        errs.add("nodes", "every member has join: true; a new cluster needs members that start it")
     if errs.items:
         raise SpecError(errs.items)
     assert name and domain and network and nodes and etcd and pki  # noqa: S101 - errs was empty
@@ -356,7 +363,7 @@ def _nodes(value: Any, domain: str | None, errs: _Errors) -> list[Node]:
     seen: dict[str, dict[str, int]] = {"name": {}, "ip": {}, "mac": {}, "fqdn": {}}
     for i, item in enumerate(value):
         path = f"nodes.{i}"
-        data = _mapping(item, path, errs, required=("name", "ip", "mac"), optional=("fqdn",))
+        data = _mapping(item, path, errs, required=("name", "ip", "mac"), optional=("fqdn", "join"))
         if data is None:
             continue
         name = _text(data, "name", path, errs, check=_check_label)
@@ -373,7 +380,8 @@ def _nodes(value: Any, domain: str | None, errs: _Errors) -> list[Node]:
             else:
                 seen[field][key] = i
         if name and ip and mac and fqdn:
-            nodes.append(Node(name=name, fqdn=fqdn.rstrip("."), ip=ip, mac=mac))
+            nodes.append(Node(name=name, fqdn=fqdn.rstrip("."), ip=ip, mac=mac,
+                              join=_boolean(data, "join", path, errs, default=False)))
     return nodes
 
 

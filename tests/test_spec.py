@@ -96,6 +96,10 @@ BAD_SPECS = [
      "pki.ca.key: is required"),
     ("duplicate-yaml-key", _replace("  election_timeout: 1000", "  election_timeout: 1000\n  election_timeout: 2000"),
      "duplicate key 'election_timeout'"),
+    ("all-join", BASE.replace("mac: \"52:54:00:00:00:0", "join: true, mac: \"52:54:00:00:00:0"),
+     "nodes: every member has join: true"),
+    ("join-not-bool", _replace("name: etcd02,", "name: etcd02, join: yes please,"),
+     "nodes.1.join: must be true or false"),
     ("not-yaml", "cluster: [unclosed\n", "cluster.yaml:2: not valid YAML"),
     ("not-a-mapping", "- just\n- a list\n", "spec: must be a mapping, got a list"),
 ]
