@@ -6,12 +6,10 @@ import datetime as dt
 import gzip
 import io
 import tarfile
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from generator import fs
 from generator.pki import PkiState, build_pki
 from generator.spec import Spec, load_spec
 
@@ -82,9 +80,3 @@ def spec3() -> Spec:
 def pki3(spec3: Spec) -> PkiState:
     return build_pki(spec3, {}, None, NOW)
 
-
-def dedent(text: str) -> str:
-    return textwrap.dedent(text).lstrip("\n")
-
-
-__all__ = ["NOW", "ROOT", "dedent", "fake_bundle", "fs", "parse", "spec_yaml"]
