@@ -117,19 +117,20 @@ def _source_date_epoch() -> int | None:
     return int(value)
 
 
-def _load(spec_path: Path, err: TextIO, out_dir: Path | None = None
-          ) -> tuple[Spec, fs.Bundle, tuple[bytes, bytes] | None]:
-    text = fs.read_spec_text(spec_path)
-    spec, warnings = load_spec(text, base_dir=spec_path.parent, source=str(spec_path))
-    for warning in warnings:
+def _read_spec(spec_path: Path, err: TextIO | None = None) -> Spec:
+    """The validated spec; its warnings go to `err` when given."""
+    spec, warnings = load_spec(fs.read_spec_text(spec_path), base_dir=spec_path.parent, source=str(spec_path))
+    for warning in warnings if err is not None else []:
         print(f"warning: {warning}", file=err)
+    return spec
+
+
+def _load_inputs(spec: Spec, checked: frozenset[str] = frozenset()
+                 ) -> tuple[fs.Bundle, tuple[bytes, bytes] | None]:
+    """The bundle and any imported CA, with every problem of both reported at once."""
     problems: list[str] = []
     hints: list[str] = []
     bundle = imported = None
-    checked: frozenset[str] = frozenset()
-    if out_dir is not None:
-        previous = manifest.parse_manifest(fs.read_optional(out_dir / spec.name / manifest.NAME))
-        checked = frozenset({str(previous.get("bundle", {}).get("sha256"))})
     try:
         bundle = fs.load_bundle(spec, checked)
     except MaterialError as exc:
@@ -141,11 +142,12 @@ def _load(spec_path: Path, err: TextIO, out_dir: Path | None = None
         problems += exc.messages
     if problems or bundle is None:
         raise MaterialError(problems, hint="; ".join(hints) or None)
-    return spec, bundle, imported
+    return bundle, imported
 
 
 def _run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    spec, _bundle, _imported = _load(args.spec, err)
+    spec = _read_spec(args.spec, err)
+    _load_inputs(spec)
     print(f"{args.spec}: cluster {spec.name}, {len(spec.nodes)} members, etcd "
           f"{spec.etcd.version}: ok", file=out)
     return EXIT_OK
@@ -165,16 +167,17 @@ class _Prepared:
 
 def _prepare(args: argparse.Namespace, err: TextIO) -> _Prepared:
     """Everything a build would write, computed in memory: nothing touches the disk yet."""
-    spec, bundle, imported = _load(args.spec, err, args.out)
+    spec = _read_spec(args.spec, err)
+    root = args.out / spec.name
+    previous = manifest.parse_manifest(fs.read_optional(root / manifest.NAME))
+    bundle, imported = _load_inputs(spec, frozenset({str(previous.get("bundle", {}).get("sha256"))}))
     epoch = _source_date_epoch()
     if args.out.exists() and not args.out.is_dir():
         raise MaterialError(f"--out: {args.out} is not a directory")
-    root = args.out / spec.name
     pki = build_pki(spec, fs.load_pki_dir(root / "pki"), imported, _now())
     env = make_environment()
     builds = render_all(env, spec, pki, bundle, epoch)
     artifacts = plan_artifacts(env, spec, pki, builds, bundle)
-    previous = manifest.parse_manifest(fs.read_optional(root / manifest.NAME))
     certs = {"pki/ca.crt": pki.ca.cert, "pki/admin.crt": pki.admin.cert,
              **{f"pki/{name}.crt": cred.cert for name, cred in pki.nodes.items()}}
     return _Prepared(spec, root, pki, builds, artifacts, previous, certs, bundle)
@@ -222,7 +225,7 @@ def _run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    spec, _warnings = load_spec(fs.read_spec_text(args.spec), base_dir=args.spec.parent, source=str(args.spec))
+    spec = _read_spec(args.spec)
     root = args.out / spec.name
     if not root.is_dir():
         raise MaterialError(f"{root}: no output to verify; run a build first")
@@ -243,7 +246,7 @@ def _run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _cluster_pki(args: argparse.Namespace) -> Path:
-    spec, _warnings = load_spec(fs.read_spec_text(args.spec), base_dir=args.spec.parent, source=str(args.spec))
+    spec = _read_spec(args.spec)
     pki_dir: Path = args.out / spec.name / "pki"
     if not pki_dir.is_dir():
         raise MaterialError(f"{pki_dir}: no PKI here; run a build first")

@@ -36,10 +36,6 @@ class Artifact:
     make: Callable[[], bytes]
     inputs: str | None = None
 
-    @property
-    def secret(self) -> bool:
-        return self.mode == SECRET_MODE
-
 
 @dataclass(frozen=True)
 class FileState:
