@@ -6,21 +6,18 @@ import argparse
 import datetime as dt
 import getpass
 import os
+import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
-from cryptography import x509
-
-from . import __version__, fs, manifest, sealed
-from .build import NodeBuild, plan_artifacts, render_all
+from . import __version__, external, fs, manifest, sealed
+from .build import BuildPlan, FileStatus, Sources, apply_plan, load_bundle, load_inputs, load_sources, plan_build
 from .errors import GeneratorError, MaterialError
-from .pki import PkiState, build_pki
-from .render import make_environment
+from .render import SEED_ISO, make_environment
 from .spec import Spec, load_spec
-from .verify import Finding, verify_tree
+from .verify import Finding, Tree, verify_tree
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
 
@@ -72,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="cluster definition (default: cluster.yaml)")
     build.add_argument("--out", type=Path, default=Path("output"),
                        help="output root; files go to OUT/<cluster>/ (default: output)")
+    build.add_argument("--rekey", action="append", default=[], metavar="NAME",
+                       help="give this node (or 'admin') a new private key; repeat for several")
     build.set_defaults(run=_run_build)
     plan = commands.add_parser("plan", help="show what a build would change, per node and file; write nothing")
     plan.add_argument("--spec", type=Path, default=Path("cluster.yaml"))
@@ -112,8 +111,8 @@ def _source_date_epoch() -> int | None:
     value = os.environ.get("SOURCE_DATE_EPOCH")
     if value is None:
         return None
-    if not value.isdigit():
-        raise MaterialError(f"SOURCE_DATE_EPOCH: '{value}' is not a whole number of seconds")
+    if not re.fullmatch(r"[0-9]{1,20}", value):
+        raise MaterialError(f"SOURCE_DATE_EPOCH: {value!r} is not a whole number of seconds")
     return int(value)
 
 
@@ -125,137 +124,127 @@ def _read_spec(spec_path: Path, err: TextIO | None = None) -> Spec:
     return spec
 
 
-def _load_inputs(spec: Spec, checked: frozenset[str] = frozenset()
-                 ) -> tuple[fs.Bundle, tuple[bytes, bytes] | None]:
-    """The bundle and any imported CA, with every problem of both reported at once."""
-    problems: list[str] = []
-    hints: list[str] = []
-    bundle = imported = None
-    try:
-        bundle = fs.load_bundle(spec, checked)
-    except MaterialError as exc:
-        problems += exc.messages
-        hints += [exc.hint] if exc.hint else []
-    try:
-        imported = fs.load_imported_ca(spec)
-    except MaterialError as exc:
-        problems += exc.messages
-    if problems or bundle is None:
-        raise MaterialError(problems, hint="; ".join(hints) or None)
-    return bundle, imported
+def _cluster_root(args: argparse.Namespace, spec: Spec) -> Path:
+    if args.out.exists() and not args.out.is_dir():
+        raise MaterialError(f"--out: {args.out} is not a directory")
+    root: Path = args.out / spec.name
+    return root
 
 
 def _run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     spec = _read_spec(args.spec, err)
-    _load_inputs(spec)
+    load_sources(spec)
     print(f"{args.spec}: cluster {spec.name}, {len(spec.nodes)} members, etcd "
           f"{spec.etcd.version}: ok", file=out)
     return EXIT_OK
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    spec: Spec
-    root: Path
-    pki: PkiState
-    builds: list[NodeBuild]
-    artifacts: list[fs.Artifact]
-    previous: dict[str, Any]
-    certs: dict[str, x509.Certificate]
-    bundle: fs.Bundle
-
-
-def _prepare(args: argparse.Namespace, err: TextIO) -> _Prepared:
-    """Everything a build would write, computed in memory: nothing touches the disk yet."""
-    spec = _read_spec(args.spec, err)
-    root = args.out / spec.name
-    previous = manifest.parse_manifest(fs.read_optional(root / manifest.NAME))
-    bundle, imported = _load_inputs(spec, frozenset({str(previous.get("bundle", {}).get("sha256"))}))
+def _plan(args: argparse.Namespace, spec: Spec, root: Path, sources: Sources | None = None) -> BuildPlan:
     epoch = _source_date_epoch()
-    if args.out.exists() and not args.out.is_dir():
-        raise MaterialError(f"--out: {args.out} is not a directory")
-    pki = build_pki(spec, fs.load_pki_dir(root / "pki"), imported, _now())
-    env = make_environment()
-    builds = render_all(env, spec, pki, bundle, epoch)
-    artifacts = plan_artifacts(env, spec, pki, builds, bundle)
-    certs = {"pki/ca.crt": pki.ca.cert, "pki/admin.crt": pki.admin.cert,
-             **{f"pki/{name}.crt": cred.cert for name, cred in pki.nodes.items()}}
-    return _Prepared(spec, root, pki, builds, artifacts, previous, certs, bundle)
+    inputs = load_inputs(spec, root, sources)
+    return plan_build(spec, inputs, make_environment(), _now(), epoch, frozenset(getattr(args, "rekey", [])))
 
 
 def _run_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    p = _prepare(args, err)
-    fs.ensure_dir(p.root / "pki", fs.SECRET_DIR_MODE)
-    states = fs.sync(p.root, p.artifacts, p.previous["files"], write=True)
-    document = manifest.render_manifest(p.spec, states, p.certs, p.bundle)
-    states += fs.sync(p.root, [fs.Artifact(manifest.NAME, fs.PUBLIC_MODE, lambda: document)], {}, write=True)
-    changed = [s for s in states if s.status != "unchanged"]
-    for event in p.pki.events:
+    spec = _read_spec(args.spec, err)
+    root = _cluster_root(args, spec)
+    _source_date_epoch()
+    # Every input problem is reported before any directory is made.
+    previous = manifest.parse_manifest(fs.read_optional(root / manifest.NAME, manifest.NAME))
+    sources = load_sources(spec, previous.bundle_sha256)
+    created = fs.make_dirs(root, {})
+    try:
+        with fs.locked(root, exclusive=True):
+            plan = _plan(args, spec, root, sources)
+            removed = apply_plan(root, plan)
+    except BaseException:
+        fs.remove_empty(created)
+        raise
+    for rel in removed:
+        print(f"removed {rel}: left by a run that was killed", file=out)
+    for event in plan.pki.events:
         print(f"pki: {event}", file=out)
-    print(f"{p.root}: {len(changed)} of {len(states)} files written"
-          + ("" if changed else " (nothing changed)"), file=out)
-    sizes = {s.path.split("/")[0]: s.size or 0 for s in states if s.path.endswith("/seed.iso")}
-    _print_table(out, [(b.node.name, str(b.node.ip),
-                        f"{p.pki.nodes[b.node.name].cert.not_valid_after_utc:%Y-%m-%d}",
-                        _size(sizes[b.node.name])) for b in p.builds])
-    print(f"check the cluster: cd {p.root / 'pki'} && set -a && . ./etcdctl.env && set +a && "
+    changed = plan.changed
+    total = len(plan.files) + 1
+    written = len(changed) + (plan.manifest_status is not FileStatus.UNCHANGED)
+    print(f"{root}: {written} of {total} files written" + ("" if written else " (nothing changed)"), file=out)
+    sizes = {f.path.split("/")[0]: f.size for f in plan.files if f.path.endswith(f"/{SEED_ISO}")}
+    _print_table(out, [(node.name, str(node.ip),
+                        f"{plan.pki.leaves[node.name].cert.not_valid_after_utc:%Y-%m-%d}",
+                        _size(sizes[node.name])) for node in spec.nodes])
+    print(f"check the cluster: cd {root / 'pki'} && set -a && . ./etcdctl.env && set +a && "
           "etcdctl endpoint health", file=out)
-    for node in (n for n in p.spec.nodes if n.join):
-        print(f"{node.name} joins a running cluster: before it boots, run (as above) "
-              f"etcdctl member add {node.name} --peer-urls=https://{node.ip}:2380", file=out)
+    for note in plan.notes:
+        print(note, file=out)
     return EXIT_OK
 
 
 def _run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    p = _prepare(args, err)
-    states = fs.sync(p.root, p.artifacts, p.previous["files"], write=False)
-    changed = [s for s in states if s.status != "unchanged"]
-    for event in p.pki.events:
-        if not event.endswith(": reused"):
+    spec = _read_spec(args.spec, err)
+    root = _cluster_root(args, spec)
+    if root.is_dir():
+        with fs.locked(root, exclusive=False):
+            plan = _plan(args, spec, root)
+    else:
+        plan = _plan(args, spec, root)
+    changed = plan.changed
+    for event in plan.pki.events:
+        if event.change != "reused":
             print(f"pki: {event}", file=out)
-    width = max((len(s.path) for s in changed), default=0)
-    for state in changed:
-        print(f"  {state.path.ljust(width)}  {state.status}", file=out)
-    if changed:
-        print(f"  {manifest.NAME.ljust(width)}  {'create' if not p.previous['files'] else 'update'}", file=out)
-    counts = {k: sum(1 for s in changed if s.status == k) for k in ("create", "update", "mode")}
-    print(f"{p.root}: {counts['create']} to create, {counts['update']} to update, "
-          f"{counts['mode']} to chmod, {len(states) - len(changed)} unchanged", file=out)
+    width = max((len(f.path) for f in changed), default=0)
+    for planned in changed:
+        print(f"  {planned.path.ljust(width)}  {planned.status}", file=out)
+    if plan.manifest_status is not FileStatus.UNCHANGED:
+        print(f"  {manifest.NAME.ljust(width)}  {plan.manifest_status}", file=out)
+    counts = {k: sum(1 for f in changed if f.status is k) for k in FileStatus}
+    print(f"{root}: {counts[FileStatus.CREATE]} to create, {counts[FileStatus.UPDATE]} to update, "
+          f"{counts[FileStatus.MODE]} to chmod, {len(plan.files) - len(changed)} unchanged", file=out)
     return EXIT_OK
 
 
 def _run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     spec = _read_spec(args.spec)
-    root = args.out / spec.name
+    root = _cluster_root(args, spec)
     if not root.is_dir():
         raise MaterialError(f"{root}: no output to verify; run a build first")
     if args.fail_days > args.warn_days:
         raise MaterialError("--fail-days must not exceed --warn-days")
-    files, modes = fs.read_tree(root)
-    found = verify_tree(spec, files, modes, _now(), args.warn_days, args.fail_days, make_environment())
-    for name in sorted(p for p in files if p.endswith("/user-data")):
-        problem = fs.cloud_init_schema(root / name)
-        if problem:
-            found.append(Finding(name, problem))
+    try:
+        bundle = load_bundle(spec)
+    except MaterialError:
+        bundle = None  # a reviewer's checkout may lack the tarball: ISOs are then checked file by file
+    with fs.locked(root, exclusive=False):
+        disk, dirs, odd = fs.scan(root)
+        small = [p for p in disk if not p.endswith(f"/{SEED_ISO}")]
+        tree = Tree(files=fs.read_files(root, small), disk=disk, dirs=dirs, odd=odd,
+                    read_large=lambda rel: fs.read_regular(root / rel, fs.LIMITS["bundle"] * 2, rel) or b"",
+                    git_tracked=external.git_tracked(root))
+        found = verify_tree(spec, tree, _now(), args.warn_days, args.fail_days, make_environment(), bundle)
+        for name in sorted(p for p in disk if p.endswith("/user-data")):
+            problem = external.cloud_init_schema(root / name)
+            if problem:
+                found.append(Finding(name, problem))
     for finding in found:
         print(f"{'error' if finding.error else 'warning'}: {finding}", file=err)
     errors = sum(f.error for f in found)
-    print(f"{root}: {len(files)} files checked, {errors} errors, {len(found) - errors} warnings",
+    print(f"{root}: {len(disk)} files checked, {errors} errors, {len(found) - errors} warnings",
           file=out)
     return EXIT_ERROR if errors else EXIT_OK
 
 
-def _cluster_pki(args: argparse.Namespace) -> Path:
+def _cluster_pki(args: argparse.Namespace) -> tuple[Path, manifest.Manifest]:
     spec = _read_spec(args.spec)
-    pki_dir: Path = args.out / spec.name / "pki"
-    if not pki_dir.is_dir():
-        raise MaterialError(f"{pki_dir}: no PKI here; run a build first")
-    return pki_dir
+    root = _cluster_root(args, spec)
+    previous = manifest.parse_manifest(fs.read_optional(root / manifest.NAME, manifest.NAME))
+    if not previous.files:
+        raise MaterialError(f"{root / manifest.NAME}: missing; run a build first (or clone the cluster's repository)")
+    return root / "pki", previous
 
 
 def _run_seal(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    pki_dir = _cluster_pki(args)
-    result = sealed.seal(pki_dir, args.recipient)
+    pki_dir, previous = _cluster_pki(args)
+    with fs.locked(pki_dir.parent, exclusive=True):
+        result = sealed.seal(pki_dir, args.recipient, previous)
     for name in result.sealed:
         print(f"sealed: {pki_dir / name}", file=out)
     print(f"{pki_dir}: {len(result.sealed)} keys sealed, {len(result.unchanged)} unchanged; "
@@ -264,8 +253,9 @@ def _run_seal(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _run_unseal(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    pki_dir = _cluster_pki(args)
-    restored = sealed.unseal(pki_dir, args.identity)
+    pki_dir, previous = _cluster_pki(args)
+    with fs.locked(pki_dir.parent, exclusive=True):
+        restored = sealed.unseal(pki_dir, args.identity, previous)
     for name in restored:
         print(f"restored: {pki_dir / name}", file=out)
     print(f"{pki_dir}: {len(restored)} keys restored; 'build' now rebuilds the same seeds", file=out)

@@ -1,6 +1,132 @@
-"""etcd: which ETCD_* settings each supported etcd version knows, as plain tables."""
+"""etcd: facts about etcd as data (ports, paths, release naming, settings per version) and options.env."""
 
 from __future__ import annotations
+
+import io
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .spec import Node, Spec
+
+CLIENT_PORT = 2379  # IANA-assigned (etcd docs: op-guide/configuration)
+PEER_PORT = 2380
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where things live on a node."""
+
+    home: str = "/opt/etcd"
+    data_dir: str = "/opt/etcd/data"
+    wal_dir: str = "/opt/etcd/wal"
+    ssl: str = "/etc/ssl/etcd"
+    ca: str = "/etc/ssl/etcd/ca.crt"
+    cert: str = "/etc/ssl/etcd/etcd.crt"
+    key: str = "/etc/ssl/etcd/etcd.key"
+    options: str = "/etc/etcd/options.env"
+    bin: str = "/usr/local/bin"
+
+
+PATHS = Paths()
+
+# What an options.env value may hold. systemd's EnvironmentFile parser and sh read
+# these the same way, unquoted: no quote, backslash, space, `$`, `#` or line break.
+SAFE_VALUE = re.compile(r"[A-Za-z0-9._:/,=@+-]*")
+SAFE_NAME = re.compile(r"ETCD_[A-Z0-9_]+")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """The etcd release tarball to carry on each seed (data is None in url mode)."""
+
+    name: str
+    sha256: str
+    data: bytes | None
+
+
+def tarball_top(version: str) -> str:
+    """The top directory of an upstream release tarball."""
+    return f"etcd-v{version}-linux-amd64"
+
+
+def tarball_name(version: str) -> str:
+    """File name of the release tarball, as upstream names it on its releases page."""
+    return f"{tarball_top(version)}.tar.gz"
+
+
+def check_release_tarball(data: bytes, version: str) -> str | None:
+    """What is wrong with a release tarball for `version`, or None: it must hold <top>/etcd and <top>/etcdctl."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            names = {PurePosixPath(m.name) for m in tar.getmembers() if m.isfile()}
+    except (tarfile.TarError, OSError, EOFError, ValueError):
+        return "is not a .tar.gz archive"
+    tops = {n.parts[0] for n in names if len(n.parts) == 2 and n.name in ("etcd", "etcdctl")}
+    if not tops:
+        return "holds no <dir>/etcd and <dir>/etcdctl; is it an etcd release tarball?"
+    want = tarball_top(version)
+    if want not in tops:
+        return f"holds {', '.join(sorted(tops))}/, but etcd.version {version} needs {want}/"
+    missing = [b for b in ("etcd", "etcdctl") if PurePosixPath(want, b) not in names]
+    if missing:
+        return f"lacks {want}/{missing[0]}"
+    return None
+
+
+def peer_url(node: Node) -> str:
+    return f"https://{node.ip}:{PEER_PORT}"
+
+
+def client_url(node: Node) -> str:
+    return f"https://{node.ip}:{CLIENT_PORT}"
+
+
+def client_endpoints(spec: Spec) -> str:
+    """Every member's client URL, comma-separated."""
+    return ",".join(client_url(node) for node in spec.nodes)
+
+
+def options(spec: Spec, node: Node) -> dict[str, str]:
+    """The settings of one member, as options.env holds them (CIS Kubernetes Benchmark section 2).
+
+    Raises:
+        ValueError: a value holds a character outside SAFE_VALUE; the spec's checks make this a bug.
+    """
+    listen_client = ([f"http://127.0.0.1:{CLIENT_PORT}"] if spec.etcd.plaintext_localhost else []) \
+        + [client_url(node)]
+    values = {
+        "ETCD_NAME": node.name,
+        "ETCD_DATA_DIR": PATHS.data_dir,
+        "ETCD_WAL_DIR": PATHS.wal_dir,
+        "ETCD_LISTEN_PEER_URLS": peer_url(node),
+        "ETCD_INITIAL_ADVERTISE_PEER_URLS": peer_url(node),
+        "ETCD_PEER_CERT_FILE": PATHS.cert,
+        "ETCD_PEER_KEY_FILE": PATHS.key,
+        "ETCD_PEER_TRUSTED_CA_FILE": PATHS.ca,
+        "ETCD_PEER_CLIENT_CERT_AUTH": "true",
+        "ETCD_PEER_AUTO_TLS": "false",
+        "ETCD_LISTEN_CLIENT_URLS": ",".join(listen_client),
+        "ETCD_ADVERTISE_CLIENT_URLS": client_url(node),
+        "ETCD_CERT_FILE": PATHS.cert,
+        "ETCD_KEY_FILE": PATHS.key,
+        "ETCD_TRUSTED_CA_FILE": PATHS.ca,
+        "ETCD_CLIENT_CERT_AUTH": "true",
+        "ETCD_AUTO_TLS": "false",
+        "ETCD_INITIAL_CLUSTER": ",".join(f"{n.name}={peer_url(n)}" for n in spec.nodes),
+        "ETCD_INITIAL_CLUSTER_STATE": "existing" if node.join else "new",
+        "ETCD_INITIAL_CLUSTER_TOKEN": spec.etcd.token,
+        "ETCD_HEARTBEAT_INTERVAL": str(spec.etcd.heartbeat_interval),
+        "ETCD_ELECTION_TIMEOUT": str(spec.etcd.election_timeout),
+        **version_options(spec.etcd.minor),
+    }
+    for name, value in values.items():
+        if not SAFE_NAME.fullmatch(name) or not SAFE_VALUE.fullmatch(value):
+            raise ValueError(f"options.env: {name}={value!r} holds a character outside the safe set")
+    return values
 
 # Every flag of etcd 3.5.1 (`etcd --help`); each is also read as ETCD_<FLAG>.
 FLAGS_3_5 = frozenset({

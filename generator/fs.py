@@ -1,143 +1,82 @@
-"""Filesystem: read inputs and existing state, write output/ atomically with the right modes."""
+"""Filesystem: the disk edge. Bounded reads of regular files, the output lock, staged atomic writes, modes."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
-import io
 import os
-import shutil
-import subprocess
-import tarfile
-import tempfile
-from collections.abc import Callable, Mapping
+import stat
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import Path
 
 from .errors import MaterialError, OutputError
-from .spec import Spec
 
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
 SECRET_DIR_MODE = 0o700
+PUBLIC_DIR_MODE = 0o755
+# Every temporary file a run makes starts with this, beside its final name (a rename
+# is atomic only within one directory). Git ignores the pattern; the next run removes leftovers.
+TEMP_PREFIX = ".etcd-seed-tmp."
+
+MiB = 1 << 20
+LIMITS = {"spec": MiB, "pem": MiB, "state": 64 * MiB, "bundle": 1024 * MiB}
 
 
-@dataclass(frozen=True)
-class Artifact:
-    """One output file: where it goes under output/<cluster>/, its mode, and how to make it.
+def read_regular(path: Path, limit: int, field: str, error: type[MaterialError | OutputError] = MaterialError,
+                 missing_ok: bool = False) -> bytes | None:
+    """The bytes of a regular file of at most `limit` bytes.
 
-    `inputs` is a digest of everything `make` depends on, for files that are
-    costly to make (ISOs): when it matches the previous manifest and the file
-    on disk still has the recorded sha256, the file is not made again.
+    A FIFO, a device such as /dev/zero, a directory or an oversized file is refused
+    before anything is read from it, so no input can hang a run or exhaust its memory.
+
+    Raises:
+        `error`: naming `field` and the path.
     """
-
-    path: str
-    mode: int
-    make: Callable[[], bytes]
-    inputs: str | None = None
-
-
-@dataclass(frozen=True)
-class FileState:
-    """What a build did, or would do, to one file."""
-
-    path: str
-    mode: int
-    status: str  # "create", "update", "mode" (permissions only) or "unchanged"
-    sha256: str | None  # None when a plan did not make the file
-    size: int | None
-    inputs: str | None = None
-
-
-@dataclass(frozen=True)
-class Bundle:
-    """The etcd release tarball to carry on each seed (data is None in url mode)."""
-
-    name: str
-    sha256: str
-    data: bytes | None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise error(f"{field}: {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise error(f"{field}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{field}: {path} is not a regular file")
+        if info.st_size > limit:
+            raise error(f"{field}: {path} is {info.st_size} bytes, more than the {limit} allowed")
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise error(f"{field}: {path} grew past the {limit} bytes allowed while being read")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise error(f"{field}: cannot read {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 def read_spec_text(path: Path) -> str:
     """The text of cluster.yaml."""
+    data = read_regular(path, LIMITS["spec"], "spec", missing_ok=True)
+    if data is None:
+        raise MaterialError(f"{path}: no such spec file")
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MaterialError(f"{path}: no such spec file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise MaterialError(f"{path}: cannot read the spec: {exc}") from None
 
 
-def load_bundle(spec: Spec, checked: frozenset[str] = frozenset()) -> Bundle:
-    """Read and check the etcd tarball: it exists, matches etcd.sha256, holds etcd and etcdctl.
-
-    `checked` holds sha256s of tarballs whose contents an earlier build already
-    checked (from its manifest); listing a tarball means decompressing all of it.
-
-    Raises:
-        MaterialError: naming etcd.bundle and the problem.
-    """
-    etcd = spec.etcd
-    if etcd.bundle is None:
-        assert etcd.sha256 is not None  # noqa: S101 - the spec requires it with url
-        return Bundle(name=etcd.tarball_name, sha256=etcd.sha256, data=None)
-    try:
-        data = etcd.bundle.read_bytes()
-    except FileNotFoundError:
-        raise MaterialError(f"etcd.bundle: {etcd.bundle} does not exist",
-                            hint="'make bundle' builds the example's tarball") from None
-    except OSError as exc:
-        raise MaterialError(f"etcd.bundle: cannot read {etcd.bundle}: {exc}") from None
-    digest = hashlib.sha256(data).hexdigest()
-    if etcd.sha256 is not None and digest != etcd.sha256:
-        raise MaterialError(f"etcd.bundle: {etcd.bundle} has sha256 {digest}, but etcd.sha256 "
-                            f"is {etcd.sha256}")
-    problem = None if digest in checked else _check_release_tarball(data, etcd.version)
-    if problem:
-        raise MaterialError(f"etcd.bundle: {etcd.bundle} {problem}")
-    return Bundle(name=etcd.tarball_name, sha256=digest, data=data)
-
-
-def _check_release_tarball(data: bytes, version: str) -> str | None:
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            names = {PurePosixPath(m.name) for m in tar.getmembers() if m.isfile()}
-    except (tarfile.TarError, OSError, EOFError):
-        return "is not a .tar.gz archive"
-    tops = {n.parts[0] for n in names if len(n.parts) == 2 and n.name in ("etcd", "etcdctl")}
-    if not tops:
-        return "holds no <dir>/etcd and <dir>/etcdctl; is it an etcd release tarball?"
-    want = f"etcd-v{version}-linux-amd64"
-    if want not in tops:
-        return f"holds {', '.join(sorted(tops))}/, but etcd.version {version} needs {want}/"
-    missing = [b for b in ("etcd", "etcdctl") if PurePosixPath(want, b) not in names]
-    if missing:
-        return f"lacks {want}/{missing[0]}"
-    return None
-
-
-def load_imported_ca(spec: Spec) -> tuple[bytes, bytes] | None:
-    """The PEM bytes of the CA that pki.ca names, if any."""
-    if spec.pki.ca is None:
-        return None
-    out = []
-    for field, path in (("cert", spec.pki.ca.cert), ("key", spec.pki.ca.key)):
-        try:
-            out.append(path.read_bytes())
-        except OSError as exc:
-            raise MaterialError(f"pki.ca.{field}: cannot read {path}: "
-                                f"{exc.strerror or exc}") from None
-    return out[0], out[1]
-
-
-def read_optional(path: Path) -> bytes | None:
-    """A file's bytes, or None when it does not exist."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+def read_optional(path: Path, field: str | None = None, limit: int = LIMITS["state"]) -> bytes | None:
+    """A state file's bytes (manifest, sealed index), or None when it does not exist."""
+    return read_regular(path, limit, field or str(path), error=OutputError, missing_ok=True)
 
 
 def load_pki_dir(pki_dir: Path) -> dict[str, bytes]:
@@ -145,42 +84,57 @@ def load_pki_dir(pki_dir: Path) -> dict[str, bytes]:
     if not pki_dir.is_dir():
         return {}
     try:
-        return {p.name: p.read_bytes() for p in sorted(pki_dir.iterdir())
-                if p.suffix in (".crt", ".key") and p.is_file()}
+        names = sorted(p.name for p in pki_dir.iterdir() if p.suffix in (".crt", ".key"))
     except OSError as exc:
-        raise OutputError(f"{pki_dir}: cannot read existing PKI: {exc}") from None
+        raise OutputError(f"{pki_dir}: cannot read existing PKI: {exc.strerror or exc}") from None
+    found = {}
+    for name in names:
+        data = read_regular(pki_dir / name, LIMITS["pem"], f"pki/{name}", error=OutputError, missing_ok=True)
+        if data is not None:
+            found[name] = data
+    return found
 
 
-def write_file(path: Path, data: bytes, mode: int) -> bool:
-    """Write `data` to `path` atomically with `mode`, unless it is already there.
+@dataclass(frozen=True)
+class OnDisk:
+    """What is at one path of the output tree now."""
 
-    Returns:
-        True when the file was created or changed (content or mode).
+    sha256: str
+    size: int
+    mode: int
+
+
+def scan(root: Path) -> tuple[dict[str, OnDisk], dict[str, int], list[str]]:
+    """Every regular file under root (sha256, size, mode), every directory's mode, and other entries.
+
+    The third list names what is neither a regular file nor a directory (links, FIFOs).
+    Files are hashed in chunks: an ISO is never held in memory.
     """
+    files: dict[str, OnDisk] = {}
+    dirs: dict[str, int] = {}
+    odd: list[str] = []
+    if not root.is_dir():
+        return files, dirs, odd
     try:
-        if path.is_file() and path.read_bytes() == data:
-            if path.stat().st_mode & 0o777 == mode:
-                return False
-            path.chmod(mode)
-            return True
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Create the temporary file with its final mode: a key is never readable by others.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        dirs["."] = root.stat().st_mode & 0o777
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root).as_posix()
+            if ".git" in path.relative_to(root).parts:
+                continue
+            info = path.lstat()
+            if stat.S_ISDIR(info.st_mode):
+                dirs[rel] = info.st_mode & 0o777
+            elif stat.S_ISREG(info.st_mode):
+                files[rel] = OnDisk(sha256_file(path), info.st_size, info.st_mode & 0o777)
+            else:
+                odd.append(rel)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
-    return True
+        raise OutputError(f"{root}: cannot read: {exc.strerror or exc}") from None
+    return files, dirs, odd
 
 
 def sha256_file(path: Path) -> str:
-    """The sha256 of a file, read in chunks."""
+    """The sha256 of a regular file, read in chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -188,85 +142,161 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sync(root: Path, artifacts: list[Artifact], previous: Mapping[str, Mapping[str, Any]],
-         write: bool) -> list[FileState]:
-    """Bring root/ in line with `artifacts`, or, with write=False, only say what that would change.
+def read_files(root: Path, paths: Sequence[str]) -> dict[str, bytes]:
+    """The bytes of the small files among `paths` (everything but ISOs), bounded."""
+    out = {}
+    for rel in paths:
+        data = read_regular(root / rel, LIMITS["state"], rel, error=OutputError, missing_ok=True)
+        if data is not None:
+            out[rel] = data
+    return out
 
-    Args:
-        root: output/<cluster>.
-        artifacts: every file, in order.
-        previous: the "files" table of the manifest already on disk, if any.
-        write: False for a plan.
+
+@contextlib.contextmanager
+def locked(root: Path, exclusive: bool) -> Iterator[None]:
+    """Hold a lock on the cluster's output directory: one writer, or any number of readers.
+
+    A second writer does not wait: it stops with an error, so that two builds can never
+    interleave their files (leaves from one CA beside another CA's certificate).
+    """
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OutputError(f"{root}: cannot open: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise OutputError(f"{root}: another etcd-seed run is using this directory; "
+                                  "wait for it to finish and run again") from None
+            raise OutputError(f"{root}: cannot lock: {exc.strerror or exc}") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def make_dirs(root: Path, dirs: dict[str, int]) -> list[Path]:
+    """Create root and the given subdirectories with exactly their modes (umask does not apply).
 
     Returns:
-        One FileState per artifact.
+        The directories this call created, deepest first, so a failed run can remove them.
     """
-    states = []
-    for artifact in artifacts:
-        path = root / artifact.path
-        try:
-            states.append(_sync_one(path, artifact, previous.get(artifact.path, {}), write))
-        except OSError as exc:
-            raise OutputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return states
-
-
-def _sync_one(path: Path, artifact: Artifact, before: Mapping[str, Any], write: bool) -> FileState:
-    exists = path.is_file()
-    mode_ok = exists and path.stat().st_mode & 0o777 == artifact.mode
-    if artifact.inputs is not None and exists and before.get("inputs") == artifact.inputs \
-            and sha256_file(path) == before.get("sha256"):
-        status = "unchanged" if mode_ok else "mode"
-        if write and not mode_ok:
-            path.chmod(artifact.mode)
-        return FileState(artifact.path, artifact.mode, status, str(before["sha256"]),
-                         path.stat().st_size, artifact.inputs)
-    if artifact.inputs is not None and not write:
-        return FileState(artifact.path, artifact.mode, "update" if exists else "create", None, None,
-                         artifact.inputs)
-    data = artifact.make()
-    same = exists and path.read_bytes() == data
-    status = "create" if not exists else "unchanged" if same and mode_ok else "mode" if same else "update"
-    if write and status != "unchanged":
-        write_file(path, data, artifact.mode)
-    return FileState(artifact.path, artifact.mode, status, hashlib.sha256(data).hexdigest(), len(data),
-                     artifact.inputs)
-
-
-def read_tree(root: Path) -> tuple[dict[str, bytes], dict[str, int]]:
-    """Every file under root by relative path, and each one's permission bits."""
-    files, modes = {}, {}
+    created: list[Path] = []
     try:
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and ".git" not in path.relative_to(root).parts:
-                rel = path.relative_to(root).as_posix()
-                files[rel], modes[rel] = path.read_bytes(), path.stat().st_mode & 0o777
+        for path in [*reversed(root.parents), root]:
+            if not path.exists():
+                path.mkdir()
+                path.chmod(PUBLIC_DIR_MODE)
+                created.insert(0, path)
+        for rel, mode in dirs.items():
+            path = root / rel
+            if not path.exists():
+                path.mkdir()
+                created.insert(0, path)
+            if path.stat().st_mode & 0o777 != mode:
+                path.chmod(mode)
     except OSError as exc:
-        raise OutputError(f"{root}: cannot read: {exc.strerror or exc}") from None
-    return files, modes
+        raise OutputError(f"{exc.filename or root}: cannot create: {exc.strerror or exc}") from None
+    return created
 
 
-def cloud_init_schema(path: Path) -> str | None:
-    """What Debian's `cloud-init schema` says is wrong with a user-data file, or None.
+def remove_empty(paths: Sequence[Path]) -> None:
+    """Remove directories a failed run created, if they are still empty."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.rmdir()
 
-    Returns None too when cloud-init is not installed: the check is then skipped.
+
+def remove_stale_temps(root: Path) -> list[str]:
+    """Delete temporary files that a killed run left behind (they may hold keys)."""
+    removed = []
+    for path in sorted(root.rglob(f"{TEMP_PREFIX}*")):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path.relative_to(root).as_posix())
+    return removed
+
+
+@dataclass(frozen=True)
+class Write:
+    """One file to put in place: its path under root, mode, and how to make its bytes."""
+
+    path: str
+    mode: int
+    make: Callable[[], bytes]
+
+
+def stage_and_commit(root: Path, writes: Sequence[Write], journal: Write | None) -> None:
+    """Write every file to a temporary name first, then rename them into place in order.
+
+    Nothing is renamed until every file has been made and written, so a failure while
+    making one (an ISO, a full disk) leaves the tree as it was. The journal, when given,
+    is put in place before the first rename: it records the new keys, so that a run
+    killed among the renames can be continued.
+
+    Raises:
+        OutputError: naming the file that could not be written.
     """
-    tool = shutil.which("cloud-init")
-    if tool is None:
-        return None
-    result = subprocess.run([tool, "schema", "-c", str(path)], capture_output=True, text=True,
-                            check=False)
-    if result.returncode == 0:
-        return None
-    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-    return "cloud-init schema: " + ("; ".join(lines[-3:]) or f"exit {result.returncode}")
-
-
-def ensure_dir(path: Path, mode: int) -> None:
-    """Create a directory (and parents) and set its mode."""
+    staged: list[tuple[Path, Path]] = []
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        if path.stat().st_mode & 0o777 != mode:
-            path.chmod(mode)
+        for write in writes:
+            staged.append((_stage(root / write.path, write.make(), write.mode), root / write.path))
+        if journal is not None:
+            os.replace(_stage(root / journal.path, journal.make(), journal.mode), root / journal.path)
+        for tmp, final in staged:
+            os.replace(tmp, final)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot create: {exc.strerror or exc}") from None
+        raise OutputError(f"{exc.filename or root}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+def _stage(path: Path, data: bytes, mode: int) -> Path:
+    # Create the temporary file with its final mode: a key is never readable by others.
+    tmp = path.parent / f"{TEMP_PREFIX}{path.name}.{os.urandom(6).hex()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def chmod(path: Path, mode: int) -> None:
+    """Set a file's mode, as an OutputError on failure."""
+    try:
+        path.chmod(mode)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot chmod: {exc.strerror or exc}") from None
+
+
+def remove(path: Path) -> None:
+    """Delete a file if it is there."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot remove: {exc.strerror or exc}") from None
+
+
+def write_file(path: Path, data: bytes, mode: int) -> bool:
+    """Write one file atomically with `mode`, unless it already holds `data` with that mode.
+
+    Returns:
+        True when the file was created or changed (content or mode).
+    """
+    current = read_regular(path, max(len(data), 1) * 2 + MiB, str(path), error=OutputError, missing_ok=True)
+    if current == data:
+        if path.stat().st_mode & 0o777 == mode:
+            return False
+        chmod(path, mode)
+        return True
+    stage_and_commit(path.parent, [Write(path.name, mode, lambda: data)], None)
+    return True

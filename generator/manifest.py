@@ -1,22 +1,47 @@
-"""Manifest: the sha256 of every output file and what each certificate says, as stable JSON."""
+"""Manifest: the sha256 of every output file, each key's public half and each certificate's facts, as stable JSON."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .errors import OutputError
-from .fs import Bundle, FileState
 from .pki import sans_of
-from .spec import Spec
 
 NAME = "manifest.json"
-FORMAT = 1
+# 2 adds each key's public_key_sha256 and each ISO's epoch; 1 is still read.
+FORMAT = 2
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_MODE = re.compile(r"0[0-7]{3}")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """What the manifest says of one file."""
+
+    sha256: str
+    size: int
+    mode: int
+    public_key_sha256: str | None = None  # keys: the sha256 of the DER SubjectPublicKeyInfo
+    epoch: int | None = None  # ISOs: the time stamped on every date inside
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest read back. `format` 0 means there was none."""
+
+    format: int = 0
+    files: Mapping[str, FileEntry] = field(default_factory=dict)
+    certificates: Mapping[str, Any] = field(default_factory=dict)
+    bundle_sha256: str | None = None
+    etcd_version: str | None = None
 
 
 def describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
@@ -34,42 +59,90 @@ def describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
     }
 
 
-def render_manifest(spec: Spec, states: list[FileState], certs: Mapping[str, x509.Certificate],
-                    bundle: Bundle) -> bytes:
+def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], files: Mapping[str, FileEntry],
+                    certs: Mapping[str, x509.Certificate]) -> bytes:
     """The manifest for one cluster: every file's sha256 and mode, and each certificate's facts.
 
     Args:
-        spec: the cluster.
-        states: every file but the manifest itself, each with its sha256.
+        cluster: the cluster's name.
+        etcd_version: the release the seeds install.
+        bundle: name, sha256 and source of the etcd tarball.
+        files: every file but the manifest itself.
         certs: the leaf (or CA) certificate of each .crt file, by path.
-        bundle: the etcd tarball the seeds carry (or that nodes download), as checked.
     """
-    files = {}
-    for state in states:
-        entry: dict[str, Any] = {"sha256": state.sha256, "size": state.size, "mode": f"{state.mode:04o}"}
-        if state.inputs is not None:
-            entry["inputs"] = state.inputs
-        files[state.path] = entry
+    table = {}
+    for path, entry in files.items():
+        row: dict[str, Any] = {"sha256": entry.sha256, "size": entry.size, "mode": f"{entry.mode:04o}"}
+        if entry.public_key_sha256 is not None:
+            row["public_key_sha256"] = entry.public_key_sha256
+        if entry.epoch is not None:
+            row["epoch"] = entry.epoch
+        table[path] = row
     document = {
         "format": FORMAT,
-        "cluster": spec.name,
-        "etcd_version": spec.etcd.version,
-        "bundle": {"name": bundle.name, "sha256": bundle.sha256,
-                   "source": spec.etcd.url or (spec.etcd.bundle.name if spec.etcd.bundle else None)},
-        "files": files,
+        "cluster": cluster,
+        "etcd_version": etcd_version,
+        "bundle": dict(bundle),
+        "files": table,
         "certificates": {path: describe_certificate(cert) for path, cert in sorted(certs.items())},
     }
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
 
 
-def parse_manifest(data: bytes | None, source: str = NAME) -> dict[str, Any]:
-    """A manifest read back; an empty one when there is none yet."""
+def parse_manifest(data: bytes | None, source: str = NAME) -> Manifest:
+    """A manifest read back and checked field by field; an empty one when there is none yet.
+
+    Raises:
+        OutputError: with the dotted path of the first malformed field.
+    """
     if data is None:
-        return {"files": {}, "certificates": {}}
+        return Manifest()
     try:
         document = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise OutputError(f"{source}: not valid JSON: {exc}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("files"), dict):
-        raise OutputError(f"{source}: has no 'files' table")
-    return document
+    if not isinstance(document, dict):
+        raise OutputError(f"{source}: must be a JSON object")
+    fmt = document.get("format")
+    if fmt not in (1, FORMAT):
+        raise OutputError(f"{source}: format: {fmt!r} is not a manifest format this tool reads (1 or {FORMAT})")
+    files = document.get("files")
+    if not isinstance(files, dict):
+        raise OutputError(f"{source}: files: must be an object")
+    entries = {}
+    for path, row in files.items():
+        entries[path] = _entry(row, f"{source}: files.{path}")
+    certificates = document.get("certificates", {})
+    if not isinstance(certificates, dict):
+        raise OutputError(f"{source}: certificates: must be an object")
+    bundle = document.get("bundle", {})
+    bundle_sha = bundle.get("sha256") if isinstance(bundle, dict) else None
+    if bundle_sha is not None and not (isinstance(bundle_sha, str) and _HEX64.fullmatch(bundle_sha)):
+        raise OutputError(f"{source}: bundle.sha256: must be 64 hex digits")
+    version = document.get("etcd_version")
+    return Manifest(format=fmt, files=entries, certificates=certificates, bundle_sha256=bundle_sha,
+                    etcd_version=version if isinstance(version, str) else None)
+
+
+def _entry(row: Any, where: str) -> FileEntry:
+    if not isinstance(row, dict):
+        raise OutputError(f"{where}: must be an object")
+    sha, size, mode = row.get("sha256"), row.get("size"), row.get("mode")
+    if not (isinstance(sha, str) and _HEX64.fullmatch(sha)):
+        raise OutputError(f"{where}.sha256: must be 64 hex digits")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise OutputError(f"{where}.size: must be a whole number")
+    if not (isinstance(mode, str) and _MODE.fullmatch(mode)):
+        raise OutputError(f"{where}.mode: must be an octal mode such as 0644")
+    public = row.get("public_key_sha256")
+    if public is not None and not (isinstance(public, str) and _HEX64.fullmatch(public)):
+        raise OutputError(f"{where}.public_key_sha256: must be 64 hex digits")
+    epoch = row.get("epoch")
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCH):
+        raise OutputError(f"{where}.epoch: must be a whole number of seconds from 0 to {MAX_EPOCH}")
+    return FileEntry(sha256=sha, size=size, mode=int(mode, 8), public_key_sha256=public, epoch=epoch)
+
+
+# An ISO 9660 directory record stores the year as one byte counted from 1900 (ECMA-119 9.1.5),
+# so 2155-12-31T23:59:59Z is the last time an ISO can hold.
+MAX_EPOCH = 5869583999

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -14,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import MaterialError
-from .spec import Node, Spec
+from .spec import KeyType, Node, Pki, Spec
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -22,6 +24,8 @@ PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 # little behind at first boot (no NTP yet) still accepts its peers.
 BACKDATE = dt.timedelta(hours=1)
 ADMIN_CN = "root"  # etcd maps a client cert's CN to a user; "root" is its superuser once auth is on
+ADMIN = "admin"  # the admin client's name: pki/admin.crt, pki/admin.key (spec.RESERVED_NAMES holds it)
+CA_NAME = "ca"  # pki/ca.crt, pki/ca.key: written only when the CA is created
 SERVER_AND_CLIENT = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
 CLIENT_ONLY = (ExtendedKeyUsageOID.CLIENT_AUTH,)
 
@@ -59,14 +63,62 @@ class Credential:
         return _key_pem(self.key)
 
 
+class LeafKind(StrEnum):
+    """What a leaf certificate is for."""
+
+    NODE = "node"  # peer and server: serverAuth + clientAuth, with the node's SANs
+    CLIENT = "client"  # clientAuth only
+
+
 @dataclass(frozen=True)
 class Identity:
-    """What a leaf certificate must say: its CN, SANs and extended key usages."""
+    """What a leaf certificate must say: its kind, CN, SANs and extended key usages."""
 
+    kind: LeafKind
     common_name: str
     dns_names: tuple[str, ...]
     ips: tuple[ipaddress.IPv4Address, ...]
     usages: tuple[x509.ObjectIdentifier, ...]
+
+
+class Change(StrEnum):
+    """What a run did to one credential."""
+
+    CREATED = "created"
+    IMPORTED = "imported"
+    REUSED = "reused"
+    ISSUED = "issued"
+    REISSUED = "reissued"
+    NEW_KEY = "new key"
+
+
+@dataclass(frozen=True)
+class PkiEvent:
+    """One line of what happened: `etcd02: reissued (SANs are ...)`."""
+
+    name: str
+    change: Change
+    reason: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.change}" + (f" ({self.reason})" if self.reason else "")
+
+
+@dataclass(frozen=True)
+class KeyRecords:
+    """The public keys (sha256 of the DER SubjectPublicKeyInfo) that earlier runs recorded, by leaf name.
+
+    `recorded` comes from manifest.json; `pending` from the journal that a run writes
+    just before it puts new keys in place, so that a run killed half-way can be
+    continued. `legacy` marks a manifest from before keys were recorded: a key is then
+    trusted when its file's sha256 is the one that manifest lists.
+    """
+
+    recorded: Mapping[str, str] = field(default_factory=dict)
+    pending: Mapping[str, str] = field(default_factory=dict)
+    legacy_file_sha256: Mapping[str, str] = field(default_factory=dict)
+    legacy: bool = False
+    ca_recorded: bool = False  # the manifest lists a CA certificate
 
 
 @dataclass
@@ -75,40 +127,77 @@ class PkiState:
 
     ca: CA
     ca_imported: bool
-    nodes: dict[str, Credential]
-    admin: Credential
-    events: list[str] = field(default_factory=list)
+    leaves: dict[str, Credential]
+    identities: dict[str, Identity]
+    events: list[PkiEvent] = field(default_factory=list)
+
+    @property
+    def nodes(self) -> dict[str, Credential]:
+        return {name: c for name, c in self.leaves.items() if self.identities[name].kind is LeafKind.NODE}
+
+    @property
+    def admin(self) -> Credential:
+        return self.leaves[ADMIN]
+
+    def public_keys(self) -> dict[str, str]:
+        """sha256 of every key's public half, by name ("ca" too unless imported)."""
+        keys = {name: public_key_sha256(c.key) for name, c in self.leaves.items()}
+        if not self.ca_imported:
+            keys[CA_NAME] = public_key_sha256(self.ca.key)
+        return keys
 
 
 def node_identity(spec: Spec, node: Node) -> Identity:
     """The identity of a node's peer/server certificate: its short name, FQDN and IP."""
-    return Identity(common_name=node.name, dns_names=(node.name, node.fqdn), ips=(node.ip,),
-                    usages=SERVER_AND_CLIENT)
+    return Identity(kind=LeafKind.NODE, common_name=node.name, dns_names=(node.name, node.fqdn),
+                    ips=(node.ip,), usages=SERVER_AND_CLIENT)
 
 
-ADMIN_IDENTITY = Identity(common_name=ADMIN_CN, dns_names=(), ips=(), usages=CLIENT_ONLY)
+ADMIN_IDENTITY = Identity(kind=LeafKind.CLIENT, common_name=ADMIN_CN, dns_names=(), ips=(), usages=CLIENT_ONLY)
 
 
-def generate_key(key_type: str) -> PrivateKey:
+def leaf_table(spec: Spec) -> dict[str, Identity]:
+    """Every leaf certificate the build issues, by name: each node, then the admin client.
+
+    The PKI, the output files, the manifest and verify all iterate this table. The
+    spec refuses node names in RESERVED_NAMES, so no two rows can share a name.
+    """
+    table = {node.name: node_identity(spec, node) for node in spec.nodes}
+    assert ADMIN not in table and CA_NAME not in table  # noqa: S101 - spec.RESERVED_NAMES
+    table[ADMIN] = ADMIN_IDENTITY
+    return table
+
+
+def generate_key(key_type: KeyType) -> PrivateKey:
     """Make a new private key of a spec key type (rsa2048 … ecdsa-p384)."""
-    if key_type.startswith("rsa"):
-        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[3:]))
-    curve = {"ecdsa-p256": ec.SECP256R1(), "ecdsa-p384": ec.SECP384R1()}[key_type]
+    if key_type.value.startswith("rsa"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type.value[3:]))
+    curve = {KeyType.ECDSA_P256: ec.SECP256R1(), KeyType.ECDSA_P384: ec.SECP384R1()}[key_type]
     return ec.generate_private_key(curve)
 
 
-def key_type_of(key: PrivateKey) -> str:
-    """The spec key type that a key is, e.g. 'rsa2048'."""
-    if isinstance(key, rsa.RSAPrivateKey):
-        return f"rsa{key.key_size}"
-    return {"secp256r1": "ecdsa-p256", "secp384r1": "ecdsa-p384"}.get(key.curve.name, key.curve.name)
+def key_type_of(key: PrivateKey | x509.Certificate) -> str:
+    """The spec key type of a key or a certificate's key, e.g. 'rsa2048'."""
+    public = key.public_key()
+    if isinstance(public, rsa.RSAPublicKey):
+        return f"rsa{public.key_size}"
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        return {"secp256r1": "ecdsa-p256", "secp384r1": "ecdsa-p384"}.get(public.curve.name, public.curve.name)
+    return type(public).__name__
+
+
+def public_key_sha256(holder: PrivateKey | x509.Certificate) -> str:
+    """The sha256 of a key's DER SubjectPublicKeyInfo, as manifest.json records it."""
+    return hashlib.sha256(public_der(holder)).hexdigest()
 
 
 def create_ca(spec: Spec, now: dt.datetime, key: PrivateKey | None = None) -> CA:
     """Issue a self-signed CA for the cluster, valid for pki.ca_validity_days."""
     key = key or generate_key(spec.pki.key_type)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{spec.name} etcd CA"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, spec.domain)])
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, f"{spec.name} etcd CA")]
+    if len(spec.domain) <= 64:  # X.509's upper bound for an O (RFC 5280 ub-organization-name)
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, spec.domain))
+    name = x509.Name(attributes)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
         x509.CertificateBuilder()
@@ -154,6 +243,12 @@ def load_ca(cert_pem: bytes, key_pem: bytes, now: dt.datetime, source: str, own:
         is_ca = False
     if not is_ca:
         problems.append(f"{source}: the certificate is not a CA (basicConstraints CA:TRUE missing)")
+    try:
+        may_sign = cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        may_sign = False
+    if is_ca and not may_sign:
+        problems.append(f"{source}: the CA may not sign certificates (keyUsage keyCertSign missing)")
     if public_der(key) != public_der(cert):
         problems.append(f"{source}: the CA certificate and key do not match")
     if cert.not_valid_after_utc <= now:
@@ -190,56 +285,151 @@ def issue_leaf(ca: CA, identity: Identity, key: PrivateKey, now: dt.datetime,
     return _credential(cert, key, ca)
 
 
-def build_pki(spec: Spec, existing: dict[str, bytes], imported: tuple[bytes, bytes] | None,
-              now: dt.datetime) -> PkiState:
-    """Reuse what is still right, issue what is missing or out of date.
+def build_pki(spec: Spec, existing: Mapping[str, bytes], imported: tuple[bytes, bytes] | None,
+              now: dt.datetime, records: KeyRecords, rekey: frozenset[str] = frozenset()) -> PkiState:
+    """Reuse what is still right, issue what is missing or out of date, and refuse what is suspect.
 
     Args:
         spec: the validated cluster definition.
         existing: files already in output/<cluster>/pki, by name (ca.crt, etcd01.key, ...).
         imported: the (cert, key) PEMs named by pki.ca, when the CA is imported.
         now: the current time; the core never reads the clock.
+        records: the public keys earlier runs recorded; a key on disk must be one of them.
+        rekey: leaf names whose keys the operator asked to replace.
 
     Returns:
         The CA and every credential, with a list of events (issued, renewed, reused).
 
     Raises:
-        MaterialError: the CA is unusable, or would be replaced.
+        MaterialError: the CA is unusable or would be replaced, or a key is not the one recorded,
+            is shared, or is missing while recorded.
     """
-    events: list[str] = []
-    ca = _resolve_ca(spec, existing, imported, now, events)
-    nodes = {node.name: _leaf(spec, ca, node.name, node_identity(spec, node), existing, now, events)
-             for node in spec.nodes}
-    admin = _leaf(spec, ca, "admin", ADMIN_IDENTITY, existing, now, events)
-    return PkiState(ca=ca, ca_imported=imported is not None, nodes=nodes, admin=admin,
-                    events=events)
+    events: list[PkiEvent] = []
+    table = leaf_table(spec)
+    unknown = sorted(rekey - set(table))
+    if unknown:
+        raise MaterialError(f"--rekey: {', '.join(unknown)} is not a node or '{ADMIN}'")
+    problems: list[str] = []
+    ca = _resolve_ca(spec, existing, imported, now, records, events)
+    horizon = now + dt.timedelta(days=spec.pki.renew_before_days)
+    if ca.cert.not_valid_after_utc <= horizon:
+        raise MaterialError(
+            f"{'pki.ca.cert' if imported else 'pki/ca.crt'}: the CA expires on "
+            f"{ca.cert.not_valid_after_utc:%Y-%m-%d}, within pki.renew_before_days "
+            f"({spec.pki.renew_before_days}); every leaf would be reissued on every run",
+            hint="rotate to a CA with a longer life, or lower pki.renew_before_days")
+    keys = {name: _leaf_key(spec.pki, name, existing, records, name in rekey, problems, events)
+            for name in table}
+    _check_distinct_keys(ca, keys, problems)
+    if problems:
+        raise MaterialError(problems, hint=("to replace a key on purpose, build with --rekey NAME; to restore "
+                                            "keys from sealed copies, run unseal"))
+    leaves = {name: _leaf(spec.pki, ca, name, identity, keys[name], existing, now, events)
+              for name, identity in table.items()}
+    return PkiState(ca=ca, ca_imported=imported is not None, leaves=leaves, identities=table, events=events)
 
 
-def check_leaf(cert: x509.Certificate, key: PrivateKey | None, ca_cert: x509.Certificate,
-               identity: Identity) -> list[str]:
-    """Say what is wrong with a leaf certificate for an identity; an empty list means nothing."""
+def leaf_problems(cert: x509.Certificate, ca_cert: x509.Certificate, identity: Identity, pki: Pki,
+                  now: dt.datetime) -> list[str]:
+    """Every way a leaf certificate differs from what issue_leaf would sign today; empty when none.
+
+    Checks the signature, issuer, subject, key type, lifetime, and the exact set of
+    extensions with their values and criticality, so that a certificate the CA signed
+    with anything extra (an IPv6 or URI SAN, a critical extension) is not taken as ours.
+    """
     problems = []
     try:
         cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature):
         problems.append("is not signed by the CA")
-    if key is not None and public_der(key) != public_der(cert):
-        problems.append("does not match its key")
-    cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    if cns != [identity.common_name]:
-        problems.append(f"CN is {cns}, expected {identity.common_name!r}")
-    dns, ips = sans_of(cert)
-    if sorted(dns) != sorted(identity.dns_names) or sorted(ips) != sorted(identity.ips):
-        problems.append(f"SANs are {sorted(dns) + [str(i) for i in sorted(ips)]}, expected "
-                        f"{sorted(identity.dns_names) + [str(i) for i in sorted(identity.ips)]}")
-    try:
-        usages = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
-    except x509.ExtensionNotFound:
-        usages = set()
-    if usages != set(identity.usages):
-        problems.append(f"extended key usages are {_usage_names(usages)}, expected "
-                        f"{_usage_names(identity.usages)}")
+    if cert.version is not x509.Version.v3 or not isinstance(cert.signature_hash_algorithm, hashes.SHA256):
+        problems.append("is not an X.509 v3 certificate signed with SHA-256")
+    expected_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.common_name)])
+    if cert.subject != expected_subject:
+        problems.append(f"subject is {cert.subject.rfc4514_string()!r}, expected "
+                        f"{expected_subject.rfc4514_string()!r}")
+    if key_type_of(cert) != pki.key_type.value:
+        problems.append(f"key is {key_type_of(cert)}, the spec asks for {pki.key_type.value}")
+    sans = _general_names(cert)
+    want_sans = sorted([f"DNS:{n}" for n in identity.dns_names] + [f"IP:{ip}" for ip in identity.ips])
+    if sans != want_sans:
+        problems.append(f"SANs are {sans}, expected {want_sans}")
+    problems += _extension_problems(cert, ca_cert, identity)
+    if cert.not_valid_before_utc > now:
+        problems.append(f"is not valid before {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}, in the future")
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc - BACKDATE
+    clamped = cert.not_valid_after_utc == ca_cert.not_valid_after_utc
+    if cert.not_valid_after_utc > ca_cert.not_valid_after_utc:
+        problems.append("outlives the CA")
+    elif lifetime != dt.timedelta(days=pki.validity_days) and not clamped:
+        problems.append(f"validity is {lifetime.days} days, the spec asks for {pki.validity_days}")
     return problems
+
+
+def _extension_problems(cert: x509.Certificate, ca_cert: x509.Certificate, identity: Identity) -> list[str]:
+    want: dict[x509.ObjectIdentifier, tuple[bool, x509.ExtensionType]] = {
+        x509.BasicConstraints.oid: (True, x509.BasicConstraints(ca=False, path_length=None)),
+        x509.KeyUsage.oid: (True, _key_usage(ca=False, key=cert.public_key())),
+        x509.ExtendedKeyUsage.oid: (False, x509.ExtendedKeyUsage(list(identity.usages))),
+        x509.SubjectKeyIdentifier.oid: (False, x509.SubjectKeyIdentifier.from_public_key(
+            cert.public_key())),
+    }
+    if identity.dns_names or identity.ips:
+        want[x509.SubjectAlternativeName.oid] = (False, x509.SubjectAlternativeName([]))  # compared by _general_names
+    problems = []
+    have = {e.oid: e for e in cert.extensions}
+    for oid in sorted(set(have) - set(want) - {x509.AuthorityKeyIdentifier.oid}, key=lambda o: o.dotted_string):
+        problems.append(f"has an unexpected {'critical ' if have[oid].critical else ''}extension "
+                        f"{getattr(oid, '_name', oid.dotted_string)}")
+    try:
+        ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_cert.public_key()).digest
+    aki = have.get(x509.AuthorityKeyIdentifier.oid)
+    if aki is None or aki.critical or not isinstance(aki.value, x509.AuthorityKeyIdentifier) \
+            or aki.value.key_identifier != ca_ski:
+        problems.append("authorityKeyIdentifier does not name the CA's key")
+    for oid, (critical, value) in want.items():
+        ext = have.get(oid)
+        name = getattr(oid, "_name", oid.dotted_string)
+        if ext is None:
+            problems.append(f"lacks {name}")
+        elif ext.critical != critical:
+            problems.append(f"{name} must {'' if critical else 'not '}be critical")
+        elif oid == x509.ExtendedKeyUsage.oid:
+            usages = set(ext.value)
+            if usages != set(identity.usages) or len(list(ext.value)) != len(usages):
+                problems.append(f"extended key usages are {_usage_names(usages)}, expected "
+                                f"{_usage_names(identity.usages)}")
+        elif oid != x509.SubjectAlternativeName.oid and ext.value != value:
+            problems.append(f"{name} is {ext.value}, expected {value}")
+    return problems
+
+
+def check_leaf(cert: x509.Certificate, key: PrivateKey | None, ca_cert: x509.Certificate, identity: Identity,
+               pki: Pki, now: dt.datetime) -> list[str]:
+    """leaf_problems, and whether the certificate matches its key (when the key is at hand)."""
+    problems = leaf_problems(cert, ca_cert, identity, pki, now)
+    if key is not None and public_der(key) != public_der(cert):
+        problems.insert(0, "does not match its key")
+    return problems
+
+
+def _general_names(cert: x509.Certificate) -> list[str]:
+    """Every subjectAltName entry, of any type, as TYPE:value, sorted."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    out = []
+    for name in san:
+        if isinstance(name, x509.DNSName):
+            out.append(f"DNS:{name.value}")
+        elif isinstance(name, x509.IPAddress):
+            out.append(f"IP:{name.value}")
+        else:
+            out.append(f"{type(name).__name__}:{getattr(name, 'value', name)}")
+    return sorted(out)
 
 
 def _usage_names(usages: Iterable[x509.ObjectIdentifier]) -> list[str]:
@@ -258,8 +448,8 @@ def sans_of(cert: x509.Certificate) -> tuple[list[str], list[ipaddress.IPv4Addre
     return san.get_values_for_type(x509.DNSName), ips
 
 
-def _resolve_ca(spec: Spec, existing: dict[str, bytes], imported: tuple[bytes, bytes] | None,
-                now: dt.datetime, events: list[str]) -> CA:
+def _resolve_ca(spec: Spec, existing: Mapping[str, bytes], imported: tuple[bytes, bytes] | None,
+                now: dt.datetime, records: KeyRecords, events: list[PkiEvent]) -> CA:
     have_cert, have_key = "ca.crt" in existing, "ca.key" in existing
     if imported is not None:
         ca = load_ca(imported[0], imported[1], now, "pki.ca")
@@ -269,8 +459,14 @@ def _resolve_ca(spec: Spec, existing: dict[str, bytes], imported: tuple[bytes, b
             raise MaterialError(
                 "pki.ca.cert: differs from the CA already in pki/ca.crt; refusing to replace it",
                 hint="every node certificate would change; move the old pki/ directory away first")
-        events.append("ca: imported" if not have_cert else "ca: imported (unchanged)")
+        events.append(PkiEvent(CA_NAME, Change.IMPORTED, "" if not have_cert else "unchanged"))
         return ca
+    if have_key and not have_cert and CA_NAME in records.pending:
+        # An earlier run was killed after it wrote ca.key and before ca.crt: finish it.
+        key = _load_key(existing["ca.key"], "pki/ca.key")
+        _check_recorded(CA_NAME, key, existing["ca.key"], records, "pki/ca.key")
+        events.append(PkiEvent(CA_NAME, Change.CREATED, "its certificate, for the key an interrupted run wrote"))
+        return create_ca(spec, now, key)
     if have_cert != have_key:
         missing = "ca.key" if have_cert else "ca.crt"
         raise MaterialError(f"pki/{missing}: missing while its pair exists; refusing to create a "
@@ -278,10 +474,31 @@ def _resolve_ca(spec: Spec, existing: dict[str, bytes], imported: tuple[bytes, b
                             hint="restore the file, or move pki/ away to start a new CA")
     if have_cert:
         ca = load_ca(existing["ca.crt"], existing["ca.key"], now, "pki/ca.crt", own=True)
-        events.append("ca: reused")
+        _check_recorded(CA_NAME, ca.key, existing["ca.key"], records, "pki/ca.key")
+        events.append(PkiEvent(CA_NAME, Change.REUSED))
         return ca
-    events.append("ca: created")
+    if records.ca_recorded:
+        raise MaterialError("pki/ca.crt, pki/ca.key: missing, but manifest.json records a CA; refusing to "
+                            "create a new one", hint="restore pki/ (unseal), or move manifest.json away to "
+                            "start over with a new CA")
+    events.append(PkiEvent(CA_NAME, Change.CREATED))
     return create_ca(spec, now)
+
+
+def _check_recorded(name: str, key: PrivateKey, pem: bytes, records: KeyRecords, source: str) -> None:
+    """Refuse a key that is not the one earlier runs recorded."""
+    if records.legacy:
+        recorded_file = records.legacy_file_sha256.get(name)
+        if recorded_file is not None and recorded_file != hashlib.sha256(pem).hexdigest():
+            raise MaterialError(f"{source}: differs from the key manifest.json records; refusing to use it")
+        return
+    want = records.recorded.get(name) or records.pending.get(name)
+    if want is None:
+        raise MaterialError(f"{source}: not recorded in manifest.json; refusing to adopt a key this tool "
+                            "did not write", hint="a copied pki/ needs the manifest.json it came with")
+    if public_key_sha256(key) != want:
+        raise MaterialError(f"{source}: its public key differs from the one manifest.json records; "
+                            "refusing to use it", hint=f"to replace it on purpose, build with --rekey {name}")
 
 
 def _same_ca(cert_pem: bytes, ca: CA) -> bool:
@@ -291,39 +508,64 @@ def _same_ca(cert_pem: bytes, ca: CA) -> bool:
         return False
 
 
-def _leaf(spec: Spec, ca: CA, name: str, identity: Identity, existing: dict[str, bytes],
-          now: dt.datetime, events: list[str]) -> Credential:
-    key = _load_key(existing.get(f"{name}.key"), f"pki/{name}.key")
-    if key is not None and key_type_of(key) != spec.pki.key_type:
-        events.append(f"{name}: new key ({key_type_of(key)} -> {spec.pki.key_type})")
-        key = None
+def _leaf_key(pki: Pki, name: str, existing: Mapping[str, bytes], records: KeyRecords, rekey: bool,
+              problems: list[str], events: list[PkiEvent]) -> PrivateKey:
+    """The key a leaf keeps, or a new one when there is none, the type changed, or rekey asks."""
+    source = f"pki/{name}.key"
+    pem = existing.get(f"{name}.key")
+    if rekey:
+        events.append(PkiEvent(name, Change.NEW_KEY, "--rekey"))
+        return generate_key(pki.key_type)
+    if pem is None:
+        if name in records.recorded:
+            problems.append(f"{source}: missing, but manifest.json records its key; refusing to issue "
+                            "a new key silently")
+        return generate_key(pki.key_type)
+    key = _load_key(pem, source)
+    try:
+        _check_recorded(name, key, pem, records, source)
+    except MaterialError as exc:
+        problems.extend(exc.messages)
+        return key
+    if key_type_of(key) != pki.key_type.value:
+        events.append(PkiEvent(name, Change.NEW_KEY, f"{key_type_of(key)} -> {pki.key_type.value}"))
+        return generate_key(pki.key_type)
+    return key
+
+
+def _check_distinct_keys(ca: CA, keys: Mapping[str, PrivateKey], problems: list[str]) -> None:
+    """No leaf may carry the CA's key, and no two leaves may share a key."""
+    seen = {public_der(ca.key): "the CA (pki/ca.key)"}
+    for name, key in keys.items():
+        der = public_der(key)
+        if der in seen:
+            problems.append(f"pki/{name}.key: is the same key as {seen[der]}; refusing to use it")
+        else:
+            seen[der] = f"pki/{name}.key"
+
+
+def _leaf(pki: Pki, ca: CA, name: str, identity: Identity, key: PrivateKey, existing: Mapping[str, bytes],
+          now: dt.datetime, events: list[PkiEvent]) -> Credential:
     cert = _load_cert(existing.get(f"{name}.crt"))
-    if key is not None and cert is not None:
-        reason = _reissue_reason(spec, ca, cert, key, identity, now)
+    if cert is not None:
+        reason = _reissue_reason(pki, ca, cert, key, identity, now)
         if reason is None:
-            events.append(f"{name}: reused")
+            events.append(PkiEvent(name, Change.REUSED))
             return _credential(cert, key, ca)
-        events.append(f"{name}: reissued ({reason})")
-    elif cert is not None:
-        events.append(f"{name}: reissued (no key)")
+        events.append(PkiEvent(name, Change.REISSUED, reason))
     else:
-        events.append(f"{name}: issued")
-    return issue_leaf(ca, identity, key or generate_key(spec.pki.key_type), now,
-                      spec.pki.validity_days)
+        events.append(PkiEvent(name, Change.ISSUED))
+    return issue_leaf(ca, identity, key, now, pki.validity_days)
 
 
-def _reissue_reason(spec: Spec, ca: CA, cert: x509.Certificate, key: PrivateKey,
+def _reissue_reason(pki: Pki, ca: CA, cert: x509.Certificate, key: PrivateKey,
                     identity: Identity, now: dt.datetime) -> str | None:
-    problems = check_leaf(cert, key, ca.cert, identity)
+    problems = check_leaf(cert, key, ca.cert, identity, pki, now)
     if problems:
         return problems[0]
     left = cert.not_valid_after_utc - now
-    if left <= dt.timedelta(days=spec.pki.renew_before_days):
+    if left <= dt.timedelta(days=pki.renew_before_days):
         return f"expires in {max(left.days, 0)} days"
-    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc - BACKDATE
-    clamped = cert.not_valid_after_utc == ca.cert.not_valid_after_utc
-    if lifetime != dt.timedelta(days=spec.pki.validity_days) and not clamped:
-        return f"validity is {lifetime.days} days, the spec asks for {spec.pki.validity_days}"
     return None
 
 
@@ -332,9 +574,7 @@ def _credential(cert: x509.Certificate, key: PrivateKey, ca: CA) -> Credential:
                       chain_pem=cert.public_bytes(serialization.Encoding.PEM) + ca.cert_pem)
 
 
-def _load_key(pem: bytes | None, source: str) -> PrivateKey | None:
-    if pem is None:
-        return None
+def _load_key(pem: bytes, source: str) -> PrivateKey:
     try:
         # Skipping RSA's consistency check (tens of ms a key) keeps a no-op re-run fast; a key
         # that does not fit its certificate is still caught by comparing public keys.
@@ -357,11 +597,11 @@ def _load_cert(pem: bytes | None) -> x509.Certificate | None:
         return None  # an unreadable certificate is public and simply issued again
 
 
-def _key_usage(ca: bool, key: PrivateKey) -> x509.KeyUsage:
+def _key_usage(ca: bool, key: PrivateKey | object) -> x509.KeyUsage:
     # keyEncipherment only means something for RSA key transport (RFC 5480 s.3 for ECDSA).
     return x509.KeyUsage(
         digital_signature=True, content_commitment=False,
-        key_encipherment=not ca and isinstance(key, rsa.RSAPrivateKey),
+        key_encipherment=not ca and isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey),
         data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
         encipher_only=False, decipher_only=False)
 

@@ -1,9 +1,11 @@
-"""Render: Spec + PKI + Jinja2 templates -> each node's seed files as text."""
+"""Render: Spec + PEM material + Jinja2 templates -> each node's files as text."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,8 +14,10 @@ import jinja2
 
 from . import etcd
 from .errors import TemplateError
-from .pki import PkiState
+from .etcd import PATHS
 from .spec import Node, Spec
+
+__all__ = ["NODE_FILES", "PATHS", "NodeFile", "NodePem", "SeedFiles", "make_environment", "render_node"]
 
 # The templates live at the top of a checkout; a built wheel carries them inside the package.
 _TEMPLATE_DIRS = [Path(__file__).parent / "templates", Path(__file__).parent.parent / "templates"]
@@ -24,69 +28,43 @@ FLANNEL_DELAY_S = 5
 
 
 @dataclass(frozen=True)
-class Paths:
-    """Where things live on a node."""
+class NodeFile:
+    """One file a node gets under output/<cluster>/<node>/.
 
-    home: str = "/opt/etcd"
-    data_dir: str = "/opt/etcd/data"
-    wal_dir: str = "/opt/etcd/wal"
-    ssl: str = "/etc/ssl/etcd"
-    ca: str = "/etc/ssl/etcd/ca.crt"
-    cert: str = "/etc/ssl/etcd/etcd.crt"
-    key: str = "/etc/ssl/etcd/etcd.key"
-    options: str = "/etc/etcd/options.env"
-    bin: str = "/usr/local/bin"
+    `secret` files hold the node key and never enter git; `on_iso` files are the
+    NoCloud seed's own files (the ISO also carries the etcd tarball).
+    """
+
+    name: str
+    secret: bool
+    on_iso: bool
 
 
-PATHS = Paths()
+SEED_ISO = "seed.iso"
+# Every file of a node, in the order they are written and listed; render, the
+# build, the ISO, verify and the tests all read this table.
+NODE_FILES = (
+    NodeFile("user-data", secret=True, on_iso=True),
+    NodeFile("user-data.redacted", secret=False, on_iso=False),
+    NodeFile("meta-data", secret=False, on_iso=True),
+    NodeFile("network-config", secret=False, on_iso=True),
+    NodeFile("options.env", secret=False, on_iso=False),
+    NodeFile("etcd.service", secret=False, on_iso=False),
+    NodeFile(SEED_ISO, secret=True, on_iso=False),
+)
+PUBLIC_NODE_FILES = tuple(f.name for f in NODE_FILES if not f.secret)
 
 
 @dataclass(frozen=True)
 class SeedFiles:
-    """Everything one node's seed holds, as text.
+    """Every text file of one node, by its NODE_FILES name, and the node's instance-id.
 
-    `user_data` carries the node's private key; `user_data_redacted` is the same
-    document with that key replaced by a marker naming its sha256, for review.
+    "user-data" carries the node's private key; "user-data.redacted" is the same
+    document with that key (and any password hash) replaced by its sha256, for review.
     """
 
-    user_data: str
-    user_data_redacted: str
-    meta_data: str
-    network_config: str
-    options_env: str
-    etcd_service: str
+    texts: Mapping[str, str]
     instance_id: str
-
-
-def make_environment() -> jinja2.Environment:
-    """A Jinja2 environment over templates/ that fails on any undefined variable."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([str(d) for d in _TEMPLATE_DIRS]),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,  # noqa: S701 - renders YAML and shell, never HTML
-    )
-    # A JSON string is a valid YAML double-quoted scalar.
-    env.filters["yq"] = lambda value: json.dumps(str(value), ensure_ascii=False)
-    env.filters["block"] = _block
-    return env
-
-
-def flannel_json(spec: Spec) -> str:
-    """The flannel network config value, as flannel reads it from etcd."""
-    assert spec.flannel is not None  # noqa: S101 - callers check
-    return json.dumps({"Network": str(spec.flannel.network), "SubnetLen": spec.flannel.subnet_len,
-                       "Backend": {"Type": spec.flannel.backend}}, separators=(",", ":"))
-
-
-def client_endpoints(spec: Spec) -> str:
-    """Every member's client URL, comma-separated."""
-    return ",".join(f"https://{node.ip}:2379" for node in spec.nodes)
-
-
-def redaction_marker(key_pem: bytes) -> str:
-    """The text that stands in for a private key in reviewed user-data."""
-    return f"# private key withheld from review; sha256 of the PEM: {hashlib.sha256(key_pem).hexdigest()}\n"
 
 
 @dataclass(frozen=True)
@@ -98,15 +76,50 @@ class NodePem:
     key_pem: bytes
 
 
-def node_pem(pki: PkiState, node: Node) -> NodePem:
-    """A node's PEM material out of the run's PKI."""
-    credential = pki.nodes[node.name]
-    return NodePem(pki.ca.cert_pem, credential.chain_pem, credential.key_pem)
+def make_environment() -> jinja2.Environment:
+    """A Jinja2 environment over templates/ that fails on any undefined variable."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(d) for d in _TEMPLATE_DIRS]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 - renders YAML and shell, never HTML
+    )
+    env.filters["yq"] = yaml_quote
+    env.filters["sh"] = lambda value: shlex.quote(str(value))
+    env.filters["block"] = _block
+    return env
+
+
+def yaml_quote(value: object) -> str:
+    """A YAML double-quoted scalar: JSON's ASCII-only escaping is a subset of YAML's."""
+    return json.dumps(str(value), ensure_ascii=True)
+
+
+def flannel_json(spec: Spec) -> str:
+    """The flannel network config value, as flannel reads it from etcd."""
+    assert spec.flannel is not None  # noqa: S101 - callers check
+    return json.dumps({"Network": str(spec.flannel.network), "SubnetLen": spec.flannel.subnet_len,
+                       "Backend": {"Type": spec.flannel.backend}}, separators=(",", ":"))
+
+
+def redaction_marker(key_sha256: str) -> str:
+    """The text that stands in for a private key in reviewed user-data."""
+    return f"# private key withheld from review; sha256 of the PEM: {key_sha256}\n"
+
+
+def password_marker(password_hash: str) -> str:
+    """What stands in for the admin password hash in reviewed user-data."""
+    return f"withheld from review; sha256 of the hash: {hashlib.sha256(password_hash.encode()).hexdigest()}"
+
+
+def render_etcdctl_env(env: jinja2.Environment, spec: Spec) -> str:
+    """pki/etcdctl.env: endpoints and file names for etcdctl with the admin certificate."""
+    return _render(env, "etcdctl.env.j2", {"spec": spec, "endpoints": etcd.client_endpoints(spec)})
 
 
 def render_node(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePem,
                 tarball_sha256: str) -> SeedFiles:
-    """Render one node's seed files.
+    """Render one node's files, user-data with its key included.
 
     Args:
         env: from make_environment().
@@ -115,50 +128,80 @@ def render_node(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePem,
         pem: the node's CA, certificate chain and key.
         tarball_sha256: sha256 of the etcd release tarball, checked on the node.
 
-    Returns:
-        The node's SeedFiles.
-
     Raises:
-        TemplateError: a template is missing or uses an undefined variable.
+        TemplateError: a template is missing, uses an undefined variable, or would emit unsafe text.
     """
-    first = node == spec.nodes[0]
-    context: dict[str, Any] = {
-        "spec": spec, "node": node, "paths": PATHS, "sha256": tarball_sha256,
-        "version_options": etcd.version_options(spec.etcd.minor),
-        "initial_cluster": ",".join(f"{n.name}=https://{n.ip}:2380" for n in spec.nodes),
+    public = render_public(env, spec, node, pem.ca_cert_pem, pem.chain_pem,
+                           hashlib.sha256(pem.key_pem).hexdigest(), tarball_sha256)
+    user_data = _render_user_data(env, spec, node, pem.ca_cert_pem, pem.chain_pem, tarball_sha256,
+                                  pem.key_pem.decode(), spec.admin.password_hash if spec.admin else None)
+    return SeedFiles(texts={"user-data": user_data, **public.texts}, instance_id=public.instance_id)
+
+
+def render_public(env: jinja2.Environment, spec: Spec, node: Node, ca_cert_pem: bytes, chain_pem: bytes,
+                  key_sha256: str, tarball_sha256: str) -> SeedFiles:
+    """Render the files of a node that are committed: everything but user-data and the ISO.
+
+    Needs no secret: the key appears only as its sha256, so a reviewer's checkout renders the same.
+    """
+    context = _context(spec, node, tarball_sha256)
+    password = password_marker(spec.admin.password_hash) if spec.admin and spec.admin.password_hash else None
+    redacted = _render_user_data(env, spec, node, ca_cert_pem, chain_pem, tarball_sha256,
+                                 redaction_marker(key_sha256), password)
+    network_config = _render(env, "network-config.j2", context)
+    # The instance-id changes whenever anything on this node's seed changes, and only
+    # then: the redacted user-data names the key and password by their sha256.
+    digest = hashlib.sha256(f"{node.name}\0{redacted}\0{network_config}".encode()).hexdigest()
+    instance_id = f"{node.name}-{digest[:16]}"
+    texts = {
+        "user-data.redacted": redacted,
+        "meta-data": _render(env, "meta-data.j2", {**context, "instance_id": instance_id}),
+        "network-config": network_config,
+        "options.env": _render(env, "options.env.j2", context),
+        "etcd.service": _render(env, "etcd.service.j2", context),
     }
-    options_env = _render(env, "options.env.j2", context)
-    etcd_service = _render(env, "etcd.service.j2", context)
+    return SeedFiles(texts=texts, instance_id=instance_id)
+
+
+def _context(spec: Spec, node: Node, tarball_sha256: str) -> dict[str, Any]:
+    try:
+        options = etcd.options(spec, node)
+    except ValueError as exc:
+        raise TemplateError(str(exc)) from None
+    return {"spec": spec, "node": node, "paths": PATHS, "sha256": tarball_sha256, "options": options}
+
+
+def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, ca_cert_pem: bytes, chain_pem: bytes,
+                      tarball_sha256: str, key_text: str, password_hash: str | None) -> str:
+    context = _context(spec, node, tarball_sha256)
     flannel_sh = flannel_service = ""
-    if first and spec.flannel is not None:
-        flannel_ctx = {**context, "endpoints": client_endpoints(spec), "flannel_key": FLANNEL_KEY,
+    if node == spec.nodes[0] and spec.flannel is not None:
+        flannel_ctx = {**context, "endpoints": etcd.client_endpoints(spec), "flannel_key": FLANNEL_KEY,
                        "flannel_json": flannel_json(spec), "flannel_attempts": FLANNEL_ATTEMPTS,
                        "flannel_delay": FLANNEL_DELAY_S}
         flannel_sh = _render(env, "flannel-config.sh.j2", flannel_ctx)
         flannel_service = _render(env, "flannel-config.service.j2", flannel_ctx)
-    install_sh = _render(env, "etcd-install.sh.j2", {**context, "flannel_sh": flannel_sh})
-    user_ctx = {**context, "options_env": options_env, "etcd_service": etcd_service,
-                "install_sh": install_sh, "flannel_sh": flannel_sh,
-                "flannel_service": flannel_service, "ca_pem": pem.ca_cert_pem.decode(),
-                "chain_pem": pem.chain_pem.decode()}
-    key_pem = pem.key_pem
-    user_data = _render(env, "user-data.j2", {**user_ctx, "key_pem": key_pem.decode()})
-    redacted = _render(env, "user-data.j2", {**user_ctx, "key_pem": redaction_marker(key_pem)})
-    network_config = _render(env, "network-config.j2", context)
-    # The instance-id changes whenever anything on this node's seed changes,
-    # and only then: cloud-init runs again exactly when there is news for it.
-    digest = hashlib.sha256(f"{node.name}\0{user_data}\0{network_config}".encode()).hexdigest()
-    instance_id = f"{node.name}-{digest[:16]}"
-    meta_data = _render(env, "meta-data.j2", {**context, "instance_id": instance_id})
-    return SeedFiles(user_data=user_data, user_data_redacted=redacted, meta_data=meta_data,
-                     network_config=network_config, options_env=options_env,
-                     etcd_service=etcd_service, instance_id=instance_id)
+    return _render(env, "user-data.j2", {
+        **context, "options_env": _render(env, "options.env.j2", context),
+        "etcd_service": _render(env, "etcd.service.j2", context),
+        "install_sh": _render(env, "etcd-install.sh.j2", {**context, "flannel_sh": flannel_sh}),
+        "flannel_sh": flannel_sh, "flannel_service": flannel_service,
+        "ca_pem": ca_cert_pem.decode(), "chain_pem": chain_pem.decode(), "key_pem": key_text,
+        "password_hash": password_hash})
 
 
 def _block(text: str, width: int) -> str:
-    """Indent text as the body of a YAML literal block (`content: |`)."""
+    """Indent text as the body of a YAML literal block (`content: |`).
+
+    Only printable ASCII and newlines may enter a block: YAML also breaks lines at
+    \\r, \\x85, \\u2028 and \\u2029, which would end the block and start new keys.
+    """
+    body = text.rstrip("\n")
+    bad = sorted({c for c in body if c != "\n" and not (" " <= c <= "~")})
+    if bad:
+        raise jinja2.TemplateRuntimeError(f"refusing to put {bad!r} into a YAML block")
     pad = " " * width
-    return "\n".join(pad + line if line else line for line in text.rstrip("\n").split("\n"))
+    return "\n".join(pad + line if line else line for line in body.split("\n"))
 
 
 def _render(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
@@ -171,3 +214,5 @@ def _render(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
         raise TemplateError(f"templates/{name}: {exc.message}") from None
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"templates/{name}:{exc.lineno}: {exc.message}") from None
+    except jinja2.TemplateRuntimeError as exc:
+        raise TemplateError(f"templates/{name}: {exc.message}") from None

@@ -5,16 +5,21 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
-import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+
+from . import external, fs
 from .errors import MaterialError
-from .fs import PUBLIC_MODE, SECRET_MODE, read_optional, write_file
+from .manifest import Manifest
+from .pki import public_key_sha256
 
 INDEX = "sealed.json"  # in pki/: which key each .age file holds, and for whom it was sealed
-_RECIPIENT = re.compile(r"^age1[0-9a-z]{58}$")
+_RECIPIENT = re.compile(r"age1[0-9a-z]{58}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_KEY_FILE = re.compile(r"[a-z0-9-]{1,63}\.key")
 
 
 @dataclass(frozen=True)
@@ -23,80 +28,114 @@ class SealResult:
     unchanged: list[str]
 
 
-def _age() -> str:
-    tool = shutil.which("age")
-    if tool is None:
-        raise MaterialError("age is not installed", hint="apt-get install age")
-    return tool
+def recorded_keys(previous: Manifest) -> dict[str, str]:
+    """The key files of pki/ that the manifest records, with their public key sha256 (None if format 1)."""
+    return {path.removeprefix("pki/"): entry.public_key_sha256 or ""
+            for path, entry in previous.files.items()
+            if path.startswith("pki/") and _KEY_FILE.fullmatch(path.removeprefix("pki/"))}
 
 
-def seal(pki_dir: Path, recipients: list[str]) -> SealResult:
-    """Encrypt every private key in pki_dir to `recipients`, as <name>.key.age.
+def seal(pki_dir: Path, recipients: Sequence[str], previous: Manifest) -> SealResult:
+    """Encrypt every key the manifest records to `recipients`, as <name>.key.age.
 
     age output differs on every run, so a key is sealed again only when the key
     or the recipients changed: committed .age files stay put otherwise.
 
     Raises:
-        MaterialError: a recipient is not an age public key, or age failed.
+        MaterialError: a recipient is not an age public key, a key is missing, or age failed.
     """
-    bad = [r for r in recipients if not _RECIPIENT.match(r)]
+    bad = [r for r in recipients if not _RECIPIENT.fullmatch(r)]
     if bad or not recipients:
         raise MaterialError(f"--recipient: {bad[0] if bad else 'none given'} is not an age public key (age1...)")
     index = _read_index(pki_dir)
     result = SealResult([], [])
-    for key in sorted(pki_dir.glob("*.key")):
-        data = key.read_bytes()
-        want: dict[str, object] = {"key_sha256": hashlib.sha256(data).hexdigest(),
-                                   "recipients": sorted(recipients)}
-        target = key.with_name(key.name + ".age")
-        if index.get(key.name) == want and target.exists():
+    for name in sorted(recorded_keys(previous)):
+        data = fs.read_regular(pki_dir / name, fs.LIMITS["pem"], f"pki/{name}")
+        assert data is not None  # noqa: S101 - missing_ok is off
+        want = {"key_sha256": hashlib.sha256(data).hexdigest(), "recipients": sorted(recipients)}
+        target = pki_dir / f"{name}.age"
+        if index.get(name) == want and target.is_file():
             result.unchanged.append(target.name)
             continue
-        args = [_age(), "--encrypt", "--armor"]
-        for recipient in sorted(recipients):
-            args += ["--recipient", recipient]
-        done = subprocess.run(args, input=data, capture_output=True, check=False)
-        if done.returncode != 0:
-            raise MaterialError(f"{key}: age could not encrypt it: {done.stderr.decode().strip()}")
-        write_file(target, done.stdout, PUBLIC_MODE)
-        index[key.name] = want
+        fs.write_file(target, external.age_encrypt(data, recipients, f"pki/{name}"), fs.PUBLIC_MODE)
+        index[name] = want
         result.sealed.append(target.name)
-    write_file(pki_dir / INDEX, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode(), PUBLIC_MODE)
+    fs.write_file(pki_dir / INDEX, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode(), fs.PUBLIC_MODE)
     return result
 
 
-def unseal(pki_dir: Path, identity: Path) -> list[str]:
-    """Decrypt every <name>.key.age in pki_dir with an age identity file, as <name>.key (0600).
+def unseal(pki_dir: Path, identity: Path, previous: Manifest) -> list[str]:
+    """Decrypt each recorded key's <name>.key.age with an age identity file, as <name>.key (0600).
+
+    A decrypted key must be the one manifest.json records (its public key), not merely
+    the one sealed.json names: both files sit in the tree, and either may be edited.
 
     Raises:
-        MaterialError: decryption failed, the result is not the key that was sealed,
+        MaterialError: decryption failed, the result is not the recorded key,
             or a different key is already there (it is never replaced).
     """
     index = _read_index(pki_dir)
-    restored = []
-    for sealed in sorted(pki_dir.glob("*.key.age")):
-        done = subprocess.run([_age(), "--decrypt", "--identity", str(identity), str(sealed)],
-                              capture_output=True, check=False)
-        if done.returncode != 0:
-            raise MaterialError(f"{sealed}: age could not decrypt it: {done.stderr.decode().strip()}")
-        name = sealed.name.removesuffix(".age")
+    keys = recorded_keys(previous)
+    if not keys:
+        raise MaterialError(f"{pki_dir.parent / 'manifest.json'}: records no keys; nothing to unseal")
+    fs.make_dirs(pki_dir.parent, {"pki": fs.SECRET_DIR_MODE})
+    restored, problems = [], []
+    for name, public in sorted(keys.items()):
+        sealed_path = pki_dir / f"{name}.age"
+        sealed = fs.read_regular(sealed_path, fs.LIMITS["pem"], f"pki/{name}.age", missing_ok=True)
+        if sealed is None:
+            problems.append(f"pki/{name}.age: missing; {name} was never sealed")
+            continue
+        data = external.age_decrypt(sealed, identity, str(sealed_path))
         recorded = index.get(name, {}).get("key_sha256")
-        if recorded is not None and hashlib.sha256(done.stdout).hexdigest() != recorded:
-            raise MaterialError(f"{sealed}: decrypts to a key other than the one {INDEX} records")
-        existing = read_optional(pki_dir / name)
-        if existing is not None and existing != done.stdout:
-            raise MaterialError(f"{pki_dir / name}: exists and differs from {sealed.name}; refusing to replace it")
-        if write_file(pki_dir / name, done.stdout, SECRET_MODE):
+        if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+            problems.append(f"pki/{name}.age: decrypts to a key other than the one {INDEX} records")
+            continue
+        problem = _check_public(data, public, previous.files[f"pki/{name}"].sha256)
+        if problem:
+            problems.append(f"pki/{name}.age: {problem}; refusing to restore it")
+            continue
+        existing = fs.read_regular(pki_dir / name, fs.LIMITS["pem"], f"pki/{name}", missing_ok=True)
+        if existing is not None and existing != data:
+            problems.append(f"{pki_dir / name}: exists and differs from {sealed_path.name}; refusing to replace it")
+            continue
+        if fs.write_file(pki_dir / name, data, fs.SECRET_MODE):
             restored.append(name)
+    if problems:
+        raise MaterialError(problems)
     return restored
 
 
-def _read_index(pki_dir: Path) -> dict[str, dict[str, object]]:
-    data = read_optional(pki_dir / INDEX)
+def _check_public(data: bytes, public: str, file_sha256: str) -> str | None:
+    if not public:  # a format-1 manifest: it recorded the key file's own sha256
+        return None if hashlib.sha256(data).hexdigest() == file_sha256 else "differs from the key manifest.json records"
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        return "does not decrypt to a PEM private key"
+    if public_key_sha256(key) != public:  # type: ignore[arg-type]
+        return "holds a key whose public key differs from the one manifest.json records"
+    return None
+
+
+def _read_index(pki_dir: Path) -> dict[str, Mapping[str, object]]:
+    data = fs.read_optional(pki_dir / INDEX, f"pki/{INDEX}")
     if data is None:
         return {}
     try:
         index = json.loads(data)
-    except ValueError:
-        raise MaterialError(f"{pki_dir / INDEX}: not valid JSON") from None
-    return index if isinstance(index, dict) else {}
+    except (ValueError, RecursionError):
+        raise MaterialError(f"pki/{INDEX}: not valid JSON") from None
+    if not isinstance(index, dict):
+        raise MaterialError(f"pki/{INDEX}: must be a JSON object")
+    for name, entry in index.items():
+        where = f"pki/{INDEX}: {name}"
+        if not _KEY_FILE.fullmatch(str(name)) or not isinstance(entry, dict):
+            raise MaterialError(f"{where}: must name a key file and map to an object")
+        sha, recipients = entry.get("key_sha256"), entry.get("recipients")
+        if not (isinstance(sha, str) and _HEX64.fullmatch(sha)):
+            raise MaterialError(f"{where}.key_sha256: must be 64 hex digits")
+        if not (isinstance(recipients, list) and all(isinstance(r, str) for r in recipients)):
+            raise MaterialError(f"{where}.recipients: must be a list of age recipients")
+    return index
+

@@ -8,25 +8,59 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from . import etcd as etcd_facts
 from .errors import SpecError
 
-KEY_TYPES = ("rsa2048", "rsa3072", "rsa4096", "ecdsa-p256", "ecdsa-p384")
+
+class KeyType(StrEnum):
+    """The private key types the generator issues."""
+
+    RSA2048 = "rsa2048"
+    RSA3072 = "rsa3072"
+    RSA4096 = "rsa4096"
+    ECDSA_P256 = "ecdsa-p256"
+    ECDSA_P384 = "ecdsa-p384"
+
+
+KEY_TYPES = tuple(k.value for k in KeyType)
 FLANNEL_BACKENDS = ("vxlan", "host-gw", "udp", "ipip", "wireguard")
 # etcd refuses to start outside these bounds (etcd server/config: election
 # timeout must be at least 5x the heartbeat and at most 50 s).
 MAX_ELECTION_TIMEOUT_MS = 50000
 ELECTION_TO_HEARTBEAT_MIN = 5
 
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
-_SSH_KEY = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+( .*)?$")
+# Every pattern is used with fullmatch: `$` would also accept a trailing newline.
+# Values matching these reach YAML, shell, systemd and env files without escaping.
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_VERSION = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})\.([0-9]{1,4})")
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# RFC 3986 characters only: no space, quote, backslash, backtick or control character.
+_URL = re.compile(r"https?://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?(/[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*)?")
+# A comment of printable ASCII only: any line break YAML knows (\r, \x85, \u2028 ...) is refused.
+_SSH_KEY = re.compile(r"(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp[0-9]+|sk-[a-z0-9@.-]+) "
+                      r"[A-Za-z0-9+/]+={0,3}( [\x20-\x7e]*)?")
+_SHA512_CRYPT = re.compile(r"\$6\$(rounds=[0-9]{1,9}\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}")
+# The CA's CN is "<cluster> etcd CA", and X.509 caps a CN at 64 characters (RFC 5280 ub-common-name).
+MAX_CLUSTER_NAME = 64 - len(" etcd CA")
+# Names the build writes for itself under output/<cluster>/ and pki/: a node may not take them.
+RESERVED_NAMES = frozenset({"ca", "admin", "pki", "sealed", "pending", "manifest", "etcdctl"})
+# Accounts a Debian system already has, or that the seed creates: the operator login must be new.
+SYSTEM_USERS = frozenset({
+    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy",
+    "www-data", "backup", "list", "irc", "gnats", "nobody", "systemd-network", "systemd-resolve",
+    "systemd-timesync", "messagebus", "sshd", "polkitd", "etcd",
+})
+# A spec is a small file: bound it before parsing, and bound how deep it may nest.
+MAX_SPEC_BYTES = 1 << 20
+MAX_DEPTH = 20
 
 
 @dataclass(frozen=True)
@@ -70,7 +104,7 @@ class Etcd:
     @property
     def tarball_name(self) -> str:
         """File name of the release tarball, as upstream names it."""
-        return f"etcd-v{self.version}-linux-amd64.tar.gz"
+        return etcd_facts.tarball_name(self.version)
 
     @property
     def minor(self) -> tuple[int, int]:
@@ -90,7 +124,7 @@ class CASource:
 class Pki:
     """Key type and lifetimes for everything the generator issues."""
 
-    key_type: str
+    key_type: KeyType
     validity_days: int
     ca_validity_days: int
     renew_before_days: int
@@ -147,12 +181,38 @@ class _Errors:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that rejects a key given twice in one mapping (PyYAML keeps the last)."""
+    """A SafeLoader that refuses what a cluster definition never needs.
+
+    A key given twice (PyYAML keeps the last), an alias (a few hundred bytes of
+    nested aliases expand to gigabytes), a key that is itself a list or mapping,
+    and nesting deeper than MAX_DEPTH.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a spec",
+                                              event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                  self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise yaml.constructor.ConstructorError(None, None, "a key must be a plain value",
+                                                    key_node.start_mark)
         key = loader.construct_object(key_node)
         if key in seen:
             raise yaml.constructor.ConstructorError(
@@ -181,6 +241,8 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
     Raises:
         SpecError: with one message per problem, each prefixed by its dotted path.
     """
+    if len(text.encode()) > MAX_SPEC_BYTES:
+        raise SpecError(f"{source}: larger than {MAX_SPEC_BYTES} bytes; not a cluster definition")
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -196,7 +258,7 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
     cluster = _mapping(top.get("cluster"), "cluster", errs, required=("name", "domain"))
     name = domain = None
     if cluster is not None:
-        name = _text(cluster, "name", "cluster", errs, check=_check_label)
+        name = _text(cluster, "name", "cluster", errs, check=_check_cluster_name)
         domain = _text(cluster, "domain", "cluster", errs, check=_check_domain)
     network = _network(top.get("network"), errs)
     nodes = _nodes(top.get("nodes"), domain, errs)
@@ -206,6 +268,9 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
     admin = _admin(top.get("admin"), errs) if "admin" in top else None
     if network is not None and nodes:
         _check_subnet(network, nodes, errs)
+        if flannel is not None and flannel.network.overlaps(_subnet(network, nodes)):
+            errs.add("flannel.network", f"{flannel.network} overlaps the node network "
+                     f"{_subnet(network, nodes)}; pods and nodes need separate ranges")
     if nodes and all(n.join for n in nodes):
         errs.add("nodes", "every member has join: true; a new cluster needs members that start it")
     if errs.items:
@@ -301,23 +366,54 @@ def _ipv4(value: Any, path: str, errs: _Errors) -> ipaddress.IPv4Address | None:
 
 
 def _check_label(value: str) -> str | None:
-    if not _LABEL.match(value):
-        return (f"'{value}' is not a valid name: use 1-63 lowercase letters, digits and '-', "
+    if not _LABEL.fullmatch(value):
+        return (f"{value!r} is not a valid name: use 1-63 lowercase letters, digits and '-', "
                 "starting and ending with a letter or digit")
     return None
 
 
+def _check_cluster_name(value: str) -> str | None:
+    if len(value) > MAX_CLUSTER_NAME:
+        return f"is {len(value)} characters; at most {MAX_CLUSTER_NAME} fit the CA's common name"
+    return _check_label(value)
+
+
+def _check_node_name(value: str) -> str | None:
+    if value in RESERVED_NAMES:
+        return (f"'{value}' is reserved: the build writes pki/{value}.* or {value}/ for itself; "
+                "choose another node name")
+    return _check_label(value)
+
+
 def _check_domain(value: str) -> str | None:
-    labels = value.rstrip(".").split(".")
-    if len(value) > 253 or not all(_LABEL.match(label) for label in labels):
-        return f"'{value}' is not a valid DNS name"
+    labels = value.removesuffix(".").split(".")
+    if len(value) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return f"{value!r} is not a valid DNS name"
     return None
+
+
+def _check_token(value: str) -> str | None:
+    if not _TOKEN.fullmatch(value):
+        return (f"{value!r} is not a valid token: use 1-128 letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit")
+    return None
+
+
+def _check_url(value: str) -> str | None:
+    if not _URL.fullmatch(value):
+        return (f"{value!r} is not an http(s) URL of plain characters (letters, digits and "
+                "-._~!$&'()*+,;=:@%/?; no spaces, quotes or control characters)")
+    return None
+
+
+def _check_sha256(value: str) -> str | None:
+    return None if _SHA256.fullmatch(value) else "must be 64 lowercase hex digits"
 
 
 def _check_fqdn(value: str) -> str | None:
     problem = _check_domain(value)
-    if problem is None and "." not in value.rstrip("."):
-        return f"'{value}' is not fully qualified (it has no domain)"
+    if problem is None and "." not in value.removesuffix("."):
+        return f"{value!r} is not fully qualified (it has no domain)"
     return problem
 
 
@@ -326,13 +422,13 @@ def _network(value: Any, errs: _Errors) -> Network | None:
     if data is None:
         return None
     prefix = _integer(data, "prefix", "network", errs, default=24, low=8, high=30)
-    gateway = _ipv4(data["gateway"], "network.gateway", errs) if "gateway" in data else None
+    gateway = _node_ip(data["gateway"], "network.gateway", errs) if "gateway" in data else None
     dns = [a for i, item in enumerate(_list(data, "dns", "network", errs))
            if (a := _ipv4(item, f"network.dns.{i}", errs)) is not None]
     search = []
     for i, item in enumerate(_list(data, "search", "network", errs)):
         if not isinstance(item, str) or _check_domain(item):
-            errs.add(f"network.search.{i}", f"'{item}' is not a valid DNS name")
+            errs.add(f"network.search.{i}", f"{item!r} is not a valid DNS name")
         else:
             search.append(item)
     if prefix is None or ("gateway" in data and gateway is None):
@@ -366,11 +462,12 @@ def _nodes(value: Any, domain: str | None, errs: _Errors) -> list[Node]:
         data = _mapping(item, path, errs, required=("name", "ip", "mac"), optional=("fqdn", "join"))
         if data is None:
             continue
-        name = _text(data, "name", path, errs, check=_check_label)
-        ip = _ipv4(data["ip"], f"{path}.ip", errs) if "ip" in data else None
+        name = _text(data, "name", path, errs, check=_check_node_name)
+        ip = _node_ip(data["ip"], f"{path}.ip", errs) if "ip" in data else None
         mac = _mac(data["mac"], f"{path}.mac", errs) if "mac" in data else None
-        default_fqdn = f"{name}.{domain.rstrip('.')}" if name and domain else None
+        default_fqdn = f"{name}.{domain.removesuffix('.')}" if name and domain else None
         fqdn = _text(data, "fqdn", path, errs, check=_check_fqdn, default=default_fqdn)
+        fqdn = fqdn.removesuffix(".") if fqdn else None  # etcd02.example.com. is etcd02.example.com
         for field, field_value in (("name", name), ("ip", ip), ("mac", mac), ("fqdn", fqdn)):
             if field_value is None:
                 continue
@@ -380,7 +477,7 @@ def _nodes(value: Any, domain: str | None, errs: _Errors) -> list[Node]:
             else:
                 seen[field][key] = i
         if name and ip and mac and fqdn:
-            nodes.append(Node(name=name, fqdn=fqdn.rstrip("."), ip=ip, mac=mac,
+            nodes.append(Node(name=name, fqdn=fqdn, ip=ip, mac=mac,
                               join=_boolean(data, "join", path, errs, default=False)))
     return nodes
 
@@ -390,17 +487,38 @@ def _mac(value: Any, path: str, errs: _Errors) -> str | None:
         # YAML 1.1 reads an unquoted 52:54:00:00:00:01 as a base-60 number.
         errs.add(path, "was read as a number; quote the MAC address, e.g. \"52:54:00:00:00:01\"")
         return None
-    if not isinstance(value, str) or not _MAC.match(value.lower()):
+    if not isinstance(value, str) or not _MAC.fullmatch(value.lower()):
         errs.add(path, f"'{value}' is not a MAC address (six hex pairs joined by ':')")
         return None
     if int(value[:2], 16) & 1:
         errs.add(path, f"'{value}' is a multicast address; a NIC needs a unicast MAC")
         return None
+    if value == "00:00:00:00:00:00":
+        errs.add(path, f"'{value}' is the null MAC; a NIC needs its own address")
+        return None
     return value.lower()
 
 
+def _node_ip(value: Any, path: str, errs: _Errors) -> ipaddress.IPv4Address | None:
+    """An IPv4 address a host can hold on a LAN: not loopback, multicast, link-local or reserved."""
+    address = _ipv4(value, path, errs)
+    if address is None:
+        return None
+    for kind, bad in (("loopback", address.is_loopback), ("multicast", address.is_multicast),
+                      ("link-local", address.is_link_local), ("unspecified", address.is_unspecified),
+                      ("reserved", address.is_reserved)):
+        if bad:
+            errs.add(path, f"{address} is a {kind} address; a node needs a unicast address on its LAN")
+            return None
+    return address
+
+
+def _subnet(network: Network, nodes: list[Node]) -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network(f"{nodes[0].ip}/{network.prefix}", strict=False)
+
+
 def _check_subnet(network: Network, nodes: list[Node], errs: _Errors) -> None:
-    subnet = ipaddress.IPv4Network(f"{nodes[0].ip}/{network.prefix}", strict=False)
+    subnet = _subnet(network, nodes)
     for i, node in enumerate(nodes):
         if node.ip not in subnet:
             errs.add(f"nodes.{i}.ip", f"{node.ip} is outside the node network {subnet} "
@@ -424,15 +542,14 @@ def _etcd(value: Any, name: str | None, domain: str | None, base_dir: Path,
     if isinstance(version, float):
         errs.add("etcd.version", f"was read as the number {version}; quote it, e.g. \"3.5.1\"")
         version = None
-    elif not isinstance(version, str) or not _VERSION.match(version):
+    elif not isinstance(version, str) or not _VERSION.fullmatch(version):
         if "version" in data:
             errs.add("etcd.version", f"'{version}' is not a release version like 3.5.1")
         version = None
     elif not (3, 4) <= tuple(int(p) for p in version.split(".")[:2]) <= (3, 6):
         errs.add("etcd.version", f"'{version}' is not supported; use 3.4.x, 3.5.x or 3.6.x")
         version = None
-    sha256 = _text(data, "sha256", "etcd", errs,
-                   check=lambda v: None if _SHA256.match(v) else "must be 64 lowercase hex digits")
+    sha256 = _text(data, "sha256", "etcd", errs, check=_check_sha256)
     bundle = url = None
     if "bundle" in data and "url" in data:
         errs.add("etcd", "give either bundle or url, not both")
@@ -440,8 +557,7 @@ def _etcd(value: Any, name: str | None, domain: str | None, base_dir: Path,
         text = _text(data, "bundle", "etcd", errs)
         bundle = (base_dir / text) if text else None
     elif "url" in data:
-        url = _text(data, "url", "etcd", errs, check=lambda v: None if v.startswith(
-            ("https://", "http://")) else f"'{v}' is not an http(s) URL")
+        url = _text(data, "url", "etcd", errs, check=_check_url)
         if "sha256" not in data:
             errs.add("etcd.sha256", "is required with etcd.url, so each node can check its download")
     else:
@@ -456,7 +572,7 @@ def _etcd(value: Any, name: str | None, domain: str | None, base_dir: Path,
     if name and domain:
         digest = hashlib.sha256(f"{name}.{domain}".encode()).hexdigest()[:12]
         default_token = f"{name}-{digest}"
-    token = _text(data, "token", "etcd", errs, default=default_token)
+    token = _text(data, "token", "etcd", errs, check=_check_token, default=default_token)
     plaintext = _boolean(data, "plaintext_localhost", "etcd", errs, default=False)
     if not (version and heartbeat and election and token) or (bundle is None and url is None):
         return None
@@ -470,7 +586,7 @@ def _pki(value: Any, base_dir: Path, errs: _Errors) -> Pki | None:
                                                   "renew_before_days", "ca"))
     if data is None:
         return None
-    key_type = data.get("key_type", "rsa2048")
+    key_type = data.get("key_type", KeyType.RSA2048.value)
     if key_type not in KEY_TYPES:
         errs.add("pki.key_type", f"'{key_type}' is not one of {', '.join(KEY_TYPES)}")
     validity = _integer(data, "validity_days", "pki", errs, default=365, low=1, high=3650)
@@ -489,7 +605,7 @@ def _pki(value: Any, base_dir: Path, errs: _Errors) -> Pki | None:
                 ca = CASource(cert=base_dir / cert, key=base_dir / key)
     if key_type not in KEY_TYPES or not validity or not ca_validity or renew is None:
         return None
-    return Pki(key_type=key_type, validity_days=validity, ca_validity_days=ca_validity,
+    return Pki(key_type=KeyType(key_type), validity_days=validity, ca_validity_days=ca_validity,
                renew_before_days=renew, ca=ca)
 
 
@@ -522,12 +638,12 @@ def _admin(value: Any, errs: _Errors) -> Admin | None:
     if data is None:
         return None
     name = _text(data, "name", "admin", errs, default="ops", check=_check_label)
-    if name in ("etcd", "root"):
-        errs.add("admin.name", f"'{name}' is reserved")
+    if name in SYSTEM_USERS:
+        errs.add("admin.name", f"'{name}' is reserved: the system already has that user")
         name = None
     keys: list[str] = []
     for i, item in enumerate(_list(data, "ssh_authorized_keys", "admin", errs)):
-        if not isinstance(item, str) or not _SSH_KEY.match(item.strip()):
+        if not isinstance(item, str) or not _SSH_KEY.fullmatch(item.strip()):
             errs.add(f"admin.ssh_authorized_keys.{i}", "is not an OpenSSH public key line")
         else:
             keys.append(item.strip())
@@ -542,9 +658,7 @@ def _admin(value: Any, errs: _Errors) -> Admin | None:
 
 
 def _check_password_hash(value: str) -> str | None:
-    from passlib.hash import sha512_crypt  # libpass keeps the passlib import
-
-    if not sha512_crypt.identify(value):
+    if not _SHA512_CRYPT.fullmatch(value):
         return ("is not a SHA-512 crypt hash ($6$...); make one with "
                 "'python -m generator hash-password'")
     return None

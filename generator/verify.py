@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,11 +16,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from . import etcd, manifest
-from .errors import OutputError
-from .fs import SECRET_MODE
-from .iso import read_iso
-from .pki import ADMIN_IDENTITY, Identity, PrivateKey, check_leaf, node_identity, public_der
-from .render import PATHS, NodePem, render_node
+from .build import GITIGNORE, JOURNAL, seed_entries
+from .errors import GeneratorError, OutputError
+from .etcd import PATHS, Bundle
+from .fs import SECRET_DIR_MODE, TEMP_PREFIX, OnDisk
+from .iso import VOLUME_LABEL, build_iso, read_iso, volume_label
+from .manifest import Manifest
+from .pki import CA_NAME, PrivateKey, check_leaf, leaf_table, public_der, public_key_sha256
+from .render import NODE_FILES, SEED_ISO, NodePem, render_etcdctl_env, render_node, render_public
 from .spec import Spec
 
 # CIS Kubernetes Benchmark section 2 (etcd): each setting and the value it requires.
@@ -31,6 +34,7 @@ CIS_REQUIRED = {
 CIS_SET = ("ETCD_CERT_FILE", "ETCD_KEY_FILE",            # 2.1
            "ETCD_PEER_CERT_FILE", "ETCD_PEER_KEY_FILE")  # 2.4
 CIS_NOT_TRUE = ("ETCD_AUTO_TLS", "ETCD_PEER_AUTO_TLS")   # 2.3, 2.6
+SEALED_INDEX = "pki/sealed.json"  # written by `seal`, beside each pki/<name>.key.age
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,18 @@ class Finding:
         return f"{self.path}: {self.message}"
 
 
+@dataclass(frozen=True)
+class Tree:
+    """An output tree as read from disk: small files' bytes, every file's digest and mode, directory modes."""
+
+    files: Mapping[str, bytes]
+    disk: Mapping[str, OnDisk]
+    dirs: Mapping[str, int]
+    odd: Sequence[str] = ()
+    read_large: Callable[[str], bytes] | None = None  # reads an ISO when it is needed
+    git_tracked: Sequence[str] | None = None
+
+
 def parse_env(text: str) -> dict[str, str]:
     """The variables of an EnvironmentFile (KEY=value lines; # comments)."""
     values = {}
@@ -56,58 +72,134 @@ def parse_env(text: str) -> dict[str, str]:
     return values
 
 
-def verify_tree(spec: Spec, files: Mapping[str, bytes], modes: Mapping[str, int], now: dt.datetime,
-                warn_days: int, fail_days: int, env: jinja2.Environment) -> list[Finding]:
+def is_secret_path(path: str) -> bool:
+    """Whether a path of the output tree holds a secret by its name (keys, full user-data, ISOs, temp files)."""
+    name = path.rsplit("/", 1)[-1]
+    return path.endswith(".key") or name in ("user-data", SEED_ISO) or name.startswith(TEMP_PREFIX)
+
+
+def verify_tree(spec: Spec, tree: Tree, now: dt.datetime, warn_days: int, fail_days: int,
+                env: jinja2.Environment, bundle: Bundle | None) -> list[Finding]:
     """Every problem in output/<cluster>/, as findings.
+
+    In an operator's tree (any secret present) a missing secret is an error; in a
+    reviewer's checkout, which never had secrets, each is a warning and every public
+    file is still compared, byte for byte, with what the spec renders.
 
     Args:
         spec: the cluster definition the tree should match.
-        files: every file under output/<cluster>/, by relative path.
-        modes: the permission bits of each file.
+        tree: the files, digests and modes under output/<cluster>/.
         now: the time the expiry thresholds count from.
         warn_days: a certificate closer than this to expiry is a warning.
         fail_days: closer than this (or expired) is an error.
         env: the templates, to render what the spec asks for.
+        bundle: the etcd tarball as loaded, when it is at hand (to rebuild ISOs exactly).
     """
     found: list[Finding] = []
-    _check_manifest(files, modes, found)
-    ca = _check_ca(files, modes, now, warn_days, fail_days, found)
-    if ca is None:
+    previous = _check_manifest(tree, found)
+    _check_layout(tree, previous, found)
+    _check_git(tree, previous, found)
+    ca = _check_ca(tree, previous, now, warn_days, fail_days, found)
+    if ca is None or previous is None:
         return found
-    identities = {f"pki/{n.name}.crt": node_identity(spec, n) for n in spec.nodes}
-    identities["pki/admin.crt"] = ADMIN_IDENTITY
-    for cert_path, identity in identities.items():
-        _check_leaf_file(cert_path, identity, ca, spec, files, modes, now, warn_days, fail_days, found)
+    keys = {}
+    for name, identity in leaf_table(spec).items():
+        cert_path = f"pki/{name}.crt"
+        key = _load_key(tree.files, f"pki/{name}.key", previous, found)
+        if key is not None:
+            keys[name] = key
+        try:
+            chain = x509.load_pem_x509_certificates(tree.files[cert_path])
+        except (KeyError, ValueError):
+            found.append(Finding(cert_path, "missing or not a PEM certificate"))
+            continue
+        for problem in check_leaf(chain[0], key, ca, identity, spec.pki, now):
+            found.append(Finding(cert_path, problem))
+        if chain[1:] != [ca]:
+            found.append(Finding(cert_path, "must hold the leaf followed by the CA certificate"))
+        _expiry(cert_path, chain[0], now, warn_days, fail_days, found)
+    _check_distinct(tree, keys, found)
+    bundle_sha = spec.etcd.sha256 or (bundle.sha256 if bundle else None) or previous.bundle_sha256 or ""
+    if bundle is not None and previous.bundle_sha256 not in (None, bundle.sha256):
+        found.append(Finding(manifest.NAME, f"bundle.sha256 is {previous.bundle_sha256}, but {bundle.name} "
+                             f"has {bundle.sha256}"))
+    _compare(tree, "pki/etcdctl.env", render_etcdctl_env(env, spec).encode(), found)
+    _compare(tree, ".gitignore", GITIGNORE.encode(), found)
     for node in spec.nodes:
-        _check_node(spec, node.name, files, env, found)
+        _check_node(spec, node.name, tree, previous, env, bundle_sha, bundle, found)
     return found
 
 
-def _check_manifest(files: Mapping[str, bytes], modes: Mapping[str, int], found: list[Finding]) -> None:
+def _holds_secrets(tree: Tree) -> bool:
+    """An operator's tree holds secrets; a reviewer's checkout, made from git, never had any."""
+    return any(is_secret_path(path) for path in tree.disk)
+
+
+def _check_manifest(tree: Tree, found: list[Finding]) -> Manifest | None:
+    if manifest.NAME not in tree.files:
+        found.append(Finding(manifest.NAME, "missing; run a build"))
+        return None
     try:
-        document = manifest.parse_manifest(files.get(manifest.NAME))
+        document = manifest.parse_manifest(tree.files[manifest.NAME])
     except OutputError as exc:
         found.append(Finding(manifest.NAME, exc.messages[0].split(": ", 1)[-1]))
-        return
-    if manifest.NAME not in files:
-        found.append(Finding(manifest.NAME, "missing; run a build"))
-        return
-    for path, entry in sorted(document["files"].items()):
-        if path not in files:
-            # A reviewer's checkout has no secrets (.gitignore): say so, and check the rest.
-            secret = entry.get("mode") == f"{SECRET_MODE:04o}"
-            found.append(Finding(path, "secret not present here; checks that need it were skipped" if secret
-                                 else "listed in the manifest but missing", error=not secret))
+        return None
+    operator = _holds_secrets(tree)
+    for path, entry in sorted(document.files.items()):
+        have = tree.disk.get(path)
+        secret = is_secret_path(path)
+        if have is None:
+            if secret and not operator:
+                found.append(Finding(path, "secret not present here (a reviewer's checkout); checks that need "
+                                     "it were skipped", error=False))
+            else:
+                found.append(Finding(path, "secret missing from this operator's tree" if secret
+                                     else "listed in the manifest but missing"))
             continue
-        if hashlib.sha256(files[path]).hexdigest() != entry.get("sha256"):
+        if have.sha256 != entry.sha256:
             found.append(Finding(path, "sha256 differs from the manifest (changed since the build)"))
-        secret = path.endswith(".key") or entry.get("mode") == f"{SECRET_MODE:04o}"
-        if secret and modes[path] & 0o077:
-            found.append(Finding(path, f"mode is {modes[path]:04o}; a secret must be 0600"))
-    for path in files:
-        sealed_state = path.endswith(".key.age") or path == "pki/sealed.json"  # written by `seal`
-        if path not in document["files"] and path != manifest.NAME and not sealed_state:
-            found.append(Finding(path, "not in the manifest", error=False))
+        if secret and have.mode & 0o077:
+            found.append(Finding(path, f"mode is {have.mode:04o}; a secret must be 0600"))
+        elif have.mode != entry.mode:
+            found.append(Finding(path, f"mode is {have.mode:04o}; the manifest says {entry.mode:04o}"))
+    return document
+
+
+def _check_layout(tree: Tree, previous: Manifest | None, found: list[Finding]) -> None:
+    """Directories' modes, and anything in the tree that the build did not write."""
+    listed = set(previous.files) if previous else set()
+    sealed = {f"{path}.age" for path in listed if path.startswith("pki/") and path.endswith(".key")}
+    pki_mode = tree.dirs.get("pki")
+    # git keeps no directory modes: only a tree that holds keys is held to 0700.
+    if pki_mode is not None and pki_mode != SECRET_DIR_MODE and _holds_secrets(tree):
+        found.append(Finding("pki/", f"mode is {pki_mode:04o}; the directory of the keys must be 0700"))
+    for rel, mode in sorted(tree.dirs.items()):
+        if mode & 0o022:
+            found.append(Finding(f"{rel}/", f"mode is {mode:04o}; others could replace its files"))
+    for rel in tree.odd:
+        found.append(Finding(rel, "is not a regular file or directory (a link or a device); the build writes none"))
+    for rel in sorted(set(tree.disk) - listed - {manifest.NAME}):
+        name = rel.rsplit("/", 1)[-1]
+        if name.startswith(TEMP_PREFIX):
+            found.append(Finding(rel, "left by a run that was killed; it may hold a key (the next build removes it)"))
+        elif rel == JOURNAL:
+            found.append(Finding(rel, "a build was interrupted; run it again to complete it"))
+        elif rel in sealed or rel == SEALED_INDEX:
+            continue
+        elif rel.startswith("pki/"):
+            found.append(Finding(rel, "is not a file the build wrote; nothing but the build's own files "
+                                 "belongs beside the keys"))
+        else:
+            found.append(Finding(rel, "not in the manifest", error=False))
+
+
+def _check_git(tree: Tree, previous: Manifest | None, found: list[Finding]) -> None:
+    if tree.git_tracked is None:
+        return
+    for rel in sorted(tree.git_tracked):
+        if is_secret_path(rel) or (rel.startswith("pki/") and rel.endswith(".key")):
+            found.append(Finding(rel, "is in git's index: a secret must never be committed "
+                                 "(git rm --cached it, and treat the key as exposed)"))
 
 
 def _expiry(path: str, cert: x509.Certificate, now: dt.datetime, warn_days: int, fail_days: int,
@@ -122,90 +214,109 @@ def _expiry(path: str, cert: x509.Certificate, now: dt.datetime, warn_days: int,
         found.append(Finding(path, f"expires on {when}, within {warn_days} days", error=False))
 
 
-def _check_ca(files: Mapping[str, bytes], modes: Mapping[str, int], now: dt.datetime, warn_days: int,
-              fail_days: int, found: list[Finding]) -> x509.Certificate | None:
+def _check_ca(tree: Tree, previous: Manifest | None, now: dt.datetime, warn_days: int, fail_days: int,
+              found: list[Finding]) -> x509.Certificate | None:
     try:
-        cert = x509.load_pem_x509_certificate(files["pki/ca.crt"])
+        cert = x509.load_pem_x509_certificate(tree.files["pki/ca.crt"])
     except (KeyError, ValueError):
         found.append(Finding("pki/ca.crt", "missing or not a PEM certificate"))
         return None
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not constraints.ca or not usage.key_cert_sign:
+            found.append(Finding("pki/ca.crt", "is not a CA that may sign certificates"))
+    except x509.ExtensionNotFound:
+        found.append(Finding("pki/ca.crt", "lacks basicConstraints or keyUsage; not a CA"))
     _expiry("pki/ca.crt", cert, now, warn_days, fail_days, found)
-    key = _load_key(files, "pki/ca.key", found)
+    key = _load_key(tree.files, "pki/ca.key", previous, found)
     if key is not None and public_der(key) != public_der(cert):
         found.append(Finding("pki/ca.key", "does not match pki/ca.crt"))
     return cert
 
 
-def _check_leaf_file(cert_path: str, identity: Identity, ca: x509.Certificate, spec: Spec, files: Mapping[str, bytes],
-                     modes: Mapping[str, int], now: dt.datetime, warn_days: int, fail_days: int,
-                     found: list[Finding]) -> None:
-    try:
-        chain = x509.load_pem_x509_certificates(files[cert_path])
-    except (KeyError, ValueError):
-        found.append(Finding(cert_path, "missing or not a PEM certificate"))
-        return
-    cert = chain[0]
-    key = _load_key(files, cert_path[:-4] + ".key", found)
-    for problem in check_leaf(cert, key, ca, identity):
-        found.append(Finding(cert_path, problem))
-    if chain[1:] != [ca]:
-        found.append(Finding(cert_path, "must hold the leaf followed by the CA certificate"))
-    try:
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints)
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound as exc:
-        found.append(Finding(cert_path, f"lacks {exc.oid._name}"))
-        return
-    if constraints.value.ca or not constraints.critical:
-        found.append(Finding(cert_path, "basicConstraints must be critical CA:FALSE"))
-    rsa_key = isinstance(cert.public_key(), rsa.RSAPublicKey)
-    if not usage.digital_signature or (rsa_key and not usage.key_encipherment) or usage.key_cert_sign:
-        found.append(Finding(cert_path, "keyUsage must be digitalSignature"
-                             + (" and keyEncipherment" if rsa_key else "") + ", and not keyCertSign"))
-    _expiry(cert_path, cert, now, warn_days, fail_days, found)
+def _check_distinct(tree: Tree, keys: Mapping[str, PrivateKey], found: list[Finding]) -> None:
+    seen: dict[bytes, str] = {}
+    ca_key = tree.files.get("pki/ca.key")
+    if ca_key is not None:
+        with contextlib.suppress(ValueError, TypeError):  # an unreadable CA key is reported by _check_ca
+            seen[public_der(serialization.load_pem_private_key(ca_key, None))] = CA_NAME  # type: ignore[arg-type]
+    for name, key in keys.items():
+        der = public_der(key)
+        if der in seen:
+            found.append(Finding(f"pki/{name}.key", f"is the same key as pki/{seen[der]}.key"))
+        seen.setdefault(der, name)
 
 
-def _check_node(spec: Spec, name: str, files: Mapping[str, bytes], env: jinja2.Environment,
-                found: list[Finding]) -> None:
+def _compare(tree: Tree, path: str, expected: bytes, found: list[Finding]) -> None:
+    have = tree.files.get(path)
+    if have is not None and have != expected:
+        found.append(Finding(path, "differs from what the spec renders ('plan' shows the change)"))
+
+
+def _check_node(spec: Spec, name: str, tree: Tree, previous: Manifest, env: jinja2.Environment, bundle_sha: str,
+                bundle: Bundle | None, found: list[Finding]) -> None:
     node = next(n for n in spec.nodes if n.name == name)
     options_path, unit_path = f"{name}/options.env", f"{name}/etcd.service"
-    if options_path not in files or unit_path not in files:
-        found.append(Finding(f"{name}/", "options.env or etcd.service is missing"))
-        return
-    options = parse_env(files[options_path].decode(errors="replace"))
-    _check_options(options_path, options, spec, found)
-    _check_unit(unit_path, files[unit_path].decode(errors="replace"), options, found)
-    user_data = files.get(f"{name}/user-data")
-    if user_data is None:
-        return  # a reviewer's checkout: the full user-data is secret and not committed
-    try:
-        pem = NodePem(files["pki/ca.crt"], files[f"pki/{name}.crt"], files[f"pki/{name}.key"])
-    except KeyError:
+    if options_path in tree.files:
+        options = parse_env(tree.files[options_path].decode(errors="replace"))
+        _check_options(options_path, options, spec, found)
+        if unit_path in tree.files:
+            _check_unit(unit_path, tree.files[unit_path].decode(errors="replace"), options, found)
+    ca_pem, chain_pem = tree.files.get("pki/ca.crt"), tree.files.get(f"pki/{name}.crt")
+    key_pem = tree.files.get(f"pki/{name}.key")
+    key_entry = previous.files.get(f"pki/{name}.key")
+    key_sha = hashlib.sha256(key_pem).hexdigest() if key_pem else key_entry.sha256 if key_entry else None
+    if ca_pem is None or chain_pem is None or key_sha is None:
         return  # reported above
-    sha = re.search(rb"^ *want=([0-9a-f]{64})$", user_data, re.MULTILINE)
-    expected = render_node(env, spec, node, pem, sha.group(1).decode() if sha else "")
-    for rel, have, want in ((options_path, files[options_path], expected.options_env),
-                            (unit_path, files[unit_path], expected.etcd_service),
-                            (f"{name}/user-data", user_data, expected.user_data),
-                            (f"{name}/network-config", files.get(f"{name}/network-config"),
-                             expected.network_config),
-                            (f"{name}/meta-data", files.get(f"{name}/meta-data"), expected.meta_data)):
-        if have != want.encode():
-            found.append(Finding(rel, "differs from what the spec renders ('plan' shows the change)"))
-    redacted = files.get(f"{name}/user-data.redacted")
-    if redacted is not None and redacted.decode() != expected.user_data_redacted:
-        found.append(Finding(f"{name}/user-data.redacted", "does not match user-data with the key withheld"))
+    try:
+        public = render_public(env, spec, node, ca_pem, chain_pem, key_sha, bundle_sha)
+    except GeneratorError as exc:
+        found.append(Finding(f"{name}/", f"cannot render what the spec asks for: {exc}"))
+        return
+    for node_file in NODE_FILES:
+        if node_file.name in public.texts:
+            _compare(tree, f"{name}/{node_file.name}", public.texts[node_file.name].encode(), found)
+    user_data = tree.files.get(f"{name}/user-data")
+    if user_data is None or key_pem is None:
+        return  # a reviewer's checkout: the full user-data and the key are secret and not committed
+    seed = render_node(env, spec, node, NodePem(ca_pem, chain_pem, key_pem), bundle_sha)
+    _compare(tree, f"{name}/user-data", seed.texts["user-data"].encode(), found)
     _check_user_data(name, user_data, found)
-    iso = files.get(f"{name}/seed.iso")
-    if iso is not None:
-        try:
-            on_seed = read_iso(iso)
-        except Exception:
-            found.append(Finding(f"{name}/seed.iso", "cannot be read as an ISO"))
-            return
-        for seed_name in ("user-data", "meta-data", "network-config"):
-            if on_seed.get(seed_name) != files.get(f"{name}/{seed_name}"):
-                found.append(Finding(f"{name}/seed.iso", f"its {seed_name} differs from {name}/{seed_name}"))
+    _check_iso(name, tree, previous, seed.texts, spec.etcd.tarball_name if spec.etcd.bundle else None, bundle,
+               found)
+
+
+def _check_iso(name: str, tree: Tree, previous: Manifest, texts: Mapping[str, str], tarball: str | None,
+               bundle: Bundle | None, found: list[Finding]) -> None:
+    """The seed holds exactly the rendered files under the cidata label; byte for byte when it can be rebuilt."""
+    path = f"{name}/{SEED_ISO}"
+    if path not in tree.disk or tree.read_large is None:
+        return
+    try:
+        iso = tree.read_large(path)
+        on_seed = read_iso(iso)
+    except GeneratorError:
+        found.append(Finding(path, "cannot be read as an ISO"))
+        return
+    if volume_label(iso) != VOLUME_LABEL:
+        found.append(Finding(path, f"its label is {volume_label(iso)!r}, not {VOLUME_LABEL!r}"))
+    want_names = {f.name for f in NODE_FILES if f.on_iso} | ({tarball} if tarball else set())
+    if set(on_seed) != want_names:
+        extra, lacking = sorted(set(on_seed) - want_names), sorted(want_names - set(on_seed))
+        found.append(Finding(path, f"holds {sorted(on_seed)}; extra {extra}, missing {lacking}"))
+    for node_file in NODE_FILES:
+        if node_file.on_iso and on_seed.get(node_file.name) != texts[node_file.name].encode():
+            found.append(Finding(path, f"its {node_file.name} differs from {name}/{node_file.name}"))
+    if previous.bundle_sha256 and tarball and tarball in on_seed and \
+            hashlib.sha256(on_seed[tarball]).hexdigest() != previous.bundle_sha256:
+        found.append(Finding(path, f"its {tarball} is not the bundle the manifest records"))
+    entry = previous.files.get(path)
+    if bundle is not None and (bundle.data is not None or tarball is None) and entry is not None \
+            and entry.epoch is not None:
+        rebuilt = build_iso(seed_entries(texts, bundle), entry.epoch)
+        if hashlib.sha256(rebuilt).hexdigest() != hashlib.sha256(iso).hexdigest():
+            found.append(Finding(path, "is not byte for byte the seed the spec builds (hidden or extra content)"))
 
 
 def _check_options(path: str, options: Mapping[str, str], spec: Spec, found: list[Finding]) -> None:
@@ -254,14 +365,18 @@ def _check_user_data(name: str, user_data: bytes, found: list[Finding]) -> None:
         found.append(Finding(f"{name}/user-data", "is not a #cloud-config mapping"))
         return
     for entry in document.get("write_files", []):
-        if entry.get("owner", "").startswith("etcd") and entry.get("defer") is not True:
+        if not isinstance(entry, dict):
+            found.append(Finding(f"{name}/user-data", "write_files holds an entry that is not a mapping"))
+            continue
+        if str(entry.get("owner", "")).startswith("etcd") and entry.get("defer") is not True:
             found.append(Finding(f"{name}/user-data", f"{entry.get('path')} is owned by etcd "
                                  "but not deferred; cloud-init writes it before the user exists"))
         if entry.get("path") == PATHS.key and entry.get("permissions") != "0600":
             found.append(Finding(f"{name}/user-data", f"{PATHS.key} must be 0600"))
 
 
-def _load_key(files: Mapping[str, bytes], path: str, found: list[Finding]) -> PrivateKey | None:
+def _load_key(files: Mapping[str, bytes], path: str, previous: Manifest | None,
+              found: list[Finding]) -> PrivateKey | None:
     if path not in files:
         return None
     try:
@@ -272,4 +387,7 @@ def _load_key(files: Mapping[str, bytes], path: str, found: list[Finding]) -> Pr
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         found.append(Finding(path, "is not an RSA or ECDSA key"))
         return None
+    entry = previous.files.get(path) if previous else None
+    if entry is not None and entry.public_key_sha256 not in (None, public_key_sha256(key)):
+        found.append(Finding(path, "its public key differs from the one manifest.json records"))
     return key

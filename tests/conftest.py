@@ -10,11 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from generator.pki import PkiState, build_pki
+from generator.pki import KeyRecords, PkiState, build_pki
 from generator.spec import Spec, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+NO_RECORDS = KeyRecords()  # a first build: no manifest yet
+
+
+def records(state: PkiState) -> KeyRecords:
+    """What the manifest of a build that wrote `state` records of its keys."""
+    return KeyRecords(recorded=state.public_keys(), ca_recorded=True)
 
 SPEC_TEMPLATE = """\
 cluster: {{name: demo, domain: example.com}}
@@ -78,5 +84,5 @@ def spec3() -> Spec:
 
 @pytest.fixture(scope="session")
 def pki3(spec3: Spec) -> PkiState:
-    return build_pki(spec3, {}, None, NOW)
+    return build_pki(spec3, {}, None, NOW, NO_RECORDS)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from generator.errors import TemplateError
-from generator.render import NodePem, SeedFiles, make_environment, redaction_marker, render_node
+from generator.render import NODE_FILES, SEED_ISO, NodePem, SeedFiles, make_environment, redaction_marker, render_node
 from generator.spec import Spec
 
 from .conftest import parse, spec_yaml
@@ -47,15 +48,14 @@ def rendered(example: Spec) -> dict[str, SeedFiles]:
     return render_all(example)
 
 
-FILES = ("user-data", "user-data.redacted", "meta-data", "network-config", "options.env", "etcd.service")
+FILES = tuple(f.name for f in NODE_FILES if f.name != SEED_ISO)
 
 
 @pytest.mark.parametrize("node", ["etcd01", "etcd02", "etcd03"])
 def test_golden(rendered: dict[str, SeedFiles], node: str) -> None:
     """Each rendered file equals its golden copy; UPDATE_GOLDEN=1 rewrites them for review."""
-    files = rendered[node]
-    texts = dict(zip(FILES, (files.user_data, files.user_data_redacted, files.meta_data,
-                             files.network_config, files.options_env, files.etcd_service), strict=True))
+    texts = rendered[node].texts
+    assert set(texts) == set(FILES)
     for name, text in texts.items():
         path = GOLDEN / node / name
         if os.environ.get("UPDATE_GOLDEN"):
@@ -71,15 +71,15 @@ def _files_by_path(user_data: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_user_data_is_cloud_config(rendered: dict[str, SeedFiles]) -> None:
     """user-data starts with #cloud-config and parses as a YAML mapping."""
     for files in rendered.values():
-        assert files.user_data.startswith("#cloud-config\n")
-        assert isinstance(yaml.safe_load(files.user_data), dict)
-        assert isinstance(yaml.safe_load(files.network_config), dict)
-        assert isinstance(yaml.safe_load(files.meta_data), dict)
+        assert files.texts["user-data"].startswith("#cloud-config\n")
+        assert isinstance(yaml.safe_load(files.texts["user-data"]), dict)
+        assert isinstance(yaml.safe_load(files.texts["network-config"]), dict)
+        assert isinstance(yaml.safe_load(files.texts["meta-data"]), dict)
 
 
 def test_etcd_owned_files_are_deferred(rendered: dict[str, SeedFiles]) -> None:
     """Every file owned by etcd is written after users exist; the key is 0600."""
-    data = yaml.safe_load(rendered["etcd01"].user_data)
+    data = yaml.safe_load(rendered["etcd01"].texts["user-data"])
     files = _files_by_path(data)
     owned = [f for f in files.values() if f["owner"] == "etcd:etcd"]
     assert {f["path"] for f in owned} == {"/etc/ssl/etcd/ca.crt", "/etc/ssl/etcd/etcd.crt",
@@ -92,7 +92,7 @@ def test_etcd_owned_files_are_deferred(rendered: dict[str, SeedFiles]) -> None:
 
 def test_etcd_user_has_no_login(rendered: dict[str, SeedFiles]) -> None:
     """The etcd user is a locked system user with no login shell."""
-    users = {u["name"]: u for u in yaml.safe_load(rendered["etcd02"].user_data)["users"]}
+    users = {u["name"]: u for u in yaml.safe_load(rendered["etcd02"].texts["user-data"])["users"]}
     assert users["etcd"]["system"] is True
     assert users["etcd"]["shell"] == "/usr/sbin/nologin"
     assert users["etcd"]["lock_passwd"] is True
@@ -101,7 +101,7 @@ def test_etcd_user_has_no_login(rendered: dict[str, SeedFiles]) -> None:
 
 def test_unit_and_options_match_the_seed_and_cis(rendered: dict[str, SeedFiles]) -> None:
     """options.env turns on TLS with client-cert auth both ways, and auto-TLS off (CIS 2.1-2.6)."""
-    env = dict(line.split("=", 1) for line in rendered["etcd01"].options_env.splitlines()
+    env = dict(line.split("=", 1) for line in rendered["etcd01"].texts["options.env"].splitlines()
                if line and not line.startswith("#"))
     assert env["ETCD_CLIENT_CERT_AUTH"] == env["ETCD_PEER_CLIENT_CERT_AUTH"] == "true"
     assert env["ETCD_AUTO_TLS"] == env["ETCD_PEER_AUTO_TLS"] == "false"
@@ -110,7 +110,7 @@ def test_unit_and_options_match_the_seed_and_cis(rendered: dict[str, SeedFiles])
         f"etcd0{i}=https://192.168.0.{i}:2380" for i in (1, 2, 3))
     assert env["ETCD_INITIAL_CLUSTER_STATE"] == "new"
     assert all(value.startswith("https://") for key, value in env.items() if key.endswith("_URLS"))
-    unit = rendered["etcd01"].etcd_service
+    unit = rendered["etcd01"].texts["etcd.service"]
     for line in ("Type=notify", "After=network-online.target", "Wants=network-online.target",
                  "Restart=always", "LimitNOFILE=40000", "User=etcd"):
         assert f"\n{line}\n" in unit
@@ -119,17 +119,17 @@ def test_unit_and_options_match_the_seed_and_cis(rendered: dict[str, SeedFiles])
 def test_plaintext_localhost_is_opt_in() -> None:
     """The seed's http://127.0.0.1:2379 listener appears only when asked for."""
     spec = parse(spec_yaml().replace("election_timeout: 1000", "election_timeout: 1000\n  plaintext_localhost: true"))
-    options = render_all(spec)["etcd01"].options_env
+    options = render_all(spec)["etcd01"].texts["options.env"]
     assert "ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379,https://192.168.0.1:2379\n" in options
 
 
 def test_flannel_only_on_the_first_node(rendered: dict[str, SeedFiles]) -> None:
     """Only the first node writes flannel's config; without flannel in the spec nobody does."""
-    paths = {n: set(_files_by_path(yaml.safe_load(f.user_data))) for n, f in rendered.items()}
+    paths = {n: set(_files_by_path(yaml.safe_load(f.texts["user-data"]))) for n, f in rendered.items()}
     assert "/usr/local/sbin/etcd-flannel-config" in paths["etcd01"]
     assert "/usr/local/sbin/etcd-flannel-config" not in paths["etcd02"]
     plain = parse(spec_yaml().split("flannel:")[0])
-    assert "flannel" not in render_all(plain)["etcd01"].user_data
+    assert "flannel" not in render_all(plain)["etcd01"].texts["user-data"]
 
 
 def test_url_mode_downloads_and_checks(tmp_path: Path) -> None:
@@ -138,7 +138,7 @@ def test_url_mode_downloads_and_checks(tmp_path: Path) -> None:
                                      f"url: https://example.com/etcd.tar.gz\n  sha256: {'a' * 64}"))
     env = make_environment()
     files = render_node(env, spec, spec.nodes[0], fake_pem("etcd01"), "a" * 64)
-    script = _files_by_path(yaml.safe_load(files.user_data))["/usr/local/sbin/etcd-seed-install"]["content"]
+    script = _files_by_path(yaml.safe_load(files.texts["user-data"]))["/usr/local/sbin/etcd-seed-install"]["content"]
     assert "url=https://example.com/etcd.tar.gz" in script
     assert f"want={'a' * 64}" in script
     assert "blkid" not in script
@@ -149,9 +149,9 @@ def test_redacted_user_data_holds_no_key(rendered: dict[str, SeedFiles]) -> None
     """The reviewable user-data differs from the real one only where the key was."""
     files = rendered["etcd03"]
     key = fake_pem("etcd03").key_pem.decode()
-    assert key.splitlines()[1] in files.user_data
-    assert key.splitlines()[1] not in files.user_data_redacted
-    assert redaction_marker(key.encode()).strip() in files.user_data_redacted
+    assert key.splitlines()[1] in files.texts["user-data"]
+    assert key.splitlines()[1] not in files.texts["user-data.redacted"]
+    assert redaction_marker(hashlib.sha256(key.encode()).hexdigest()).strip() in files.texts["user-data.redacted"]
 
 
 def test_instance_id_follows_the_node_config(example: Spec, rendered: dict[str, SeedFiles]) -> None:
@@ -169,7 +169,9 @@ def test_instance_id_follows_the_node_config(example: Spec, rendered: dict[str, 
 def test_undefined_variable_fails_loudly(example: Spec) -> None:
     """StrictUndefined: a template that names a missing variable is an error, not a blank."""
     env = make_environment()
-    env.loader = jinja2.DictLoader({"options.env.j2": "ETCD_NAME={{ node.nickname }}\n"})
+    assert env.loader is not None
+    env.loader = jinja2.ChoiceLoader([jinja2.DictLoader({"options.env.j2": "ETCD_NAME={{ node.nickname }}\n"}),
+                                      env.loader])
     with pytest.raises(TemplateError, match=r"templates/options\.env\.j2: .*nickname"):
         render_node(env, example, example.nodes[0], fake_pem("etcd01"), SHA)
 
@@ -177,5 +179,5 @@ def test_undefined_variable_fails_loudly(example: Spec) -> None:
 def test_version_specific_options() -> None:
     """etcd 3.4 gets ETCD_LOGGER=zap (its default logger is deprecated); 3.5 does not need it."""
     spec34 = parse(spec_yaml().replace('version: "3.5.1"', 'version: "3.4.23"'))
-    assert "\nETCD_LOGGER=zap\n" in render_all(spec34)["etcd01"].options_env
-    assert "ETCD_LOGGER" not in render_all(parse(spec_yaml()))["etcd01"].options_env
+    assert "\nETCD_LOGGER=zap\n" in render_all(spec34)["etcd01"].texts["options.env"]
+    assert "ETCD_LOGGER" not in render_all(parse(spec_yaml()))["etcd01"].texts["options.env"]

@@ -37,6 +37,8 @@ def test_same_state_same_bytes(workdir: Path, tmp_path: Path) -> None:
     shutil.copytree(workdir / "out" / "demo" / "pki", other / "out" / "demo" / "pki")
     for name in [p for p in (other / "out" / "demo" / "pki").iterdir() if p.suffix not in (".crt", ".key")]:
         name.unlink()
+    # The keys' record travels with them: a pki/ without its manifest is refused (test_hardening).
+    shutil.copy(workdir / "out" / "demo" / "manifest.json", other / "out" / "demo" / "manifest.json")
     assert build(other)[0] == 0
     assert snapshot(other / "out" / "demo") == first
 

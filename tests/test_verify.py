@@ -92,7 +92,8 @@ def _plaintext_listener(tree: Path) -> None:
 def _seed_differs(tree: Path) -> None:
     iso = tree / "etcd01" / "seed.iso"
     files = read_iso(iso.read_bytes())
-    files["user-data"] = files["user-data"].replace(b"hostname: etcd01", b"hostname: evil01")
+    assert b'hostname: "etcd01"' in files["user-data"]
+    files["user-data"] = files["user-data"].replace(b'hostname: "etcd01"', b'hostname: "evil01"')
     iso.write_bytes(build_iso([SeedEntry(n, d) for n, d in files.items()], 0))
 
 
