@@ -36,9 +36,9 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         return code
     except GeneratorError as exc:
         for message in exc.messages:
-            print(f"error: {message}", file=err)
+            print(f"error: {printable(message)}", file=err)
         if exc.hint:
-            print(f"hint: {exc.hint}", file=err)
+            print(f"hint: {printable(exc.hint)}", file=err)
         return EXIT_ERROR
     except BrokenPipeError:  # output piped into `head` and the like
         return EXIT_ERROR
@@ -51,6 +51,11 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         print(f"error: internal error, please report it: {type(exc).__name__}: {exc}", file=err)
         print("hint: set ETCD_SEED_DEBUG=1 to see the traceback", file=err)
         return EXIT_BUG
+
+
+def printable(text: str) -> str:
+    """One line of text: a hostile value quoted in a message cannot start a line of its own."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def main_entry() -> None:
@@ -120,7 +125,7 @@ def _read_spec(spec_path: Path, err: TextIO | None = None) -> Spec:
     """The validated spec; its warnings go to `err` when given."""
     spec, warnings = load_spec(fs.read_spec_text(spec_path), base_dir=spec_path.parent, source=str(spec_path))
     for warning in warnings if err is not None else []:
-        print(f"warning: {warning}", file=err)
+        print(f"warning: {printable(warning)}", file=err)
     return spec
 
 
@@ -153,13 +158,13 @@ def _run_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     previous = manifest.parse_manifest(fs.read_optional(root / manifest.NAME, manifest.NAME))
     sources = load_sources(spec, previous.bundle_sha256)
     created = fs.make_dirs(root, {})
-    try:
-        with fs.locked(root, exclusive=True):
+    with fs.locked(root, exclusive=True):
+        try:
             plan = _plan(args, spec, root, sources)
             removed = apply_plan(root, plan)
-    except BaseException:
-        fs.remove_empty(created)
-        raise
+        except BaseException:
+            fs.remove_empty(created)  # only while holding the lock: another run may be about to use them
+            raise
     for rel in removed:
         print(f"removed {rel}: left by a run that was killed", file=out)
     for event in plan.pki.events:
@@ -225,7 +230,7 @@ def _run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             if problem:
                 found.append(Finding(name, problem))
     for finding in found:
-        print(f"{'error' if finding.error else 'warning'}: {finding}", file=err)
+        print(f"{'error' if finding.error else 'warning'}: {printable(str(finding))}", file=err)
     errors = sum(f.error for f in found)
     print(f"{root}: {len(disk)} files checked, {errors} errors, {len(found) - errors} warnings",
           file=out)

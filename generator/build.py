@@ -19,7 +19,7 @@ from . import etcd, fs, manifest
 from .errors import MaterialError, OutputError
 from .etcd import Bundle
 from .iso import SeedEntry, build_iso
-from .manifest import FileEntry, Manifest
+from .manifest import HEX64, FileEntry, Manifest
 from .pki import CA_NAME, KeyRecords, PkiState, build_pki
 from .render import NODE_FILES, SEED_ISO, NodePem, render_etcdctl_env, render_node
 from .spec import Spec
@@ -35,7 +35,6 @@ GITIGNORE = f"""\
 """
 JOURNAL = "pki/pending.json"  # the new keys of a run in progress; gone when the run completes
 _JOURNAL_NAME = re.compile(r"[a-z0-9-]{1,63}")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class FileStatus(StrEnum):
@@ -179,7 +178,7 @@ def parse_journal(data: bytes | None) -> dict[str, str]:
                           hint=f"check pki/ by hand, then remove {JOURNAL}") from None
     keys = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(keys, dict) or not all(
-            isinstance(k, str) and _JOURNAL_NAME.fullmatch(k) and isinstance(v, str) and _HEX64.fullmatch(v)
+            isinstance(k, str) and _JOURNAL_NAME.fullmatch(k) and isinstance(v, str) and HEX64.fullmatch(v)
             for k, v in keys.items()):
         raise OutputError(f"{JOURNAL}: keys: must map names to 64 hex digits",
                           hint=f"check pki/ by hand, then remove {JOURNAL}")

@@ -183,19 +183,18 @@ def make_dirs(root: Path, dirs: dict[str, int]) -> list[Path]:
         The directories this call created, deepest first, so a failed run can remove them.
     """
     created: list[Path] = []
+    enforced = {root / rel: mode for rel, mode in dirs.items()}
+    wanted = {**{path: PUBLIC_DIR_MODE for path in [*reversed(root.parents), root]}, **enforced}
     try:
-        for path in [*reversed(root.parents), root]:
-            if not path.exists():
-                path.mkdir()
-                path.chmod(PUBLIC_DIR_MODE)
-                created.insert(0, path)
-        for rel, mode in dirs.items():
-            path = root / rel
-            if not path.exists():
-                path.mkdir()
-                created.insert(0, path)
-            if path.stat().st_mode & 0o777 != mode:
-                path.chmod(mode)
+        for path, mode in wanted.items():
+            try:
+                path.mkdir(mode=0o700)  # opened up below: never more open than meant, even for a moment
+            except FileExistsError:  # there already, or another run made it just now
+                if path in enforced and path.stat().st_mode & 0o777 != mode:
+                    path.chmod(mode)
+                continue
+            created.insert(0, path)
+            path.chmod(mode)
     except OSError as exc:
         raise OutputError(f"{exc.filename or root}: cannot create: {exc.strerror or exc}") from None
     return created

@@ -18,7 +18,7 @@ from .pki import sans_of
 NAME = "manifest.json"
 # 2 adds each key's public_key_sha256 and each ISO's epoch; 1 is still read.
 FORMAT = 2
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+HEX64 = re.compile(r"[0-9a-f]{64}")  # a sha256, as every state file writes it
 _MODE = re.compile(r"0[0-7]{3}")
 
 
@@ -117,7 +117,7 @@ def parse_manifest(data: bytes | None, source: str = NAME) -> Manifest:
         raise OutputError(f"{source}: certificates: must be an object")
     bundle = document.get("bundle", {})
     bundle_sha = bundle.get("sha256") if isinstance(bundle, dict) else None
-    if bundle_sha is not None and not (isinstance(bundle_sha, str) and _HEX64.fullmatch(bundle_sha)):
+    if bundle_sha is not None and not (isinstance(bundle_sha, str) and HEX64.fullmatch(bundle_sha)):
         raise OutputError(f"{source}: bundle.sha256: must be 64 hex digits")
     version = document.get("etcd_version")
     return Manifest(format=fmt, files=entries, certificates=certificates, bundle_sha256=bundle_sha,
@@ -128,14 +128,14 @@ def _entry(row: Any, where: str) -> FileEntry:
     if not isinstance(row, dict):
         raise OutputError(f"{where}: must be an object")
     sha, size, mode = row.get("sha256"), row.get("size"), row.get("mode")
-    if not (isinstance(sha, str) and _HEX64.fullmatch(sha)):
+    if not (isinstance(sha, str) and HEX64.fullmatch(sha)):
         raise OutputError(f"{where}.sha256: must be 64 hex digits")
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise OutputError(f"{where}.size: must be a whole number")
     if not (isinstance(mode, str) and _MODE.fullmatch(mode)):
         raise OutputError(f"{where}.mode: must be an octal mode such as 0644")
     public = row.get("public_key_sha256")
-    if public is not None and not (isinstance(public, str) and _HEX64.fullmatch(public)):
+    if public is not None and not (isinstance(public, str) and HEX64.fullmatch(public)):
         raise OutputError(f"{where}.public_key_sha256: must be 64 hex digits")
     epoch = row.get("epoch")
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCH):

@@ -13,12 +13,11 @@ from cryptography.hazmat.primitives import serialization
 
 from . import external, fs
 from .errors import MaterialError
-from .manifest import Manifest
+from .manifest import HEX64, Manifest
 from .pki import public_key_sha256
 
 INDEX = "sealed.json"  # in pki/: which key each .age file holds, and for whom it was sealed
 _RECIPIENT = re.compile(r"age1[0-9a-z]{58}")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 _KEY_FILE = re.compile(r"[a-z0-9-]{1,63}\.key")
 
 
@@ -133,7 +132,7 @@ def _read_index(pki_dir: Path) -> dict[str, Mapping[str, object]]:
         if not _KEY_FILE.fullmatch(str(name)) or not isinstance(entry, dict):
             raise MaterialError(f"{where}: must name a key file and map to an object")
         sha, recipients = entry.get("key_sha256"), entry.get("recipients")
-        if not (isinstance(sha, str) and _HEX64.fullmatch(sha)):
+        if not (isinstance(sha, str) and HEX64.fullmatch(sha)):
             raise MaterialError(f"{where}.key_sha256: must be 64 hex digits")
         if not (isinstance(recipients, list) and all(isinstance(r, str) for r in recipients)):
             raise MaterialError(f"{where}.recipients: must be a list of age recipients")

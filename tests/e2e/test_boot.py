@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 from generator import _cli
+from generator.etcd import options as etcd_options
 from generator.iso import SeedEntry, build_iso, read_iso
 from generator.render import FLANNEL_KEY, flannel_json
 from generator.spec import Spec, load_spec
@@ -292,6 +294,9 @@ def test_node_state_over_ssh(lab: Lab, index: int) -> None:
     assert facts[2] == node.name
     listeners = sorted(line.split()[3] for line in facts[3:])
     assert listeners == [f"{node.ip}:2379"], listeners  # no http://127.0.0.1:2379 unless asked for
+    # What systemd's own EnvironmentFile parser handed etcd: exactly the settings the build meant.
+    environ = lab.ssh(vm.ip, "sudo cat /proc/$(pidof etcd)/environ | tr '\\0' '\\n' | grep '^ETCD_'")
+    assert dict(line.split("=", 1) for line in environ.stdout.splitlines()) == etcd_options(lab.spec, node)
 
 
 def test_fault_rejoin_and_bad_bundle(lab: Lab) -> None:
@@ -321,9 +326,9 @@ def test_fault_rejoin_and_bad_bundle(lab: Lab) -> None:
     version = lab.spec.etcd.version
     installs = lab.ssh(victim.ip, f"sudo grep -c 'etcd-seed: etcd {version} installed' /var/log/cloud-init-output.log; "
                                   "cat /var/lib/cloud/data/instance-id")
-    meta = read_iso(victim.seed.read_bytes())["meta-data"].decode()
+    meta = yaml.safe_load(read_iso(victim.seed.read_bytes())["meta-data"])
     assert installs.stdout.splitlines()[0] == "1", "cloud-init ran the install again on reboot"
-    assert f"instance-id: {installs.stdout.splitlines()[1]}" in meta
+    assert meta["instance-id"] == installs.stdout.splitlines()[1]
 
     wait_for("the bad-bundle node's cloud-init to finish", bad.poll_finished, BOOT_TIMEOUT_S, [bad])
     report = lab.ssh(bad.ip, "cloud-init status; test -e /usr/local/bin/etcd && echo INSTALLED; "
