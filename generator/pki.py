@@ -286,7 +286,8 @@ def issue_leaf(ca: CA, identity: Identity, key: PrivateKey, now: dt.datetime,
 
 
 def build_pki(spec: Spec, existing: Mapping[str, bytes], imported: tuple[bytes, bytes] | None,
-              now: dt.datetime, records: KeyRecords, rekey: frozenset[str] = frozenset()) -> PkiState:
+              now: dt.datetime, records: KeyRecords, rekey: frozenset[str] = frozenset(),
+              renew: bool = False) -> PkiState:
     """Reuse what is still right, issue what is missing or out of date, and refuse what is suspect.
 
     Args:
@@ -296,6 +297,7 @@ def build_pki(spec: Spec, existing: Mapping[str, bytes], imported: tuple[bytes, 
         now: the current time; the core never reads the clock.
         records: the public keys earlier runs recorded; a key on disk must be one of them.
         rekey: leaf names whose keys the operator asked to replace.
+        renew: reissue every leaf certificate now (keeping its key), however long it has left.
 
     Returns:
         The CA and every credential, with a list of events (issued, renewed, reused).
@@ -324,7 +326,7 @@ def build_pki(spec: Spec, existing: Mapping[str, bytes], imported: tuple[bytes, 
     if problems:
         raise MaterialError(problems, hint=("to replace a key on purpose, build with --rekey NAME; to restore "
                                             "keys from sealed copies, run unseal"))
-    leaves = {name: _leaf(spec.pki, ca, name, identity, keys[name], existing, now, events)
+    leaves = {name: _leaf(spec.pki, ca, name, identity, keys[name], existing, now, events, renew)
               for name, identity in table.items()}
     return PkiState(ca=ca, ca_imported=imported is not None, leaves=leaves, identities=table, events=events)
 
@@ -545,10 +547,10 @@ def _check_distinct_keys(ca: CA, keys: Mapping[str, PrivateKey], problems: list[
 
 
 def _leaf(pki: Pki, ca: CA, name: str, identity: Identity, key: PrivateKey, existing: Mapping[str, bytes],
-          now: dt.datetime, events: list[PkiEvent]) -> Credential:
+          now: dt.datetime, events: list[PkiEvent], renew: bool) -> Credential:
     cert = _load_cert(existing.get(f"{name}.crt"))
     if cert is not None:
-        reason = _reissue_reason(pki, ca, cert, key, identity, now)
+        reason = "--renew" if renew else _reissue_reason(pki, ca, cert, key, identity, now)
         if reason is None:
             events.append(PkiEvent(name, Change.REUSED))
             return _credential(cert, key, ca)

@@ -371,8 +371,8 @@ def _check_user_data(name: str, user_data: bytes, found: list[Finding]) -> None:
         if str(entry.get("owner", "")).startswith("etcd") and entry.get("defer") is not True:
             found.append(Finding(f"{name}/user-data", f"{entry.get('path')} is owned by etcd "
                                  "but not deferred; cloud-init writes it before the user exists"))
-        if entry.get("path") == PATHS.key and entry.get("permissions") != "0600":
-            found.append(Finding(f"{name}/user-data", f"{PATHS.key} must be 0600"))
+        if str(entry.get("path", "")).endswith(".key") and entry.get("permissions") != "0600":
+            found.append(Finding(f"{name}/user-data", f"{entry.get('path')} must be 0600"))
 
 
 def _load_key(files: Mapping[str, bytes], path: str, previous: Manifest | None,

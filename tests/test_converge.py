@@ -1,0 +1,239 @@
+"""The generated install script converges a node to its seed, with real etcd processes in network namespaces.
+
+Each member has a scratch root: the files cloud-init's write_files would write are
+put there from the real user-data, then the real script runs inside the member's
+namespace, downloads the tarball from a web server in the hub (url mode), installs
+etcd and its files, and starts or restarts etcd through tests/systemctl_shim.py
+(PID 1 here is not systemd). The same seed twice restarts nothing; a changed
+options.env restarts once; a renewed leaf alone restarts nothing, and etcd serves
+the new certificate on both ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+
+from generator import _cli
+
+from . import netns
+from .conftest import ROOT, spec_yaml
+from .etcd_checks import ETCDCTL_ENV, assert_all_healthy, etcdctl_argv
+from .parsers import systemd_available
+
+BASE = "10.234.0"  # only inside the namespaces made here
+HUB = f"{BASE}.254"
+UPSTREAM = ROOT / "vendor" / "etcd-v3.5.1-linux-amd64.tar.gz"
+SHIM = Path(__file__).with_name("systemctl_shim.py")
+
+pytestmark = [pytest.mark.etcd,
+              pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
+              pytest.mark.skipif(systemd_available() is not None, reason=str(systemd_available())),
+              pytest.mark.skipif(not UPSTREAM.exists(), reason=f"make test builds vendor/{UPSTREAM.name}")]
+
+
+@dataclass
+class Lab:
+    net: netns.TestNet
+    work: Path
+    shim_dir: Path
+    namespaces: dict[str, str]
+
+    @property
+    def spec(self) -> Path:
+        return self.work / "cluster.yaml"
+
+    @property
+    def out(self) -> Path:
+        return self.work / "out" / "demo"
+
+    def root(self, name: str) -> Path:
+        return self.work / "roots" / name
+
+    def build(self, *extra: str) -> None:
+        code = _cli.main(["build", "--spec", str(self.spec), "--out", str(self.work / "out"), *extra])
+        assert code == 0
+
+    def stage(self, name: str) -> None:
+        """Write what cloud-init's write_files would write from this node's user-data, under its root."""
+        user_data = yaml.safe_load((self.out / name / "user-data").read_text())
+        for entry in user_data["write_files"]:
+            path = self.root(name) / entry["path"].lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(entry["content"])
+            path.chmod(int(entry["permissions"], 8))
+
+    def converge(self, name: str) -> str:
+        """Run the node's install script as runcmd would; returns its etcd-seed line."""
+        script = self.root(name) / "usr/local/sbin/etcd-seed-install"
+        env = {**os.environ, "ETCD_SEED_ROOT": str(self.root(name)), "ETCD_SEED_USER": "root",
+               "PATH": f"{self.shim_dir}:{os.environ['PATH']}"}
+        done = subprocess.run(self.net.command(self.namespaces[name], ["sh", str(script)]), env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        return next(line for line in done.stderr.splitlines() if line.startswith("etcd-seed: applied"))
+
+    def calls(self, name: str) -> list[str]:
+        path = self.root(name) / "run/shim/calls.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def pid(self, name: str) -> int:
+        return int((self.root(name) / "run/shim/etcd.pid").read_text())
+
+    def etcdctl(self, *args: str, endpoints: list[str] | None = None, cert_dir: Path | None = None,
+                cert: bool = True, timeout: str = "5s") -> subprocess.CompletedProcess[str]:
+        argv = etcdctl_argv(self.root("etcd01") / "usr/local/bin/etcdctl",
+                            endpoints or [f"{BASE}.{i}" for i in (1, 2, 3)], self.out / "pki", cert_dir, cert,
+                            timeout)
+        return subprocess.run(self.net.command(self.net.hub, [*argv, *args]), capture_output=True, text=True,
+                              env=ETCDCTL_ENV, timeout=60, check=False)
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + 90
+        while self.etcdctl("endpoint", "health").returncode != 0:
+            if time.monotonic() > deadline:
+                logs = "\n".join((self.root(n) / "run/shim/etcd.log").read_text()[-2000:] for n in self.namespaces)
+                pytest.fail(f"cluster not healthy:\n{logs}")
+            time.sleep(0.5)
+
+    def served_serial(self, ip: str, port: int, client: str) -> int:
+        """The serial of the certificate etcd presents on ip:port (client: the cert/key pair offered)."""
+        argv = ["openssl", "s_client", "-connect", f"{ip}:{port}", "-CAfile", str(self.out / "pki/ca.crt"),
+                "-cert", str(self.out / f"pki/{client}.crt"), "-key", str(self.out / f"pki/{client}.key")]
+        done = subprocess.run(self.net.command(self.net.hub, argv), input="", capture_output=True, text=True,
+                              timeout=30, check=False)
+        pem = done.stdout[done.stdout.index("-----BEGIN CERTIFICATE-----"):done.stdout.index(
+            "-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")]
+        return x509.load_pem_x509_certificate(pem.encode()).serial_number
+
+
+def _kill_all(work: Path) -> None:
+    for pid_file in work.glob("roots/*/run/shim/etcd.pid"):
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """Three members converged from their seeds, the tarball served over http from the hub."""
+    work = tmp_path_factory.mktemp("converge")
+    served = work / "served"
+    served.mkdir()
+    shutil.copy(UPSTREAM, served / UPSTREAM.name)
+    sha = hashlib.sha256(UPSTREAM.read_bytes()).hexdigest()
+    spec = spec_yaml(base=BASE).replace("bundle: etcd.tar.gz",
+                                        f"url: http://{HUB}:8080/{UPSTREAM.name}\n  sha256: '{sha}'")
+    (work / "cluster.yaml").write_text(spec)
+    shim_dir = work / "bin"
+    shim_dir.mkdir()
+    (shim_dir / "systemctl").write_text(f"#!/bin/sh\nexec {sys.executable} {SHIM} \"$@\"\n")
+    (shim_dir / "systemctl").chmod(0o755)
+    with netns.TestNet("cv", HUB, 24) as net:
+        server = subprocess.Popen(net.command(net.hub, [sys.executable, "-m", "http.server", "--bind", HUB, "8080",
+                                                        "--directory", str(served)]),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            namespaces = {f"etcd0{i}": net.add_host(i, f"{BASE}.{i}") for i in (1, 2, 3)}
+            state = Lab(net=net, work=work, shim_dir=shim_dir, namespaces=namespaces)
+            state.build()
+            for name in namespaces:
+                state.stage(name)
+            time.sleep(0.5)  # the web server binds
+            lines = {name: state.converge(name) for name in namespaces}
+            assert all(line.startswith("etcd-seed: applied etcd 3.5.1: etcd (none) -> 3.5.1, ")
+                       and line.endswith("; started etcd") for line in lines.values()), lines
+            state.wait_healthy()
+            yield state
+        finally:
+            _kill_all(work)
+            server.terminate()
+            server.wait(timeout=10)
+
+
+def _installed(root: Path) -> dict[str, tuple[bytes, int]]:
+    paths = ["usr/local/bin/etcd", "usr/local/bin/etcdctl", "etc/ssl/etcd/ca.crt", "etc/ssl/etcd/etcd.crt",
+             "etc/ssl/etcd/etcd.key", "etc/etcd/options.env", "etc/systemd/system/etcd.service"]
+    return {p: ((root / p).read_bytes(), (root / p).stat().st_mtime_ns) for p in paths}
+
+
+def test_first_converge_forms_a_healthy_cluster(lab: Lab) -> None:
+    """Three members installed and started by their own scripts form a healthy cluster over mutual TLS."""
+    assert_all_healthy(lab.etcdctl, 3)
+    for name in lab.namespaces:
+        assert (lab.root(name) / "etc/ssl/etcd/etcd.key").stat().st_mode & 0o777 == 0o600
+        assert (lab.root(name) / "var/lib/etcd-seed/version").read_text() == "3.5.1\n"
+
+
+def test_same_seed_twice_changes_nothing(lab: Lab) -> None:
+    """Running the script again with the same seed installs nothing and restarts nothing."""
+    before = _installed(lab.root("etcd03"))
+    calls, pid = lab.calls("etcd03"), lab.pid("etcd03")
+    line = lab.converge("etcd03")
+    assert line == "etcd-seed: applied etcd 3.5.1: nothing changed; etcd left running"
+    assert _installed(lab.root("etcd03")) == before
+    assert lab.pid("etcd03") == pid
+    new_calls = lab.calls("etcd03")[len(calls):]
+    # etcd03 has no flannel unit: no start of any kind.
+    assert not [c for c in new_calls if c.startswith(("start", "restart", "daemon-reload"))], new_calls
+
+
+def test_changed_options_restart_once(lab: Lab) -> None:
+    """A changed heartbeat reaches options.env; the script restarts etcd exactly once, and etcd runs with it."""
+    lab.spec.write_text(lab.spec.read_text().replace("heartbeat_interval: 100", "heartbeat_interval: 150"))
+    lab.build()
+    lab.stage("etcd01")
+    calls, pid = lab.calls("etcd01"), lab.pid("etcd01")
+    line = lab.converge("etcd01")
+    assert line == "etcd-seed: applied etcd 3.5.1: options.env; restarted etcd"
+    new_calls = lab.calls("etcd01")[len(calls):]
+    assert [c for c in new_calls if c.endswith(" etcd.service") and c.startswith(("start", "restart"))] == \
+        ["restart etcd.service"]
+    assert lab.pid("etcd01") != pid
+    environ = Path(f"/proc/{lab.pid('etcd01')}/environ").read_bytes().split(b"\0")
+    assert b"ETCD_HEARTBEAT_INTERVAL=150" in environ
+    lab.wait_healthy()
+    for name in ("etcd02", "etcd03"):  # roll the rest, one at a time
+        lab.stage(name)
+        assert lab.converge(name).endswith("; restarted etcd")
+        lab.wait_healthy()
+    assert_all_healthy(lab.etcdctl, 3)
+
+
+def test_renewed_leaf_is_served_without_a_restart(lab: Lab) -> None:
+    """A renewed certificate alone restarts nothing; etcd presents it on 2379 and 2380 at the next handshake."""
+    old = lab.served_serial(f"{BASE}.2", 2379, "admin")
+    lab.build("--renew")
+    new = x509.load_pem_x509_certificates((lab.out / "pki/etcd02.crt").read_bytes())[0].serial_number
+    assert new != old
+    lab.stage("etcd02")
+    calls, pid = lab.calls("etcd02"), lab.pid("etcd02")
+    line = lab.converge("etcd02")
+    assert line.startswith("etcd-seed: applied etcd 3.5.1: ") and "etcd.crt" in line
+    assert line.endswith("; etcd left running: it reloads its certificate on the next handshake")
+    assert "options.env" not in line and "ca.crt" not in line
+    assert lab.pid("etcd02") == pid
+    assert not [c for c in lab.calls("etcd02")[len(calls):] if c.startswith(("start", "restart"))]  # no flannel here
+    assert lab.served_serial(f"{BASE}.2", 2379, "admin") == new
+    assert lab.served_serial(f"{BASE}.2", 2380, "etcd01") == new
+    assert_all_healthy(lab.etcdctl, 3)
+
+
+def test_ssl_module_agrees_on_the_ca(lab: Lab) -> None:
+    """The CA the nodes trust is the one pki/ca.crt holds (guards the serial checks above)."""
+    context = ssl.create_default_context(cafile=str(lab.out / "pki/ca.crt"))
+    assert context.cert_store_stats()["x509_ca"] == 1
+    assert (lab.root("etcd02") / "etc/ssl/etcd/ca.crt").read_bytes() == (lab.out / "pki/ca.crt").read_bytes()
