@@ -1,24 +1,36 @@
 #!/bin/sh
-# Build (or reuse) a minimal Debian 12 guest for the VM test: kernel, initrd and an ext4 root disk.
-# usage: tests/e2e/guest-image.sh CACHE_DIR   -> prints the directory holding vmlinuz, initrd.img, root.img
-# The image is cached under CACHE_DIR, keyed by this script's contents (which hold the package list).
+# Build (or reuse) a minimal Debian guest for the VM test: kernel, initrd and an ext4 root disk.
+# usage: tests/e2e/guest-image.sh CACHE_DIR [bookworm|trixie]   -> prints the directory holding
+#        vmlinuz, initrd.img, root.img
+# bookworm: Debian 12 with ifupdown, as the first VM test used. trixie: Debian 13 the way its cloud
+# images are: cloud-init 25, netplan with systemd-networkd, no ifupdown, curl, a system locale.
+# Each image is cached under CACHE_DIR, keyed by this script's contents and the suite.
 set -eu
-cache=${1:?usage: guest-image.sh CACHE_DIR}
-packages=systemd,systemd-sysv,udev,dbus,cloud-init,linux-image-cloud-amd64,ifupdown,iproute2,netbase,ca-certificates,openssl,locales,openssh-server,sudo
-key=$(sha256sum "$0" | cut -c1-16)
-dir="$cache/guest-$key"
+cache=${1:?usage: guest-image.sh CACHE_DIR [bookworm|trixie]}
+suite=${2:-bookworm}
+common=systemd,systemd-sysv,udev,dbus,cloud-init,linux-image-cloud-amd64,iproute2,netbase,ca-certificates,openssl,locales,openssh-server,sudo
+case "$suite" in
+  # cloud-init without ifupdown leaves the NIC down on Debian 12.
+  bookworm) packages=$common,ifupdown ;;
+  trixie) packages=$common,netplan.io,systemd-resolved,curl ;;
+  *) echo "unknown suite: $suite" >&2; exit 2 ;;
+esac
+key=$(cat "$0" | sha256sum | cut -c1-16)
+dir="$cache/guest-$suite-$key"
 if [ -f "$dir/root.img" ]; then echo "$dir"; exit 0; fi
 mkdir -p "$cache"
 work=$(mktemp -d "$cache/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-# cloud-init without ifupdown leaves the NIC down on Debian; /dev/vda is the root disk qemu gives.
-# A system locale, as Debian's cloud images have: without one cloud-init's locale module
-# runs locale-gen, which on Debian ignores its argument, and reports an error.
+# /dev/vda is the root disk qemu gives. A system locale, as Debian's cloud images have: without one
+# cloud-init's locale module runs locale-gen, which on Debian ignores its argument, and reports an error.
+# The root disk is not partitioned: growpart and resizefs would only report a failure of their own.
 mmdebstrap --quiet --variant=minbase --include="$packages" \
   --customize-hook='echo "/dev/vda / ext4 defaults 0 1" > "$1/etc/fstab"' \
   --customize-hook='rm -f "$1/etc/hostname"' \
   --customize-hook='echo LANG=C.UTF-8 > "$1/etc/default/locale"' \
-  bookworm "$work/rootfs" >&2
+  --customize-hook='printf "growpart: {mode: \"off\"}\nresize_rootfs: false\n" > "$1/etc/cloud/cloud.cfg.d/90-no-grow.cfg"' \
+  --customize-hook='if [ -x "$1/usr/sbin/netplan" ]; then chroot "$1" systemctl enable systemd-networkd systemd-resolved; fi' \
+  "$suite" "$work/rootfs" >&2
 cp "$work"/rootfs/boot/vmlinuz-* "$work/vmlinuz"
 cp "$work"/rootfs/boot/initrd.img-* "$work/initrd.img"
 mkfs.ext4 -q -F -L root -d "$work/rootfs" "$work/root.img" 2G >&2

@@ -6,6 +6,8 @@ namespaces this test creates; VMs and namespaces are removed on exit.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import itertools
 import json
@@ -14,6 +16,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -68,8 +71,11 @@ pytestmark = [
 ]
 
 
-def spec_text(public_key: str, nodes: list[tuple[str, str, str]], bundle: Path) -> str:
+def spec_text(public_key: str, nodes: list[tuple[str, str, str]], bundle: Path, url: str | None = None) -> str:
+    """The VM test's spec: the bundle on each seed, or with `url`, fetched by each node and checked."""
     members = "\n".join(f'  - {{name: {n}, ip: {ip}, mac: "{mac}"}}' for n, ip, mac in nodes)
+    sha = hashlib.sha256(bundle.read_bytes()).hexdigest()
+    source = f"url: {url}\n  sha256: '{sha}'" if url else f"bundle: {bundle}"
     return f"""\
 cluster: {{name: e2e, domain: example.test}}
 network: {{prefix: 24, gateway: {HUB_IP}}}
@@ -77,7 +83,7 @@ nodes:
 {members}
 etcd:
   version: "{bundle_version(bundle)}"
-  bundle: {bundle}
+  {source}
   heartbeat_interval: 250
   election_timeout: 2500
 pki: {{key_type: ecdsa-p256}}
@@ -104,14 +110,17 @@ class VM:
     finished_at: float | None = None
     uptime_at_finish: float | None = None
     boots: list[float] = field(default_factory=list)
+    cdrom: bool = False  # the seed as a SATA CD-ROM on a q35 machine, as the README tells users
 
     def argv(self, image: Path, accel: str) -> list[str]:
+        seed = (["-machine", "q35", "-drive", f"file={self.seed},format=raw,media=cdrom,if=none,id=cd0,readonly=on",
+                 "-device", "ide-cd,drive=cd0,bus=ide.0"] if self.cdrom
+                else ["-drive", f"file={self.seed},format=raw,if=virtio,readonly=on"])
         return ["qemu-system-x86_64", "-name", self.name, "-accel", accel, "-m", "768", "-smp", "1",
                 "-nodefaults", "-display", "none", "-serial", f"file:{self.console}",
                 "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
                 "-append", "root=/dev/vda rw console=ttyS0",
-                "-drive", f"file={self.disk},format=qcow2,if=virtio",
-                "-drive", f"file={self.seed},format=raw,if=virtio,readonly=on",
+                "-drive", f"file={self.disk},format=qcow2,if=virtio", *seed,
                 "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no",
                 "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}"]
 
@@ -178,9 +187,9 @@ def wait_for(what: str, check: object, timeout: float, vms: list[VM], step: floa
         time.sleep(step)
 
 
-def guest_image() -> Path:
+def guest_image(suite: str = "bookworm") -> Path:
     script = Path(__file__).parent / "guest-image.sh"
-    result = subprocess.run(["sh", str(script), str(CACHE)], capture_output=True, text=True, check=False)
+    result = subprocess.run(["sh", str(script), str(CACHE), suite], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return Path(result.stdout.strip().splitlines()[-1])
 
@@ -215,25 +224,35 @@ def choose_accel(net: netns.TestNet, image: Path, work: Path) -> str:
     return "kvm" if ok else "tcg"
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """Three nodes booted from their seeds; yields once the cluster reports healthy."""
-    assert BUNDLE.exists() and FROM_BUNDLE.exists(), "make e2e builds vendor/ first"
-    work = tmp_path_factory.mktemp("e2e")
+@contextlib.contextmanager
+def booted_lab(work: Path, bundle: Path, suite: str = "bookworm", url: str | None = None,
+               cdrom: bool = False) -> Iterator[Lab]:
+    """Three nodes of `suite` booted from their seeds; yields once the cluster reports healthy.
+
+    With `url`, a web server in the hub serves the bundle there and the seeds carry no tarball.
+    """
     key = work / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "e2e", "-f", str(key)], check=True)
     public_key = (work / "id_ed25519.pub").read_text().strip()
     nodes = [(f"etcd{i:02d}", f"{SUBNET}.{i}", f"52:54:00:e2:00:{i:02x}") for i in range(1, NODES + 1)]
-    (work / "cluster.yaml").write_text(spec_text(public_key, nodes, FROM_BUNDLE))
+    (work / "cluster.yaml").write_text(spec_text(public_key, nodes, bundle, url))
     assert _cli.main(["build", "--spec", str(work / "cluster.yaml"), "--out", str(work / "out")]) == 0
     spec, _ = load_spec((work / "cluster.yaml").read_text(), base_dir=work)
     root = work / "out" / "e2e"
-    image = guest_image()
-    with netns.TestNet("e2e", HUB_IP, 24) as net:
+    image = guest_image(suite)
+    with netns.TestNet("e2e", HUB_IP, 24) as net, open(work / "http.log", "wb") as http_log:
+        server = None
+        if url:
+            served = work / "served"
+            served.mkdir()
+            shutil.copy(bundle, served / spec.etcd.tarball_name)
+            server = subprocess.Popen(net.command(net.hub, [sys.executable, "-m", "http.server", "--bind", HUB_IP,
+                                                            "8081", "--directory", str(served)]),
+                                      stdout=subprocess.DEVNULL, stderr=http_log)
         accel = choose_accel(net, image, work)
-        print(f"\ne2e: accelerator {accel}")
+        print(f"\ne2e: {suite} guests, accelerator {accel}")
         vms = [VM(name, mac, ip, overlay(image, work / f"{name}.qcow2"), root / name / "seed.iso",
-                  work / f"{name}.console", net.add_tap(f"tap{i}"))
+                  work / f"{name}.console", net.add_tap(f"tap{i}"), cdrom=cdrom)
                for i, (name, ip, mac) in enumerate(nodes, start=1)]
         lab = Lab(net=net, spec=spec, pki=root / "pki", key=key, image=image, accel=accel, vms=vms,
                   work=work)
@@ -247,16 +266,56 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                 return lab.etcdctl("endpoint", "health").returncode == 0
 
             healthy = wait_for("a healthy cluster", is_healthy, BOOT_TIMEOUT_S, vms)
-            print(f"bench: power-on to healthy 3-member cluster: {healthy - start:.0f} s ({accel})")
+            print(f"bench: {suite}: power-on to healthy 3-member cluster: {healthy - start:.0f} s ({accel})")
             wait_for("cloud-init to finish everywhere", lambda: all(v.poll_finished() for v in vms),
                      BOOT_TIMEOUT_S, vms)
             for vm in vms:
-                print(f"bench: {vm.name} power-on to end of cloud-init: {vm.uptime_at_finish:.0f} s "
+                print(f"bench: {suite}: {vm.name} power-on to end of cloud-init: {vm.uptime_at_finish:.0f} s "
                       "(guest uptime at cloud-init's final message)")
             yield lab
         finally:
             for vm in [*vms, *lab.extra]:
                 vm.kill()
+            if server is not None:
+                server.terminate()
+                server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """Three Debian 12 nodes on the starting release, booted from their seeds (virtio disks)."""
+    assert BUNDLE.exists() and FROM_BUNDLE.exists(), "make e2e builds vendor/ first"
+    with booted_lab(tmp_path_factory.mktemp("e2e"), FROM_BUNDLE) as booted:
+        yield booted
+
+
+def node_state(lab: Lab, vm: VM) -> dict[str, str]:
+    """Facts read over ssh that every node must show, whatever the guest."""
+    status = lab.ssh(vm.ip, "cloud-init status; cat /run/cloud-init/result.json")
+    assert status.returncode == 0, status.stderr
+    assert "status: done" in status.stdout, status.stdout
+    result = json.loads(status.stdout.split("\n", 1)[1])
+    assert result["v1"]["errors"] == []
+    lines = lab.ssh(vm.ip, "stat -c '%a %U %G' /etc/ssl/etcd/etcd.key; stat -c '%U %G %a' /opt/etcd; hostname; "
+                           "ip -4 route show default; ss -Hltn 'sport = :2379'").stdout.splitlines()
+    environ = lab.ssh(vm.ip, "sudo cat /proc/$(pidof etcd)/environ | tr '\\0' '\\n' | grep '^ETCD_'")
+    return {"key": lines[0], "home": lines[1], "hostname": lines[2], "route": lines[3],
+            "listeners": " ".join(sorted(line.split()[3] for line in lines[4:])),
+            "environ": json.dumps(dict(line.split("=", 1) for line in environ.stdout.splitlines()), sort_keys=True)}
+
+
+def assert_node_state(lab: Lab, index: int) -> None:
+    vm, node = lab.vms[index], lab.spec.nodes[index]
+    facts = node_state(lab, vm)
+    assert facts["key"] == "600 etcd etcd"
+    assert facts["home"] == "etcd etcd 700"
+    assert facts["hostname"] == node.name
+    # gateway4 gives both renderers a default route: cloud-init's eni renderer would turn `routes:`
+    # into "post-up route add default gw" (cloudinit/net/eni.py _render_route), which needs net-tools.
+    assert facts["route"].startswith(f"default via {HUB_IP} "), facts["route"]
+    assert facts["listeners"] == f"{node.ip}:2379"  # no http://127.0.0.1:2379 unless asked for
+    # What systemd's own EnvironmentFile parser handed etcd: exactly the settings the build meant.
+    assert json.loads(facts["environ"]) == etcd_options(lab.spec, node)
 
 
 def test_every_member_healthy_over_mutual_tls(lab: Lab) -> None:
@@ -290,23 +349,9 @@ def test_flannel_config_is_the_spec(lab: Lab) -> None:
 
 @pytest.mark.parametrize("index", range(NODES))
 def test_node_state_over_ssh(lab: Lab, index: int) -> None:
-    """On each node: cloud-init done without errors, key and data dir owned right, hostname, no plaintext."""
-    vm, node = lab.vms[index], lab.spec.nodes[index]
-    status = lab.ssh(vm.ip, "cloud-init status; cat /run/cloud-init/result.json")
-    assert status.returncode == 0, status.stderr
-    assert "status: done" in status.stdout
-    result = json.loads(status.stdout.split("\n", 1)[1])
-    assert result["v1"]["errors"] == []
-    facts = lab.ssh(vm.ip, "stat -c '%a %U %G' /etc/ssl/etcd/etcd.key; stat -c '%U %G %a' /opt/etcd; hostname; "
-                           "ss -Hltn 'sport = :2379'").stdout.splitlines()
-    assert facts[0] == "600 etcd etcd"
-    assert facts[1] == "etcd etcd 700"
-    assert facts[2] == node.name
-    listeners = sorted(line.split()[3] for line in facts[3:])
-    assert listeners == [f"{node.ip}:2379"], listeners  # no http://127.0.0.1:2379 unless asked for
-    # What systemd's own EnvironmentFile parser handed etcd: exactly the settings the build meant.
-    environ = lab.ssh(vm.ip, "sudo cat /proc/$(pidof etcd)/environ | tr '\\0' '\\n' | grep '^ETCD_'")
-    assert dict(line.split("=", 1) for line in environ.stdout.splitlines()) == etcd_options(lab.spec, node)
+    """On each node: cloud-init done without errors, key and data dir owned right, hostname, default route,
+    no plaintext listener, and etcd's environment exactly the build's settings."""
+    assert_node_state(lab, index)
 
 
 def test_fault_rejoin_and_bad_bundle(lab: Lab) -> None:
