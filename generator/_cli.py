@@ -15,6 +15,7 @@ from typing import TextIO
 from . import __version__, external, fs, manifest, sealed
 from .build import BuildPlan, FileStatus, Sources, apply_plan, load_bundle, load_inputs, load_sources, plan_build
 from .errors import GeneratorError, MaterialError
+from .pki import Change
 from .render import SEED_ISO, make_environment
 from .spec import Spec, load_spec
 from .verify import Finding, Tree, verify_tree
@@ -206,7 +207,7 @@ def _run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         plan = _plan(args, spec, root)
     changed = plan.changed
     for event in plan.pki.events:
-        if event.change != "reused":
+        if event.change is not Change.REUSED:
             print(f"pki: {event}", file=out)
     width = max((len(f.path) for f in changed), default=0)
     for planned in changed:

@@ -251,9 +251,8 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
                              _const(seed.texts[node_file.name].encode()), None, None))
     files = [_plan_file(path, mode, make, inputs.disk.get(path), public, iso_epoch)
              for path, mode, make, public, iso_epoch in rows]
-    new_keys = {path[len("pki/"):-len(".key")]: f.public_key_sha256 for f in files
-                if (path := f.path).endswith(".key") and f.public_key_sha256
-                and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
+    new_keys = {f.path.removeprefix("pki/").removesuffix(".key"): f.public_key_sha256 for f in files
+                if f.public_key_sha256 and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
     manifest_bytes = manifest.render_manifest(
         spec.name, spec.etcd.version,
         {"name": inputs.bundle.name, "sha256": inputs.bundle.sha256,
@@ -266,16 +265,18 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
         else FileStatus.UPDATE
     notes = [f"{node.name} joins a running cluster: before it boots, run (as above) etcdctl member add "
              f"{node.name} --peer-urls={etcd.peer_url(node)}" for node in spec.nodes if node.join]
-    reseed = [node.name for node in spec.nodes if inputs.previous.files and not node.join and any(
-        f.path.startswith(f"{node.name}/") and f.status in (FileStatus.UPDATE, FileStatus.CREATE)
-        and f.path.endswith(f"/{SEED_ISO}") for f in files)]
+    new_seeds = {f.path.split("/")[0] for f in files
+                 if f.path.endswith(f"/{SEED_ISO}") and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
+    # Only a running cluster (one built before) is rolled; a joining node boots for the first time.
+    reseed = [node.name for node in spec.nodes
+              if inputs.previous.files and not node.join and node.name in new_seeds]
     if change:
         notes.append(change)
     if reseed:
         notes.append(rolling_order(reseed))
     floor = etcd.upgrade_floor_warning(previous_version, spec.etcd.version)
     return BuildPlan(spec=spec, pki=pki, files=files, manifest_bytes=manifest_bytes,
-                     manifest_status=manifest_status, new_keys={k: v for k, v in new_keys.items() if v},
+                     manifest_status=manifest_status, new_keys=new_keys,
                      notes=notes, warnings=[floor] if floor else [], reseed=reseed)
 
 

@@ -291,7 +291,7 @@ def write_file(path: Path, data: bytes, mode: int) -> bool:
     Returns:
         True when the file was created or changed (content or mode).
     """
-    current = read_regular(path, max(len(data), 1) * 2 + MiB, str(path), error=OutputError, missing_ok=True)
+    current = read_regular(path, LIMITS["state"], str(path), error=OutputError, missing_ok=True)
     if current == data:
         if path.stat().st_mode & 0o777 == mode:
             return False

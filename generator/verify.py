@@ -98,7 +98,7 @@ def verify_tree(spec: Spec, tree: Tree, now: dt.datetime, warn_days: int, fail_d
     found: list[Finding] = []
     previous = _check_manifest(tree, found)
     _check_layout(tree, previous, found)
-    _check_git(tree, previous, found)
+    _check_git(tree, found)
     ca = _check_ca(tree, previous, now, warn_days, fail_days, found)
     if ca is None or previous is None:
         return found
@@ -193,7 +193,7 @@ def _check_layout(tree: Tree, previous: Manifest | None, found: list[Finding]) -
             found.append(Finding(rel, "not in the manifest", error=False))
 
 
-def _check_git(tree: Tree, previous: Manifest | None, found: list[Finding]) -> None:
+def _check_git(tree: Tree, found: list[Finding]) -> None:
     if tree.git_tracked is None:
         return
     for rel in sorted(tree.git_tracked):
