@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -38,6 +39,7 @@ from .parsers import systemd_available
 BASE = "10.234.0"  # only inside the namespaces made here
 HUB = f"{BASE}.254"
 UPSTREAM = ROOT / "vendor" / "etcd-v3.5.1-linux-amd64.tar.gz"
+DEBIAN_34 = ROOT / "vendor" / "etcd-debian-linux-amd64.tar.gz"  # Debian bookworm's 3.4.23
 SHIM = Path(__file__).with_name("systemctl_shim.py")
 
 pytestmark = [pytest.mark.etcd,
@@ -127,17 +129,28 @@ def _kill_all(work: Path) -> None:
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """Three members converged from their seeds, the tarball served over http from the hub."""
-    work = tmp_path_factory.mktemp("converge")
+def _serve(served: Path, tarball: Path) -> tuple[str, str]:
+    """Put a release tarball where the hub's web server serves it; returns its URL and sha256."""
+    shutil.copy(tarball, served / tarball.name)
+    return f"http://{HUB}:8080/{tarball.name}", hashlib.sha256(tarball.read_bytes()).hexdigest()
+
+
+def point_at(spec_file: Path, version: str, url: str, sha: str) -> None:
+    """Make the spec install `version` from `url`."""
+    text = spec_file.read_text()
+    head, _, rest = text.partition("etcd:\n")
+    tail = rest.split("  heartbeat_interval:", 1)[1]
+    spec_file.write_text(f'{head}etcd:\n  version: "{version}"\n  url: {url}\n  sha256: \'{sha}\'\n'
+                         f"  heartbeat_interval:{tail}")
+
+
+@contextlib.contextmanager
+def converged_lab(work: Path, tarball: Path, version: str) -> Iterator[Lab]:
+    """Three members converged from their seeds on `version`, the tarball served over http from the hub."""
     served = work / "served"
-    served.mkdir()
-    shutil.copy(UPSTREAM, served / UPSTREAM.name)
-    sha = hashlib.sha256(UPSTREAM.read_bytes()).hexdigest()
-    spec = spec_yaml(base=BASE).replace("bundle: etcd.tar.gz",
-                                        f"url: http://{HUB}:8080/{UPSTREAM.name}\n  sha256: '{sha}'")
-    (work / "cluster.yaml").write_text(spec)
+    served.mkdir(parents=True)
+    (work / "cluster.yaml").write_text(spec_yaml(base=BASE))
+    point_at(work / "cluster.yaml", version, *_serve(served, tarball))
     shim_dir = work / "bin"
     shim_dir.mkdir()
     (shim_dir / "systemctl").write_text(f"#!/bin/sh\nexec {sys.executable} {SHIM} \"$@\"\n")
@@ -154,7 +167,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                 state.stage(name)
             time.sleep(0.5)  # the web server binds
             lines = {name: state.converge(name) for name in namespaces}
-            assert all(line.startswith("etcd-seed: applied etcd 3.5.1: etcd (none) -> 3.5.1, ")
+            assert all(line.startswith(f"etcd-seed: applied etcd {version}: etcd (none) -> {version}, ")
                        and line.endswith("; started etcd") for line in lines.values()), lines
             state.wait_healthy()
             yield state
@@ -162,6 +175,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             _kill_all(work)
             server.terminate()
             server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with converged_lab(tmp_path_factory.mktemp("converge"), UPSTREAM, "3.5.1") as state:
+        yield state
 
 
 def _installed(root: Path) -> dict[str, tuple[bytes, int]]:
@@ -237,3 +256,38 @@ def test_ssl_module_agrees_on_the_ca(lab: Lab) -> None:
     context = ssl.create_default_context(cafile=str(lab.out / "pki/ca.crt"))
     assert context.cert_store_stats()["x509_ca"] == 1
     assert (lab.root("etcd02") / "etc/ssl/etcd/ca.crt").read_bytes() == (lab.out / "pki/ca.crt").read_bytes()
+
+
+@pytest.mark.skipif(not DEBIAN_34.exists(), reason=f"make test builds vendor/{DEBIAN_34.name} with apt-get download")
+def test_rollback_of_an_unfinished_upgrade(tmp_path: Path) -> None:
+    """One member upgraded 3.4 -> 3.5 while the others stay on 3.4, then rolled back with --allow-downgrade:
+    the install step swaps the binary back, the member rejoins, and no write is lost."""
+    old = tmp_path / "etcd-v3.4.23-linux-amd64.tar.gz"
+    shutil.copy(DEBIAN_34, old)
+    with converged_lab(tmp_path / "lab", old, "3.4.23") as state:
+        assert state.etcdctl("put", "before", "1").returncode == 0
+        point_at(state.spec, "3.5.1", *_serve(state.work / "served", UPSTREAM))
+        state.build()
+        state.stage("etcd01")
+        up = state.converge("etcd01")
+        assert up.startswith("etcd-seed: applied etcd 3.5.1: etcd 3.4.23 -> 3.5.1, ")
+        assert up.endswith("; restarted etcd")
+        state.wait_healthy()
+        assert state.etcdctl("put", "mixed", "2").returncode == 0
+        versions = json.loads(state.etcdctl("endpoint", "status", "-w", "json").stdout)
+        assert sorted(v["Status"]["version"] for v in versions) == ["3.4.23", "3.4.23", "3.5.1"]
+
+        point_at(state.spec, "3.4.23", *_serve(state.work / "served", old))
+        refused = _cli.main(["build", "--spec", str(state.spec), "--out", str(state.work / "out")])
+        assert refused == 1
+        state.build("--allow-downgrade")
+        state.stage("etcd01")
+        down = state.converge("etcd01")
+        assert down.startswith("etcd-seed: applied etcd 3.4.23: etcd 3.5.1 -> 3.4.23, ") and down.endswith(
+            "; restarted etcd")
+        state.wait_healthy()
+        versions = json.loads(state.etcdctl("endpoint", "status", "-w", "json").stdout)
+        assert sorted(v["Status"]["version"] for v in versions) == ["3.4.23"] * 3
+        for key, value in (("before", "1"), ("mixed", "2")):
+            got = state.etcdctl("get", "--consistency=s", "--print-value-only", key, endpoints=[f"{BASE}.1"])
+            assert got.stdout.strip() == value
