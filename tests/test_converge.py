@@ -145,7 +145,7 @@ def point_at(spec_file: Path, version: str, url: str, sha: str) -> None:
 
 
 @contextlib.contextmanager
-def converged_lab(work: Path, tarball: Path, version: str) -> Iterator[Lab]:
+def converged_lab(work: Path, tarball: Path, version: str, tag: str) -> Iterator[Lab]:
     """Three members converged from their seeds on `version`, the tarball served over http from the hub."""
     served = work / "served"
     served.mkdir(parents=True)
@@ -155,7 +155,7 @@ def converged_lab(work: Path, tarball: Path, version: str) -> Iterator[Lab]:
     shim_dir.mkdir()
     (shim_dir / "systemctl").write_text(f"#!/bin/sh\nexec {sys.executable} {SHIM} \"$@\"\n")
     (shim_dir / "systemctl").chmod(0o755)
-    with netns.TestNet("cv", HUB, 24) as net:
+    with netns.TestNet(tag, HUB, 24) as net:
         server = subprocess.Popen(net.command(net.hub, [sys.executable, "-m", "http.server", "--bind", HUB, "8080",
                                                         "--directory", str(served)]),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -179,7 +179,7 @@ def converged_lab(work: Path, tarball: Path, version: str) -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    with converged_lab(tmp_path_factory.mktemp("converge"), UPSTREAM, "3.5.1") as state:
+    with converged_lab(tmp_path_factory.mktemp("converge"), UPSTREAM, "3.5.1", "cv") as state:
         yield state
 
 
@@ -264,7 +264,7 @@ def test_rollback_of_an_unfinished_upgrade(tmp_path: Path) -> None:
     the install step swaps the binary back, the member rejoins, and no write is lost."""
     old = tmp_path / "etcd-v3.4.23-linux-amd64.tar.gz"
     shutil.copy(DEBIAN_34, old)
-    with converged_lab(tmp_path / "lab", old, "3.4.23") as state:
+    with converged_lab(tmp_path / "lab", old, "3.4.23", "rb") as state:
         assert state.etcdctl("put", "before", "1").returncode == 0
         point_at(state.spec, "3.5.1", *_serve(state.work / "served", UPSTREAM))
         state.build()
