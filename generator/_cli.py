@@ -5,20 +5,23 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import getpass
+import io
 import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from . import __version__, external, fs, manifest, sealed
-from .build import BuildPlan, FileStatus, Sources, apply_plan, load_bundle, load_inputs, load_sources, plan_build
+from . import __version__, fastpath, fs
 from .errors import GeneratorError, MaterialError
-from .pki import Change
-from .render import SEED_ISO, make_environment
-from .spec import Spec, load_spec
-from .verify import Finding, Tree, verify_tree
+
+# The rest is imported where it is used: a build or plan with nothing to do answers from
+# fastpath without cryptography, Jinja, PyYAML or pycdlib.
+if TYPE_CHECKING:
+    from .build import BuildPlan, Sources
+    from .manifest import Manifest
+    from .spec import Spec
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
 
@@ -33,6 +36,11 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
     except SystemExit as exc:  # argparse has printed its usage error
         return EXIT_OK if exc.code == 0 else EXIT_USAGE
     try:
+        replay = _fast(args)
+        if replay is not None:
+            out.write(replay.out)
+            err.write(replay.err)
+            return EXIT_OK
         code: int = args.run(args, out, err)
         return code
     except GeneratorError as exc:
@@ -114,6 +122,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plain_args(args: argparse.Namespace) -> list[str]:
+    """What of a build's or plan's arguments changes its result, for the fast path's digest."""
+    return [str(args.out.resolve())]
+
+
+def _fast(args: argparse.Namespace) -> fastpath.Replay | None:
+    """The recorded output of a build or plan with nothing to do, or None to run in full."""
+    if args.command not in ("build", "plan") or args.rekey or args.renew or args.allow_downgrade:
+        return None
+    return fastpath.lookup(args.command, _plain_args(args), args.spec, args.out, dt.datetime.now(dt.UTC).timestamp())
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
@@ -129,6 +149,8 @@ def _source_date_epoch() -> int | None:
 
 def _read_spec(spec_path: Path, err: TextIO | None = None) -> Spec:
     """The validated spec; its warnings go to `err` when given."""
+    from .spec import load_spec
+
     spec, warnings = load_spec(fs.read_spec_text(spec_path), base_dir=spec_path.parent, source=str(spec_path))
     for warning in warnings if err is not None else []:
         print(f"warning: {printable(warning)}", file=err)
@@ -143,6 +165,8 @@ def _cluster_root(args: argparse.Namespace, spec: Spec) -> Path:
 
 
 def _run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .build import load_sources
+
     spec = _read_spec(args.spec, err)
     load_sources(spec)
     print(f"{args.spec}: cluster {spec.name}, {len(spec.nodes)} members, etcd "
@@ -151,14 +175,34 @@ def _run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _plan(args: argparse.Namespace, spec: Spec, root: Path, sources: Sources | None = None) -> BuildPlan:
+    from .build import load_inputs, plan_build
+    from .render import make_environment
+
     epoch = _source_date_epoch()
     inputs = load_inputs(spec, root, sources)
     return plan_build(spec, inputs, make_environment(), _now(), epoch, frozenset(args.rekey), args.renew,
                       args.allow_downgrade)
 
 
-def _run_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+class _Tee(io.StringIO):
+    """Writes through to a stream and keeps a copy, for the fast path's record."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        return super().write(text)
+
+
+def _run_build(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from . import manifest
+    from .build import apply_plan, load_sources
+
+    out, err = _Tee(stdout), _Tee(stderr)
     spec = _read_spec(args.spec, err)
+    spec_warnings = err.getvalue()
     root = _cluster_root(args, spec)
     _source_date_epoch()
     # Every input problem is reported before any directory is made.
@@ -167,27 +211,63 @@ def _run_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     created = fs.make_dirs(root, {})
     with fs.locked(root, exclusive=True):
         try:
+            fastpath.forget(root)
             plan = _plan(args, spec, root, sources)
             removed = apply_plan(root, plan)
         except BaseException:
             fs.remove_empty(created)  # only while holding the lock: another run may be about to use them
             raise
+        _report_build(plan, root, removed, out, err)
+        if not removed and _written(plan) == 0 and not (args.rekey or args.renew or args.allow_downgrade):
+            plan_out, plan_err = _Tee(io.StringIO()), _Tee(io.StringIO())
+            plan_err.write(spec_warnings)
+            _report_plan(plan, root, plan_out, plan_err)
+            fastpath.record(root, _plain_args(args), args.spec, _input_files(spec), _renew_at(plan),
+                            {"build": fastpath.Replay(out.getvalue(), err.getvalue()),
+                             "plan": fastpath.Replay(plan_out.getvalue(), plan_err.getvalue())})
+    return EXIT_OK
+
+
+def _written(plan: BuildPlan) -> int:
+    from .build import FileStatus
+
+    return len(plan.changed) + (plan.manifest_status is not FileStatus.UNCHANGED)
+
+
+def _input_files(spec: Spec) -> list[Path]:
+    """The files besides the spec that a build reads from outside the output tree."""
+    paths = [spec.etcd.bundle] if spec.etcd.bundle else []
+    if spec.pki.ca is not None:
+        paths += [spec.pki.ca.cert, spec.pki.ca.key]
+    if spec.etcd.restore is not None:
+        paths.append(spec.etcd.restore.snapshot)
+    return paths
+
+
+def _renew_at(plan: BuildPlan) -> float:
+    """When a build must look again: the first certificate to come within renew_before_days of expiry."""
+    margin = dt.timedelta(days=plan.spec.pki.renew_before_days)
+    certs = [plan.pki.ca.cert, *(c.cert for c in plan.pki.leaves.values())]
+    return min((c.not_valid_after_utc - margin).timestamp() for c in certs)
+
+
+def _report_build(plan: BuildPlan, root: Path, removed: list[str], out: TextIO, err: TextIO) -> None:
+    from .render import SEED_ISO
+
     for rel in removed:
         print(f"removed {rel}: left by a run that was killed", file=out)
     for event in plan.pki.events:
         print(f"pki: {event}", file=out)
-    changed = plan.changed
     total = len(plan.files) + 1
-    written = len(changed) + (plan.manifest_status is not FileStatus.UNCHANGED)
+    written = _written(plan)
     print(f"{root}: {written} of {total} files written" + ("" if written else " (nothing changed)"), file=out)
     sizes = {f.path.split("/")[0]: f.size for f in plan.files if f.path.endswith(f"/{SEED_ISO}")}
     _print_table(out, [(node.name, str(node.ip),
                         f"{plan.pki.leaves[node.name].cert.not_valid_after_utc:%Y-%m-%d}",
-                        _size(sizes[node.name])) for node in spec.nodes])
+                        _size(sizes[node.name])) for node in plan.spec.nodes])
     print(f"check the cluster: cd {root / 'pki'} && set -a && . ./etcdctl.env && set +a && "
           "etcdctl endpoint health", file=out)
     _print_notes(plan, out, err)
-    return EXIT_OK
 
 
 def _print_notes(plan: BuildPlan, out: TextIO, err: TextIO) -> None:
@@ -205,6 +285,15 @@ def _run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             plan = _plan(args, spec, root)
     else:
         plan = _plan(args, spec, root)
+    _report_plan(plan, root, out, err)
+    return EXIT_OK
+
+
+def _report_plan(plan: BuildPlan, root: Path, out: TextIO, err: TextIO) -> None:
+    from . import manifest
+    from .build import FileStatus
+    from .pki import Change
+
     changed = plan.changed
     for event in plan.pki.events:
         if event.change is not Change.REUSED:
@@ -218,10 +307,14 @@ def _run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     print(f"{root}: {counts[FileStatus.CREATE]} to create, {counts[FileStatus.UPDATE]} to update, "
           f"{counts[FileStatus.MODE]} to chmod, {len(plan.files) - len(changed)} unchanged", file=out)
     _print_notes(plan, out, err)
-    return EXIT_OK
 
 
 def _run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from . import external
+    from .build import load_bundle
+    from .render import SEED_ISO, make_environment
+    from .verify import Finding, Tree, verify_tree
+
     spec = _read_spec(args.spec)
     root = _cluster_root(args, spec)
     if not root.is_dir():
@@ -239,10 +332,9 @@ def _run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     read_large=lambda rel: fs.read_regular(root / rel, fs.LIMITS["bundle"] * 2, rel) or b"",
                     git_tracked=external.git_tracked(root))
         found = verify_tree(spec, tree, _now(), args.warn_days, args.fail_days, make_environment(), bundle)
-        for name in sorted(p for p in disk if p.endswith("/user-data")):
-            problem = external.cloud_init_schema(root / name)
-            if problem:
-                found.append(Finding(name, problem))
+        names = sorted(p for p in disk if p.endswith("/user-data"))
+        problems = external.cloud_init_schema([root / name for name in names])
+        found += [Finding(name, problem) for name in names if (problem := problems[root / name])]
     for finding in found:
         print(f"{'error' if finding.error else 'warning'}: {printable(str(finding))}", file=err)
     errors = sum(f.error for f in found)
@@ -251,7 +343,9 @@ def _run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_ERROR if errors else EXIT_OK
 
 
-def _cluster_pki(args: argparse.Namespace) -> tuple[Path, manifest.Manifest]:
+def _cluster_pki(args: argparse.Namespace) -> tuple[Path, Manifest]:
+    from . import manifest
+
     spec = _read_spec(args.spec)
     root = _cluster_root(args, spec)
     previous = manifest.parse_manifest(fs.read_optional(root / manifest.NAME, manifest.NAME))
@@ -261,6 +355,8 @@ def _cluster_pki(args: argparse.Namespace) -> tuple[Path, manifest.Manifest]:
 
 
 def _run_seal(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from . import sealed
+
     pki_dir, previous = _cluster_pki(args)
     with fs.locked(pki_dir.parent, exclusive=True):
         result = sealed.seal(pki_dir, args.recipient, previous)
@@ -272,6 +368,8 @@ def _run_seal(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _run_unseal(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from . import sealed
+
     pki_dir, previous = _cluster_pki(args)
     with fs.locked(pki_dir.parent, exclusive=True):
         restored = sealed.unseal(pki_dir, args.identity, previous)

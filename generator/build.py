@@ -11,17 +11,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import jinja2
 from cryptography import x509
 
-from . import etcd, fs, manifest
+from . import etcd, fastpath, fs, manifest
 from .errors import MaterialError, OutputError
 from .etcd import Bundle
-from .iso import SeedEntry, build_iso
+from .iso import SeedEntry, iso_digest, write_iso
 from .manifest import HEX64, FileEntry, Manifest
 from .pki import CA_NAME, KeyRecords, PkiState, build_pki
-from .render import NODE_FILES, SEED_ISO, NodePem, render_etcdctl_env, render_node
+from .render import NODE_FILES, RESTORE_ON_SEED, SEED_ISO, NodePem, render_etcdctl_env, render_node
 from .spec import Spec
 
 # Kept beside the generated tree so that `git add output/<cluster>` can never pick up a secret.
@@ -32,6 +33,8 @@ GITIGNORE = f"""\
 */seed.iso
 # Temporary files of a run that was killed; the next run removes them.
 {fs.TEMP_PREFIX}*
+# What the last run that changed nothing found, so that the next one can skip its work.
+{fastpath.NAME}
 """
 JOURNAL = "pki/pending.json"  # the new keys of a run in progress; gone when the run completes
 _JOURNAL_NAME = re.compile(r"[a-z0-9-]{1,63}")
@@ -47,6 +50,14 @@ class FileStatus(StrEnum):
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """The etcd snapshot a restore carries on every seed."""
+
+    sha256: str
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Inputs:
     """Everything a build reads: the bundle, an imported CA, and the output tree as it is."""
 
@@ -56,6 +67,7 @@ class Inputs:
     previous: Manifest
     pending: Mapping[str, str]
     disk: Mapping[str, fs.OnDisk]
+    snapshot: Snapshot | None = None
 
 
 @dataclass(frozen=True)
@@ -67,9 +79,10 @@ class PlannedFile:
     sha256: str
     size: int
     status: FileStatus
-    make: Callable[[], bytes]
+    make: Callable[[], bytes] | Callable[[BinaryIO], None]
     public_key_sha256: str | None = None
     epoch: int | None = None
+    streamed: bool = False  # make writes into a file (a seed ISO) instead of returning bytes
 
 
 @dataclass(frozen=True)
@@ -93,10 +106,11 @@ class BuildPlan:
 
 @dataclass(frozen=True)
 class Sources:
-    """The inputs that live outside the output tree: the etcd tarball and an imported CA."""
+    """The inputs that live outside the output tree: the etcd tarball, an imported CA, a snapshot."""
 
     bundle: Bundle
     imported: tuple[bytes, bytes] | None
+    snapshot: Snapshot | None = None
 
 
 def load_sources(spec: Spec, checked: str | None = None) -> Sources:
@@ -119,9 +133,32 @@ def load_sources(spec: Spec, checked: str | None = None) -> Sources:
         imported = _load_imported_ca(spec)
     except MaterialError as exc:
         problems += exc.messages
+    snapshot = None
+    try:
+        snapshot = load_snapshot(spec)
+    except MaterialError as exc:
+        problems += exc.messages
     if problems or bundle is None:
         raise MaterialError(problems, hint="; ".join(hints) or None)
-    return Sources(bundle, imported)
+    return Sources(bundle, imported, snapshot)
+
+
+def load_snapshot(spec: Spec) -> Snapshot | None:
+    """Read and check etcd.restore.snapshot: a whole etcd snapshot, as `etcdctl snapshot save` writes it.
+
+    Raises:
+        MaterialError: naming etcd.restore.snapshot.
+    """
+    if spec.etcd.restore is None:
+        return None
+    path = spec.etcd.restore.snapshot
+    data = fs.read_regular(path, fs.LIMITS["snapshot"], "etcd.restore.snapshot", missing_ok=True)
+    if data is None:
+        raise MaterialError(f"etcd.restore.snapshot: {path} does not exist")
+    problem = etcd.check_snapshot(data)
+    if problem:
+        raise MaterialError(f"etcd.restore.snapshot: {path} {problem}")
+    return Snapshot(hashlib.sha256(data).hexdigest(), data)
 
 
 def load_inputs(spec: Spec, root: Path, sources: Sources | None = None) -> Inputs:
@@ -134,7 +171,7 @@ def load_inputs(spec: Spec, root: Path, sources: Sources | None = None) -> Input
     sources = sources or load_sources(spec, previous.bundle_sha256)
     return Inputs(bundle=sources.bundle, imported=sources.imported, pki_files=fs.load_pki_dir(root / "pki"),
                   previous=previous, pending=parse_journal(fs.read_optional(root / JOURNAL, JOURNAL)),
-                  disk=fs.scan(root)[0])
+                  disk=fs.scan(root)[0], snapshot=sources.snapshot)
 
 
 def load_bundle(spec: Spec, checked: str | None = None) -> Bundle:
@@ -224,10 +261,14 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     if epoch is not None and not 0 <= epoch <= manifest.MAX_EPOCH:
         raise MaterialError(f"SOURCE_DATE_EPOCH: {epoch} is outside 0..{manifest.MAX_EPOCH}, the range an "
                             "ISO 9660 date can hold")
-    pki = build_pki(spec, inputs.pki_files, inputs.imported, now, key_records(inputs.previous, inputs.pending),
-                    rekey, renew)
+    if spec.etcd.restore is not None:
+        assert inputs.snapshot is not None  # noqa: S101 - load_sources reads it with the spec
+        spec = spec.with_snapshot(inputs.snapshot.sha256)
+    records = key_records(inputs.previous, inputs.pending)
+    replacing = _replacing(spec, inputs.previous, records)
+    pki = build_pki(spec, inputs.pki_files, inputs.imported, now, records, rekey, renew, replacing)
     public_keys = pki.public_keys()
-    rows: list[tuple[str, int, Callable[[], bytes], str | None, int | None]] = [
+    rows: list[tuple[str, int, Callable[[], bytes] | list[SeedEntry], str | None, int | None]] = [
         (".gitignore", fs.PUBLIC_MODE, _const(GITIGNORE.encode()), None, None)]
     if not pki.ca_imported:
         rows.append(("pki/ca.key", fs.SECRET_MODE, _const(pki.ca.key_pem), public_keys[CA_NAME], None))
@@ -244,8 +285,8 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
         for node_file in NODE_FILES:
             mode = fs.SECRET_MODE if node_file.secret else fs.PUBLIC_MODE
             if node_file.name == SEED_ISO:
-                entries = seed_entries(seed.texts, inputs.bundle)
-                rows.append((f"{node.name}/{SEED_ISO}", mode, partial(build_iso, entries, iso_epoch), None, iso_epoch))
+                entries = seed_entries(seed.texts, inputs.bundle, inputs.snapshot)
+                rows.append((f"{node.name}/{SEED_ISO}", mode, entries, None, iso_epoch))
             else:
                 rows.append((f"{node.name}/{node_file.name}", mode,
                              _const(seed.texts[node_file.name].encode()), None, None))
@@ -258,18 +299,22 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
         {"name": inputs.bundle.name, "sha256": inputs.bundle.sha256,
          "source": spec.etcd.url or (spec.etcd.bundle.name if spec.etcd.bundle else None)},
         {f.path: FileEntry(f.sha256, f.size, f.mode, f.public_key_sha256, f.epoch) for f in files},
-        certificates(pki))
+        certificates(pki),
+        replaced={n.name: public_keys[n.name] for n in spec.nodes if n.replace},
+        restore={"sha256": inputs.snapshot.sha256, "size": len(inputs.snapshot.data)} if inputs.snapshot else None)
     current = inputs.disk.get(manifest.NAME)
     manifest_status = FileStatus.CREATE if current is None else FileStatus.UNCHANGED \
         if current.sha256 == hashlib.sha256(manifest_bytes).hexdigest() and current.mode == fs.PUBLIC_MODE \
         else FileStatus.UPDATE
-    notes = [f"{node.name} joins a running cluster: before it boots, run (as above) etcdctl member add "
-             f"{node.name} --peer-urls={etcd.peer_url(node)}" for node in spec.nodes if node.join]
+    notes = membership_notes(spec, inputs.previous, replacing)
     new_seeds = {f.path.split("/")[0] for f in files
                  if f.path.endswith(f"/{SEED_ISO}") and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
-    # Only a running cluster (one built before) is rolled; a joining node boots for the first time.
+    # Only a running cluster (one built before) is rolled; a joining or replaced node boots afresh.
     reseed = [node.name for node in spec.nodes
-              if inputs.previous.files and not node.join and node.name in new_seeds]
+              if inputs.previous.files and not node.joins and node.name in new_seeds]
+    warnings = [f"nodes.{i}.replace: {node.name} was replaced by an earlier build (its new key is in place); "
+                "remove 'replace: true' from the spec" for i, node in enumerate(spec.nodes)
+                if node.replace and node.name not in replacing]
     if change:
         notes.append(change)
     if reseed:
@@ -277,7 +322,56 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     floor = etcd.upgrade_floor_warning(previous_version, spec.etcd.version)
     return BuildPlan(spec=spec, pki=pki, files=files, manifest_bytes=manifest_bytes,
                      manifest_status=manifest_status, new_keys=new_keys,
-                     notes=notes, warnings=[floor] if floor else [], reseed=reseed)
+                     notes=notes, warnings=warnings + ([floor] if floor else []), reseed=reseed)
+
+
+def _replacing(spec: Spec, previous: Manifest, records: KeyRecords) -> frozenset[str]:
+    """The nodes marked replace that this build replaces: those whose replacement key is not in place yet.
+
+    The manifest records the key each replacement was given, so the marker is consumed once:
+    a later build with `replace: true` still set keeps that key and warns.
+
+    Raises:
+        MaterialError: a node marked replace that no earlier build made.
+    """
+    built = previous_nodes(previous)
+    problems = [f"nodes.{i}.replace: {node.name} is not in the earlier build of this cluster; a new member "
+                "takes join: true instead"
+                for i, node in enumerate(spec.nodes) if node.replace and node.name not in built]
+    if problems:
+        raise MaterialError(problems)
+    return frozenset(n.name for n in spec.nodes if n.replace and (
+        previous.replaced.get(n.name) is None or previous.replaced.get(n.name) != records.recorded.get(n.name)))
+
+
+def previous_nodes(previous: Manifest) -> set[str]:
+    """The nodes the previous build wrote a seed for."""
+    return {path.split("/")[0] for path in previous.files if path.endswith(f"/{SEED_ISO}")}
+
+
+def membership_notes(spec: Spec, previous: Manifest, replacing: frozenset[str]) -> list[str]:
+    """What the operator does, or may do by hand, for members that join, are replaced or leave."""
+    admin = "from pki/, run: set -a && . ./etcdctl.env && set +a &&"
+    notes = []
+    for node in spec.nodes:
+        manual = (f"by hand instead, {admin} etcdctl member add {node.name} --peer-urls={etcd.peer_url(node)} "
+                  f"--learner, and once it has caught up, etcdctl member promote <its ID>")
+        if node.replace and node.name in replacing:
+            notes.append(f"{node.name} is replaced with a new key: boot it from its new seed on an empty disk; it "
+                         f"removes its stale member entry while the others keep quorum, joins as a learner and "
+                         f"promotes itself (journalctl -u etcd -u etcd-seed-promote shows each step); {manual}")
+        elif node.join and node.name not in previous_nodes(previous):
+            notes.append(f"{node.name} joins the running cluster by itself: boot it from its seed; it adds itself "
+                         f"as a learner and promotes itself once it has caught up; {manual}")
+    for name in sorted(previous_nodes(previous) - {n.name for n in spec.nodes}):
+        notes.append(f"{name} left the spec: take it out of the cluster before you power it off; {admin} "
+                     f"etcdctl member remove \"$(etcdctl member list | awk -F', ' '$3 == \"{name}\" {{print $1}}')\" "
+                     f"; then delete {name}/, pki/{name}.key and pki/{name}.crt from the output")
+    if spec.etcd.restore is not None:
+        notes.append("restore: boot every member on an empty disk from its new seed; each restores the snapshot "
+                     "once, then the members form a new cluster (new token and cluster ID); power off every old "
+                     "member first, and remove etcd.restore from the spec once the cluster is up")
+    return notes
 
 
 def rolling_order(names: list[str]) -> str:
@@ -293,11 +387,13 @@ def certificates(pki: PkiState) -> dict[str, x509.Certificate]:
     return {"pki/ca.crt": pki.ca.cert, **{f"pki/{name}.crt": c.cert for name, c in pki.leaves.items()}}
 
 
-def seed_entries(texts: Mapping[str, str], bundle: Bundle) -> list[SeedEntry]:
-    """What goes on a node's seed ISO, in the NODE_FILES order, then the tarball."""
+def seed_entries(texts: Mapping[str, str], bundle: Bundle, snapshot: Snapshot | None = None) -> list[SeedEntry]:
+    """What goes on a node's seed ISO, in the NODE_FILES order, then the tarball and a restore's snapshot."""
     entries = [SeedEntry(f.name, texts[f.name].encode()) for f in NODE_FILES if f.on_iso]
     if bundle.data is not None:
         entries.append(SeedEntry(bundle.name, bundle.data))
+    if snapshot is not None:
+        entries.append(SeedEntry(RESTORE_ON_SEED, snapshot.data))
     return entries
 
 
@@ -305,21 +401,26 @@ def _const(data: bytes) -> Callable[[], bytes]:
     return lambda: data
 
 
-def _plan_file(path: str, mode: int, make: Callable[[], bytes], current: fs.OnDisk | None,
+def _plan_file(path: str, mode: int, source: Callable[[], bytes] | list[SeedEntry], current: fs.OnDisk | None,
                public_key_sha256: str | None, epoch: int | None) -> PlannedFile:
     # Every file is made and compared with what is on disk, ISOs included: a seed that
     # was changed by hand (an extra vendor-data, another label) is rebuilt, whatever the
-    # manifest says. An ISO's bytes are dropped here and made again only if written.
-    data = make()
-    sha = hashlib.sha256(data).hexdigest()
+    # manifest says. An ISO is only hashed here, never held; it is written straight to disk.
+    make: Callable[[], bytes] | Callable[[BinaryIO], None]
+    if isinstance(source, list):
+        assert epoch is not None  # noqa: S101 - every ISO row has one
+        sha, size = iso_digest(source, epoch)
+        make = partial(write_iso, source, epoch)
+    else:
+        data = source()
+        sha, size, make = hashlib.sha256(data).hexdigest(), len(data), _const(data)
     if current is None:
         status = FileStatus.CREATE
     elif current.sha256 != sha:
         status = FileStatus.UPDATE
     else:
         status = FileStatus.UNCHANGED if current.mode == mode else FileStatus.MODE
-    kept = make if path.endswith(SEED_ISO) else _const(data)
-    return PlannedFile(path, mode, sha, len(data), status, kept, public_key_sha256, epoch)
+    return PlannedFile(path, mode, sha, size, status, make, public_key_sha256, epoch, isinstance(source, list))
 
 
 def _write_order(path: str) -> int:
@@ -341,7 +442,7 @@ def apply_plan(root: Path, plan: BuildPlan) -> list[str]:
     removed = fs.remove_stale_temps(root)
     fs.make_dirs(root, {"pki": fs.SECRET_DIR_MODE,
                         **{node.name: fs.PUBLIC_DIR_MODE for node in plan.spec.nodes}})
-    writes = [fs.Write(f.path, f.mode, f.make)
+    writes = [fs.Write(f.path, f.mode, f.make, f.streamed)
               for f in sorted(plan.changed, key=lambda f: _write_order(f.path))
               if f.status is not FileStatus.MODE]
     for f in plan.changed:

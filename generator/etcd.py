@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import tarfile
@@ -29,6 +30,14 @@ class Paths:
     key: str = "/etc/ssl/etcd/etcd.key"
     options: str = "/etc/etcd/options.env"
     bin: str = "/usr/local/bin"
+    member_config: str = "/etc/etcd/member.json"  # what etcd-seed-member needs to know of this node
+    membership_env: str = "/opt/etcd/membership.env"  # written by etcd-seed-member when the node joins
+    member_bin: str = "/usr/local/sbin/etcd-seed-member"
+    backup_bin: str = "/usr/local/sbin/etcd-seed-backup"
+    promote_unit: str = "/etc/systemd/system/etcd-seed-promote.service"
+    backup_unit: str = "/etc/systemd/system/etcd-backup.service"
+    backup_timer: str = "/etc/systemd/system/etcd-backup.timer"
+    restore_scratch: str = "/opt/etcd/restore.tmp"  # a restore is built here, then renamed into place
     unit: str = "/etc/systemd/system/etcd.service"
     flannel_unit: str = "/etc/systemd/system/etcd-flannel-config.service"
     staged: str = "/var/lib/etcd-seed/seed"  # where cloud-init writes the seed's files for the install step
@@ -78,6 +87,26 @@ def check_release_tarball(data: bytes, version: str) -> str | None:
     missing = [b for b in ("etcd", "etcdctl") if PurePosixPath(want, b) not in names]
     if missing:
         return f"lacks {want}/{missing[0]}"
+    return None
+
+
+# A bbolt file starts with two meta pages; each holds this magic after the 16-byte page header
+# (go.etcd.io/bbolt: page.go, db.go). `etcdctl snapshot save` appends the sha256 of the database,
+# which makes the size 32 more than a multiple of 512; `snapshot restore` checks it
+# (etcdutl/snapshot: hasHash := size%512 == sha256.Size).
+BOLT_MAGIC = 0xED0CDAED
+_HASH_SIZE = 32
+
+
+def check_snapshot(data: bytes) -> str | None:
+    """What is wrong with an etcd snapshot file, or None: a bbolt database with its sha256 trailer, intact."""
+    if len(data) < 4096 or int.from_bytes(data[16:20], "little") != BOLT_MAGIC:
+        return "is not an etcd snapshot (no bbolt database header)"
+    if len(data) % 512 != _HASH_SIZE:
+        return ("has no sha256 trailer: it is not a file from 'etcdctl snapshot save' (a copy of member/snap/db "
+                "cannot be checked); take a snapshot with etcdctl snapshot save")
+    if hashlib.sha256(data[:-_HASH_SIZE]).digest() != data[-_HASH_SIZE:]:
+        return "is damaged: its contents do not match the sha256 it carries, and etcd would refuse to restore it"
     return None
 
 
@@ -139,9 +168,53 @@ def client_url(node: Node) -> str:
     return f"https://{node.ip}:{CLIENT_PORT}"
 
 
-def client_endpoints(spec: Spec) -> str:
-    """Every member's client URL, comma-separated."""
-    return ",".join(client_url(node) for node in spec.nodes)
+def client_endpoints(spec: Spec, founders_only: bool = False) -> str:
+    """Every member's client URL (or only the founders'), comma-separated."""
+    return ",".join(client_url(node) for node in (spec.founders if founders_only else spec.nodes))
+
+
+# How long etcd-seed-member keeps retrying a step that may yet succeed, and how long it pauses
+# after one that cannot before systemd starts it again.
+JOIN_TIMEOUT_S = 900
+REFUSED_PAUSE_S = 60
+
+
+def member_config(spec: Spec, node: Node) -> dict[str, object]:
+    """/etc/etcd/member.json: what etcd-seed-member needs to add this node to its cluster."""
+    return {
+        "name": node.name,
+        "mode": "replace" if node.replace else "join" if node.join else "none",
+        "peer_url": peer_url(node),
+        "client_url": client_url(node),
+        # Only a joining member asks its peers anything; a founder's seed must not change when one joins.
+        "peers": [client_url(n) for n in spec.nodes if n != node] if node.joins else [],
+        "etcdctl": f"{PATHS.bin}/etcdctl",
+        "ca": PATHS.ca, "cert": PATHS.cert, "key": PATHS.key,
+        "data_dir": PATHS.data_dir, "wal_dir": PATHS.wal_dir,
+        "membership_env": PATHS.membership_env,
+        "timeout_s": JOIN_TIMEOUT_S, "refused_pause_s": REFUSED_PAUSE_S,
+    }
+
+
+def restore_argv(spec: Spec, node: Node) -> list[str]:
+    """The flags of `snapshot restore` for this member, after the tool and the snapshot's path."""
+    assert spec.etcd.restore is not None  # noqa: S101 - callers check
+    argv = [f"--name={node.name}", f"--initial-cluster={initial_cluster(spec, node)}",
+            f"--initial-cluster-token={spec.etcd.cluster_token}",
+            f"--initial-advertise-peer-urls={peer_url(node)}"]
+    if spec.etcd.restore.bump_revision:
+        argv += [f"--bump-revision={spec.etcd.restore.bump_revision}", "--mark-compacted"]
+    return argv
+
+
+def initial_cluster(spec: Spec, node: Node) -> str:
+    """ETCD_INITIAL_CLUSTER: the founders, and a joining member itself.
+
+    Adding a member changes no other member's seed; a joining member's real list comes from
+    `member add` at its first boot.
+    """
+    members = [n for n in spec.nodes if not n.join or n == node]
+    return ",".join(f"{n.name}={peer_url(n)}" for n in members)
 
 
 def options(spec: Spec, node: Node) -> dict[str, str]:
@@ -170,11 +243,18 @@ def options(spec: Spec, node: Node) -> dict[str, str]:
         "ETCD_TRUSTED_CA_FILE": PATHS.ca,
         "ETCD_CLIENT_CERT_AUTH": "true",
         "ETCD_AUTO_TLS": "false",
-        "ETCD_INITIAL_CLUSTER": ",".join(f"{n.name}={peer_url(n)}" for n in spec.nodes),
-        "ETCD_INITIAL_CLUSTER_STATE": "existing" if node.join else "new",
-        "ETCD_INITIAL_CLUSTER_TOKEN": spec.etcd.token,
+        # A member that joins a running cluster learns the membership when it adds itself
+        # (etcd-seed-member writes it to membership.env); these are what the founders start with.
+        "ETCD_INITIAL_CLUSTER": initial_cluster(spec, node),
+        "ETCD_INITIAL_CLUSTER_STATE": "existing" if node.joins else "new",
+        "ETCD_INITIAL_CLUSTER_TOKEN": spec.etcd.cluster_token,
         "ETCD_HEARTBEAT_INTERVAL": str(spec.etcd.heartbeat_interval),
         "ETCD_ELECTION_TIMEOUT": str(spec.etcd.election_timeout),
+        # No kube-apiserver compacts a flannel-only etcd: without this its history grows
+        # until the quota stops every write (etcd docs: op-guide/maintenance).
+        "ETCD_AUTO_COMPACTION_MODE": spec.etcd.auto_compaction_mode,
+        "ETCD_AUTO_COMPACTION_RETENTION": spec.etcd.auto_compaction_retention,
+        "ETCD_QUOTA_BACKEND_BYTES": str(spec.etcd.quota_backend_bytes),
         **version_options(spec.etcd.minor),
     }
     for name, value in values.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -38,16 +39,47 @@ def age_decrypt(sealed: bytes, identity: Path, source: str) -> bytes:
     return done.stdout
 
 
-def cloud_init_schema(path: Path) -> str | None:
-    """What Debian's `cloud-init schema` says is wrong with a user-data file, or None.
+# Run by cloud-init's own Python: validates every file given in one process, with the schema
+# loaded once, instead of one `cloud-init schema` process (about 0.4 s) per node.
+_SCHEMA_BATCH = """
+import json, sys
+from cloudinit.config.schema import get_schema, validate_cloudconfig_file
+schema = get_schema()
+results = {}
+for path in sys.argv[1:]:
+    try:
+        validate_cloudconfig_file(path, schema)
+        results[path] = None
+    except Exception as exc:  # SchemaValidationError, or a file it cannot read
+        results[path] = str(exc) or type(exc).__name__
+print(json.dumps(results))
+"""
 
-    Returns None too when cloud-init is not installed: the check is then skipped.
+
+def cloud_init_schema(paths: Sequence[Path]) -> dict[Path, str | None]:
+    """What Debian's cloud-init schema says is wrong with each user-data file (None: nothing).
+
+    Every file is None when cloud-init is not installed: the check is then skipped.
     """
     tool = shutil.which("cloud-init")
-    if tool is None:
-        return None
-    result = subprocess.run([tool, "schema", "-c", str(path)], capture_output=True, text=True,
-                            check=False)
+    if tool is None or not paths:
+        return dict.fromkeys(paths)
+    with open(tool, "rb") as handle:
+        shebang = handle.readline().decode(errors="replace")
+    python = shebang[2:].strip().split()[0] if shebang.startswith("#!") else ""
+    if python and os.access(python, os.X_OK):
+        done = subprocess.run([python, "-c", _SCHEMA_BATCH, *map(str, paths)], capture_output=True, text=True,
+                              check=False)
+        try:
+            found = json.loads(done.stdout)
+            return {p: (f"cloud-init schema: {found[str(p)]}" if found[str(p)] else None) for p in paths}
+        except (ValueError, KeyError, TypeError):
+            pass  # another cloud-init layout: ask the command, one file at a time
+    return {p: _schema_command(tool, p) for p in paths}
+
+
+def _schema_command(tool: str, path: Path) -> str | None:
+    result = subprocess.run([tool, "schema", "-c", str(path)], capture_output=True, text=True, check=False)
     if result.returncode == 0:
         return None
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]

@@ -11,6 +11,7 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import MaterialError, OutputError
 
@@ -23,7 +24,7 @@ PUBLIC_DIR_MODE = 0o755
 TEMP_PREFIX = ".etcd-seed-tmp."
 
 MiB = 1 << 20
-LIMITS = {"spec": MiB, "pem": MiB, "state": 64 * MiB, "bundle": 1024 * MiB}
+LIMITS = {"spec": MiB, "pem": MiB, "state": 64 * MiB, "bundle": 1024 * MiB, "snapshot": 8 * 1024 * MiB}
 
 
 def read_regular(path: Path, limit: int, field: str, error: type[MaterialError | OutputError] = MaterialError,
@@ -219,11 +220,16 @@ def remove_stale_temps(root: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class Write:
-    """One file to put in place: its path under root, mode, and how to make its bytes."""
+    """One file to put in place: its path under root, mode, and how to make its bytes.
+
+    `make` returns the bytes; a large file (a seed ISO) is instead written straight into
+    its temporary file by `make` called with that file.
+    """
 
     path: str
     mode: int
-    make: Callable[[], bytes]
+    make: Callable[[], bytes] | Callable[[BinaryIO], None]
+    streamed: bool = False
 
 
 def stage_and_commit(root: Path, writes: Sequence[Write], journal: Write | None) -> None:
@@ -240,9 +246,9 @@ def stage_and_commit(root: Path, writes: Sequence[Write], journal: Write | None)
     staged: list[tuple[Path, Path]] = []
     try:
         for write in writes:
-            staged.append((_stage(root / write.path, write.make(), write.mode), root / write.path))
+            staged.append((_stage(root / write.path, write, write.mode), root / write.path))
         if journal is not None:
-            os.replace(_stage(root / journal.path, journal.make(), journal.mode), root / journal.path)
+            os.replace(_stage(root / journal.path, journal, journal.mode), root / journal.path)
         for tmp, final in staged:
             os.replace(tmp, final)
     except OSError as exc:
@@ -253,14 +259,17 @@ def stage_and_commit(root: Path, writes: Sequence[Write], journal: Write | None)
                 tmp.unlink()
 
 
-def _stage(path: Path, data: bytes, mode: int) -> Path:
+def _stage(path: Path, write: Write, mode: int) -> Path:
     # Create the temporary file with its final mode: a key is never readable by others.
     tmp = path.parent / f"{TEMP_PREFIX}{path.name}.{os.urandom(6).hex()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            if write.streamed:
+                write.make(handle)  # type: ignore[call-arg]
+            else:
+                handle.write(write.make())  # type: ignore[call-arg,arg-type]
             handle.flush()
             os.fsync(handle.fileno())
     except BaseException:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import re
 import threading
@@ -10,7 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from time import struct_time
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import IsoError
 
@@ -79,8 +80,94 @@ def iso9660_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def build_iso(entries: list[SeedEntry], epoch: int) -> bytes:
-    """Build a seed ISO holding `entries` at its root.
+class _View:
+    """A read-only file over bytes that hands out memoryview slices: pycdlib copies the
+    bundle into the image without Python copying it first."""
+
+    mode = "rb"  # pycdlib asks for a binary file
+
+    def __init__(self, data: bytes) -> None:
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def read(self, size: int = -1) -> memoryview:
+        end = len(self._view) if size < 0 else min(len(self._view), self._pos + size)
+        chunk = self._view[self._pos:end]
+        self._pos = end
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: len(self._view)}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+class HashSink:
+    """A write-only file that yields the sha256 and size of what is written, without holding the files' data.
+
+    pycdlib writes an image out of order (it seeks back to fill in directory records), so
+    small writes are kept in a buffer, and the large blocks of file data, memoryview slices
+    of the inputs (see _View), are kept by reference and hashed in place at the end.
+    """
+
+    mode = "wb"  # pycdlib asks for a binary file
+    _LARGE = 1 << 16
+
+    def __init__(self) -> None:
+        self._small = bytearray()
+        self._small_writes: list[tuple[int, int]] = []
+        self._large: list[tuple[int, memoryview]] = []
+        self._pos = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        size = len(data)
+        if isinstance(data, memoryview) and size >= self._LARGE:
+            self._large.append((self._pos, data))
+        else:
+            end = self._pos + size
+            if end > len(self._small):
+                self._small.extend(bytes(end - len(self._small)))
+            self._small[self._pos:end] = data
+            self._small_writes.append((self._pos, end))
+        self._pos += size
+        return size
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = {0: offset, 1: self._pos + offset, 2: self.size + offset}[whence]
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    @property
+    def size(self) -> int:
+        return max([len(self._small), *(o + len(d) for o, d in self._large)])
+
+    def hexdigest(self) -> str:
+        digest, pos = hashlib.sha256(), 0
+        small = memoryview(self._small)
+        for offset, data in sorted(self._large, key=lambda item: item[0]):
+            end = offset + len(data)
+            if offset < pos or any(a < end and offset < b for a, b in self._small_writes if a != b):
+                raise IsoError("seed ISO: file data overlaps other writes; cannot hash it in place")
+            digest.update(small[pos:offset])
+            digest.update(bytes(max(0, offset - max(pos, len(small)))))
+            digest.update(data)
+            pos = offset + len(data)
+        digest.update(small[pos:])
+        digest.update(bytes(max(0, self.size - max(pos, len(small)))))
+        return digest.hexdigest()
+
+
+# pycdlib copies file data in blocks of this size: large blocks keep its Python loop short.
+_BLOCK = 1 << 20
+
+
+def write_iso(entries: list[SeedEntry], epoch: int, outfp: BinaryIO | HashSink) -> None:
+    """Write a seed ISO holding `entries` at its root to outfp, in order (it is never held in memory).
 
     The volume is ISO9660 with Rock Ridge and Joliet, labelled "cidata", so that
     Linux and cloud-init read the names exactly (user-data, meta-data, ...).
@@ -88,9 +175,7 @@ def build_iso(entries: list[SeedEntry], epoch: int) -> bytes:
     Args:
         entries: the files, in the order they are laid out.
         epoch: seconds since 1970 stamped on every date in the image.
-
-    Returns:
-        The image's bytes.
+        outfp: a binary file, or a HashSink to learn the image's sha256 and size.
 
     Raises:
         IsoError: pycdlib refused the input.
@@ -108,15 +193,27 @@ def build_iso(entries: list[SeedEntry], epoch: int) -> bytes:
             image.new(interchange_level=3, vol_ident=VOLUME_LABEL, sys_ident="LINUX",
                       joliet=3, rock_ridge="1.09")
             for entry in entries:
-                image.add_fp(io.BytesIO(entry.data), len(entry.data),
+                image.add_fp(_View(entry.data), len(entry.data),  # type: ignore[arg-type]
                              iso_path=f"/{iso9660_name(entry.name, taken)};1",
                              rr_name=entry.name, joliet_path=f"/{entry.name}", file_mode=0o100444)
-            out = io.BytesIO()
-            image.write_fp(out)
+            image.write_fp(outfp, blocksize=_BLOCK)  # type: ignore[arg-type]
             image.close()
     except PyCdlibException as exc:
         raise IsoError(f"cannot build the seed ISO: {exc}") from None
+
+
+def build_iso(entries: list[SeedEntry], epoch: int) -> bytes:
+    """The bytes of a seed ISO holding `entries` (see write_iso)."""
+    out = io.BytesIO()
+    write_iso(entries, epoch, out)
     return out.getvalue()
+
+
+def iso_digest(entries: list[SeedEntry], epoch: int) -> tuple[str, int]:
+    """The sha256 and size of the seed ISO write_iso would write."""
+    sink = HashSink()
+    write_iso(entries, epoch, sink)
+    return sink.hexdigest(), sink.size
 
 
 def read_iso(iso_bytes: bytes) -> dict[str, bytes]:

@@ -42,6 +42,8 @@ class Manifest:
     certificates: Mapping[str, Any] = field(default_factory=dict)
     bundle_sha256: str | None = None
     etcd_version: str | None = None
+    replaced: Mapping[str, str] = field(default_factory=dict)  # node -> public key its replacement got
+    restore_sha256: str | None = None
 
 
 def describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
@@ -60,7 +62,8 @@ def describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
 
 
 def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], files: Mapping[str, FileEntry],
-                    certs: Mapping[str, x509.Certificate]) -> bytes:
+                    certs: Mapping[str, x509.Certificate], replaced: Mapping[str, str] | None = None,
+                    restore: Mapping[str, Any] | None = None) -> bytes:
     """The manifest for one cluster: every file's sha256 and mode, and each certificate's facts.
 
     Args:
@@ -69,6 +72,8 @@ def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], 
         bundle: name, sha256 and source of the etcd tarball.
         files: every file but the manifest itself.
         certs: the leaf (or CA) certificate of each .crt file, by path.
+        replaced: for each node marked replace, the public key sha256 its replacement was given.
+        restore: sha256 and size of the snapshot the seeds restore from.
     """
     table = {}
     for path, entry in files.items():
@@ -86,6 +91,10 @@ def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], 
         "files": table,
         "certificates": {path: describe_certificate(cert) for path, cert in sorted(certs.items())},
     }
+    if replaced:
+        document["replaced"] = dict(replaced)
+    if restore:
+        document["restore"] = dict(restore)
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -120,8 +129,17 @@ def parse_manifest(data: bytes | None, source: str = NAME) -> Manifest:
     if bundle_sha is not None and not (isinstance(bundle_sha, str) and HEX64.fullmatch(bundle_sha)):
         raise OutputError(f"{source}: bundle.sha256: must be 64 hex digits")
     version = document.get("etcd_version")
+    replaced = document.get("replaced", {})
+    if not isinstance(replaced, dict) or not all(isinstance(k, str) and isinstance(v, str) and HEX64.fullmatch(v)
+                                                 for k, v in replaced.items()):
+        raise OutputError(f"{source}: replaced: must map node names to 64 hex digits")
+    restore = document.get("restore")
+    restore_sha = restore.get("sha256") if isinstance(restore, dict) else None
+    if restore is not None and not (isinstance(restore_sha, str) and HEX64.fullmatch(restore_sha)):
+        raise OutputError(f"{source}: restore.sha256: must be 64 hex digits")
     return Manifest(format=fmt, files=entries, certificates=certificates, bundle_sha256=bundle_sha,
-                    etcd_version=version if isinstance(version, str) else None)
+                    etcd_version=version if isinstance(version, str) else None, replaced=replaced,
+                    restore_sha256=restore_sha)
 
 
 def _entry(row: Any, where: str) -> FileEntry:

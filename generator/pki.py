@@ -287,7 +287,7 @@ def issue_leaf(ca: CA, identity: Identity, key: PrivateKey, now: dt.datetime,
 
 def build_pki(spec: Spec, existing: Mapping[str, bytes], imported: tuple[bytes, bytes] | None,
               now: dt.datetime, records: KeyRecords, rekey: frozenset[str] = frozenset(),
-              renew: bool = False) -> PkiState:
+              renew: bool = False, replace: frozenset[str] = frozenset()) -> PkiState:
     """Reuse what is still right, issue what is missing or out of date, and refuse what is suspect.
 
     Args:
@@ -298,6 +298,7 @@ def build_pki(spec: Spec, existing: Mapping[str, bytes], imported: tuple[bytes, 
         records: the public keys earlier runs recorded; a key on disk must be one of them.
         rekey: leaf names whose keys the operator asked to replace.
         renew: reissue every leaf certificate now (keeping its key), however long it has left.
+        replace: nodes being replaced after a loss: their old keys count as exposed.
 
     Returns:
         The CA and every credential, with a list of events (issued, renewed, reused).
@@ -320,7 +321,8 @@ def build_pki(spec: Spec, existing: Mapping[str, bytes], imported: tuple[bytes, 
             f"{ca.cert.not_valid_after_utc:%Y-%m-%d}, within pki.renew_before_days "
             f"({spec.pki.renew_before_days}); every leaf would be reissued on every run",
             hint="rotate to a CA with a longer life, or lower pki.renew_before_days")
-    keys = {name: _leaf_key(spec.pki, name, existing, records, name in rekey, problems, events)
+    keys = {name: _leaf_key(spec.pki, name, existing, records,
+                            "replace" if name in replace else "--rekey" if name in rekey else None, problems, events)
             for name in table}
     _check_distinct_keys(ca, keys, problems)
     if problems:
@@ -510,13 +512,13 @@ def _same_ca(cert_pem: bytes, ca: CA) -> bool:
         return False
 
 
-def _leaf_key(pki: Pki, name: str, existing: Mapping[str, bytes], records: KeyRecords, rekey: bool,
+def _leaf_key(pki: Pki, name: str, existing: Mapping[str, bytes], records: KeyRecords, rekey: str | None,
               problems: list[str], events: list[PkiEvent]) -> PrivateKey:
-    """The key a leaf keeps, or a new one when there is none, the type changed, or rekey asks."""
+    """The key a leaf keeps, or a new one when there is none, the type changed, or `rekey` gives a reason."""
     source = f"pki/{name}.key"
     pem = existing.get(f"{name}.key")
     if rekey:
-        events.append(PkiEvent(name, Change.NEW_KEY, "--rekey"))
+        events.append(PkiEvent(name, Change.NEW_KEY, rekey))
         return generate_key(pki.key_type)
     if pem is None:
         if name in records.recorded:

@@ -176,18 +176,51 @@ def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, ca_cert_p
     context = _context(spec, node, tarball_sha256)
     flannel_sh = flannel_service = ""
     if node == spec.nodes[0] and spec.flannel is not None:
-        flannel_ctx = {**context, "endpoints": etcd.client_endpoints(spec), "flannel_key": FLANNEL_KEY,
+        flannel_ctx = {**context, "endpoints": etcd.client_endpoints(spec, founders_only=True),
+                       "flannel_key": FLANNEL_KEY,
                        "flannel_json": flannel_json(spec), "flannel_attempts": FLANNEL_ATTEMPTS,
                        "flannel_delay": FLANNEL_DELAY_S}
         flannel_sh = _render(env, "flannel-config.sh.j2", flannel_ctx)
         flannel_service = _render(env, "flannel-config.service.j2", flannel_ctx)
+    backup = {"backup_service": _render(env, "etcd-backup.service.j2", context),
+              "backup_timer": _render(env, "etcd-backup.timer.j2", context),
+              "backup_sh": _render(env, "etcd-backup.sh.j2", {**context, "client_url": etcd.client_url(node)})}
     return _render(env, "user-data.j2", {
-        **context, "options_env": _render(env, "options.env.j2", context),
+        **context, **backup, "options_env": _render(env, "options.env.j2", context),
         "etcd_service": _render(env, "etcd.service.j2", context),
-        "install_sh": _render(env, "etcd-install.sh.j2", {**context, "flannel_sh": flannel_sh}),
+        "member_json": json.dumps(etcd.member_config(spec, node), indent=2, sort_keys=True),
+        "member_py": _source(env, "etcd-seed-member.py"),
+        "promote_service": _render(env, "etcd-seed-promote.service.j2", context),
+        "install_sh": _render(env, "etcd-install.sh.j2", {**context, "flannel_sh": flannel_sh,
+                                                          "restore": _restore_context(spec, node)}),
         "flannel_sh": flannel_sh, "flannel_service": flannel_service,
         "ca_pem": ca_cert_pem.decode(), "chain_pem": chain_pem.decode(), "key_pem": key_text,
         "password_hash": password_hash})
+
+
+RESTORE_ON_SEED = "snapshot.db"  # the restore snapshot's name on the seed ISO
+
+
+def _restore_context(spec: Spec, node: Node) -> dict[str, str] | None:
+    """What the install step needs to restore this member from the snapshot on its seed."""
+    restore = spec.etcd.restore
+    if restore is None:
+        return None
+    assert restore.sha256 is not None  # noqa: S101 - etcd.options (in _context) checked it first
+    bin_dir = shlex.quote(PATHS.bin)
+    tool = f'"$root"{bin_dir}/etcdutl' if spec.etcd.minor >= (3, 5) else f'ETCDCTL_API=3 "$root"{bin_dir}/etcdctl'
+    return {"name": RESTORE_ON_SEED, "sha256": restore.sha256, "tool": tool,
+            "argv": " ".join(shlex.quote(a) for a in etcd.restore_argv(spec, node)),
+            "bumped": f" (revision +{restore.bump_revision})" if restore.bump_revision else ""}
+
+
+def _source(env: jinja2.Environment, name: str) -> str:
+    """A file of templates/ as it is, for a script that has nothing to fill in."""
+    try:
+        source, _, _ = env.loader.get_source(env, name)  # type: ignore[union-attr]
+    except jinja2.TemplateNotFound:
+        raise TemplateError(f"templates/{name}: not found") from None
+    return source
 
 
 def _block(text: str, width: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import ipaddress
@@ -61,14 +62,38 @@ SYSTEM_USERS = frozenset({
 # A spec is a small file: bound it before parsing, and bound how deep it may nest.
 MAX_SPEC_BYTES = 1 << 20
 MAX_DEPTH = 20
+GiB = 1 << 30
+# etcd warns that a backend quota above 8 GiB is not recommended (etcd docs: dev-guide/limit).
+QUOTA_WARN_BYTES = 8 * GiB
+# How much a restore adds to the revision by default: far beyond any write rate between the
+# snapshot and the restore, so that no watcher sees a revision twice (etcd-io/etcd#16028).
+DEFAULT_BUMP_REVISION = 1_000_000_000
+# etcdutl snapshot restore --bump-revision/--mark-compacted first shipped in 3.5.10
+# (etcd CHANGELOG-3.5); 3.5.1's etcdutl lacks them, 3.5.16's has them.
+BUMP_REVISION_SINCE = (3, 5, 10)
+_PERIODIC_RETENTION = re.compile(r"[0-9]{1,6}(h|m|s)?")
+_REVISION_RETENTION = re.compile(r"[0-9]{1,12}")
+# A subset of systemd.time(7) calendar events, so that the build refuses what systemd would:
+# a shorthand such as daily, or [weekdays] [date] time, each part *, numbers, a..b ranges, lists, /steps.
+_CAL_SHORT = ("minutely", "hourly", "daily", "weekly", "monthly", "quarterly", "semiannually", "yearly",
+              "annually")
+_CAL_NUM = r"(\*|[0-9]{1,4}(\.\.[0-9]{1,4})?)(/[0-9]{1,4})?"
+_CAL_PART = rf"{_CAL_NUM}(,{_CAL_NUM})*"
+_CAL_DAY = r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_CALENDAR = re.compile(rf"({_CAL_DAY}((\.\.|,){_CAL_DAY})* )?({_CAL_PART}-{_CAL_PART}-{_CAL_PART} )?"
+                       rf"{_CAL_PART}:{_CAL_PART}(:{_CAL_PART})?")
+_ABS_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
+_SYSTEM_TOP_DIRS = frozenset({"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run",
+                              "sbin", "sys", "tmp", "usr"})
 
 
 @dataclass(frozen=True)
 class Node:
     """One etcd member: its short name, FQDN, static IPv4 and NIC MAC.
 
-    `join` marks a member added to a running cluster: it starts with
-    ETCD_INITIAL_CLUSTER_STATE=existing, after `etcdctl member add`.
+    `join` marks a member added to a running cluster: on its first boot it adds itself
+    as a learner and promotes itself. `replace` marks a member whose machine or disk was
+    lost: it gets a new key, removes its stale entry and joins the same way.
     """
 
     name: str
@@ -76,6 +101,12 @@ class Node:
     ip: ipaddress.IPv4Address
     mac: str
     join: bool = False
+    replace: bool = False
+
+    @property
+    def joins(self) -> bool:
+        """Whether this member adds itself to a running cluster on its first boot."""
+        return self.join or self.replace
 
 
 @dataclass(frozen=True)
@@ -86,6 +117,15 @@ class Network:
     gateway: ipaddress.IPv4Address | None
     dns: tuple[ipaddress.IPv4Address, ...]
     search: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Restore:
+    """A snapshot every member restores from on its first boot with an empty data dir."""
+
+    snapshot: Path
+    bump_revision: int
+    sha256: str | None = None  # of the snapshot file, once the build has read and checked it
 
 
 @dataclass(frozen=True)
@@ -100,6 +140,29 @@ class Etcd:
     election_timeout: int
     token: str
     plaintext_localhost: bool
+    auto_compaction_mode: str = "periodic"
+    auto_compaction_retention: str = "1h"
+    quota_backend_bytes: int = 2 * GiB
+    restore: Restore | None = None
+
+    @property
+    def cluster_token(self) -> str:
+        """ETCD_INITIAL_CLUSTER_TOKEN: a restore starts a new cluster under a token of its own, so that
+        a surviving member of the old cluster can never talk to the new one.
+
+        Raises:
+            ValueError: the restore's snapshot has not been read yet (a bug in the caller).
+        """
+        if self.restore is None:
+            return self.token
+        if self.restore.sha256 is None:
+            raise ValueError("etcd.restore: the snapshot's sha256 is needed before rendering")
+        return f"{self.token}-r{self.restore.sha256[:12]}"
+
+    @property
+    def version_tuple(self) -> tuple[int, int, int]:
+        major, minor, patch = self.version.split(".")
+        return int(major), int(minor), int(patch)
 
     @property
     def tarball_name(self) -> str:
@@ -141,6 +204,16 @@ class Flannel:
 
 
 @dataclass(frozen=True)
+class Backup:
+    """Scheduled snapshots each member takes of itself (a systemd timer)."""
+
+    enabled: bool = True
+    schedule: str = "daily"
+    keep: int = 7
+    dir: str = "/var/backups/etcd"
+
+
+@dataclass(frozen=True)
 class Admin:
     """An optional login user for operators."""
 
@@ -162,6 +235,18 @@ class Spec:
     pki: Pki
     flannel: Flannel | None
     admin: Admin | None
+    backup: Backup = Backup()
+
+    def with_snapshot(self, sha256: str) -> Spec:
+        """This spec with its restore snapshot's sha256 filled in."""
+        assert self.etcd.restore is not None  # noqa: S101 - callers check
+        restore = dataclasses.replace(self.etcd.restore, sha256=sha256)
+        return dataclasses.replace(self, etcd=dataclasses.replace(self.etcd, restore=restore))
+
+    @property
+    def founders(self) -> tuple[Node, ...]:
+        """The members that start the cluster: every node that does not join a running one."""
+        return tuple(n for n in self.nodes if not n.join)
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:
@@ -252,7 +337,7 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
         raise SpecError(f"{where}: not valid YAML: {problem}") from None
     errs = _Errors()
     top = _mapping(raw, "", errs, required=("cluster", "network", "nodes", "etcd"),
-                   optional=("pki", "flannel", "admin"))
+                   optional=("pki", "flannel", "admin", "backup"))
     if top is None:
         raise SpecError(errs.items)
     cluster = _mapping(top.get("cluster"), "cluster", errs, required=("name", "domain"))
@@ -266,6 +351,7 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
     pki = _pki(top.get("pki", {}), base_dir, errs)
     flannel = _flannel(top.get("flannel"), errs) if "flannel" in top else None
     admin = _admin(top.get("admin"), errs) if "admin" in top else None
+    backup = _backup(top.get("backup", {}), errs)
     if network is not None and nodes:
         _check_subnet(network, nodes, errs)
         if flannel is not None and flannel.network.overlaps(_subnet(network, nodes)):
@@ -273,12 +359,35 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
                      f"{_subnet(network, nodes)}; pods and nodes need separate ranges")
     if nodes and all(n.join for n in nodes):
         errs.add("nodes", "every member has join: true; a new cluster needs members that start it")
+    _check_membership(nodes, etcd, errs)
     if errs.items:
         raise SpecError(errs.items)
-    assert name and domain and network and nodes and etcd and pki  # noqa: S101 - errs was empty
+    assert name and domain and network and nodes and etcd and pki and backup  # noqa: S101 - errs was empty
     spec = Spec(name=name, domain=domain, network=network, nodes=tuple(nodes), etcd=etcd,
-                pki=pki, flannel=flannel, admin=admin)
+                pki=pki, flannel=flannel, admin=admin, backup=backup)
     return spec, errs.warnings
+
+
+def _check_membership(nodes: list[Node], etcd: Etcd | None, errs: _Errors) -> None:
+    """Joins, replacements and a restore that etcd could not carry out."""
+    founders = [n for n in nodes if not n.join]
+    replaced = [i for i, n in enumerate(nodes) if n.replace]
+    for i, node in enumerate(nodes):
+        if node.join and node.replace:
+            errs.add(f"nodes.{i}.replace", "a replaced member already joins by itself; drop join: true")
+    # Lost members are replaced one at a time, each removal while the rest keep quorum: with k
+    # of n founders lost at once, the n - k left must still be a majority of n.
+    if replaced and len(founders) - len(replaced) < len(founders) // 2 + 1:
+        errs.add(f"nodes.{replaced[-1]}.replace",
+                 f"replacing {len(replaced)} of {len(founders)} members at once would lose quorum: the "
+                 f"{len(founders) - len(replaced)} left cannot outvote the lost ones; restore from a snapshot "
+                 "(etcd.restore) instead")
+    if etcd is not None and etcd.restore is not None:
+        for i, node in enumerate(nodes):
+            if node.joins:
+                errs.add(f"nodes.{i}.{'join' if node.join else 'replace'}",
+                         "cannot be used with etcd.restore: a restore starts a new cluster from the snapshot on "
+                         "every member; add or replace members after it is up")
 
 
 def _join(parent: str, key: str | int) -> str:
@@ -459,7 +568,7 @@ def _nodes(value: Any, domain: str | None, errs: _Errors) -> list[Node]:
     seen: dict[str, dict[str, int]] = {"name": {}, "ip": {}, "mac": {}, "fqdn": {}}
     for i, item in enumerate(value):
         path = f"nodes.{i}"
-        data = _mapping(item, path, errs, required=("name", "ip", "mac"), optional=("fqdn", "join"))
+        data = _mapping(item, path, errs, required=("name", "ip", "mac"), optional=("fqdn", "join", "replace"))
         if data is None:
             continue
         name = _text(data, "name", path, errs, check=_check_node_name)
@@ -478,7 +587,8 @@ def _nodes(value: Any, domain: str | None, errs: _Errors) -> list[Node]:
                 seen[field][key] = i
         if name and ip and mac and fqdn:
             nodes.append(Node(name=name, fqdn=fqdn, ip=ip, mac=mac,
-                              join=_boolean(data, "join", path, errs, default=False)))
+                              join=_boolean(data, "join", path, errs, default=False),
+                              replace=_boolean(data, "replace", path, errs, default=False)))
     return nodes
 
 
@@ -535,7 +645,8 @@ def _etcd(value: Any, name: str | None, domain: str | None, base_dir: Path,
           errs: _Errors) -> Etcd | None:
     data = _mapping(value, "etcd", errs, required=("version",),
                     optional=("bundle", "url", "sha256", "heartbeat_interval", "election_timeout",
-                              "token", "plaintext_localhost"))
+                              "token", "plaintext_localhost", "auto_compaction_mode",
+                              "auto_compaction_retention", "quota_backend_bytes", "restore"))
     if data is None:
         return None
     version = data.get("version")
@@ -574,11 +685,56 @@ def _etcd(value: Any, name: str | None, domain: str | None, base_dir: Path,
         default_token = f"{name}-{digest}"
     token = _text(data, "token", "etcd", errs, check=_check_token, default=default_token)
     plaintext = _boolean(data, "plaintext_localhost", "etcd", errs, default=False)
-    if not (version and heartbeat and election and token) or (bundle is None and url is None):
+    mode, retention = _compaction(data, errs)
+    quota = _integer(data, "quota_backend_bytes", "etcd", errs, default=2 * GiB, low=1 << 20, high=64 * GiB)
+    if quota and quota > QUOTA_WARN_BYTES:
+        errs.warnings.append(f"etcd.quota_backend_bytes: {quota} is above 8 GiB, more than etcd recommends "
+                             "(its docs: dev-guide/limit)")
+    restore = _restore(data["restore"], version, base_dir, errs) if "restore" in data else None
+    if not (version and heartbeat and election and token and quota and mode and retention) \
+            or (bundle is None and url is None) or ("restore" in data and restore is None):
         return None
     return Etcd(version=version, bundle=bundle, url=url, sha256=sha256,
                 heartbeat_interval=heartbeat, election_timeout=election, token=token,
-                plaintext_localhost=plaintext)
+                plaintext_localhost=plaintext, auto_compaction_mode=mode,
+                auto_compaction_retention=retention, quota_backend_bytes=quota, restore=restore)
+
+
+def _compaction(data: Mapping[str, Any], errs: _Errors) -> tuple[str | None, str | None]:
+    """etcd's auto-compaction: on by default, since no kube-apiserver compacts a flannel-only etcd."""
+    mode = data.get("auto_compaction_mode", "periodic")
+    if mode not in ("periodic", "revision"):
+        errs.add("etcd.auto_compaction_mode", f"{mode!r} is not one of periodic, revision")
+        return None, None
+    default = "1h" if mode == "periodic" else "10000"
+    retention = data.get("auto_compaction_retention", default)
+    if isinstance(retention, int) and not isinstance(retention, bool):
+        retention = str(retention)
+    pattern, example = ((_PERIODIC_RETENTION, "a duration such as 1h, 30m or 0 (off)") if mode == "periodic"
+                        else (_REVISION_RETENTION, "a number of revisions such as 10000"))
+    if not isinstance(retention, str) or not pattern.fullmatch(retention):
+        errs.add("etcd.auto_compaction_retention", f"{retention!r} is not {example}")
+        return mode, None
+    return mode, retention
+
+
+def _restore(value: Any, version: str | None, base_dir: Path, errs: _Errors) -> Restore | None:
+    data = _mapping(value, "etcd.restore", errs, required=("snapshot",), optional=("bump_revision",))
+    if data is None:
+        return None
+    snapshot = _text(data, "snapshot", "etcd.restore", errs)
+    bump = _integer(data, "bump_revision", "etcd.restore", errs, default=DEFAULT_BUMP_REVISION, low=0,
+                    high=1 << 62)
+    if bump and version and tuple(int(p) for p in version.split(".")) < BUMP_REVISION_SINCE:
+        since = ".".join(map(str, BUMP_REVISION_SINCE))
+        errs.add("etcd.restore.bump_revision",
+                 f"etcd {version} cannot bump revisions on restore (etcdutl has --bump-revision since {since}); "
+                 f"use an etcd {since} or later bundle, or set bump_revision: 0 and accept that watchers may "
+                 "see old revisions again (etcd-io/etcd#16028)")
+        return None
+    if snapshot is None or bump is None:
+        return None
+    return Restore(snapshot=base_dir / snapshot, bump_revision=bump)
 
 
 def _pki(value: Any, base_dir: Path, errs: _Errors) -> Pki | None:
@@ -655,6 +811,59 @@ def _admin(value: Any, errs: _Errors) -> Admin | None:
     if name is None or ("password_hash" in data and password_hash is None):
         return None
     return Admin(name=name, ssh_authorized_keys=tuple(keys), password_hash=password_hash, sudo=sudo)
+
+
+def _backup(value: Any, errs: _Errors) -> Backup | None:
+    data = _mapping(value, "backup", errs, optional=("enabled", "schedule", "keep", "dir"))
+    if data is None:
+        return None
+    enabled = _boolean(data, "enabled", "backup", errs, default=True)
+    schedule = _text(data, "schedule", "backup", errs, default=Backup.schedule, check=_check_calendar)
+    keep = _integer(data, "keep", "backup", errs, default=Backup.keep, low=1, high=1000)
+    directory = _text(data, "dir", "backup", errs, default=Backup.dir, check=_check_backup_dir)
+    if schedule is None or keep is None or directory is None:
+        return None
+    return Backup(enabled=enabled, schedule=schedule, keep=keep, dir=directory.rstrip("/"))
+
+
+def _check_calendar(value: str) -> str | None:
+    if value not in _CAL_SHORT and (len(value) > 64 or not _CALENDAR.fullmatch(value) or _calendar_out_of_range(value)):
+        return (f"{value!r} is not a calendar event this tool accepts: {', '.join(_CAL_SHORT[:5])}, ... or "
+                "[weekdays] [year-month-day] hour:minute[:second], such as 'Mon..Fri *-*-* 02:30' "
+                "(systemd.time(7))")
+    return None
+
+
+def _calendar_out_of_range(value: str) -> bool:
+    """Whether a number of a calendar event lies outside its field (month 1-12, hour 0-23 ...)."""
+    words = value.split(" ")
+    date = words[-2].split("-") if len(words) > 1 and "-" in words[-2] else ["*", "*", "*"]
+    time = words[-1].split(":")
+    limits = [(1970, 2199), (1, 12), (1, 31), (0, 23), (0, 59), (0, 59)]
+    fields = date + time + ["*"] * (3 - len(time))
+    for field, (low, high) in zip(fields, limits, strict=True):
+        for item in field.split(","):
+            base, _, step = item.partition("/")
+            if step and int(step) == 0:
+                return True
+            if base != "*" and not all(low <= int(n) <= high for n in base.split("..")):
+                return True
+    return False
+
+
+def _check_backup_dir(value: str) -> str | None:
+    path = value.rstrip("/")
+    if not _ABS_PATH.fullmatch(path) or any(part in (".", "..") for part in path.split("/")):
+        return f"{value!r} is not an absolute path of plain characters (letters, digits, '.', '_', '-')"
+    parts = path.strip("/").split("/")
+    if len(parts) < 2 or parts[0] in _SYSTEM_TOP_DIRS:
+        return (f"{value!r} is a system directory or lies in one; use a directory of its own such as "
+                f"{Backup.dir} (the install step creates it for etcd only when it is missing)")
+    taken = (etcd_facts.PATHS.home, etcd_facts.PATHS.ssl, "/etc/etcd", etcd_facts.PATHS.staged)
+    for other in taken:
+        if path == other or path.startswith(other + "/") or other.startswith(path + "/"):
+            return f"{value!r} overlaps {other}, which the install step manages; choose a directory of its own"
+    return None
 
 
 def _check_password_hash(value: str) -> str | None:

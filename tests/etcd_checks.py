@@ -51,3 +51,13 @@ def assert_refused(etcdctl: Etcdctl, key: str, foreign_pki: Path | None = None) 
     assert result.returncode != 0
     assert etcdctl("get", key, "--print-value-only").stdout.strip() == ""
     assert etcdctl("put", f"{key}-admin", "welcome").returncode == 0
+
+
+def all_voting(etcdctl: Etcdctl, endpoints: list[str], count: int) -> bool:
+    """Whether the cluster has exactly `count` members, every one started, voting (no learner) and healthy."""
+    done = etcdctl("member", "list", "-w", "json", endpoints=endpoints)
+    if done.returncode != 0:
+        return False
+    members = json.loads(done.stdout)["members"]
+    return len(members) == count and all(m.get("name") and not m.get("isLearner") for m in members) and \
+        etcdctl("endpoint", "health", endpoints=endpoints).returncode == 0

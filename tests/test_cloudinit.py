@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from generator import external
+
 from .test_cli import build
 
 CLOUD_INIT = shutil.which("cloud-init")
@@ -61,3 +63,14 @@ def test_network_config_renders_to_the_static_address(root: Path, tmp_path: Path
         f'ATTR{{address}}=="52:54:00:00:00:02", NAME="{iface.group(1)}"' in eni
     assert "address 192.168.0.2/24" in eni
     assert "gateway 192.168.0.254" in eni
+
+
+def test_one_schema_process_agrees_with_the_command(root: Path, tmp_path: Path) -> None:
+    """verify validates every user-data in one cloud-init process; it calls the same files valid or not
+    as `cloud-init schema -c` does, one by one."""
+    broken = tmp_path / "user-data"
+    broken.write_text((root / "etcd01" / "user-data").read_text().replace('permissions: "0600"', "permissions: [1]"))
+    paths = [root / "etcd01" / "user-data", root / "etcd02" / "user-data", broken]
+    batch = external.cloud_init_schema(paths)
+    assert [batch[p] is None for p in paths] == [schema(p).returncode == 0 for p in paths] == [True, True, False]
+    assert "permissions" in (batch[broken] or "")

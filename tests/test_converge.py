@@ -79,11 +79,14 @@ class Lab:
             path.write_text(entry["content"])
             path.chmod(int(entry["permissions"], 8))
 
-    def converge(self, name: str) -> str:
-        """Run the node's install script as runcmd would; returns its etcd-seed line."""
+    def converge(self, name: str, media: Path | None = None) -> str:
+        """Run the node's install script as runcmd would; returns its etcd-seed line.
+
+        media: a directory holding the seed ISO's files, for a seed that carries more than its text files.
+        """
         script = self.root(name) / "usr/local/sbin/etcd-seed-install"
         env = {**os.environ, "ETCD_SEED_ROOT": str(self.root(name)), "ETCD_SEED_USER": "root",
-               "PATH": f"{self.shim_dir}:{os.environ['PATH']}"}
+               "PATH": f"{self.shim_dir}:{os.environ['PATH']}", **({"ETCD_SEED_MEDIA": str(media)} if media else {})}
         done = subprocess.run(self.net.command(self.namespaces[name], ["sh", str(script)]), env=env,
                               capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, done.stderr
@@ -104,13 +107,24 @@ class Lab:
         return subprocess.run(self.net.command(self.net.hub, [*argv, *args]), capture_output=True, text=True,
                               env=ETCDCTL_ENV, timeout=60, check=False)
 
-    def wait_healthy(self) -> None:
-        deadline = time.monotonic() + 90
-        while self.etcdctl("endpoint", "health").returncode != 0:
+    def wait_healthy(self, endpoints: list[str] | None = None, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while self.etcdctl("endpoint", "health", endpoints=endpoints).returncode != 0:
             if time.monotonic() > deadline:
-                logs = "\n".join((self.root(n) / "run/shim/etcd.log").read_text()[-2000:] for n in self.namespaces)
-                pytest.fail(f"cluster not healthy:\n{logs}")
+                pytest.fail(f"cluster not healthy:\n{self.logs()}")
             time.sleep(0.5)
+
+    def logs(self) -> str:
+        """The tail of every member's etcd and unit logs, for a failure message."""
+        return "\n".join(f"--- {p.relative_to(self.work)}\n{p.read_text(errors='replace')[-2500:]}"
+                         for p in sorted(self.work.glob("roots/*/run/shim/*.log")) if p.name != "calls.log")
+
+    def wipe(self, name: str) -> None:
+        """The node's machine is gone: its etcd killed, its disk empty."""
+        for pid_file in (self.root(name) / "run/shim").glob("*.pid"):
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        shutil.rmtree(self.root(name))
 
     def served_serial(self, ip: str, port: int, client: str) -> int:
         """The serial of the certificate etcd presents on ip:port (client: the cert/key pair offered)."""
@@ -124,9 +138,9 @@ class Lab:
 
 
 def _kill_all(work: Path) -> None:
-    for pid_file in work.glob("roots/*/run/shim/etcd.pid"):
+    for pid_file in work.glob("roots/*/run/shim/*.pid"):
         with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
 
 
 def _serve(served: Path, tarball: Path) -> tuple[str, str]:
@@ -145,11 +159,15 @@ def point_at(spec_file: Path, version: str, url: str, sha: str) -> None:
 
 
 @contextlib.contextmanager
-def converged_lab(work: Path, tarball: Path, version: str, tag: str) -> Iterator[Lab]:
-    """Three members converged from their seeds on `version`, the tarball served over http from the hub."""
+def converged_lab(work: Path, tarball: Path, version: str, tag: str, extra: str = "",
+                  hosts: int = 3) -> Iterator[Lab]:
+    """Three members converged from their seeds on `version`, the tarball served over http from the hub.
+
+    extra: text appended to the spec; hosts: namespaces made (members beyond three join later).
+    """
     served = work / "served"
     served.mkdir(parents=True)
-    (work / "cluster.yaml").write_text(spec_yaml(base=BASE))
+    (work / "cluster.yaml").write_text(spec_yaml(base=BASE) + extra)
     point_at(work / "cluster.yaml", version, *_serve(served, tarball))
     shim_dir = work / "bin"
     shim_dir.mkdir()
@@ -160,13 +178,14 @@ def converged_lab(work: Path, tarball: Path, version: str, tag: str) -> Iterator
                                                         "--directory", str(served)]),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            namespaces = {f"etcd0{i}": net.add_host(i, f"{BASE}.{i}") for i in (1, 2, 3)}
+            namespaces = {f"etcd0{i}": net.add_host(i, f"{BASE}.{i}") for i in range(1, hosts + 1)}
             state = Lab(net=net, work=work, shim_dir=shim_dir, namespaces=namespaces)
             state.build()
-            for name in namespaces:
+            founders = ["etcd01", "etcd02", "etcd03"]
+            for name in founders:
                 state.stage(name)
             time.sleep(0.5)  # the web server binds
-            lines = {name: state.converge(name) for name in namespaces}
+            lines = {name: state.converge(name) for name in founders}
             assert all(line.startswith(f"etcd-seed: applied etcd {version}: etcd (none) -> {version}, ")
                        and line.endswith("; started etcd") for line in lines.values()), lines
             state.wait_healthy()

@@ -7,6 +7,8 @@ parser and sh for options.env, and sh for the install script.
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +38,8 @@ BASE: dict[str, Any] = {
     "nodes": [{"name": "etcd01", "ip": "10.8.0.1", "mac": "52:54:00:00:00:01", "fqdn": "etcd01.example.com"},
               {"name": "etcd02", "ip": "10.8.0.2", "mac": "52:54:00:00:00:02"}],
     "etcd": {"version": "3.5.1", "url": "https://dl.example/etcd.tgz?a=1&b=2", "sha256": "a" * 64,
-             "token": "tok-1"},
+             "token": "tok-1", "auto_compaction_retention": "2h"},
+    "backup": {"schedule": "Mon..Fri *-*-* 02:30", "dir": "/srv/etcd-backup", "keep": 5},
     "flannel": {"network": "10.2.0.0/16", "backend": "vxlan"},
     "admin": {"name": "ops", "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB ops@example"],
               "password_hash": "$6$rounds=5000$saltsaltsaltsalt$" + "a" * 86},
@@ -44,10 +47,13 @@ BASE: dict[str, Any] = {
 FIELDS = ["cluster.name", "cluster.domain", "network.gateway", "network.dns.0", "network.search.0",
           "nodes.0.name", "nodes.0.ip", "nodes.0.mac", "nodes.0.fqdn", "nodes.1.name", "etcd.version", "etcd.url",
           "etcd.sha256", "etcd.token", "flannel.network", "flannel.backend", "admin.name",
-          "admin.ssh_authorized_keys.0", "admin.password_hash"]
+          "admin.ssh_authorized_keys.0", "admin.password_hash", "etcd.auto_compaction_retention",
+          "backup.schedule", "backup.dir"]
 USER_DATA_KEYS = {"hostname", "fqdn", "manage_etc_hosts", "ssh_pwauth", "groups", "users", "write_files", "runcmd"}
-WRITE_FILES = {f"{PATHS.staged}/{name}" for name in ("ca.crt", "etcd.crt", "etcd.key", "options.env", "etcd.service")} \
-    | {"/usr/local/sbin/etcd-seed-install"}
+WRITE_FILES = {f"{PATHS.staged}/{name}" for name in (
+    "ca.crt", "etcd.crt", "etcd.key", "options.env", "etcd.service", "member.json", "etcd-seed-promote.service",
+    "etcd-backup.service", "etcd-backup.timer")} | {"/usr/local/sbin/etcd-seed-install", PATHS.member_bin,
+                                                    PATHS.backup_bin}
 FLANNEL_FILES = {"/usr/local/sbin/etcd-flannel-config", f"{PATHS.staged}/etcd-flannel-config.service"}
 
 
@@ -131,6 +137,20 @@ def check_outputs(spec: Spec, rendered: dict[str, SeedFiles], tmp: Path,
         done = subprocess.run(["sh", "-euc", f'{url_line}\nprintf %s "$url"'], capture_output=True, text=True,
                               check=True)
         assert done.stdout == spec.etcd.url
+        files = {f["path"]: f["content"] for f in user_data["write_files"]}
+        assert json.loads(files[f"{PATHS.staged}/member.json"]) == etcd.member_config(spec, node)
+        backup = files[PATHS.backup_bin]
+        assert subprocess.run(["sh", "-n", "-c", backup], check=False).returncode == 0
+        dir_line = next(line for line in backup.splitlines() if line.startswith("dir="))
+        done = subprocess.run(["sh", "-euc", f'root=\n{dir_line}\nprintf %s "$dir"'], capture_output=True, text=True,
+                              check=True, env={"PATH": "/usr/bin:/bin"})
+        assert done.stdout == spec.backup.dir
+        timer = files[f"{PATHS.staged}/etcd-backup.timer"]
+        assert [line for line in timer.splitlines() if line.startswith("OnCalendar=")] == \
+            [f"OnCalendar={spec.backup.schedule}"]
+        if shutil.which("systemd-analyze"):  # systemd's own parser accepts every schedule the spec accepts
+            assert subprocess.run(["systemd-analyze", "calendar", spec.backup.schedule], capture_output=True,
+                                  check=False).returncode == 0, spec.backup.schedule
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -92,9 +92,12 @@ def test_seed_files_are_staged_root_only(rendered: dict[str, SeedFiles]) -> None
     files = _files_by_path(data)
     staged = {p for p in files if p.startswith(f"{PATHS.staged}/")}
     assert staged == {f"{PATHS.staged}/{n}" for n in ("ca.crt", "etcd.crt", "etcd.key", "options.env", "etcd.service",
-                                                      "etcd-flannel-config.service")}
+                                                      "etcd-flannel-config.service", "member.json",
+                                                      "etcd-seed-promote.service", "etcd-backup.service",
+                                                      "etcd-backup.timer")}
     assert all(files[p]["owner"] == "root:root" and files[p]["permissions"] == "0600" for p in staged)
-    assert set(files) - staged == {"/usr/local/sbin/etcd-seed-install", "/usr/local/sbin/etcd-flannel-config"}
+    assert set(files) - staged == {"/usr/local/sbin/etcd-seed-install", "/usr/local/sbin/etcd-flannel-config",
+                                   PATHS.member_bin, PATHS.backup_bin}
     assert files[f"{PATHS.staged}/etcd.key"]["content"] == fake_pem("etcd01").key_pem.decode()
     assert files[f"{PATHS.staged}/etcd.crt"]["content"] == fake_pem("etcd01").chain_pem.decode()
 

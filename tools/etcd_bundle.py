@@ -37,13 +37,15 @@ def from_debs(directory: Path) -> tuple[str, dict[str, bytes]]:
         with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
             for member in tar.getmembers():
                 name = Path(member.name).name
-                if member.isfile() and Path(member.name).parent.name == "bin" and name in ("etcd", "etcdctl"):
+                # etcdutl (3.5+) ships in etcd-server; 3.4 has none.
+                if member.isfile() and Path(member.name).parent.name == "bin" and name in (
+                        "etcd", "etcdctl", "etcdutl"):
                     binaries[name] = tar.extractfile(member).read()  # type: ignore[union-attr]
         if deb.name.startswith("etcd-server_"):
             full = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True,
                                   check=True).stdout.strip()
             version = re.sub(r"^\d+:", "", full).split("-")[0].split("+")[0]
-    if version is None or set(binaries) != {"etcd", "etcdctl"}:
+    if version is None or not {"etcd", "etcdctl"} <= set(binaries):
         raise SystemExit(f"error: {directory}: needs etcd-server_*.deb and etcd-client_*.deb")
     return version, binaries
 

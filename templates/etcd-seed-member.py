@@ -1,0 +1,188 @@
+#!/usr/bin/python3
+"""etcd-seed-member: a member adds itself to a running cluster, and promotes itself, from its seed alone.
+
+Generated: do not edit. It reads /etc/etcd/member.json, which the install step puts in place.
+
+  prepare  (etcd.service ExecStartPre, as etcd) For a member marked join or replace whose data
+           dir is empty: remove its stale entry (replace only, and only while the other members
+           keep quorum), `member add --learner` (or reuse its own unstarted entry after a reboot
+           half-way), and write the membership etcd returned to membership.env, which systemd
+           reads next for ETCD_INITIAL_CLUSTER and ETCD_INITIAL_CLUSTER_STATE=existing.
+  promote  (etcd-seed-promote.service, as etcd) `member promote` until etcd accepts it: etcd
+           refuses while the learner has not caught up with the leader.
+
+It talks to the other members over mutual TLS with the node's own certificate, which carries
+clientAuth. Transient failures (no quorum yet, another learner catching up) are retried until a
+deadline; one that cannot succeed (the peer URL taken by another member) stops with a message.
+The data dir is never written here. Every step prints one "etcd-seed:" line.
+https://etcd.io/docs/v3.5/op-guide/runtime-configuration/ and .../learning/design-learner/
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.environ.get("ETCD_SEED_ROOT", "")  # the tests run this in a scratch root
+CONFIG = ROOT + "/etc/etcd/member.json"
+
+
+def say(message):
+    print("etcd-seed: " + message, file=sys.stderr, flush=True)
+
+
+class Retry(Exception):
+    """Worth trying again: etcd may answer differently in a moment."""
+
+
+class Refused(Exception):
+    """Cannot succeed as things are: an operator must act."""
+
+
+class Member:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.name = cfg["name"]
+        self.peer_url = cfg["peer_url"]
+
+    def etcdctl(self, endpoints, *args):
+        argv = [ROOT + self.cfg["etcdctl"], "--endpoints=" + ",".join(endpoints),
+                "--cacert=" + ROOT + self.cfg["ca"], "--cert=" + ROOT + self.cfg["cert"],
+                "--key=" + ROOT + self.cfg["key"], "--dial-timeout=5s", "--command-timeout=15s", *args]
+        env = dict(os.environ, ETCDCTL_API="3")
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
+        return done.returncode, done.stdout, (done.stderr.strip().splitlines() or [""])[-1]
+
+    def members(self, endpoints):
+        code, out, err = self.etcdctl(endpoints, "member", "list", "-w", "json")
+        if code != 0:
+            raise Retry("no member answered 'member list' (" + err + ")")
+        return json.loads(out).get("members", [])
+
+    def healthy(self, member):
+        urls = member.get("clientURLs") or []
+        return bool(urls) and self.etcdctl(urls, "endpoint", "health")[0] == 0
+
+    def has_data(self):
+        data, wal = ROOT + self.cfg["data_dir"], ROOT + self.cfg["wal_dir"]
+        return os.path.isdir(data + "/member") or (os.path.isdir(wal) and bool(os.listdir(wal)))
+
+    def remove_stale(self, members):
+        """Remove the entry a lost incarnation of this node left, while the others keep quorum."""
+        stale = [m for m in members if m.get("name") == self.name
+                 or (self.peer_url in m.get("peerURLs", []) and m.get("name"))]
+        if not stale:
+            return members
+        voters = [m for m in members if not m.get("isLearner")]
+        left = [m for m in voters if m not in stale]
+        healthy = sum(1 for m in left if self.healthy(m))
+        need = len(left) // 2 + 1
+        if healthy < need:
+            raise Retry("removing the stale entry of %s would leave %d healthy of %d voting members, "
+                        "fewer than the %d a quorum needs" % (self.name, healthy, len(left), need))
+        for m in stale:
+            code, _, err = self.etcdctl(self.cfg["peers"], "member", "remove", "%x" % m["ID"])
+            if code != 0:
+                raise Retry("member remove %x failed (%s)" % (m["ID"], err))
+            say("removed the stale member entry %x of %s (%s); %d of %d other voting members healthy"
+                % (m["ID"], self.name, ",".join(m.get("peerURLs", [])), healthy, len(left)))
+        return self.members(self.cfg["peers"])
+
+    def add(self, members):
+        """This node's own learner entry: reused when a reboot came half-way, else added."""
+        for m in members:
+            if self.peer_url in m.get("peerURLs", []):
+                if m.get("name") and m["name"] != self.name:
+                    raise Refused("peer URL %s is taken by member %s (%x); remove it first, or give %s "
+                                  "another address" % (self.peer_url, m["name"], m["ID"], self.name))
+                if m.get("name") == self.name:
+                    raise Refused("%s is already a started member (%x) but its data dir is empty: its disk "
+                                  "was lost; mark it replace: true in cluster.yaml and build again"
+                                  % (self.name, m["ID"]))
+                say("reusing the unstarted member entry %x for %s" % (m["ID"], self.name))
+                return m["ID"], members
+        code, out, err = self.etcdctl(self.cfg["peers"], "member", "add", self.name,
+                                      "--peer-urls=" + self.peer_url, "--learner", "-w", "json")
+        if code != 0:
+            if "too many learner" in err:
+                raise Retry("another learner is still catching up; etcd allows one at a time")
+            raise Retry("member add failed (" + err + ")")
+        added = json.loads(out)
+        say("added %s as a learner (member %x)" % (self.name, added["member"]["ID"]))
+        return added["member"]["ID"], added.get("members", members)
+
+    def prepare(self):
+        if self.cfg["mode"] == "none":
+            return 0
+        if self.has_data():
+            return 0  # a member already: etcd reads its membership from its data
+        members = self.members(self.cfg["peers"])
+        if self.cfg["mode"] == "replace":
+            members = self.remove_stale(members)
+        own, members = self.add(members)
+        cluster = []
+        for m in members:
+            name = self.name if m["ID"] == own else (m.get("name") or "unstarted-%x" % m["ID"])
+            cluster += ["%s=%s" % (name, url) for url in m.get("peerURLs", [])]
+        target = ROOT + self.cfg["membership_env"]
+        with open(target + ".tmp", "w") as handle:
+            handle.write("# Written by etcd-seed-member when %s joined its cluster.\n" % self.name)
+            handle.write("ETCD_INITIAL_CLUSTER=%s\nETCD_INITIAL_CLUSTER_STATE=existing\n" % ",".join(cluster))
+        os.replace(target + ".tmp", target)
+        say("%s starts as a learner of %s" % (self.name, ",".join(cluster)))
+        return 0
+
+    def promote(self):
+        if self.cfg["mode"] == "none":
+            return 0
+        waiting = False
+        while True:
+            mine = [m for m in self.members([self.cfg["client_url"], *self.cfg["peers"]])
+                    if self.peer_url in m.get("peerURLs", [])]
+            if not mine:
+                raise Retry("%s is not a member yet" % self.name)
+            if not mine[0].get("isLearner"):
+                say("%s is a voting member" % self.name)
+                return 0
+            code, _, err = self.etcdctl(self.cfg["peers"], "member", "promote", "%x" % mine[0]["ID"])
+            if code == 0:
+                say("promoted %s (member %x) to a voting member" % (self.name, mine[0]["ID"]))
+                return 0
+            if "not in sync" not in err:
+                raise Retry("member promote failed (" + err + ")")
+            if not waiting:
+                say("%s is catching up with the leader before its promotion" % self.name)
+                waiting = True
+            time.sleep(2)
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in ("prepare", "promote"):
+        print("usage: etcd-seed-member prepare|promote", file=sys.stderr)
+        return 2
+    with open(CONFIG) as handle:
+        member = Member(json.load(handle))
+    step = getattr(member, argv[1])
+    deadline = time.monotonic() + member.cfg["timeout_s"]
+    delay, last = 2, None
+    while True:
+        try:
+            return step()
+        except Refused as exc:
+            say("ERROR: %s; %s: nothing written to the data dir" % (exc, argv[1]))
+            time.sleep(member.cfg["refused_pause_s"])  # systemd starts it again after this
+            return 1
+        except Retry as exc:
+            if time.monotonic() > deadline:
+                say("ERROR: %s; gave up after %ds: nothing written to the data dir" % (exc, member.cfg["timeout_s"]))
+                return 1
+            if str(exc) != last:
+                say("waiting: %s" % exc)
+                last = str(exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 15)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

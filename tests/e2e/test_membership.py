@@ -1,0 +1,224 @@
+"""Proof by boot: backup, replace, join and restore, each by seeds and reboots alone, with no etcdctl by hand.
+
+Three Debian 12 guests boot on the example's etcd 3.5.16 (restore needs etcdutl --bump-revision).
+The scenarios share that cluster, in this order, and each also runs alone (`make e2e E2E_K=replace`):
+a backup taken by the generated unit; node 3 lost and replaced on a fresh disk; a fourth node that
+joins by itself and is then scaled back in with the command the build prints; and every node lost,
+then restored from a snapshot on fresh disks. Each prints its time.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from generator import _cli
+from generator.spec import load_spec
+
+from ..etcd_checks import all_voting
+from .test_boot import BOOT_TIMEOUT_S, BUNDLE, ETCDCTL, SUBNET, VM, Lab, booted_lab, overlay, served_serial, wait_for
+
+pytestmark = [pytest.mark.e2e]
+SNAPSHOT_NAME = re.compile(r"[0-9]{8}T[0-9]{6}Z-rev([0-9]+)\.db")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """Three Debian 12 nodes on the example's etcd, booted from their seeds."""
+    assert BUNDLE.exists(), "make e2e builds vendor/ first"
+    with booted_lab(tmp_path_factory.mktemp("e2e-membership"), BUNDLE) as booted:
+        yield booted
+
+
+def _build(lab: Lab, *extra: str) -> str:
+    spec_file = lab.work / "cluster.yaml"
+    out, err = io.StringIO(), io.StringIO()
+    code = _cli.main(["build", "--spec", str(spec_file), "--out", str(lab.work / "out"), *extra], out, err)
+    assert code == 0, err.getvalue()
+    lab.spec, _ = load_spec(spec_file.read_text(), base_dir=lab.work)
+    return out.getvalue()
+
+
+def _edit_spec(lab: Lab, old: str, new: str) -> None:
+    spec_file = lab.work / "cluster.yaml"
+    text = spec_file.read_text()
+    assert old in text, old
+    spec_file.write_text(text.replace(old, new, 1))
+
+
+def _members(lab: Lab, endpoints: list[str] | None = None) -> list[dict[str, object]]:
+    done = lab.etcdctl("member", "list", "-w", "json", endpoints=endpoints)
+    assert done.returncode == 0, done.stderr
+    members: list[dict[str, object]] = json.loads(done.stdout)["members"]
+    return members
+
+
+def _status(lab: Lab) -> list[dict[str, object]]:
+    done = lab.etcdctl("endpoint", "status", "-w", "json")
+    assert done.returncode == 0, done.stderr
+    return [s["Status"] for s in json.loads(done.stdout)]
+
+
+def _revision(lab: Lab) -> int:
+    return max(int(s["header"]["revision"]) for s in _status(lab))  # type: ignore[index]
+
+
+def _fresh_disk(lab: Lab, vm: VM, tag: str) -> None:
+    """The VM is gone with its disk: a new, empty overlay of the guest image takes its place."""
+    vm.kill()
+    vm.disk = overlay(lab.image, lab.work / f"{vm.name}-{tag}.qcow2")
+
+
+def _public_key(cert_pem: bytes) -> bytes:
+    return x509.load_pem_x509_certificates(cert_pem)[0].public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_backup_unit_takes_a_checked_snapshot(lab: Lab) -> None:
+    """`systemctl start etcd-backup.service` on a node writes <time>-rev<revision>.db, 0600 and owned by etcd,
+    at or past the last write; the timer is enabled."""
+    vm = lab.vms[0]
+    for i in range(5):
+        assert lab.etcdctl("put", f"backup/{i}", str(i)).returncode == 0
+    last = _revision(lab)
+    began = time.monotonic()
+    done = lab.ssh(vm.ip, "sudo systemctl start etcd-backup.service && sudo ls /var/backups/etcd && "
+                          "systemctl is-enabled etcd-backup.timer && systemctl is-active etcd-backup.timer")
+    assert done.returncode == 0, done.stdout + done.stderr
+    print(f"\nbench: backup unit run on {vm.name}: {time.monotonic() - began:.1f} s (including ssh)")
+    names = [n for n in done.stdout.split() if SNAPSHOT_NAME.fullmatch(n)]
+    assert len(names) == 1 and done.stdout.split()[-2:] == ["enabled", "active"], done.stdout
+    path = f"/var/backups/etcd/{names[0]}"
+    facts = lab.ssh(vm.ip, f"sudo stat -c '%a %U %G' {path}; "
+                           f"sudo /usr/local/bin/etcdutl snapshot status -w json {path}")
+    mode, status = facts.stdout.splitlines()[0], json.loads(facts.stdout.splitlines()[1])
+    assert mode == "600 etcd etcd"
+    revision = int(SNAPSHOT_NAME.fullmatch(names[0]).group(1))  # type: ignore[union-attr]
+    assert status["revision"] == revision >= last
+    log = lab.ssh(vm.ip, "sudo journalctl -u etcd-backup.service --no-pager -o cat")
+    assert f"etcd-seed: backup: {path} (" in log.stdout, log.stdout
+
+
+def test_replace_lost_member_on_a_fresh_disk(lab: Lab) -> None:
+    """Node 3's machine and disk are gone. Marked replace and rebuilt, it boots on an empty disk with a new key,
+    removes its stale entry, joins as a learner and promotes itself: three voting members, node 3 with a new ID
+    and certificate key, the others unchanged, and every earlier key readable on node 3 alone."""
+    victim = lab.vms[2]
+    for i in range(20):
+        assert lab.etcdctl("put", f"replace/{i:02d}", str(i)).returncode == 0
+    before = {m["name"]: m["ID"] for m in _members(lab)}
+    old_key = _public_key((lab.pki / "etcd03.crt").read_bytes())
+    _fresh_disk(lab, victim, "replaced")
+    survivors = [v.ip for v in lab.vms[:2]]
+    wait_for("a write through the two survivors", lambda: lab.etcdctl(
+        "put", "replace/during", "x", endpoints=survivors).returncode == 0, 90, lab.vms[:2])
+
+    _edit_spec(lab, "{name: etcd03, ", "{name: etcd03, replace: true, ")
+    out = _build(lab)
+    assert "etcd03 is replaced with a new key" in out, out
+    assert _public_key((lab.pki / "etcd03.crt").read_bytes()) != old_key
+    victim.start(lab.net, lab.image, lab.accel)
+    everyone = [v.ip for v in lab.vms]
+    healthy = wait_for("three voting members again", lambda: all_voting(lab.etcdctl, everyone, 3), BOOT_TIMEOUT_S + 180,
+                       lab.vms)
+    print(f"bench: fresh-disk replacement of {victim.name}, power-on to healthy voting member: "
+          f"{healthy - victim.powered_on:.0f} s")
+    after = {m["name"]: m["ID"] for m in _members(lab)}
+    assert after["etcd01"] == before["etcd01"] and after["etcd02"] == before["etcd02"]
+    assert after["etcd03"] != before["etcd03"]
+    issued = x509.load_pem_x509_certificates((lab.pki / "etcd03.crt").read_bytes())[0].serial_number
+    assert served_serial(lab, victim.ip, 2379, "admin") == issued
+    for i in range(20):
+        got = lab.etcdctl("get", "--consistency=s", "--print-value-only", f"replace/{i:02d}", endpoints=[victim.ip])
+        assert got.stdout.strip() == str(i), got.stderr
+    journal = lab.ssh(victim.ip, "sudo journalctl -u etcd -u etcd-seed-promote --no-pager -o cat | grep etcd-seed:")
+    assert f"etcd-seed: removed the stale member entry {before['etcd03']:x} of etcd03" in journal.stdout, journal
+    assert "etcd-seed: promoted etcd03 (member " in journal.stdout, journal.stdout
+    print("e2e: etcd03's steps:\n" + journal.stdout)
+    _edit_spec(lab, "{name: etcd03, replace: true, ", "{name: etcd03, ")
+    _build(lab)  # the marker cleared: etcd03 is a plain member again (its seed changes only member.json)
+
+
+def test_fourth_node_joins_by_itself_then_scales_in(lab: Lab) -> None:
+    """A fourth node booted from a join seed becomes a voting member with no step by hand; then the
+    printed member remove command takes it out again and the cluster is three healthy members."""
+    name, ip, mac = "etcd04", f"{SUBNET}.4", "52:54:00:e2:00:04"
+    _edit_spec(lab, "{name: etcd03, ", f'{{name: {name}, ip: {ip}, mac: "{mac}", join: true}}\n  - {{name: etcd03, ')
+    out = _build(lab)
+    assert f"{name} joins the running cluster by itself" in out
+    joiner = VM(name, mac, ip, overlay(lab.image, lab.work / f"{name}.qcow2"), lab.work / "out/e2e" / name / "seed.iso",
+                lab.work / f"{name}.console", lab.net.add_tap("tap4"))
+    lab.extra.append(joiner)
+    joiner.start(lab.net, lab.image, lab.accel)
+    everyone = [v.ip for v in lab.vms] + [ip]
+    promoted = wait_for("four voting members", lambda: all_voting(lab.etcdctl, everyone, 4), BOOT_TIMEOUT_S + 180,
+                        [*lab.vms, joiner])
+    print(f"bench: join of {name}, power-on to promoted voting member: {promoted - joiner.powered_on:.0f} s")
+    members = _members(lab, everyone)
+    assert sorted(m["name"] for m in members) == ["etcd01", "etcd02", "etcd03", name]  # type: ignore[type-var]
+    assert not any(m.get("isLearner") for m in members)
+    assert lab.etcdctl("get", "--consistency=s", "--print-value-only", "backup/3", endpoints=[ip]).stdout.strip() \
+        in ("3", "")  # present when the backup scenario ran first
+    journal = lab.ssh(ip, "sudo journalctl -u etcd -u etcd-seed-promote --no-pager -o cat | grep etcd-seed:")
+    assert f"etcd-seed: added {name} as a learner" in journal.stdout, journal.stdout
+    print(f"e2e: {name}'s steps:\n" + journal.stdout)
+
+    # Scale back in, as the build says: a four-member cluster tolerates no more failures than three.
+    _edit_spec(lab, f'{{name: {name}, ip: {ip}, mac: "{mac}", join: true}}\n  - ', "")
+    out = _build(lab)
+    note = next(line for line in out.splitlines() if line.startswith(f"{name} left the spec"))
+    command = note.split("from pki/, run: ", 1)[1].split(" ; then delete", 1)[0]
+    done = subprocess.run(lab.net.command(lab.net.hub, ["sh", "-c", command]), cwd=lab.pki,
+                          env={"PATH": f"{ETCDCTL.parent}:/usr/bin:/bin"}, capture_output=True, text=True, timeout=90,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    joiner.kill()
+    wait_for("three healthy members", lambda: all_voting(lab.etcdctl, [v.ip for v in lab.vms], 3), 120, lab.vms)
+
+
+def test_restore_every_member_from_a_snapshot(lab: Lab) -> None:
+    """Every node lost. A snapshot copied off a node seeds three fresh disks: each restores it once with a
+    revision bump and a new token; every key is back, the revision is past the old one plus the bump, and the
+    cluster ID is new. Runs last: it replaces the cluster."""
+    for i in range(20):
+        assert lab.etcdctl("put", f"restore/{i:02d}", str(i)).returncode == 0
+    old_cluster = _status(lab)[0]["header"]["cluster_id"]  # type: ignore[index]
+    source = lab.vms[0]
+    taken = lab.ssh(source.ip, "sudo systemctl start etcd-backup.service && sudo ls /var/backups/etcd | tail -n 1")
+    assert taken.returncode == 0, taken.stderr
+    name = taken.stdout.split()[-1]
+    revision = int(SNAPSHOT_NAME.fullmatch(name).group(1))  # type: ignore[union-attr]
+    copied = subprocess.run(lab.net.command(lab.net.hub, [
+        "ssh", "-i", str(lab.key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", f"ops@{source.ip}", f"sudo cat /var/backups/etcd/{name}"]),
+        capture_output=True, timeout=120, check=False)
+    assert copied.returncode == 0, copied.stderr
+    snapshot = lab.work / "restore.db"
+    snapshot.write_bytes(copied.stdout)
+
+    for vm in lab.vms:
+        _fresh_disk(lab, vm, "restored")
+    _edit_spec(lab, "etcd:\n", f"etcd:\n  restore: {{snapshot: {snapshot}}}\n")
+    out = _build(lab)
+    assert "restore: boot every member on an empty disk" in out
+    for vm in lab.vms:
+        vm.start(lab.net, lab.image, lab.accel)
+    began = min(v.powered_on for v in lab.vms)
+    healthy = wait_for("the restored cluster", lambda: lab.etcdctl("endpoint", "health").returncode == 0,
+                       BOOT_TIMEOUT_S + 180, lab.vms)
+    print(f"bench: restore of {len(lab.vms)} fresh nodes, power-on to healthy cluster: {healthy - began:.0f} s")
+    for i in range(20):
+        assert lab.etcdctl("get", "--print-value-only", f"restore/{i:02d}").stdout.strip() == str(i)
+    status = _status(lab)
+    assert all(s["header"]["cluster_id"] != old_cluster for s in status)  # type: ignore[index]
+    assert min(int(s["header"]["revision"]) for s in status) >= revision + 1_000_000_000  # type: ignore[index]
+    line = lab.ssh(lab.vms[1].ip, "sudo grep 'etcd-seed: applied' /var/log/cloud-init-output.log")
+    assert "restored snapshot " in line.stdout and "(revision +1000000000)" in line.stdout, line.stdout
