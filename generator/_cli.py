@@ -10,6 +10,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -197,35 +198,47 @@ class _Tee(io.StringIO):
 
 
 def _run_build(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from . import manifest
-    from .build import apply_plan, load_sources
-
+    from . import keygen
     out, err = _Tee(stdout), _Tee(stderr)
     spec = _read_spec(args.spec, err)
     spec_warnings = err.getvalue()
     root = _cluster_root(args, spec)
     _source_date_epoch()
-    # Every input problem is reported before any directory is made.
-    previous = manifest.parse_manifest(fs.read_optional(root / manifest.NAME, manifest.NAME))
-    sources = load_sources(spec, previous.bundle_sha256)
-    created = fs.make_dirs(root, {})
-    with fs.locked(root, exclusive=True):
-        try:
-            fastpath.forget(root)
-            plan = _plan(args, spec, root, sources)
-            removed = apply_plan(root, plan)
-        except BaseException:
-            fs.remove_empty(created)  # only while holding the lock: another run may be about to use them
-            raise
-        _report_build(plan, root, removed, out, err)
-        if not removed and _written(plan) == 0 and not (args.rekey or args.renew or args.allow_downgrade):
-            plan_out, plan_err = _Tee(io.StringIO()), _Tee(io.StringIO())
-            plan_err.write(spec_warnings)
-            _report_plan(plan, root, plan_out, plan_err)
-            fastpath.record(root, _plain_args(args), args.spec, _input_files(spec), _renew_at(plan),
-                            {"build": fastpath.Replay(out.getvalue(), err.getvalue()),
-                             "plan": fastpath.Replay(plan_out.getvalue(), plan_err.getvalue())})
+    # The keys this build will likely make are made in other processes while it reads and
+    # checks its inputs; a guess that is off costs a key too many or one made later.
+    names = ["ca", "admin", *(node.name for node in spec.nodes)]
+    missing = [n for n in names if not (root / "pki" / f"{n}.key").exists()]
+    with keygen.keys_made_ahead(spec.pki.key_type.value, len(missing) + len(args.rekey)):
+        from . import manifest
+        from .build import apply_plan, load_sources
+
+        # Every input problem is reported before any directory is made.
+        previous = manifest.parse_manifest(fs.read_optional(root / manifest.NAME, manifest.NAME))
+        sources = load_sources(spec, previous.bundle_sha256)
+        created = fs.make_dirs(root, {})
+        with fs.locked(root, exclusive=True):
+            try:
+                fastpath.forget(root)
+                plan = _plan(args, spec, root, sources)
+                removed = apply_plan(root, plan)
+            except BaseException:
+                fs.remove_empty(created)  # only while holding the lock: another run may be about to use them
+                raise
+            _report_build(plan, root, removed, out, err)
+            if not removed and _written(plan) == 0 and not (args.rekey or args.renew or args.allow_downgrade):
+                _record(args, spec, plan, root, spec_warnings, out.getvalue(), err.getvalue())
     return EXIT_OK
+
+
+def _record(args: argparse.Namespace, spec: Spec, plan: BuildPlan, root: Path, spec_warnings: str, out: str,
+            err: str) -> None:
+    """Record a build that changed nothing, with what build and plan print, for the fast path."""
+    plan_out, plan_err = io.StringIO(), io.StringIO(spec_warnings)
+    plan_err.seek(0, io.SEEK_END)
+    _report_plan(plan, root, plan_out, plan_err)
+    fastpath.record(root, _plain_args(args), args.spec, _input_files(spec), _renew_at(plan),
+                    {"build": fastpath.Replay(out, err), "plan": fastpath.Replay(plan_out.getvalue(),
+                                                                               plan_err.getvalue())})
 
 
 def _written(plan: BuildPlan) -> int:
@@ -325,15 +338,17 @@ def _run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         bundle = load_bundle(spec)
     except MaterialError:
         bundle = None  # a reviewer's checkout may lack the tarball: ISOs are then checked file by file
-    with fs.locked(root, exclusive=False):
+    with fs.locked(root, exclusive=False), ThreadPoolExecutor(1) as pool:
         disk, dirs, odd = fs.scan(root)
+        # cloud-init's schema check runs in a process of its own, beside the rest of verify.
+        names = sorted(p for p in disk if p.endswith("/user-data"))
+        schema = pool.submit(external.cloud_init_schema, [root / name for name in names])
         small = [p for p in disk if not p.endswith(f"/{SEED_ISO}")]
         tree = Tree(files=fs.read_files(root, small), disk=disk, dirs=dirs, odd=odd,
                     read_large=lambda rel: fs.read_regular(root / rel, fs.LIMITS["bundle"] * 2, rel) or b"",
                     git_tracked=external.git_tracked(root))
         found = verify_tree(spec, tree, _now(), args.warn_days, args.fail_days, make_environment(), bundle)
-        names = sorted(p for p in disk if p.endswith("/user-data"))
-        problems = external.cloud_init_schema([root / name for name in names])
+        problems = schema.result()
         found += [Finding(name, problem) for name in names if (problem := problems[root / name])]
     for finding in found:
         print(f"{'error' if finding.error else 'warning'}: {printable(str(finding))}", file=err)

@@ -6,6 +6,7 @@ import hashlib
 import io
 import re
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
@@ -72,22 +73,29 @@ def tarball_name(version: str) -> str:
 
 
 def check_release_tarball(data: bytes, version: str) -> str | None:
-    """What is wrong with a release tarball for `version`, or None: it must hold <top>/etcd and <top>/etcdctl."""
+    """What is wrong with a release tarball for `version`, or None: it must hold <top>/etcd and <top>/etcdctl.
+
+    The archive is read as a stream and only as far as it must be: most of an etcd tarball
+    is the binaries' own bytes, and gzip cannot skip them.
+    """
+    want = tarball_top(version)
+    needed = {PurePosixPath(want, "etcd"), PurePosixPath(want, "etcdctl")}
+    names: set[PurePosixPath] = set()
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            names = {PurePosixPath(m.name) for m in tar.getmembers() if m.isfile()}
-    except (tarfile.TarError, OSError, EOFError, ValueError):
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r|gz") as tar:
+            for member in tar:
+                if member.isfile():
+                    names.add(PurePosixPath(member.name))
+                    if needed <= names:
+                        return None
+    except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error):
         return "is not a .tar.gz archive"
     tops = {n.parts[0] for n in names if len(n.parts) == 2 and n.name in ("etcd", "etcdctl")}
     if not tops:
         return "holds no <dir>/etcd and <dir>/etcdctl; is it an etcd release tarball?"
-    want = tarball_top(version)
     if want not in tops:
         return f"holds {', '.join(sorted(tops))}/, but etcd.version {version} needs {want}/"
-    missing = [b for b in ("etcd", "etcdctl") if PurePosixPath(want, b) not in names]
-    if missing:
-        return f"lacks {want}/{missing[0]}"
-    return None
+    return f"lacks {min(str(n) for n in needed - names)}"
 
 
 # A bbolt file starts with two meta pages; each holds this magic after the 16-byte page header

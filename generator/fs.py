@@ -9,6 +9,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -247,8 +248,14 @@ def stage_and_commit(root: Path, writes: Sequence[Write], journal: Write | None)
     try:
         for write in writes:
             staged.append((_stage(root / write.path, write, write.mode), root / write.path))
+        # Every file reaches the disk before any rename; the fsyncs run side by side, so
+        # that the file system can commit them together.
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(_fsync, [tmp for tmp, _ in staged]))
         if journal is not None:
-            os.replace(_stage(root / journal.path, journal, journal.mode), root / journal.path)
+            written = _stage(root / journal.path, journal, journal.mode)
+            _fsync(written)
+            os.replace(written, root / journal.path)
         for tmp, final in staged:
             os.replace(tmp, final)
     except OSError as exc:
@@ -270,12 +277,18 @@ def _stage(path: Path, write: Write, mode: int) -> Path:
                 write.make(handle)  # type: ignore[call-arg]
             else:
                 handle.write(write.make())  # type: ignore[call-arg,arg-type]
-            handle.flush()
-            os.fsync(handle.fileno())
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return tmp
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def chmod(path: Path, mode: int) -> None:

@@ -109,30 +109,36 @@ class HashSink:
     """A write-only file that yields the sha256 and size of what is written, without holding the files' data.
 
     pycdlib writes an image out of order (it seeks back to fill in directory records), so
-    small writes are kept in a buffer, and the large blocks of file data, memoryview slices
-    of the inputs (see _View), are kept by reference and hashed in place at the end.
+    small writes are kept sector by sector, and the large blocks of file data, memoryview
+    slices of the inputs (see _View), are kept by reference and hashed in place at the end.
     """
 
     mode = "wb"  # pycdlib asks for a binary file
     _LARGE = 1 << 16
+    _SECTOR = 2048
 
     def __init__(self) -> None:
-        self._small = bytearray()
+        self._sectors: dict[int, bytearray] = {}
         self._small_writes: list[tuple[int, int]] = []
         self._large: list[tuple[int, memoryview]] = []
         self._pos = 0
+        self.size = 0
 
     def write(self, data: bytes | memoryview) -> int:
-        size = len(data)
+        size, start = len(data), self._pos
         if isinstance(data, memoryview) and size >= self._LARGE:
-            self._large.append((self._pos, data))
-        else:
-            end = self._pos + size
-            if end > len(self._small):
-                self._small.extend(bytes(end - len(self._small)))
-            self._small[self._pos:end] = data
-            self._small_writes.append((self._pos, end))
+            self._large.append((start, data))
+        elif size:
+            self._small_writes.append((start, start + size))
+            done = 0
+            while done < size:
+                index, offset = divmod(start + done, self._SECTOR)
+                step = min(size - done, self._SECTOR - offset)
+                sector = self._sectors.setdefault(index, bytearray(self._SECTOR))
+                sector[offset:offset + step] = data[done:done + step]
+                done += step
         self._pos += size
+        self.size = max(self.size, self._pos)
         return size
 
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -142,23 +148,25 @@ class HashSink:
     def tell(self) -> int:
         return self._pos
 
-    @property
-    def size(self) -> int:
-        return max([len(self._small), *(o + len(d) for o, d in self._large)])
+    def _small(self, digest: Any, start: int, end: int) -> None:
+        """Hash [start, end) from the small writes, zeros where nothing was written."""
+        zeros = bytes(self._SECTOR)
+        while start < end:
+            index, offset = divmod(start, self._SECTOR)
+            step = min(end - start, self._SECTOR - offset)
+            digest.update(memoryview(self._sectors.get(index, zeros))[offset:offset + step])
+            start += step
 
     def hexdigest(self) -> str:
         digest, pos = hashlib.sha256(), 0
-        small = memoryview(self._small)
         for offset, data in sorted(self._large, key=lambda item: item[0]):
             end = offset + len(data)
-            if offset < pos or any(a < end and offset < b for a, b in self._small_writes if a != b):
+            if offset < pos or any(a < end and offset < b for a, b in self._small_writes):
                 raise IsoError("seed ISO: file data overlaps other writes; cannot hash it in place")
-            digest.update(small[pos:offset])
-            digest.update(bytes(max(0, offset - max(pos, len(small)))))
+            self._small(digest, pos, offset)
             digest.update(data)
-            pos = offset + len(data)
-        digest.update(small[pos:])
-        digest.update(bytes(max(0, self.size - max(pos, len(small)))))
+            pos = end
+        self._small(digest, pos, self.size)
         return digest.hexdigest()
 
 

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from . import keygen
 from .errors import MaterialError
 from .spec import KeyType, Node, Pki, Spec
 
@@ -169,7 +170,12 @@ def leaf_table(spec: Spec) -> dict[str, Identity]:
 
 
 def generate_key(key_type: KeyType) -> PrivateKey:
-    """Make a new private key of a spec key type (rsa2048 … ecdsa-p384)."""
+    """Make a new private key of a spec key type (rsa2048 … ecdsa-p384), or take one made ahead."""
+    pem = keygen.take(key_type.value)
+    if pem is not None:
+        key = serialization.load_pem_private_key(pem, password=None, unsafe_skip_rsa_key_validation=True)
+        assert isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)  # noqa: S101 - we made it
+        return key
     if key_type.value.startswith("rsa"):
         return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type.value[3:]))
     curve = {KeyType.ECDSA_P256: ec.SECP256R1(), KeyType.ECDSA_P384: ec.SECP384R1()}[key_type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -223,6 +224,9 @@ def _source(env: jinja2.Environment, name: str) -> str:
     return source
 
 
+_NOT_IN_BLOCK = re.compile(r"[^\n\x20-\x7e]")
+
+
 def _block(text: str, width: int) -> str:
     """Indent text as the body of a YAML literal block (`content: |`).
 
@@ -230,7 +234,7 @@ def _block(text: str, width: int) -> str:
     \\r, \\x85, \\u2028 and \\u2029, which would end the block and start new keys.
     """
     body = text.rstrip("\n")
-    bad = sorted({c for c in body if c != "\n" and not (" " <= c <= "~")})
+    bad = sorted(set(_NOT_IN_BLOCK.findall(body)))
     if bad:
         raise jinja2.TemplateRuntimeError(f"refusing to put {bad!r} into a YAML block")
     pad = " " * width

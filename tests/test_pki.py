@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -11,8 +12,8 @@ from typing import TypeVar
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID as EKU
 from cryptography.x509.oid import NameOID
 
@@ -232,3 +233,24 @@ def test_leaf_never_outlives_the_ca(spec3: Spec) -> None:
     assert state.nodes["etcd01"].cert.not_valid_after_utc == ca.cert.not_valid_after_utc
     again = build_pki(spec3, _files(state), None, NOW + dt.timedelta(days=1), records(state))
     assert [str(e) for e in again.events].count("etcd01: reused") == 1
+
+
+def test_keys_made_ahead_are_distinct_and_leave_no_process() -> None:
+    """Keys made in child processes are whole RSA keys, each different, also past the ones made ahead;
+    no child is left once the block ends."""
+    from generator import keygen
+    from generator.pki import generate_key
+    from generator.spec import KeyType
+
+    with keygen.keys_made_ahead("rsa2048", 3):
+        keys = [generate_key(KeyType.RSA2048) for _ in range(4)]  # the fourth is made here
+        assert keygen.take("rsa2048") is None
+    assert all(isinstance(k, rsa.RSAPrivateKey) and k.key_size == 2048 for k in keys)
+    numbers = {k.private_numbers().public_numbers.n for k in keys}  # type: ignore[union-attr]
+    assert len(numbers) == 4
+    for key in keys:  # each one signs what its public half verifies
+        assert isinstance(key, rsa.RSAPrivateKey)
+        key.public_key().verify(key.sign(b"x", padding.PKCS1v15(), hashes.SHA256()), b"x", padding.PKCS1v15(),
+                                hashes.SHA256())
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from generator.iso import SeedEntry, build_iso, read_iso
 from generator.pki import CA, issue_leaf, node_identity
@@ -102,6 +103,17 @@ def _key_readable(tree: Path) -> None:
          'etcd.key\n    owner: root:root\n    permissions: "0644"')
 
 
+def _broken_key(tree: Path) -> None:
+    """etcd02's key with a wrong private exponent: same public half, but it cannot sign."""
+    key = serialization.load_pem_private_key((tree / "pki" / "etcd02.key").read_bytes(), None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    n = key.private_numbers()
+    bad = rsa.RSAPrivateNumbers(n.p, n.q, n.d + 2, n.dmp1, n.dmq1, n.iqmp, n.public_numbers)
+    pem = bad.private_key(unsafe_skip_rsa_key_validation=True).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (tree / "pki" / "etcd02.key").write_bytes(pem)
+
+
 TAMPERING: list[tuple[str, Callable[[Path], None], str]] = [
     ("changed-byte", _flip_byte, "etcd02/network-config: sha256 differs from the manifest"),
     ("swapped-key", _swap_key, "pki/etcd02.crt: does not match its key"),
@@ -115,6 +127,7 @@ TAMPERING: list[tuple[str, Callable[[Path], None], str]] = [
     ("plaintext-listener", _plaintext_listener,
      "etcd03/options.env: ETCD_LISTEN_CLIENT_URLS has plaintext http://0.0.0.0:2379"),
     ("seed-differs", _seed_differs, "etcd01/seed.iso: its user-data differs from etcd01/user-data"),
+    ("broken-key", _broken_key, "pki/etcd02.key: "),
     ("key-readable-on-node", _key_readable, "etcd02/user-data: /var/lib/etcd-seed/seed/etcd.key must be 0600"),
 ]
 

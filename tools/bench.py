@@ -1,12 +1,14 @@
-"""Benchmark etcd-seed; prints timings and asserts nothing.
+"""Benchmark etcd-seed; prints timings beside their goals and asserts nothing.
 
-usage: python tools/bench.py [--baseline PATH] [--sizes 10,30,100]
+usage: python tools/bench.py [--baseline PATH] [--sizes 10,30,100,150] [--runs 7]
 
-1. The example (3 nodes) from a cold start, beside the manual flow scripted in
-   shared/bench/baseline.sh (openssl + genisoimage), with the ratio.
-2. A no-op re-run of the example.
-3. Growth with the number of nodes, split into key generation, rendering and ISO writing.
-4. ISO writing throughput against a plain copy of the same bytes.
+1. A fresh 3-node build beside the manual flow scripted in shared/bench/baseline.sh
+   (openssl + genisoimage, the same bundle), paired run by run, with the ratio of the medians.
+2. A no-op re-run of build and of plan (the fast path), median of several.
+3. ISO writing throughput against a plain copy of the same bytes.
+4. Growth with the number of nodes: key generation, rendering, ISO writing and a full
+   `verify` (its time and peak RSS, in a process of its own), then the 150-node verify alone.
+Each figure is printed with the machine's load average at the time.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -25,21 +28,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from generator import fs  # noqa: E402 - after the path set-up above
-from generator.build import apply_plan, load_inputs, load_sources, plan_build  # noqa: E402
-from generator.iso import SeedEntry, build_iso  # noqa: E402
-from generator.pki import KeyRecords, build_pki  # noqa: E402
-from generator.render import make_environment  # noqa: E402
+from generator.build import load_sources, seed_entries  # noqa: E402 - after the path set-up above
+from generator.iso import SeedEntry, write_iso  # noqa: E402
+from generator.keygen import keys_made_ahead  # noqa: E402
+from generator.pki import KeyRecords, build_pki, leaf_table  # noqa: E402
+from generator.render import NodePem, make_environment, render_node  # noqa: E402
 from generator.spec import load_spec  # noqa: E402
 
-BUNDLE = ROOT / "vendor" / "etcd-v3.5.1-linux-amd64.tar.gz"
+BUNDLE = ROOT / "vendor" / "etcd-v3.5.1-linux-amd64.tar.gz"  # the real 18 MB release layout
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def spec_text(nodes: int) -> str:
-    members = "\n".join(f'  - {{name: etcd{i}, ip: 10.77.0.{i}, mac: "52:54:00:77:00:{i:02x}"}}'
-                        for i in range(1, nodes + 1))
+    members = "\n".join(f'  - {{name: etcd{i}, ip: 10.77.{i // 250}.{i % 250 + 1}, '
+                        f'mac: "52:54:00:77:{i // 250:02x}:{i % 250 + 1:02x}"}}' for i in range(nodes))
     return f"""cluster: {{name: bench, domain: example.com}}
-network: {{prefix: 24}}
+network: {{prefix: 16}}
 nodes:
 {members}
 etcd: {{version: "3.5.1", bundle: {BUNDLE}}}
@@ -47,85 +51,125 @@ pki: {{key_type: rsa2048}}
 """
 
 
+def load() -> str:
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
 def timed(argv: list[str], **kwargs: object) -> float:
     start = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
     return time.perf_counter() - start
 
 
-def example_vs_baseline(work: Path, baseline: Path) -> None:
+def cli(command: str, spec: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "generator", command, "--spec", str(spec), "--out", str(out)]
+
+
+def fresh_vs_baseline(work: Path, baseline: Path, runs: int) -> None:
     spec = work / "example.yaml"
     spec.write_text(spec_text(3))
-    build = [sys.executable, "-m", "generator", "build", "--spec", str(spec), "--out", str(work / "out")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    ours = timed(build, env=env)
-    theirs = timed(["bash", str(baseline), "3", str(work / "baseline"), str(BUNDLE)])
-    print(f"example, 3 nodes:   etcd-seed {ours:6.2f} s   baseline.sh {theirs:6.2f} s   "
-          f"ratio {ours / theirs:.2f} (goal: at most 1.00)")
-    reruns = [timed(build, env=env) for _ in range(5)]
-    print(f"no-op re-run:       median {statistics.median(reruns):.3f} s over 5 runs "
-          f"(min {min(reruns):.3f}; goal: under 0.5 s)")
+    ours, theirs = [], []
+    for i in range(runs):  # paired: each run of ours beside one of the script, in turn
+        shutil.rmtree(work / "out", ignore_errors=True)
+        ours.append(timed(cli("build", spec, work / "out"), env=ENV))
+        theirs.append(timed(["bash", str(baseline), "3", str(work / f"baseline{i}"), str(BUNDLE)]))
+    a, b = statistics.median(ours), statistics.median(theirs)
+    print(f"fresh 3-node build:  etcd-seed {a:5.2f} s   baseline.sh {b:5.2f} s   ratio {a / b:.2f} "
+          f"(goal: at most 0.60; medians of {runs} paired runs; {load()})")
 
-
-def scaling(work: Path, sizes: list[int], baseline: Path) -> None:
-    """The build's own plan and apply, as `make seeds` runs them, timed per stage."""
-    env = make_environment()
-    sources = None
-    print("nodes   keys+certs   plan (keys, render, ISOs)   write   total    baseline.sh")
-    for n in sizes:
-        spec, _ = load_spec(spec_text(n), base_dir=work)
-        out = work / f"scale{n}" / spec.name
-        sources = sources or load_sources(spec)
-        t0 = time.perf_counter()
-        build_pki(spec, {}, None, dt.datetime.now(dt.UTC), KeyRecords())
-        t1 = time.perf_counter()
-        fs.make_dirs(out, {})
-        plan = plan_build(spec, load_inputs(spec, out, sources), env, dt.datetime.now(dt.UTC), None)
-        t2 = time.perf_counter()
-        apply_plan(out, plan)
-        t3 = time.perf_counter()
-        shutil.rmtree(out.parent, ignore_errors=True)
-        base_out = work / f"base{n}"
-        theirs = timed(["bash", str(baseline), str(n), str(base_out), str(BUNDLE)])
-        shutil.rmtree(base_out, ignore_errors=True)
-        print(f"{n:5d}   {t1 - t0:9.2f} s {t2 - t1:24.2f} s {t3 - t2:6.2f} s {t3 - t1:6.2f} s   {theirs:7.2f} s")
+    for command in ("build", "plan"):
+        timed(cli("build", spec, work / "out"), env=ENV)  # a full run that changes nothing records itself
+        again = [timed(cli(command, spec, work / "out"), env=ENV) for _ in range(runs)]
+        print(f"no-op {command:5s}:         median {statistics.median(again):.3f} s over {runs} runs "
+              f"(min {min(again):.3f}; goal: at most 0.200; {load()})")
 
 
 def iso_throughput(work: Path) -> None:
     data = BUNDLE.read_bytes()
     entries = [SeedEntry("user-data", b"#cloud-config\n" * 500), SeedEntry("meta-data", b"x\n"),
                SeedEntry("network-config", b"version: 2\n"), SeedEntry(BUNDLE.name, data)]
-    runs = []
-    for _ in range(3):
+    runs, copies = [], []
+    for _ in range(5):
         start = time.perf_counter()
-        image = build_iso(entries, 0)
-        (work / "t.iso").write_bytes(image)
+        with open(work / "t.iso", "wb") as handle:
+            write_iso(entries, 0, handle)
         runs.append(time.perf_counter() - start)
-    copies = []
-    for _ in range(3):
         start = time.perf_counter()
         shutil.copyfile(work / "t.iso", work / "copy.iso")
         copies.append(time.perf_counter() - start)
-    mib = len(image) / 2**20
+    mib = (work / "t.iso").stat().st_size / 2**20
     iso_rate, copy_rate = mib / statistics.median(runs), mib / statistics.median(copies)
-    print(f"ISO writing:        {iso_rate:7.0f} MiB/s   plain copy {copy_rate:7.0f} MiB/s   "
-          f"({iso_rate / copy_rate:.2f} of a copy, {mib:.1f} MiB image)")
+    print(f"ISO writing:         {iso_rate:6.0f} MiB/s   plain copy {copy_rate:6.0f} MiB/s   "
+          f"{iso_rate / copy_rate:.2f} of a copy (goal: at least 0.70; {mib:.1f} MiB image; {load()})")
+
+
+def verify_run(spec: Path, out: Path) -> tuple[float, int]:
+    """Seconds and peak RSS (MiB) of `verify` in a process of its own."""
+    argv = ["/usr/bin/time", "-f", "%M", *cli("verify", spec, out)]
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, env=ENV, check=False)
+    took = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"error: verify failed:\n{done.stderr[-2000:]}")
+    return took, int(done.stderr.strip().splitlines()[-1]) // 1024
+
+
+def scaling(work: Path, sizes: list[int]) -> tuple[float, int] | None:
+    """Each stage of a fresh build of n nodes, and verify of the result."""
+    env = make_environment()
+    print("nodes   keys    render   ISOs     build    verify   verify peak RSS")
+    last = None
+    for n in sizes:
+        spec_file = work / f"scale{n}.yaml"
+        spec_file.write_text(spec_text(n))
+        spec, _ = load_spec(spec_file.read_text(), base_dir=work)
+        bundle = load_sources(spec).bundle
+        t0 = time.perf_counter()
+        with keys_made_ahead(spec.pki.key_type.value, len(leaf_table(spec)) + 1):
+            pki = build_pki(spec, {}, None, dt.datetime.now(dt.UTC).replace(microsecond=0), KeyRecords())
+        t1 = time.perf_counter()
+        seeds = {node.name: render_node(env, spec, node, NodePem(pki.ca.cert_pem, pki.leaves[node.name].chain_pem,
+                                                              pki.leaves[node.name].key_pem), bundle.sha256)
+                 for node in spec.nodes}
+        t2 = time.perf_counter()
+        iso_dir = work / f"isos{n}"
+        iso_dir.mkdir()
+        for name, seed in seeds.items():
+            with open(iso_dir / f"{name}.iso", "wb") as handle:
+                write_iso(seed_entries(seed.texts, bundle), 0, handle)
+        t3 = time.perf_counter()
+        shutil.rmtree(iso_dir)
+        out = work / f"out{n}"
+        build = timed(cli("build", spec_file, out), env=ENV)
+        took, rss = verify_run(spec_file, out)
+        shutil.rmtree(out)
+        last = (took, rss)
+        print(f"{n:5d}  {t1 - t0:5.2f} s  {t2 - t1:5.2f} s  {t3 - t2:5.2f} s  {build:6.2f} s  {took:6.2f} s  "
+              f"{rss:5d} MiB   ({load()})")
+    return last if sizes and sizes[-1] == 150 else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, default=ROOT.parent / "shared" / "bench" / "baseline.sh")
-    parser.add_argument("--sizes", default="10,30,100")
+    parser.add_argument("--sizes", default="10,30,100,150")
+    parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
     if not BUNDLE.exists():
-        raise SystemExit("error: run 'make bundle' first")
+        raise SystemExit("error: run 'make test' first: it builds vendor/etcd-v3.5.1-linux-amd64.tar.gz")
     if not args.baseline.exists():
         raise SystemExit(f"error: {args.baseline}: no baseline script")
+    print(f"{os.cpu_count()} cores; {load()}; Python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory(prefix="etcd-seed-bench-") as tmp:
         work = Path(tmp)
-        example_vs_baseline(work, args.baseline)
+        fresh_vs_baseline(work, args.baseline, args.runs)
         iso_throughput(work)
-        scaling(work, [int(s) for s in args.sizes.split(",")], args.baseline)
+        result = scaling(work, [int(s) for s in args.sizes.split(",")])
+        if result:
+            print(f"verify, 150 nodes:   {result[0]:.2f} s (goal: under 10 s), peak RSS {result[1]} MiB "
+                  "(goal: under 150 MiB, flat in the node count)")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"bench itself: {usage.ru_utime + usage.ru_stime:.1f} s CPU")
 
 
 if __name__ == "__main__":
