@@ -145,6 +145,22 @@ def test_two_members_join_at_once_as_learners(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         assert sorted(str(m["name"]) for m in _members(lab, everyone[:4])) == ["etcd01", "etcd02", "etcd03", "etcd04"]
 
+        # No quorum: three of the four members are down. A node joining now retries, gives up with a message
+        # at its deadline (cut to 6 s here; 15 minutes on a node) and leaves its data dir empty.
+        for name in ("etcd02", "etcd03", "etcd04"):
+            lab.wipe(name)
+        _add_nodes(lab, f'{{name: etcd05, ip: {BASE}.5, mac: "52:54:00:00:00:05", join: true}}')
+        _build(lab)
+        lab.stage("etcd05")
+        config = lab.root("etcd05") / "var/lib/etcd-seed/seed/member.json"
+        config.write_text(config.read_text().replace('"timeout_s": 900', '"timeout_s": 6'))
+        lab.converge("etcd05")
+        _wait("the join to give up", lambda: "gave up after 6s" in _unit_log(lab, "etcd05"), lab, 120)
+        log = _unit_log(lab, "etcd05")
+        assert "etcd-seed: waiting: " in log and "nothing written to the data dir" in log, log
+        assert not (lab.root("etcd05") / "opt/etcd/data/member").exists()
+        assert not (lab.root("etcd05") / "opt/etcd/membership.env").exists()
+
 
 def test_lost_member_is_replaced_with_a_new_key(tmp_path: Path) -> None:
     """etcd03's machine is gone. Marked replace, it gets a new key; booted on an empty disk it removes its
