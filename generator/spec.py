@@ -160,11 +160,6 @@ class Etcd:
         return f"{self.token}-r{self.restore.sha256[:12]}"
 
     @property
-    def version_tuple(self) -> tuple[int, int, int]:
-        major, minor, patch = self.version.split(".")
-        return int(major), int(minor), int(patch)
-
-    @property
     def tarball_name(self) -> str:
         """File name of the release tarball, as upstream names it."""
         return etcd_facts.tarball_name(self.version)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,15 @@ def test_bad_snapshot_is_refused_and_nothing_written(workdir: Path, mangle: obje
 def test_missing_snapshot_is_refused(workdir: Path) -> None:
     set_spec(workdir, "etcd:\n", "etcd:\n  restore: {snapshot: nowhere.db, bump_revision: 0}\n")
     assert "does not exist" in assert_refused(workdir, "etcd.restore.snapshot")
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo", "."], ids=["device", "fifo", "directory"])
+def test_special_file_as_snapshot_is_refused_unread(workdir: Path, special: str) -> None:
+    """A device, a FIFO or a directory is refused before a byte is read: nothing hangs or fills memory."""
+    if special == "fifo":
+        os.mkfifo(workdir / "fifo")
+    set_spec(workdir, "etcd:\n", f"etcd:\n  restore: {{snapshot: '{special}', bump_revision: 0}}\n")
+    assert_refused(workdir, "etcd.restore.snapshot")
 
 
 def test_bump_on_a_release_without_it_is_refused(workdir: Path) -> None:
