@@ -148,6 +148,25 @@ def test_two_members_join_at_once_as_learners(tmp_path: Path) -> None:
         for suffix in ("key", "crt"):
             (lab.out / "pki" / f"etcd05.{suffix}").unlink()
 
+        # etcd04's address given to a new node while etcd04 is still a member (no member remove was run):
+        # the newcomer refuses, names the member that holds the peer URL, and writes nothing.
+        spec_text = lab.spec.read_text()
+        etcd04 = next(line for line in spec_text.splitlines() if "name: etcd04" in line)
+        lab.spec.write_text(spec_text.replace(etcd04, f'  - {{name: etcd06, ip: {BASE}.4, mac: "52:54:00:00:00:06", '
+                                                      'join: true}'))
+        _build(lab)
+        lab.namespaces["etcd06"] = lab.namespaces["etcd04"]  # the same address: etcd06 only runs etcdctl
+        lab.stage("etcd06")
+        config = lab.root("etcd06") / "var/lib/etcd-seed/seed/member.json"
+        config.write_text(config.read_text().replace('"refused_pause_s": 60', '"refused_pause_s": 1'))
+        lab.converge("etcd06")
+        _wait("the refusal", lambda: f"ERROR: peer URL https://{BASE}.4:2380 is taken by member etcd04"
+              in _unit_log(lab, "etcd06"), lab, 60)
+        assert not (lab.root("etcd06") / "opt/etcd/data/member").exists()
+        assert "etcd06" not in {str(m["name"]) for m in _members(lab, everyone[:4])}
+        lab.wipe("etcd06")
+        lab.spec.write_text(spec_text.replace(etcd04 + "\n", ""))  # etcd04 stays a member, out of the spec
+
         # No quorum: three of the four members are down. A node joining now retries, gives up with a message
         # at its deadline (cut to 6 s here; 15 minutes on a node) and leaves its data dir empty.
         for name in ("etcd02", "etcd03", "etcd04"):
