@@ -128,9 +128,14 @@ def _plain_args(args: argparse.Namespace) -> list[str]:
     return [str(args.out.resolve())]
 
 
+def _recordable(args: argparse.Namespace) -> bool:
+    """Whether this build or plan may be answered from, or recorded for, the fast path: no flag that asks for work."""
+    return not (args.rekey or args.renew or args.allow_downgrade)
+
+
 def _fast(args: argparse.Namespace) -> fastpath.Replay | None:
     """The recorded output of a build or plan with nothing to do, or None to run in full."""
-    if args.command not in ("build", "plan") or args.rekey or args.renew or args.allow_downgrade:
+    if args.command not in ("build", "plan") or not _recordable(args):
         return None
     return fastpath.lookup(args.command, _plain_args(args), args.spec, args.out, dt.datetime.now(dt.UTC).timestamp())
 
@@ -225,7 +230,7 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
                 fs.remove_empty(created)  # only while holding the lock: another run may be about to use them
                 raise
             _report_build(plan, root, removed, out, err)
-            if not removed and _written(plan) == 0 and not (args.rekey or args.renew or args.allow_downgrade):
+            if not removed and _written(plan) == 0 and _recordable(args):
                 _record(args, spec, plan, root, spec_warnings, out.getvalue(), err.getvalue())
     return EXIT_OK
 

@@ -352,6 +352,7 @@ def previous_nodes(previous: Manifest) -> set[str]:
 def membership_notes(spec: Spec, previous: Manifest, replacing: frozenset[str]) -> list[str]:
     """What the operator does, or may do by hand, for members that join, are replaced or leave."""
     admin = "from pki/, run: set -a && . ./etcdctl.env && set +a &&"
+    built = previous_nodes(previous)
     notes = []
     for node in spec.nodes:
         manual = (f"by hand instead, {admin} etcdctl member add {node.name} --peer-urls={etcd.peer_url(node)} "
@@ -360,10 +361,10 @@ def membership_notes(spec: Spec, previous: Manifest, replacing: frozenset[str]) 
             notes.append(f"{node.name} is replaced with a new key: boot it from its new seed on an empty disk; it "
                          f"removes its stale member entry while the others keep quorum, joins as a learner and "
                          f"promotes itself (journalctl -u etcd -u etcd-seed-promote shows each step); {manual}")
-        elif node.join and node.name not in previous_nodes(previous):
+        elif node.join and node.name not in built:
             notes.append(f"{node.name} joins the running cluster by itself: boot it from its seed; it adds itself "
                          f"as a learner and promotes itself once it has caught up; {manual}")
-    for name in sorted(previous_nodes(previous) - {n.name for n in spec.nodes}):
+    for name in sorted(built - {n.name for n in spec.nodes}):
         notes.append(f"{name} left the spec: take it out of the cluster before you power it off; {admin} "
                      f"etcdctl member remove \"$(etcdctl member list | awk -F', ' '$3 == \"{name}\" {{print $1}}')\" "
                      f"; then delete {name}/, pki/{name}.key and pki/{name}.crt from the output")
