@@ -87,15 +87,24 @@ def _parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="show what a build would change, per node and file; write nothing")
     plan.add_argument("--spec", type=Path, default=Path("cluster.yaml"))
     plan.add_argument("--out", type=Path, default=Path("output"))
-    for sub in (build, plan):
+    rotate = commands.add_parser("rotate-ca", help="take the next step of a CA rotation (begin, issue, finish) and "
+                                 "build its seeds; see README 'Rotate the CA'")
+    rotate.add_argument("step", choices=("begin", "issue", "finish"),
+                        help="begin: trust a new CA beside the old; issue: issue every certificate from it; "
+                             "finish: trust only the new CA")
+    rotate.add_argument("--spec", type=Path, default=Path("cluster.yaml"))
+    rotate.add_argument("--out", type=Path, default=Path("output"))
+    rotate.add_argument("--dry-run", action="store_true", help="show what the step would change; write nothing")
+    for sub in (build, plan, rotate):
         sub.add_argument("--rekey", action="append", default=[], metavar="NAME",
                          help="give this node (or 'admin') a new private key; repeat for several")
         sub.add_argument("--renew", action="store_true",
                          help="reissue every leaf certificate now, keeping the keys")
         sub.add_argument("--allow-downgrade", action="store_true",
                          help="accept etcd.version one minor version down, to roll back an unfinished upgrade")
-    build.set_defaults(run=_run_build)
-    plan.set_defaults(run=_run_plan)
+    build.set_defaults(run=_run_build, step=None)
+    plan.set_defaults(run=_run_plan, step=None)
+    rotate.set_defaults(run=lambda args, out, err: (_run_plan if args.dry_run else _run_build)(args, out, err))
     verify = commands.add_parser("verify", help="check output/ against the spec, the CA, the manifest "
                                  "and CIS 2; exit 1 on any failure")
     verify.add_argument("--spec", type=Path, default=Path("cluster.yaml"))
@@ -130,7 +139,7 @@ def _plain_args(args: argparse.Namespace) -> list[str]:
 
 def _recordable(args: argparse.Namespace) -> bool:
     """Whether this build or plan may be answered from, or recorded for, the fast path: no flag that asks for work."""
-    return not (args.rekey or args.renew or args.allow_downgrade)
+    return not (args.rekey or args.renew or args.allow_downgrade or args.step)
 
 
 def _fast(args: argparse.Namespace) -> fastpath.Replay | None:
@@ -187,7 +196,7 @@ def _plan(args: argparse.Namespace, spec: Spec, root: Path, sources: Sources | N
     epoch = _source_date_epoch()
     inputs = load_inputs(spec, root, sources)
     return plan_build(spec, inputs, make_environment(), _now(), epoch, frozenset(args.rekey), args.renew,
-                      args.allow_downgrade)
+                      args.allow_downgrade, args.step)
 
 
 class _Tee(io.StringIO):
@@ -211,7 +220,7 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     _source_date_epoch()
     # The keys this build will likely make are made in other processes while it reads and
     # checks its inputs; a guess that is off costs a key too many or one made later.
-    names = ["ca", "admin", *(node.name for node in spec.nodes)]
+    names = ["ca", "admin", *(node.name for node in spec.nodes), *(client.name for client in spec.clients)]
     missing = [n for n in names if not (root / "pki" / f"{n}.key").exists()]
     with keygen.keys_made_ahead(spec.pki.key_type.value, len(missing) + len(args.rekey)):
         from . import manifest
@@ -249,14 +258,15 @@ def _record(args: argparse.Namespace, spec: Spec, plan: BuildPlan, root: Path, s
 def _written(plan: BuildPlan) -> int:
     from .build import FileStatus
 
-    return len(plan.changed) + (plan.manifest_status is not FileStatus.UNCHANGED)
+    return len(plan.changed) + (plan.manifest_status is not FileStatus.UNCHANGED) + len(plan.deletes)
 
 
 def _input_files(spec: Spec) -> list[Path]:
     """The files besides the spec that a build reads from outside the output tree."""
     paths = [spec.etcd.bundle] if spec.etcd.bundle else []
-    if spec.pki.ca is not None:
-        paths += [spec.pki.ca.cert, spec.pki.ca.key]
+    for source in (spec.pki.ca, spec.pki.ca_next):
+        if source is not None:
+            paths += [source.cert, source.key]
     if spec.etcd.restore is not None:
         paths.append(spec.etcd.restore.snapshot)
     return paths
@@ -265,7 +275,7 @@ def _input_files(spec: Spec) -> list[Path]:
 def _renew_at(plan: BuildPlan) -> float:
     """When a build must look again: the first certificate to come within renew_before_days of expiry."""
     margin = dt.timedelta(days=plan.spec.pki.renew_before_days)
-    certs = [plan.pki.ca.cert, *(c.cert for c in plan.pki.leaves.values())]
+    certs = [ca.cert for ca in plan.pki.trusted] + [c.cert for c in plan.pki.leaves.values()]
     return min((c.not_valid_after_utc - margin).timestamp() for c in certs)
 
 
@@ -276,6 +286,8 @@ def _report_build(plan: BuildPlan, root: Path, removed: list[str], out: TextIO, 
         print(f"removed {rel}: left by a run that was killed", file=out)
     for event in plan.pki.events:
         print(f"pki: {event}", file=out)
+    for rel in plan.deletes:
+        print(f"deleted {rel}", file=out)
     total = len(plan.files) + 1
     written = _written(plan)
     print(f"{root}: {written} of {total} files written" + ("" if written else " (nothing changed)"), file=out)
@@ -321,9 +333,12 @@ def _report_plan(plan: BuildPlan, root: Path, out: TextIO, err: TextIO) -> None:
         print(f"  {planned.path.ljust(width)}  {planned.status}", file=out)
     if plan.manifest_status is not FileStatus.UNCHANGED:
         print(f"  {manifest.NAME.ljust(width)}  {plan.manifest_status}", file=out)
+    for rel in plan.deletes:
+        print(f"  {rel.ljust(width)}  {FileStatus.DELETE}", file=out)
     counts = {k: sum(1 for f in changed if f.status is k) for k in FileStatus}
     print(f"{root}: {counts[FileStatus.CREATE]} to create, {counts[FileStatus.UPDATE]} to update, "
-          f"{counts[FileStatus.MODE]} to chmod, {len(plan.files) - len(changed)} unchanged", file=out)
+          f"{counts[FileStatus.MODE]} to chmod, " + (f"{len(plan.deletes)} to delete, " if plan.deletes else "")
+          + f"{len(plan.files) - len(changed)} unchanged", file=out)
     _print_notes(plan, out, err)
 
 

@@ -16,14 +16,24 @@ from typing import BinaryIO
 import jinja2
 from cryptography import x509
 
-from . import etcd, fastpath, fs, manifest
+from . import etcd, fastpath, fs, hostkeys, manifest, rotation
 from .errors import MaterialError, OutputError
 from .etcd import Bundle
 from .iso import SeedEntry, iso_digest, write_iso
 from .manifest import HEX64, FileEntry, Manifest
-from .pki import CA_NAME, KeyRecords, PkiState, build_pki
-from .render import NODE_FILES, RESTORE_ON_SEED, SEED_ISO, NodePem, render_etcdctl_env, render_node
-from .spec import Spec
+from .pki import CA_NAME, CaInputs, KeyRecords, PkiState, build_pki, ca_fingerprint
+from .render import (
+    NODE_FILES,
+    RESTORE_ON_SEED,
+    SEED_ISO,
+    NodePem,
+    client_file,
+    render_client,
+    render_etcdctl_env,
+    render_node,
+)
+from .rotation import Phase, Rotation
+from .spec import CASource, Spec
 
 # Kept beside the generated tree so that `git add output/<cluster>` can never pick up a secret.
 GITIGNORE = f"""\
@@ -37,7 +47,7 @@ GITIGNORE = f"""\
 {fastpath.NAME}
 """
 JOURNAL = "pki/pending.json"  # the new keys of a run in progress; gone when the run completes
-_JOURNAL_NAME = re.compile(r"[a-z0-9-]{1,63}")
+_JOURNAL_NAME = re.compile(r"[a-z0-9-]{1,63}(\.ssh)?")  # a leaf or CA, or a node's host key
 
 
 class FileStatus(StrEnum):
@@ -47,6 +57,12 @@ class FileStatus(StrEnum):
     UPDATE = "update"
     MODE = "mode"  # permissions only
     UNCHANGED = "unchanged"
+    DELETE = "delete"
+
+
+# Files a build deletes once it no longer writes them: a finished CA rotation's old CA and bundle
+# (and the sealed copy of a key it deletes). Nothing else is ever deleted by a build.
+DELETABLE = frozenset({f"pki/{rotation.NEXT}.crt", f"pki/{rotation.NEXT}.key", rotation.BUNDLE, "pki/ca.key"})
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,8 @@ class Inputs:
     pending: Mapping[str, str]
     disk: Mapping[str, fs.OnDisk]
     snapshot: Snapshot | None = None
+    imported_next: tuple[bytes, bytes] | None = None
+    rotation: Rotation = field(default_factory=Rotation)
 
 
 @dataclass(frozen=True)
@@ -98,6 +116,7 @@ class BuildPlan:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     reseed: list[str] = field(default_factory=list)  # nodes whose seed changed, in rolling order
+    deletes: list[str] = field(default_factory=list)  # paths under output/<cluster>/, from DELETABLE
 
     @property
     def changed(self) -> list[PlannedFile]:
@@ -111,6 +130,7 @@ class Sources:
     bundle: Bundle
     imported: tuple[bytes, bytes] | None
     snapshot: Snapshot | None = None
+    imported_next: tuple[bytes, bytes] | None = None
 
 
 def load_sources(spec: Spec, checked: str | None = None) -> Sources:
@@ -129,8 +149,10 @@ def load_sources(spec: Spec, checked: str | None = None) -> Sources:
     except MaterialError as exc:
         problems += exc.messages
         hints += [exc.hint] if exc.hint else []
+    imported_next = None
     try:
-        imported = _load_imported_ca(spec)
+        imported = _load_imported_ca(spec.pki.ca, "pki.ca")
+        imported_next = _load_imported_ca(spec.pki.ca_next, "pki.ca_next")
     except MaterialError as exc:
         problems += exc.messages
     snapshot = None
@@ -140,7 +162,7 @@ def load_sources(spec: Spec, checked: str | None = None) -> Sources:
         problems += exc.messages
     if problems or bundle is None:
         raise MaterialError(problems, hint="; ".join(hints) or None)
-    return Sources(bundle, imported, snapshot)
+    return Sources(bundle, imported, snapshot, imported_next)
 
 
 def load_snapshot(spec: Spec) -> Snapshot | None:
@@ -169,9 +191,14 @@ def load_inputs(spec: Spec, root: Path, sources: Sources | None = None) -> Input
     """
     previous = manifest.parse_manifest(fs.read_optional(root / manifest.NAME, manifest.NAME))
     sources = sources or load_sources(spec, previous.bundle_sha256)
+    disk = fs.scan(root)[0]
+    state = fs.read_optional(root / rotation.NAME, rotation.NAME)
+    listed = previous.files.get(rotation.NAME)
+    current = rotation.parse(state, listed.sha256 if listed else None,
+                             disk[rotation.NAME].sha256 if rotation.NAME in disk else None)
     return Inputs(bundle=sources.bundle, imported=sources.imported, pki_files=fs.load_pki_dir(root / "pki"),
                   previous=previous, pending=parse_journal(fs.read_optional(root / JOURNAL, JOURNAL)),
-                  disk=fs.scan(root)[0], snapshot=sources.snapshot)
+                  disk=disk, snapshot=sources.snapshot, imported_next=sources.imported_next, rotation=current)
 
 
 def load_bundle(spec: Spec, checked: str | None = None) -> Bundle:
@@ -197,11 +224,11 @@ def load_bundle(spec: Spec, checked: str | None = None) -> Bundle:
     return Bundle(name=cfg.tarball_name, sha256=digest, data=data)
 
 
-def _load_imported_ca(spec: Spec) -> tuple[bytes, bytes] | None:
-    if spec.pki.ca is None:
+def _load_imported_ca(source: CASource | None, field: str) -> tuple[bytes, bytes] | None:
+    if source is None:
         return None
-    cert = fs.read_regular(spec.pki.ca.cert, fs.LIMITS["pem"], "pki.ca.cert")
-    key = fs.read_regular(spec.pki.ca.key, fs.LIMITS["pem"], "pki.ca.key")
+    cert = fs.read_regular(source.cert, fs.LIMITS["pem"], f"{field}.cert")
+    key = fs.read_regular(source.key, fs.LIMITS["pem"], f"{field}.key")
     assert cert is not None and key is not None  # noqa: S101 - missing_ok is off
     return cert, key
 
@@ -238,7 +265,8 @@ def key_records(previous: Manifest, pending: Mapping[str, str]) -> KeyRecords:
 
 
 def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.datetime, epoch: int | None,
-               rekey: frozenset[str] = frozenset(), renew: bool = False, allow_downgrade: bool = False) -> BuildPlan:
+               rekey: frozenset[str] = frozenset(), renew: bool = False, allow_downgrade: bool = False,
+               rotate: str | None = None) -> BuildPlan:
     """Decide every file of output/<cluster>/ and what to do to each, without writing.
 
     Args:
@@ -250,6 +278,7 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
         rekey: leaf names whose keys the operator asked to replace.
         renew: reissue every leaf certificate now, keeping the keys.
         allow_downgrade: accept one minor version down, to roll back an unfinished upgrade.
+        rotate: a CA rotation step (begin, issue, finish) to take; see rotation.py.
 
     Raises:
         GeneratorError: any problem with the PKI, the templates or the ISO, or a version change etcd refuses.
@@ -266,21 +295,45 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
         spec = spec.with_snapshot(inputs.snapshot.sha256)
     records = key_records(inputs.previous, inputs.pending)
     replacing = _replacing(spec, inputs.previous, records)
-    pki = build_pki(spec, inputs.pki_files, inputs.imported, now, records, rekey, renew, replacing)
+    phase = rotation.target(inputs.rotation, rotate)
+    pki = build_pki(spec, inputs.pki_files, inputs.imported, now, records, rekey, renew, replacing,
+                    CaInputs(inputs.imported, inputs.imported_next, inputs.rotation, phase))
+    host_keys = hostkeys.host_keys(spec, inputs.pki_files, records, replacing, pki.events)
+    state = _rotation_state(inputs.rotation, phase, pki)
     public_keys = pki.public_keys()
     rows: list[tuple[str, int, Callable[[], bytes] | list[SeedEntry], str | None, int | None]] = [
         (".gitignore", fs.PUBLIC_MODE, _const(GITIGNORE.encode()), None, None)]
     if not pki.ca_imported:
         rows.append(("pki/ca.key", fs.SECRET_MODE, _const(pki.ca.key_pem), public_keys[CA_NAME], None))
     rows.append(("pki/ca.crt", fs.PUBLIC_MODE, _const(pki.ca.cert_pem), None, None))
+    ca_file = "ca.crt"
+    if pki.next_ca is not None:
+        if not pki.next_imported:
+            rows.append((f"pki/{rotation.NEXT}.key", fs.SECRET_MODE, _const(pki.next_ca.key_pem),
+                         public_keys[rotation.NEXT], None))
+        rows.append((f"pki/{rotation.NEXT}.crt", fs.PUBLIC_MODE, _const(pki.next_ca.cert_pem), None, None))
+        rows.append((rotation.BUNDLE, fs.PUBLIC_MODE, _const(pki.trust_pem), None, None))
+        ca_file = rotation.BUNDLE.removeprefix("pki/")
+    if state.phase is not Phase.NONE:
+        rows.append((rotation.NAME, fs.PUBLIC_MODE, _const(rotation.render(state)), None, None))
     for name, credential in pki.leaves.items():
         rows.append((f"pki/{name}.key", fs.SECRET_MODE, _const(credential.key_pem), public_keys[name], None))
         rows.append((f"pki/{name}.crt", fs.PUBLIC_MODE, _const(credential.chain_pem), None, None))
-    rows.append(("pki/etcdctl.env", fs.PUBLIC_MODE, _const(render_etcdctl_env(env, spec).encode()), None, None))
     for node in spec.nodes:
-        credential = pki.leaves[node.name]
-        seed = render_node(env, spec, node, NodePem(pki.ca.cert_pem, credential.chain_pem, credential.key_pem),
-                           inputs.bundle.sha256)
+        host = host_keys[node.name]
+        rows.append((f"pki/{hostkeys.record_name(node.name)}.key", fs.SECRET_MODE, _const(host.private_pem),
+                     host.public_sha256, None))
+    rows.append(("pki/etcdctl.env", fs.PUBLIC_MODE, _const(render_etcdctl_env(env, spec, ca_file).encode()), None,
+                 None))
+    for client in spec.clients:
+        rows.append((client_file(client), fs.PUBLIC_MODE, _const(render_client(env, spec, client, ca_file).encode()),
+                     None, None))
+    rows.append((hostkeys.KNOWN_HOSTS, fs.PUBLIC_MODE, _const(hostkeys.known_hosts(spec, host_keys).encode()), None,
+                 None))
+    for node in spec.nodes:
+        credential, host = pki.leaves[node.name], host_keys[node.name]
+        seed = render_node(env, spec, node, NodePem(pki.trust_pem, credential.chain_pem, credential.key_pem,
+                                                    host.private_pem, host.public_line), inputs.bundle.sha256)
         iso_epoch = epoch if epoch is not None else int(credential.cert.not_valid_before_utc.timestamp())
         for node_file in NODE_FILES:
             mode = fs.SECRET_MODE if node_file.secret else fs.PUBLIC_MODE
@@ -292,6 +345,9 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
                              _const(seed.texts[node_file.name].encode()), None, None))
     files = [_plan_file(path, mode, make, inputs.disk.get(path), public, iso_epoch)
              for path, mode, make, public, iso_epoch in rows]
+    planned = {f.path for f in files}
+    deletes = sorted(p for p in DELETABLE - planned if p in inputs.disk)
+    deletes += [f"{p}.age" for p in deletes if p.endswith(".key") and f"{p}.age" in inputs.disk]
     new_keys = {f.path.removeprefix("pki/").removesuffix(".key"): f.public_key_sha256 for f in files
                 if f.public_key_sha256 and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
     manifest_bytes = manifest.render_manifest(
@@ -319,10 +375,24 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
         notes.append(change)
     if reseed:
         notes.append(rolling_order(reseed))
+    rotation_note = rotation.note(phase, phase is not inputs.rotation.phase)
+    if rotation_note:
+        notes.append(rotation_note)
     floor = etcd.upgrade_floor_warning(previous_version, spec.etcd.version)
     return BuildPlan(spec=spec, pki=pki, files=files, manifest_bytes=manifest_bytes,
                      manifest_status=manifest_status, new_keys=new_keys,
-                     notes=notes, warnings=warnings + ([floor] if floor else []), reseed=reseed)
+                     notes=notes, warnings=warnings + ([floor] if floor else []), reseed=reseed,
+                     deletes=deletes)
+
+
+def _rotation_state(current: Rotation, phase: Phase, pki: PkiState) -> Rotation:
+    """pki/rotation.json after this build: what it was, or the step just taken."""
+    if phase is current.phase:
+        return current
+    if phase is Phase.TRUST_BOTH:
+        assert pki.next_ca is not None  # noqa: S101 - build_pki made or imported it
+        return Rotation(phase, ca_fingerprint(pki.ca), ca_fingerprint(pki.next_ca))
+    return Rotation(phase, current.old_ca, current.new_ca)
 
 
 def _replacing(spec: Spec, previous: Manifest, records: KeyRecords) -> frozenset[str]:
@@ -367,7 +437,7 @@ def membership_notes(spec: Spec, previous: Manifest, replacing: frozenset[str]) 
     for name in sorted(built - {n.name for n in spec.nodes}):
         notes.append(f"{name} left the spec: take it out of the cluster before you power it off; {admin} "
                      f"etcdctl member remove \"$(etcdctl member list | awk -F', ' '$3 == \"{name}\" {{print $1}}')\" "
-                     f"; then delete {name}/, pki/{name}.key and pki/{name}.crt from the output")
+                     f"; then delete {name}/, pki/{name}.key, pki/{name}.crt and pki/{name}.ssh.key from the output")
     if spec.etcd.restore is not None:
         notes.append("restore: boot every member on an empty disk from its new seed; each restores the snapshot "
                      "once, then the members form a new cluster (new token and cluster ID); power off every old "
@@ -385,7 +455,10 @@ def rolling_order(names: list[str]) -> str:
 
 def certificates(pki: PkiState) -> dict[str, x509.Certificate]:
     """Each .crt file's leaf (or CA) certificate, by path, for the manifest."""
-    return {"pki/ca.crt": pki.ca.cert, **{f"pki/{name}.crt": c.cert for name, c in pki.leaves.items()}}
+    cas = {"pki/ca.crt": pki.ca.cert}
+    if pki.next_ca is not None:
+        cas[f"pki/{rotation.NEXT}.crt"] = pki.next_ca.cert
+    return {**cas, **{f"pki/{name}.crt": c.cert for name, c in pki.leaves.items()}}
 
 
 def seed_entries(texts: Mapping[str, str], bundle: Bundle, snapshot: Snapshot | None = None) -> list[SeedEntry]:
@@ -441,7 +514,7 @@ def apply_plan(root: Path, plan: BuildPlan) -> list[str]:
         Stale temporary files of an earlier, killed run that were removed.
     """
     removed = fs.remove_stale_temps(root)
-    fs.make_dirs(root, {"pki": fs.SECRET_DIR_MODE,
+    fs.make_dirs(root, {"pki": fs.SECRET_DIR_MODE, **({"clients": fs.PUBLIC_DIR_MODE} if plan.spec.clients else {}),
                         **{node.name: fs.PUBLIC_DIR_MODE for node in plan.spec.nodes}})
     writes = [fs.Write(f.path, f.mode, f.make, f.streamed)
               for f in sorted(plan.changed, key=lambda f: _write_order(f.path))
@@ -456,5 +529,7 @@ def apply_plan(root: Path, plan: BuildPlan) -> list[str]:
         journal_bytes = (json.dumps({"keys": plan.new_keys}, indent=2, sort_keys=True) + "\n").encode()
         journal = fs.Write(JOURNAL, fs.PUBLIC_MODE, _const(journal_bytes))
     fs.stage_and_commit(root, writes, journal)
+    for path in plan.deletes:  # after the manifest that no longer lists them is in place
+        fs.remove(root / path)
     fs.remove(root / JOURNAL)
     return removed

@@ -17,6 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from . import keygen
 from .errors import MaterialError
+from .rotation import NEXT, Phase, Rotation
 from .spec import KeyType, Node, Pki, Spec
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -80,6 +81,19 @@ class Identity:
     dns_names: tuple[str, ...]
     ips: tuple[ipaddress.IPv4Address, ...]
     usages: tuple[x509.ObjectIdentifier, ...]
+    organization: str | None = None
+    validity_days: int | None = None  # None: pki.validity_days
+
+    @property
+    def subject(self) -> x509.Name:
+        """CN, and O when given (Kubernetes reads O as the client's group)."""
+        attributes = [x509.NameAttribute(NameOID.COMMON_NAME, self.common_name)]
+        if self.organization:
+            attributes.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, self.organization))
+        return x509.Name(attributes)
+
+    def days(self, pki: Pki) -> int:
+        return self.validity_days or pki.validity_days
 
 
 class Change(StrEnum):
@@ -91,6 +105,7 @@ class Change(StrEnum):
     ISSUED = "issued"
     REISSUED = "reissued"
     NEW_KEY = "new key"
+    ROTATED = "replaced by the new CA"
 
 
 @dataclass(frozen=True)
@@ -124,13 +139,34 @@ class KeyRecords:
 
 @dataclass
 class PkiState:
-    """Everything issued or reused in one run, plus what happened to each item."""
+    """Everything issued or reused in one run, plus what happened to each item.
+
+    `ca` is pki/ca.crt; during phases 1 and 2 of a CA rotation `next_ca` is pki/ca-next.crt, trusted
+    beside it, and from phase 2 on it signs the leaves.
+    """
 
     ca: CA
     ca_imported: bool
     leaves: dict[str, Credential]
     identities: dict[str, Identity]
     events: list[PkiEvent] = field(default_factory=list)
+    next_ca: CA | None = None
+    next_imported: bool = False
+    phase: Phase = Phase.NONE
+
+    @property
+    def signer(self) -> CA:
+        """The CA that issues leaves now."""
+        return self.next_ca if self.next_ca is not None and self.phase is Phase.ISSUE else self.ca
+
+    @property
+    def trusted(self) -> list[CA]:
+        """The CAs every node and client trusts now: the old one first."""
+        return [self.ca] + ([self.next_ca] if self.next_ca is not None else [])
+
+    @property
+    def trust_pem(self) -> bytes:
+        return b"".join(ca.cert_pem for ca in self.trusted)
 
     @property
     def nodes(self) -> dict[str, Credential]:
@@ -145,6 +181,8 @@ class PkiState:
         keys = {name: public_key_sha256(c.key) for name, c in self.leaves.items()}
         if not self.ca_imported:
             keys[CA_NAME] = public_key_sha256(self.ca.key)
+        if self.next_ca is not None and not self.next_imported:
+            keys[NEXT] = public_key_sha256(self.next_ca.key)
         return keys
 
 
@@ -166,6 +204,9 @@ def leaf_table(spec: Spec) -> dict[str, Identity]:
     table = {node.name: node_identity(spec, node) for node in spec.nodes}
     assert ADMIN not in table and CA_NAME not in table  # noqa: S101 - spec.RESERVED_NAMES
     table[ADMIN] = ADMIN_IDENTITY
+    for client in spec.clients:  # the spec refuses a client name that is taken
+        table[client.name] = Identity(kind=LeafKind.CLIENT, common_name=client.cn, dns_names=(), ips=(),
+                                      usages=CLIENT_ONLY, organization=client.o, validity_days=client.validity_days)
     return table
 
 
@@ -197,12 +238,17 @@ def public_key_sha256(holder: PrivateKey | x509.Certificate) -> str:
     return hashlib.sha256(public_der(holder)).hexdigest()
 
 
-def create_ca(spec: Spec, now: dt.datetime, key: PrivateKey | None = None) -> CA:
-    """Issue a self-signed CA for the cluster, valid for pki.ca_validity_days."""
+def create_ca(spec: Spec, now: dt.datetime, key: PrivateKey | None = None, unit: str | None = None) -> CA:
+    """Issue a self-signed CA for the cluster, valid for pki.ca_validity_days.
+
+    `unit` (an OU) tells a rotation's new CA from the old one by name, not only by key.
+    """
     key = key or generate_key(spec.pki.key_type)
     attributes = [x509.NameAttribute(NameOID.COMMON_NAME, f"{spec.name} etcd CA")]
     if len(spec.domain) <= 64:  # X.509's upper bound for an O (RFC 5280 ub-organization-name)
         attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, spec.domain))
+    if unit:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit))
     name = x509.Name(attributes)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
@@ -272,7 +318,7 @@ def issue_leaf(ca: CA, identity: Identity, key: PrivateKey, now: dt.datetime,
     sans += [x509.IPAddress(ip) for ip in identity.ips]
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.common_name)]))
+        .subject_name(identity.subject)
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -291,9 +337,28 @@ def issue_leaf(ca: CA, identity: Identity, key: PrivateKey, now: dt.datetime,
     return _credential(cert, key, ca)
 
 
+@dataclass(frozen=True)
+class CaInputs:
+    """What decides the CAs of a build: imported PEMs (pki.ca, pki.ca_next) and the rotation's state and step."""
+
+    imported: tuple[bytes, bytes] | None = None
+    imported_next: tuple[bytes, bytes] | None = None
+    rotation: Rotation = field(default_factory=Rotation)
+    phase: Phase = Phase.NONE  # the phase this build writes
+
+    @property
+    def finishing(self) -> bool:
+        return self.phase is Phase.TRUST_NEW and self.rotation.phase is Phase.ISSUE
+
+    @property
+    def beginning(self) -> bool:
+        return self.phase is Phase.TRUST_BOTH and self.rotation.phase is not Phase.TRUST_BOTH
+
+
 def build_pki(spec: Spec, existing: Mapping[str, bytes], imported: tuple[bytes, bytes] | None,
               now: dt.datetime, records: KeyRecords, rekey: frozenset[str] = frozenset(),
-              renew: bool = False, replace: frozenset[str] = frozenset()) -> PkiState:
+              renew: bool = False, replace: frozenset[str] = frozenset(),
+              cas: CaInputs | None = None) -> PkiState:
     """Reuse what is still right, issue what is missing or out of date, and refuse what is suspect.
 
     Args:
@@ -305,6 +370,7 @@ def build_pki(spec: Spec, existing: Mapping[str, bytes], imported: tuple[bytes, 
         rekey: leaf names whose keys the operator asked to replace.
         renew: reissue every leaf certificate now (keeping its key), however long it has left.
         replace: nodes being replaced after a loss: their old keys count as exposed.
+        cas: the rotation's state and step, and an imported next CA; `imported` is used when omitted.
 
     Returns:
         The CA and every credential, with a list of events (issued, renewed, reused).
@@ -319,24 +385,28 @@ def build_pki(spec: Spec, existing: Mapping[str, bytes], imported: tuple[bytes, 
     if unknown:
         raise MaterialError(f"--rekey: {', '.join(unknown)} is not a node or '{ADMIN}'")
     problems: list[str] = []
-    ca = _resolve_ca(spec, existing, imported, now, records, events)
+    cas = cas or CaInputs(imported=imported)
+    ca, ca_imported, next_ca = _resolve_cas(spec, existing, cas, now, records, events)
+    state = PkiState(ca=ca, ca_imported=ca_imported, leaves={}, identities=table, events=events,
+                     next_ca=next_ca, next_imported=cas.imported_next is not None, phase=cas.phase)
     horizon = now + dt.timedelta(days=spec.pki.renew_before_days)
-    if ca.cert.not_valid_after_utc <= horizon:
+    newest = next_ca or ca  # during a rotation the old CA may be close to its end: that is why it is rotated
+    if newest.cert.not_valid_after_utc <= horizon:
         raise MaterialError(
-            f"{'pki.ca.cert' if imported else 'pki/ca.crt'}: the CA expires on "
-            f"{ca.cert.not_valid_after_utc:%Y-%m-%d}, within pki.renew_before_days "
+            f"{'pki.ca.cert' if ca_imported and next_ca is None else 'pki/ca.crt'}: the CA expires on "
+            f"{newest.cert.not_valid_after_utc:%Y-%m-%d}, within pki.renew_before_days "
             f"({spec.pki.renew_before_days}); every leaf would be reissued on every run",
-            hint="rotate to a CA with a longer life, or lower pki.renew_before_days")
+            hint="rotate to a CA with a longer life ('rotate-ca begin'), or lower pki.renew_before_days")
     keys = {name: _leaf_key(spec.pki, name, existing, records,
                             "replace" if name in replace else "--rekey" if name in rekey else None, problems, events)
             for name in table}
-    _check_distinct_keys(ca, keys, problems)
+    _check_distinct_keys(state.trusted, keys, problems)
     if problems:
         raise MaterialError(problems, hint=("to replace a key on purpose, build with --rekey NAME; to restore "
                                             "keys from sealed copies, run unseal"))
-    leaves = {name: _leaf(spec.pki, ca, name, identity, keys[name], existing, now, events, renew)
-              for name, identity in table.items()}
-    return PkiState(ca=ca, ca_imported=imported is not None, leaves=leaves, identities=table, events=events)
+    state.leaves = {name: _leaf(spec.pki, state.signer, name, identity, keys[name], existing, now, events, renew)
+                    for name, identity in table.items()}
+    return state
 
 
 def leaf_problems(cert: x509.Certificate, ca_cert: x509.Certificate, identity: Identity, pki: Pki,
@@ -354,7 +424,7 @@ def leaf_problems(cert: x509.Certificate, ca_cert: x509.Certificate, identity: I
         problems.append("is not signed by the CA")
     if cert.version is not x509.Version.v3 or not isinstance(cert.signature_hash_algorithm, hashes.SHA256):
         problems.append("is not an X.509 v3 certificate signed with SHA-256")
-    expected_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.common_name)])
+    expected_subject = identity.subject
     if cert.subject != expected_subject:
         problems.append(f"subject is {cert.subject.rfc4514_string()!r}, expected "
                         f"{expected_subject.rfc4514_string()!r}")
@@ -371,8 +441,8 @@ def leaf_problems(cert: x509.Certificate, ca_cert: x509.Certificate, identity: I
     clamped = cert.not_valid_after_utc == ca_cert.not_valid_after_utc
     if cert.not_valid_after_utc > ca_cert.not_valid_after_utc:
         problems.append("outlives the CA")
-    elif lifetime != dt.timedelta(days=pki.validity_days) and not clamped:
-        problems.append(f"validity is {lifetime.days} days, the spec asks for {pki.validity_days}")
+    elif lifetime != dt.timedelta(days=identity.days(pki)) and not clamped:
+        problems.append(f"validity is {lifetime.days} days, the spec asks for {identity.days(pki)}")
     return problems
 
 
@@ -456,6 +526,83 @@ def sans_of(cert: x509.Certificate) -> tuple[list[str], list[ipaddress.IPv4Addre
     ips = [ip for ip in san.get_values_for_type(x509.IPAddress)
            if isinstance(ip, ipaddress.IPv4Address)]
     return san.get_values_for_type(x509.DNSName), ips
+
+
+def _resolve_cas(spec: Spec, existing: Mapping[str, bytes], cas: CaInputs, now: dt.datetime, records: KeyRecords,
+                 events: list[PkiEvent]) -> tuple[CA, bool, CA | None]:
+    """pki/ca.crt's CA, whether it is imported, and the rotation's next CA during phases 1 and 2."""
+    have_next = f"{NEXT}.crt" in existing or f"{NEXT}.key" in existing
+    if cas.finishing:  # the next CA takes the old one's place; the old one is dropped
+        generated = f"{NEXT}.key" in existing
+        if cas.imported_next is not None:
+            raise MaterialError("pki.ca_next: 'rotate-ca finish' makes the next CA the cluster's CA; point pki.ca "
+                                "at the files pki.ca_next names, then remove pki.ca_next")
+        if generated and cas.imported is not None:
+            raise MaterialError("pki.ca: the next CA was made by this tool (pki/ca-next.key); remove pki.ca, "
+                                "which names the old CA")
+        if not generated and cas.imported is None:
+            raise MaterialError("pki.ca: must name the imported next CA (pki/ca-next.crt) for 'rotate-ca finish'")
+        nxt = _load_next(spec, existing, cas, now, records)
+        events.append(PkiEvent(CA_NAME, Change.ROTATED, "rotation phase 3: the old CA is dropped"))
+        return nxt, not generated, None
+    if cas.phase in (Phase.NONE, Phase.TRUST_NEW):
+        if have_next:
+            raise MaterialError(f"pki/{NEXT}.crt: present, but no CA rotation is in progress; refusing to "
+                                "guess what it is", hint=f"move pki/{NEXT}.* away, or restore pki/rotation.json")
+        if cas.imported_next is not None:
+            raise MaterialError("pki.ca_next: names the CA a rotation moves to, but none is in progress; start "
+                                "one with 'rotate-ca begin', or remove pki.ca_next")
+    ca = _resolve_ca(spec, existing, cas.imported, now, records, events)
+    if cas.phase in (Phase.NONE, Phase.TRUST_NEW):
+        return ca, cas.imported is not None, None
+    if not cas.beginning and ca_fingerprint(ca) != cas.rotation.old_ca:
+        raise MaterialError("pki/ca.crt: is not the CA pki/rotation.json names as the old CA")
+    if cas.beginning:
+        if have_next:
+            raise MaterialError(f"pki/{NEXT}.crt: already exists; refusing to replace it with a new CA",
+                                hint=f"move pki/{NEXT}.* away first")
+        if cas.imported_next is not None:
+            nxt = load_ca(*cas.imported_next, now, "pki.ca_next")
+            if public_der(nxt.key) == public_der(ca.key):
+                raise MaterialError("pki.ca_next: holds the same key as the current CA; a rotation needs a new key")
+            events.append(PkiEvent(NEXT, Change.IMPORTED, "rotation phase 1: trusted beside the old CA"))
+        else:
+            nxt = create_ca(spec, now, unit=f"from {now:%Y-%m-%d %H:%M:%S}")
+            events.append(PkiEvent(NEXT, Change.CREATED, "rotation phase 1: trusted beside the old CA"))
+        return ca, cas.imported is not None, nxt
+    return ca, cas.imported is not None, _load_next(spec, existing, cas, now, records)
+
+
+def _load_next(spec: Spec, existing: Mapping[str, bytes], cas: CaInputs, now: dt.datetime,
+               records: KeyRecords) -> CA:
+    """The rotation's next CA as an earlier build of this rotation left it in pki/ca-next.*."""
+    cert_pem, key_pem = existing.get(f"{NEXT}.crt"), existing.get(f"{NEXT}.key")
+    if cert_pem is None:
+        raise MaterialError(f"pki/{NEXT}.crt: missing during a CA rotation (phase {cas.rotation.phase:d})",
+                            hint="restore it (and pki/ca-next.key.age with unseal) from the cluster's repository")
+    if key_pem is not None:
+        if cas.imported_next is not None and not cas.finishing:
+            raise MaterialError(f"pki.ca_next: the rotation's next CA was made by this tool (pki/{NEXT}.key); "
+                                "remove pki.ca_next")
+        nxt = load_ca(cert_pem, key_pem, now, f"pki/{NEXT}.crt", own=True)
+        _check_recorded(NEXT, nxt.key, key_pem, records, f"pki/{NEXT}.key")
+    else:
+        source = cas.imported_next if not cas.finishing else cas.imported
+        if source is None:
+            raise MaterialError("pki.ca_next: the rotation's next CA was imported (pki/ca-next.crt has no key "
+                                "here); pki.ca_next must name its cert and key until 'rotate-ca finish'")
+        nxt = load_ca(*source, now, "pki.ca_next" if not cas.finishing else "pki.ca")
+        if not _same_ca(cert_pem, nxt):
+            raise MaterialError(f"{'pki.ca_next' if not cas.finishing else 'pki.ca'}: differs from the next CA "
+                                f"already in pki/{NEXT}.crt; refusing to replace it")
+    if ca_fingerprint(nxt) != cas.rotation.new_ca:
+        raise MaterialError(f"pki/{NEXT}.crt: is not the CA pki/rotation.json names as the new CA")
+    return nxt
+
+
+def ca_fingerprint(ca: CA) -> str:
+    """The sha256 of a CA certificate's DER, as manifest.json and pki/rotation.json record it."""
+    return hashlib.sha256(ca.cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def _resolve_ca(spec: Spec, existing: Mapping[str, bytes], imported: tuple[bytes, bytes] | None,
@@ -543,9 +690,9 @@ def _leaf_key(pki: Pki, name: str, existing: Mapping[str, bytes], records: KeyRe
     return key
 
 
-def _check_distinct_keys(ca: CA, keys: Mapping[str, PrivateKey], problems: list[str]) -> None:
-    """No leaf may carry the CA's key, and no two leaves may share a key."""
-    seen = {public_der(ca.key): "the CA (pki/ca.key)"}
+def _check_distinct_keys(cas: list[CA], keys: Mapping[str, PrivateKey], problems: list[str]) -> None:
+    """No leaf may carry a CA's key, and no two leaves may share a key."""
+    seen = {public_der(ca.key): "a CA (pki/ca.key or pki/ca-next.key)" for ca in cas}
     for name, key in keys.items():
         der = public_der(key)
         if der in seen:
@@ -559,13 +706,15 @@ def _leaf(pki: Pki, ca: CA, name: str, identity: Identity, key: PrivateKey, exis
     cert = _load_cert(existing.get(f"{name}.crt"))
     if cert is not None:
         reason = "--renew" if renew else _reissue_reason(pki, ca, cert, key, identity, now)
+        if reason == "is not signed by the CA" and cert.issuer != ca.cert.subject:
+            reason = "issued from the new CA"
         if reason is None:
             events.append(PkiEvent(name, Change.REUSED))
             return _credential(cert, key, ca)
         events.append(PkiEvent(name, Change.REISSUED, reason))
     else:
         events.append(PkiEvent(name, Change.ISSUED))
-    return issue_leaf(ca, identity, key, now, pki.validity_days)
+    return issue_leaf(ca, identity, key, now, identity.days(pki))
 
 
 def _reissue_reason(pki: Pki, ca: CA, cert: x509.Certificate, key: PrivateKey,

@@ -16,9 +16,9 @@ import jinja2
 from . import etcd
 from .errors import TemplateError
 from .etcd import PATHS
-from .spec import Node, Spec
+from .spec import Client, ClientUse, Node, Spec
 
-__all__ = ["NODE_FILES", "PATHS", "NodeFile", "NodePem", "SeedFiles", "make_environment", "render_node"]
+__all__ = ["NODE_FILES", "PATHS", "NodeFile", "NodePem", "NodePublic", "SeedFiles", "make_environment", "render_node"]
 
 # The templates live at the top of a checkout; a built wheel carries them inside the package.
 _TEMPLATE_DIRS = [Path(__file__).parent / "templates", Path(__file__).parent.parent / "templates"]
@@ -70,11 +70,42 @@ class SeedFiles:
 
 @dataclass(frozen=True)
 class NodePem:
-    """The PEM material a node carries: the CA, its chain (leaf + CA) and its key."""
+    """The secret and public material a node carries: the CAs it trusts, its chain (leaf + CA), its key,
+    and its SSH host key (OpenSSH private key file and public line)."""
 
     ca_cert_pem: bytes
     chain_pem: bytes
     key_pem: bytes
+    host_key_pem: bytes
+    host_public: str
+
+    def public(self) -> NodePublic:
+        return NodePublic(self.ca_cert_pem, self.chain_pem, hashlib.sha256(self.key_pem).hexdigest(),
+                          self.host_public, hashlib.sha256(self.host_key_pem).hexdigest())
+
+
+@dataclass(frozen=True)
+class NodePublic:
+    """What a reviewer's checkout has of a node's material: the private keys only as their files' sha256."""
+
+    ca_cert_pem: bytes
+    chain_pem: bytes
+    key_sha256: str
+    host_public: str
+    host_key_sha256: str
+
+
+# Each client use: its template, and the ready-to-use file it renders, under clients/.
+CLIENT_FILES = {
+    ClientUse.ETCDCTL: ("client-etcdctl.env.j2", "etcdctl.env"),
+    ClientUse.FLANNEL: ("client-flanneld.env.j2", "flanneld.env"),
+    ClientUse.KUBE_APISERVER: ("client-kube-apiserver.args.j2", "kube-apiserver.args"),
+}
+
+
+def client_file(client: Client) -> str:
+    """The path of a client's ready-to-use file under output/<cluster>/."""
+    return f"clients/{client.name}.{CLIENT_FILES[client.use][1]}"
 
 
 def make_environment() -> jinja2.Environment:
@@ -113,9 +144,20 @@ def password_marker(password_hash: str) -> str:
     return f"withheld from review; sha256 of the hash: {hashlib.sha256(password_hash.encode()).hexdigest()}"
 
 
-def render_etcdctl_env(env: jinja2.Environment, spec: Spec) -> str:
-    """pki/etcdctl.env: endpoints and file names for etcdctl with the admin certificate."""
-    return _render(env, "etcdctl.env.j2", {"spec": spec, "endpoints": etcd.client_endpoints(spec)})
+def render_etcdctl_env(env: jinja2.Environment, spec: Spec, ca_file: str = "ca.crt") -> str:
+    """pki/etcdctl.env: endpoints and file names for etcdctl with the admin certificate.
+
+    `ca_file`: what clients trust, ca-bundle.crt while a CA rotation trusts two CAs.
+    """
+    return _render(env, "etcdctl.env.j2", {"spec": spec, "endpoints": etcd.client_endpoints(spec),
+                                           "ca_file": ca_file})
+
+
+def render_client(env: jinja2.Environment, spec: Spec, client: Client, ca_file: str = "ca.crt") -> str:
+    """A client's ready-to-use file: flanneld's variables, kube-apiserver's flags, or etcdctl's variables."""
+    return _render(env, CLIENT_FILES[client.use][0], {
+        "spec": spec, "client": client, "endpoints": etcd.client_endpoints(spec), "ca_file": ca_file,
+        "flannel_prefix": FLANNEL_KEY.rsplit("/", 1)[0]})
 
 
 def render_node(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePem,
@@ -132,23 +174,22 @@ def render_node(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePem,
     Raises:
         TemplateError: a template is missing, uses an undefined variable, or would emit unsafe text.
     """
-    public = render_public(env, spec, node, pem.ca_cert_pem, pem.chain_pem,
-                           hashlib.sha256(pem.key_pem).hexdigest(), tarball_sha256)
-    user_data = _render_user_data(env, spec, node, pem.ca_cert_pem, pem.chain_pem, tarball_sha256,
-                                  pem.key_pem.decode(), spec.admin.password_hash if spec.admin else None)
+    public = render_public(env, spec, node, pem.public(), tarball_sha256)
+    user_data = _render_user_data(env, spec, node, pem.public(), tarball_sha256, pem.key_pem.decode(),
+                                  pem.host_key_pem.decode(), spec.admin.password_hash if spec.admin else None)
     return SeedFiles(texts={"user-data": user_data, **public.texts}, instance_id=public.instance_id)
 
 
-def render_public(env: jinja2.Environment, spec: Spec, node: Node, ca_cert_pem: bytes, chain_pem: bytes,
-                  key_sha256: str, tarball_sha256: str) -> SeedFiles:
+def render_public(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePublic,
+                  tarball_sha256: str) -> SeedFiles:
     """Render the files of a node that are committed: everything but user-data and the ISO.
 
-    Needs no secret: the key appears only as its sha256, so a reviewer's checkout renders the same.
+    Needs no secret: the keys appear only as their sha256, so a reviewer's checkout renders the same.
     """
     context = _context(spec, node, tarball_sha256)
     password = password_marker(spec.admin.password_hash) if spec.admin and spec.admin.password_hash else None
-    redacted = _render_user_data(env, spec, node, ca_cert_pem, chain_pem, tarball_sha256,
-                                 redaction_marker(key_sha256), password)
+    redacted = _render_user_data(env, spec, node, pem, tarball_sha256, redaction_marker(pem.key_sha256),
+                                 redaction_marker(pem.host_key_sha256), password)
     network_config = _render(env, "network-config.j2", context)
     # The instance-id changes whenever anything on this node's seed changes, and only
     # then: the redacted user-data names the key and password by their sha256.
@@ -172,8 +213,8 @@ def _context(spec: Spec, node: Node, tarball_sha256: str) -> dict[str, Any]:
     return {"spec": spec, "node": node, "paths": PATHS, "sha256": tarball_sha256, "options": options}
 
 
-def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, ca_cert_pem: bytes, chain_pem: bytes,
-                      tarball_sha256: str, key_text: str, password_hash: str | None) -> str:
+def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePublic, tarball_sha256: str,
+                      key_text: str, host_key_text: str, password_hash: str | None) -> str:
     context = _context(spec, node, tarball_sha256)
     flannel_sh = flannel_service = ""
     if node == spec.nodes[0] and spec.flannel is not None:
@@ -195,8 +236,8 @@ def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, ca_cert_p
         "install_sh": _render(env, "etcd-install.sh.j2", {**context, "flannel_sh": flannel_sh,
                                                           "restore": _restore_context(spec, node)}),
         "flannel_sh": flannel_sh, "flannel_service": flannel_service,
-        "ca_pem": ca_cert_pem.decode(), "chain_pem": chain_pem.decode(), "key_pem": key_text,
-        "password_hash": password_hash})
+        "ca_pem": pem.ca_cert_pem.decode(), "chain_pem": pem.chain_pem.decode(), "key_pem": key_text,
+        "host_key": host_key_text, "host_public": pem.host_public, "password_hash": password_hash})
 
 
 RESTORE_ON_SEED = "snapshot.db"  # the restore snapshot's name on the seed ISO

@@ -11,14 +11,14 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from . import external, fs
+from . import external, fs, hostkeys
 from .errors import MaterialError
 from .manifest import HEX64, Manifest
 from .pki import public_key_sha256
 
 INDEX = "sealed.json"  # in pki/: which key each .age file holds, and for whom it was sealed
 _RECIPIENT = re.compile(r"age1[0-9a-z]{58}")
-_KEY_FILE = re.compile(r"[a-z0-9-]{1,63}\.key")
+_KEY_FILE = re.compile(r"[a-z0-9-]{1,63}(\.ssh)?\.key")  # TLS keys, and nodes' SSH host keys
 
 
 @dataclass(frozen=True)
@@ -109,10 +109,13 @@ def _check_public(data: bytes, public: str, file_sha256: str) -> str | None:
     if not public:  # a format-1 manifest: it recorded the key file's own sha256
         return None if hashlib.sha256(data).hexdigest() == file_sha256 else "differs from the key manifest.json records"
     try:
-        key = serialization.load_pem_private_key(data, password=None)
+        if data.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
+            got = hostkeys.public_sha256(data)
+        else:
+            got = public_key_sha256(serialization.load_pem_private_key(data, password=None))  # type: ignore[arg-type]
     except (ValueError, TypeError):
-        return "does not decrypt to a PEM private key"
-    if public_key_sha256(key) != public:  # type: ignore[arg-type]
+        return "does not decrypt to a private key"
+    if got != public:
         return "holds a key whose public key differs from the one manifest.json records"
     return None
 

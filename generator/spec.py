@@ -52,7 +52,8 @@ _SHA512_CRYPT = re.compile(r"\$6\$(rounds=[0-9]{1,9}\$)?[./0-9A-Za-z]{1,16}\$[./
 # The CA's CN is "<cluster> etcd CA", and X.509 caps a CN at 64 characters (RFC 5280 ub-common-name).
 MAX_CLUSTER_NAME = 64 - len(" etcd CA")
 # Names the build writes for itself under output/<cluster>/ and pki/: a node may not take them.
-RESERVED_NAMES = frozenset({"ca", "admin", "pki", "sealed", "pending", "manifest", "etcdctl"})
+RESERVED_NAMES = frozenset({"ca", "admin", "pki", "sealed", "pending", "manifest", "etcdctl", "ca-next", "ca-bundle",
+                            "rotation", "known-hosts", "clients"})
 # Accounts a Debian system already has, or that the seed creates: the operator login must be new.
 SYSTEM_USERS = frozenset({
     "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy",
@@ -83,6 +84,8 @@ _CAL_DAY = r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
 _CALENDAR = re.compile(rf"({_CAL_DAY}((\.\.|,){_CAL_DAY})* )?({_CAL_PART}-{_CAL_PART}-{_CAL_PART} )?"
                        rf"{_CAL_PART}:{_CAL_PART}(:{_CAL_PART})?")
 _ABS_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
+# An X.509 CN or O of a client certificate: printable ASCII that needs no escaping anywhere it is shown.
+_DN_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 :._@-]{0,63}")
 _SYSTEM_TOP_DIRS = frozenset({"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run",
                               "sbin", "sys", "tmp", "usr"})
 
@@ -187,6 +190,7 @@ class Pki:
     ca_validity_days: int
     renew_before_days: int
     ca: CASource | None
+    ca_next: CASource | None = None  # the CA a rotation moves to, when it is imported too
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,32 @@ class Backup:
     schedule: str = "daily"
     keep: int = 7
     dir: str = "/var/backups/etcd"
+
+
+class ClientUse(StrEnum):
+    """Which consumer a client certificate is for: it decides the ready-to-use file written beside it."""
+
+    ETCDCTL = "etcdctl"  # pki/<name>.etcdctl.env: ETCDCTL_* variables
+    FLANNEL = "flannel"  # pki/<name>.flanneld.env: FLANNELD_ETCD_* variables
+    KUBE_APISERVER = "kube-apiserver"  # pki/<name>.kube-apiserver.args: the --etcd-* flags
+
+
+CLIENT_USES = tuple(u.value for u in ClientUse)
+
+
+@dataclass(frozen=True)
+class Client:
+    """A consumer of the cluster (flannel, kube-apiserver ...) with a clientAuth-only certificate of its own.
+
+    `dir` is where the consumer's host keeps the CA, certificate and key; its ready-to-use file names them there.
+    """
+
+    name: str
+    use: ClientUse
+    cn: str
+    o: str | None
+    validity_days: int
+    dir: str
 
 
 @dataclass(frozen=True)
@@ -231,6 +261,7 @@ class Spec:
     flannel: Flannel | None
     admin: Admin | None
     backup: Backup = Backup()
+    clients: tuple[Client, ...] = ()
 
     def with_snapshot(self, sha256: str) -> Spec:
         """This spec with its restore snapshot's sha256 filled in."""
@@ -332,7 +363,7 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
         raise SpecError(f"{where}: not valid YAML: {problem}") from None
     errs = _Errors()
     top = _mapping(raw, "", errs, required=("cluster", "network", "nodes", "etcd"),
-                   optional=("pki", "flannel", "admin", "backup"))
+                   optional=("pki", "flannel", "admin", "backup", "clients"))
     if top is None:
         raise SpecError(errs.items)
     cluster = _mapping(top.get("cluster"), "cluster", errs, required=("name", "domain"))
@@ -347,6 +378,7 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
     flannel = _flannel(top.get("flannel"), errs) if "flannel" in top else None
     admin = _admin(top.get("admin"), errs) if "admin" in top else None
     backup = _backup(top.get("backup", {}), errs)
+    clients = _clients(top.get("clients", []), nodes, pki, errs)
     if network is not None and nodes:
         _check_subnet(network, nodes, errs)
         if flannel is not None and flannel.network.overlaps(_subnet(network, nodes)):
@@ -359,7 +391,7 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
         raise SpecError(errs.items)
     assert name and domain and network and nodes and etcd and pki and backup  # noqa: S101 - errs was empty
     spec = Spec(name=name, domain=domain, network=network, nodes=tuple(nodes), etcd=etcd,
-                pki=pki, flannel=flannel, admin=admin, backup=backup)
+                pki=pki, flannel=flannel, admin=admin, backup=backup, clients=tuple(clients))
     return spec, errs.warnings
 
 
@@ -734,7 +766,7 @@ def _restore(value: Any, version: str | None, base_dir: Path, errs: _Errors) -> 
 
 def _pki(value: Any, base_dir: Path, errs: _Errors) -> Pki | None:
     data = _mapping(value, "pki", errs, optional=("key_type", "validity_days", "ca_validity_days",
-                                                  "renew_before_days", "ca"))
+                                                  "renew_before_days", "ca", "ca_next"))
     if data is None:
         return None
     key_type = data.get("key_type", KeyType.RSA2048.value)
@@ -746,18 +778,75 @@ def _pki(value: Any, base_dir: Path, errs: _Errors) -> Pki | None:
     if validity and renew is not None and renew >= validity:
         errs.add("pki.renew_before_days", f"{renew} must be less than validity_days ({validity}), "
                  "or every run would renew every certificate")
-    ca = None
-    if "ca" in data:
-        ca_data = _mapping(data["ca"], "pki.ca", errs, required=("cert", "key"))
-        if ca_data is not None:
-            cert = _text(ca_data, "cert", "pki.ca", errs)
-            key = _text(ca_data, "key", "pki.ca", errs)
-            if cert and key:
-                ca = CASource(cert=base_dir / cert, key=base_dir / key)
+    ca = _ca_source(data, "ca", base_dir, errs)
+    ca_next = _ca_source(data, "ca_next", base_dir, errs)
     if key_type not in KEY_TYPES or not validity or not ca_validity or renew is None:
         return None
     return Pki(key_type=KeyType(key_type), validity_days=validity, ca_validity_days=ca_validity,
-               renew_before_days=renew, ca=ca)
+               renew_before_days=renew, ca=ca, ca_next=ca_next)
+
+
+def _ca_source(data: Mapping[str, Any], key: str, base_dir: Path, errs: _Errors) -> CASource | None:
+    if key not in data:
+        return None
+    ca_data = _mapping(data[key], f"pki.{key}", errs, required=("cert", "key"))
+    if ca_data is None:
+        return None
+    cert = _text(ca_data, "cert", f"pki.{key}", errs)
+    key_file = _text(ca_data, "key", f"pki.{key}", errs)
+    return CASource(cert=base_dir / cert, key=base_dir / key_file) if cert and key_file else None
+
+
+def _clients(value: Any, nodes: list[Node], pki: Pki | None, errs: _Errors) -> list[Client]:
+    if not isinstance(value, list):
+        errs.add("clients", f"must be a list, got {_kind(value)}")
+        return []
+    taken = {n.name: f"node {n.name}" for n in nodes}
+    clients = []
+    for i, item in enumerate(value):
+        path = f"clients.{i}"
+        data = _mapping(item, path, errs, required=("name",), optional=("use", "cn", "o", "validity_days", "dir"))
+        if data is None:
+            continue
+        name = _text(data, "name", path, errs, check=_check_label)
+        if name is not None and (name in RESERVED_NAMES or name in taken):
+            errs.add(f"{path}.name", f"'{name}' is taken by {taken.get(name, 'the build (pki/' + name + '.*)')}; "
+                     "choose another client name")
+            name = None
+        use = data.get("use", ClientUse.ETCDCTL.value)
+        if use not in CLIENT_USES:
+            errs.add(f"{path}.use", f"{use!r} is not one of {', '.join(CLIENT_USES)}")
+        cn = _text(data, "cn", path, errs, check=_check_dn_value, default=name)
+        o = _text(data, "o", path, errs, check=_check_dn_value)
+        days = _integer(data, "validity_days", path, errs, default=pki.validity_days if pki else 365, low=1,
+                        high=3650)
+        if days and pki and days <= pki.renew_before_days:
+            errs.add(f"{path}.validity_days", f"{days} must be more than pki.renew_before_days "
+                     f"({pki.renew_before_days}), or every run would renew it")
+            days = None
+        directory = _text(data, "dir", path, errs, default=f"/etc/etcd-client/{name}", check=_check_plain_path)
+        if name is None or use not in CLIENT_USES or cn is None or ("o" in data and o is None) or not days \
+                or directory is None:
+            continue
+        taken[name] = f"clients.{i}"
+        clients.append(Client(name=name, use=ClientUse(use), cn=cn, o=o, validity_days=days,
+                              dir=directory.rstrip("/")))
+    return clients
+
+
+def _check_dn_value(value: str) -> str | None:
+    if not _DN_VALUE.fullmatch(value):
+        return (f"{value!r} is not a name this tool puts in a certificate: 1-64 letters, digits, spaces and "
+                "':._@-', starting with a letter or digit")
+    return None
+
+
+def _check_plain_path(value: str) -> str | None:
+    """An absolute path of plain characters, with no . or .. part: safe unquoted in every file it reaches."""
+    path = value.rstrip("/")
+    if not _ABS_PATH.fullmatch(path) or any(part in (".", "..") for part in path.split("/")):
+        return f"{value!r} is not an absolute path of plain characters (letters, digits, '.', '_', '-')"
+    return None
 
 
 def _flannel(value: Any, errs: _Errors) -> Flannel | None:
@@ -848,8 +937,9 @@ def _calendar_out_of_range(value: str) -> bool:
 
 def _check_backup_dir(value: str) -> str | None:
     path = value.rstrip("/")
-    if not _ABS_PATH.fullmatch(path) or any(part in (".", "..") for part in path.split("/")):
-        return f"{value!r} is not an absolute path of plain characters (letters, digits, '.', '_', '-')"
+    problem = _check_plain_path(value)
+    if problem:
+        return problem
     parts = path.strip("/").split("/")
     if len(parts) < 2 or parts[0] in _SYSTEM_TOP_DIRS:
         return (f"{value!r} is a system directory or lies in one; use a directory of its own such as "

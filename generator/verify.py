@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from . import etcd, fastpath, manifest
+from . import etcd, fastpath, hostkeys, manifest, rotation
 from .build import GITIGNORE, JOURNAL, Snapshot, seed_entries
 from .errors import GeneratorError, OutputError
 from .etcd import PATHS, Bundle
@@ -24,7 +24,19 @@ from .fs import SECRET_DIR_MODE, TEMP_PREFIX, OnDisk
 from .iso import VOLUME_LABEL, iso_digest, read_iso, volume_label
 from .manifest import Manifest
 from .pki import CA_NAME, PrivateKey, check_leaf, leaf_table, public_der, public_key_sha256
-from .render import NODE_FILES, RESTORE_ON_SEED, SEED_ISO, NodePem, render_etcdctl_env, render_node, render_public
+from .render import (
+    NODE_FILES,
+    RESTORE_ON_SEED,
+    SEED_ISO,
+    NodePem,
+    NodePublic,
+    client_file,
+    render_client,
+    render_etcdctl_env,
+    render_node,
+    render_public,
+)
+from .rotation import Phase, Rotation
 from .spec import Spec
 
 # CIS Kubernetes Benchmark section 2 (etcd): each setting and the value it requires.
@@ -100,9 +112,14 @@ def verify_tree(spec: Spec, tree: Tree, now: dt.datetime, warn_days: int, fail_d
     previous = _check_manifest(tree, found)
     _check_layout(tree, previous, found)
     _check_git(tree, found)
-    ca = _check_ca(tree, previous, now, warn_days, fail_days, found)
+    ca = _check_ca(tree, "pki/ca.crt", "pki/ca.key", previous, now, warn_days, fail_days, found)
     if ca is None or previous is None:
         return found
+    state = _check_rotation(tree, previous, ca, now, warn_days, fail_days, found)
+    if state is None:
+        return found
+    rotating, trusted = state
+    signer = trusted[-1] if rotating.phase is Phase.ISSUE else trusted[0]
     if spec.etcd.restore is not None:
         if previous.restore_sha256 is None:
             found.append(Finding(manifest.NAME, "records no restore snapshot, but the spec has etcd.restore"))
@@ -119,21 +136,106 @@ def verify_tree(spec: Spec, tree: Tree, now: dt.datetime, warn_days: int, fail_d
         except (KeyError, ValueError):
             found.append(Finding(cert_path, "missing or not a PEM certificate"))
             continue
-        for problem in check_leaf(chain[0], key, ca, identity, spec.pki, now):
+        issuer = next((c for c in trusted if _issued_by(chain[0], c)), signer)
+        if issuer is not signer:
+            found.append(Finding(cert_path, f"is issued by the old CA, but CA rotation phase {rotating.phase:d} "
+                                 "issues from the new one; run a build"))
+        for problem in check_leaf(chain[0], key, issuer, identity, spec.pki, now):
             found.append(Finding(cert_path, problem))
-        if chain[1:] != [ca]:
+        if chain[1:] != [issuer]:
             found.append(Finding(cert_path, "must hold the leaf followed by the CA certificate"))
         _expiry(cert_path, chain[0], now, warn_days, fail_days, found)
     _check_distinct(tree, keys, found)
+    hosts = _check_host_keys(spec, tree, previous, found)
     bundle_sha = spec.etcd.sha256 or (bundle.sha256 if bundle else None) or previous.bundle_sha256 or ""
     if bundle is not None and previous.bundle_sha256 not in (None, bundle.sha256):
         found.append(Finding(manifest.NAME, f"bundle.sha256 is {previous.bundle_sha256}, but {bundle.name} "
                              f"has {bundle.sha256}"))
-    _compare(tree, "pki/etcdctl.env", render_etcdctl_env(env, spec).encode(), found)
+    ca_file = rotation.BUNDLE.removeprefix("pki/") if rotating.in_progress else "ca.crt"
+    trust_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in trusted)
+    if rotating.in_progress:
+        _compare(tree, rotation.BUNDLE, trust_pem, found)
+    _compare(tree, "pki/etcdctl.env", render_etcdctl_env(env, spec, ca_file).encode(), found)
+    for client in spec.clients:
+        _compare(tree, client_file(client), render_client(env, spec, client, ca_file).encode(), found)
     _compare(tree, ".gitignore", GITIGNORE.encode(), found)
     for node in spec.nodes:
-        _check_node(spec, node.name, tree, previous, env, bundle_sha, bundle, found)
+        _check_node(spec, node.name, tree, previous, env, bundle_sha, bundle, trust_pem, hosts.get(node.name), found)
     return found
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _check_rotation(tree: Tree, previous: Manifest, ca: x509.Certificate, now: dt.datetime, warn_days: int,
+                    fail_days: int, found: list[Finding]) -> tuple[Rotation, list[x509.Certificate]] | None:
+    """The rotation's phase (named in a warning while it is in progress) and the CAs trusted in it."""
+    listed = previous.files.get(rotation.NAME)
+    data = tree.files.get(rotation.NAME)
+    try:
+        state = rotation.parse(data, listed.sha256 if listed else None,
+                               hashlib.sha256(data).hexdigest() if data is not None else None)
+    except GeneratorError as exc:
+        found.append(Finding(rotation.NAME, exc.messages[0].split(": ", 1)[-1]))
+        return None
+    fingerprint = hashlib.sha256(ca.public_bytes(serialization.Encoding.DER)).hexdigest()
+    next_path = f"pki/{rotation.NEXT}.crt"
+    if not state.in_progress:
+        if state.phase is Phase.TRUST_NEW and fingerprint != state.new_ca:
+            found.append(Finding("pki/ca.crt", "is not the CA pki/rotation.json names as the new CA"))
+        return state, [ca]
+    found.append(Finding(rotation.NAME, f"CA rotation in phase {state.phase:d} of 3 ({rotation.describe(state.phase)})"
+                         "; finish it before the old CA expires", error=False))
+    nxt = _check_ca(tree, next_path, f"pki/{rotation.NEXT}.key", previous, now, warn_days, fail_days, found)
+    if nxt is None:
+        return None
+    if fingerprint != state.old_ca:
+        found.append(Finding("pki/ca.crt", "is not the CA pki/rotation.json names as the old CA"))
+    if hashlib.sha256(nxt.public_bytes(serialization.Encoding.DER)).hexdigest() != state.new_ca:
+        found.append(Finding(next_path, "is not the CA pki/rotation.json names as the new CA"))
+    return state, [ca, nxt]
+
+
+def _check_host_keys(spec: Spec, tree: Tree, previous: Manifest, found: list[Finding]) -> dict[str, tuple[str, str]]:
+    """Each node's host key as known_hosts names it, with the sha256 of its key file; known_hosts checked."""
+    text = tree.files.get(hostkeys.KNOWN_HOSTS, b"").decode(errors="replace")
+    lines = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and not line.startswith("#"):
+            lines[fields[0].split(",")[0]] = f"{fields[1]} {fields[2]}"
+    hosts = {}
+    for node in spec.nodes:
+        path = f"pki/{hostkeys.record_name(node.name)}.key"
+        pem, entry = tree.files.get(path), previous.files.get(path)
+        public = lines.get(node.name)
+        if pem is not None:
+            try:
+                if entry is not None and hostkeys.public_sha256(pem) != entry.public_key_sha256:
+                    found.append(Finding(path, "its public key differs from the one manifest.json records"))
+                key = serialization.load_ssh_private_key(pem, password=None)
+                own = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                    serialization.PublicFormat.OpenSSH).decode()
+            except (ValueError, TypeError):
+                found.append(Finding(path, "is not an unencrypted OpenSSH ed25519 key"))
+                continue
+            if public is not None and public != own:
+                found.append(Finding(hostkeys.KNOWN_HOSTS, f"{node.name}: is not the host key in {path}"))
+            public = own
+        key_sha = hashlib.sha256(pem).hexdigest() if pem else entry.sha256 if entry else None
+        if public is None or key_sha is None:
+            found.append(Finding(hostkeys.KNOWN_HOSTS, f"{node.name}: no host key listed"))
+            continue
+        hosts[node.name] = (public, key_sha)
+    if len(hosts) == len(spec.nodes):
+        want = hostkeys.known_hosts(spec, {n: hostkeys.HostKey(b"", p) for n, (p, _) in hosts.items()})
+        _compare(tree, hostkeys.KNOWN_HOSTS, want.encode(), found)
+    return hosts
 
 
 def _holds_secrets(tree: Tree) -> bool:
@@ -220,24 +322,24 @@ def _expiry(path: str, cert: x509.Certificate, now: dt.datetime, warn_days: int,
         found.append(Finding(path, f"expires on {when}, within {warn_days} days", error=False))
 
 
-def _check_ca(tree: Tree, previous: Manifest | None, now: dt.datetime, warn_days: int, fail_days: int,
-              found: list[Finding]) -> x509.Certificate | None:
+def _check_ca(tree: Tree, cert_path: str, key_path: str, previous: Manifest | None, now: dt.datetime,
+              warn_days: int, fail_days: int, found: list[Finding]) -> x509.Certificate | None:
     try:
-        cert = x509.load_pem_x509_certificate(tree.files["pki/ca.crt"])
+        cert = x509.load_pem_x509_certificate(tree.files[cert_path])
     except (KeyError, ValueError):
-        found.append(Finding("pki/ca.crt", "missing or not a PEM certificate"))
+        found.append(Finding(cert_path, "missing or not a PEM certificate"))
         return None
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
         if not constraints.ca or not usage.key_cert_sign:
-            found.append(Finding("pki/ca.crt", "is not a CA that may sign certificates"))
+            found.append(Finding(cert_path, "is not a CA that may sign certificates"))
     except x509.ExtensionNotFound:
-        found.append(Finding("pki/ca.crt", "lacks basicConstraints or keyUsage; not a CA"))
-    _expiry("pki/ca.crt", cert, now, warn_days, fail_days, found)
-    key = _load_key(tree.files, "pki/ca.key", previous, found)
+        found.append(Finding(cert_path, "lacks basicConstraints or keyUsage; not a CA"))
+    _expiry(cert_path, cert, now, warn_days, fail_days, found)
+    key = _load_key(tree.files, key_path, previous, found)
     if key is not None and public_der(key) != public_der(cert):
-        found.append(Finding("pki/ca.key", "does not match pki/ca.crt"))
+        found.append(Finding(key_path, f"does not match {cert_path}"))
     return cert
 
 
@@ -261,7 +363,7 @@ def _compare(tree: Tree, path: str, expected: bytes, found: list[Finding]) -> No
 
 
 def _check_node(spec: Spec, name: str, tree: Tree, previous: Manifest, env: jinja2.Environment, bundle_sha: str,
-                bundle: Bundle | None, found: list[Finding]) -> None:
+                bundle: Bundle | None, trust_pem: bytes, host: tuple[str, str] | None, found: list[Finding]) -> None:
     node = next(n for n in spec.nodes if n.name == name)
     options_path, unit_path = f"{name}/options.env", f"{name}/etcd.service"
     if options_path in tree.files:
@@ -269,14 +371,15 @@ def _check_node(spec: Spec, name: str, tree: Tree, previous: Manifest, env: jinj
         _check_options(options_path, options, spec, found)
         if unit_path in tree.files:
             _check_unit(unit_path, tree.files[unit_path].decode(errors="replace"), options, found)
-    ca_pem, chain_pem = tree.files.get("pki/ca.crt"), tree.files.get(f"pki/{name}.crt")
+    chain_pem = tree.files.get(f"pki/{name}.crt")
     key_pem = tree.files.get(f"pki/{name}.key")
     key_entry = previous.files.get(f"pki/{name}.key")
     key_sha = hashlib.sha256(key_pem).hexdigest() if key_pem else key_entry.sha256 if key_entry else None
-    if ca_pem is None or chain_pem is None or key_sha is None:
+    if chain_pem is None or key_sha is None or host is None:
         return  # reported above
     try:
-        public = render_public(env, spec, node, ca_pem, chain_pem, key_sha, bundle_sha)
+        public = render_public(env, spec, node, NodePublic(trust_pem, chain_pem, key_sha, host[0], host[1]),
+                               bundle_sha)
     except GeneratorError as exc:
         found.append(Finding(f"{name}/", f"cannot render what the spec asks for: {exc}"))
         return
@@ -284,9 +387,10 @@ def _check_node(spec: Spec, name: str, tree: Tree, previous: Manifest, env: jinj
         if node_file.name in public.texts:
             _compare(tree, f"{name}/{node_file.name}", public.texts[node_file.name].encode(), found)
     user_data = tree.files.get(f"{name}/user-data")
-    if user_data is None or key_pem is None:
-        return  # a reviewer's checkout: the full user-data and the key are secret and not committed
-    seed = render_node(env, spec, node, NodePem(ca_pem, chain_pem, key_pem), bundle_sha)
+    host_pem = tree.files.get(f"pki/{hostkeys.record_name(name)}.key")
+    if user_data is None or key_pem is None or host_pem is None:
+        return  # a reviewer's checkout: the full user-data and the keys are secret and not committed
+    seed = render_node(env, spec, node, NodePem(trust_pem, chain_pem, key_pem, host_pem, host[0]), bundle_sha)
     _compare(tree, f"{name}/user-data", seed.texts["user-data"].encode(), found)
     _check_user_data(name, user_data, found)
     _check_iso(name, tree, previous, seed.texts, spec.etcd.tarball_name if spec.etcd.bundle else None, bundle,

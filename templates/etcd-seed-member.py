@@ -133,13 +133,21 @@ class Member:
         say("%s starts as a learner of %s" % (self.name, ",".join(cluster)))
         return 0
 
+    def own_id(self):
+        """The member ID etcd on this node runs as. Not the peer URL: until prepare has removed it, the
+        stale entry of a replaced node's lost incarnation has the same URL, and is a voting member."""
+        code, out, err = self.etcdctl([self.cfg["client_url"]], "endpoint", "status", "-w", "json")
+        if code != 0:
+            raise Retry("etcd on %s does not answer yet (%s)" % (self.name, err))
+        return json.loads(out)[0]["Status"]["header"]["member_id"]
+
     def promote(self):
         if self.cfg["mode"] == "none":
             return 0
         waiting = False
         while True:
-            mine = [m for m in self.members([self.cfg["client_url"], *self.cfg["peers"]])
-                    if self.peer_url in m.get("peerURLs", [])]
+            own = self.own_id()
+            mine = [m for m in self.members([self.cfg["client_url"], *self.cfg["peers"]]) if m["ID"] == own]
             if not mine:
                 raise Retry("%s is not a member yet" % self.name)
             if not mine[0].get("isLearner"):

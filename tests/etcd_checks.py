@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -18,9 +22,13 @@ class Etcdctl(Protocol):
 
 def etcdctl_argv(binary: Path, endpoints: list[str], pki: Path, cert_dir: Path | None, cert: bool,
                  timeout: str) -> list[str]:
-    """etcdctl over mutual TLS with the admin certificate of cert_dir (default: pki)."""
+    """etcdctl over mutual TLS with the admin certificate of cert_dir (default: pki).
+
+    It trusts what the build tells clients to trust: both CAs (ca-bundle.crt) while a rotation has two.
+    """
     urls = ",".join(f"https://{ip}:2379" for ip in endpoints)
-    argv = [str(binary), f"--endpoints={urls}", f"--cacert={pki / 'ca.crt'}", f"--dial-timeout={timeout}",
+    trust = pki / "ca-bundle.crt" if (pki / "ca-bundle.crt").exists() else pki / "ca.crt"
+    argv = [str(binary), f"--endpoints={urls}", f"--cacert={trust}", f"--dial-timeout={timeout}",
             f"--command-timeout={timeout}"]
     if cert:
         source = cert_dir or pki
@@ -61,3 +69,37 @@ def all_voting(etcdctl: Etcdctl, endpoints: list[str], count: int) -> bool:
     members = json.loads(done.stdout)["members"]
     return len(members) == count and all(m.get("name") and not m.get("isLearner") for m in members) and \
         etcdctl("endpoint", "health", endpoints=endpoints).returncode == 0
+
+
+class Writer(threading.Thread):
+    """Puts <prefix><n> every `interval` seconds through `put` and records each write etcd acknowledged."""
+
+    def __init__(self, put: Callable[[str, str], bool], prefix: str, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.put, self.prefix, self.interval = put, prefix, interval
+        self.stop = threading.Event()
+        self.acked: list[tuple[str, float]] = []
+        self.started = time.monotonic()
+
+    def run(self) -> None:
+        for n in itertools.count(1):
+            if self.stop.is_set():
+                return
+            key = f"{self.prefix}{n:05d}"
+            if self.put(key, str(n)):
+                self.acked.append((key, time.monotonic()))
+            self.stop.wait(self.interval)
+
+    def finish(self, what: str) -> None:
+        """Stop writing, and print how long `what` took and the longest window with no acknowledged write."""
+        self.stop.set()
+        self.join(timeout=30)
+        ended = time.monotonic()
+        times = [self.started] + [t for _, t in self.acked] + [ended]
+        gap = max(b - a for a, b in itertools.pairwise(times))
+        print(f"\nbench: {what}: {ended - self.started:.1f} s; longest window with no acknowledged write: "
+              f"{gap:.1f} s; {len(self.acked)} writes acknowledged")
+
+    def assert_all_readable(self, present: set[str]) -> None:
+        """Every acknowledged write is among the keys read back at the end."""
+        assert self.acked and {k for k, _ in self.acked} <= present

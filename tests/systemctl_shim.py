@@ -11,7 +11,7 @@ network namespace. A oneshot unit (etcd-backup.service) runs to its end; `start
 in the settings are moved under the scratch root, the only change to what the
 script wrote. Every call is logged, so a test can count starts and restarts.
 
-usage (as systemctl): start|restart|is-active|enable|disable|daemon-reload [--no-block|--quiet|--now] UNIT
+usage (as systemctl): start|stop|restart|is-active|enable|disable|daemon-reload [--no-block|--quiet|--now] UNIT
 """
 
 from __future__ import annotations
@@ -128,6 +128,8 @@ def main(argv: list[str]) -> int:
     elif verb == "restart":
         _stop(state)
         _start(root, state)
+    elif verb == "stop":
+        _stop(state)
     return 0
 
 

@@ -20,6 +20,7 @@ from generator.iso import read_iso
 from .conftest import ROOT, fake_bundle
 
 SECRETS = {"pki/ca.key", "pki/admin.key", *(f"pki/etcd0{i}.key" for i in (1, 2, 3)),
+           *(f"pki/etcd0{i}.ssh.key" for i in (1, 2, 3)),
            *(f"etcd0{i}/{f}" for i in (1, 2, 3) for f in ("user-data", "seed.iso"))}
 
 
@@ -44,7 +45,7 @@ def test_build_writes_the_tree_with_modes(workdir: Path) -> None:
     assert (code, err) == (0, "")
     root = workdir / "out" / "demo"
     files = tree(root)
-    expected = {".gitignore", "manifest.json", "pki/ca.crt", "pki/admin.crt", "pki/etcdctl.env",
+    expected = {".gitignore", "manifest.json", "known_hosts", "pki/ca.crt", "pki/admin.crt", "pki/etcdctl.env",
                 *(f"pki/etcd0{i}.crt" for i in (1, 2, 3)), *SECRETS,
                 *(f"etcd0{i}/{f}" for i in (1, 2, 3) for f in (
                     "user-data.redacted", "meta-data", "network-config", "options.env", "etcd.service"))}
@@ -81,7 +82,7 @@ def test_rerun_changes_nothing(workdir: Path) -> None:
 
     before = files()
     code, out, _ = build(workdir)
-    assert code == 0 and "0 of 34 files written (nothing changed)" in out
+    assert code == 0 and "0 of 38 files written (nothing changed)" in out
     assert files() == before
 
 

@@ -57,12 +57,12 @@ def test_replay_is_what_the_full_run_printed(workdir: Path, taken: list[bool]) -
     full = build(workdir)
     fast = build(workdir)
     assert taken == [False, False, True]
-    assert fast == full and "0 of 34 files written (nothing changed)" in fast[1]
+    assert fast == full and "0 of 38 files written (nothing changed)" in fast[1]
     fast_plan = plan(workdir)
     (workdir / "out/demo" / fastpath.NAME).unlink()
     full_plan = plan(workdir)
     assert taken[3:] == [True, False]
-    assert fast_plan == full_plan and "0 to create, 0 to update, 0 to chmod, 33 unchanged" in full_plan[1]
+    assert fast_plan == full_plan and "0 to create, 0 to update, 0 to chmod, 37 unchanged" in full_plan[1]
 
 
 def test_fast_run_imports_no_heavy_module(recorded: Path) -> None:
@@ -115,7 +115,7 @@ def test_rewritten_iso_falls_back_and_is_rebuilt(recorded: Path, taken: list[boo
     iso.write_bytes(bytes(data))
     os.utime(iso, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and mtime: only its ctime moved
     code, out, _ = build(recorded)
-    assert taken == [False] and code == 0 and "1 of 34 files written" in out
+    assert taken == [False] and code == 0 and "1 of 38 files written" in out
     assert iso.read_bytes() != bytes(data)
 
 
@@ -125,7 +125,7 @@ def test_changed_bundle_falls_back(recorded: Path, taken: list[bool]) -> None:
     assert taken == [False] and code == 0 and "(nothing changed)" in out
     (recorded / "etcd.tar.gz").write_bytes(fake_bundle(version="3.5.1") + b"\0")  # other bytes: a new sha256
     code, out, _ = build(recorded)
-    assert taken[1] is False and code == 0 and "13 of 34 files written" in out  # each seed, and the manifest
+    assert taken[1] is False and code == 0 and "13 of 38 files written" in out  # each seed, and the manifest
 
 
 def test_changed_tool_version_falls_back(recorded: Path, taken: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:

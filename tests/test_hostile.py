@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 
 from generator import etcd
 from generator.errors import SpecError
-from generator.render import PATHS, SeedFiles, make_environment, render_node
-from generator.spec import Spec, load_spec
+from generator.render import PATHS, SeedFiles, make_environment, render_client, render_node
+from generator.spec import ClientUse, Spec, load_spec
 
 from .conftest import ROOT
-from .parsers import cloud_init_available, cloud_init_load, systemd_available, systemd_env
+from .parsers import cloud_init_available, cloud_init_load, sh_env, systemd_available, systemd_env
 from .test_render import fake_pem
 
 # Every character that ends a line for YAML, sh or systemd, plus what quotes, escapes,
@@ -43,13 +43,18 @@ BASE: dict[str, Any] = {
     "flannel": {"network": "10.2.0.0/16", "backend": "vxlan"},
     "admin": {"name": "ops", "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB ops@example"],
               "password_hash": "$6$rounds=5000$saltsaltsaltsalt$" + "a" * 86},
+    "clients": [{"name": "flannel", "use": "flannel", "dir": "/etc/flannel-etcd"},
+                {"name": "kube", "use": "kube-apiserver", "cn": "kube-apiserver-etcd-client", "o": "system:masters"},
+                {"name": "reader", "cn": "backup reader"}],
 }
 FIELDS = ["cluster.name", "cluster.domain", "network.gateway", "network.dns.0", "network.search.0",
           "nodes.0.name", "nodes.0.ip", "nodes.0.mac", "nodes.0.fqdn", "nodes.1.name", "etcd.version", "etcd.url",
           "etcd.sha256", "etcd.token", "flannel.network", "flannel.backend", "admin.name",
           "admin.ssh_authorized_keys.0", "admin.password_hash", "etcd.auto_compaction_retention",
-          "backup.schedule", "backup.dir"]
-USER_DATA_KEYS = {"hostname", "fqdn", "manage_etc_hosts", "ssh_pwauth", "groups", "users", "write_files", "runcmd"}
+          "backup.schedule", "backup.dir", "clients.0.name", "clients.0.dir", "clients.1.cn", "clients.1.o",
+          "clients.2.name", "clients.2.cn"]
+USER_DATA_KEYS = {"hostname", "fqdn", "manage_etc_hosts", "ssh_pwauth", "ssh_deletekeys", "ssh_keys", "groups",
+                  "users", "write_files", "runcmd"}
 WRITE_FILES = {f"{PATHS.staged}/{name}" for name in (
     "ca.crt", "etcd.crt", "etcd.key", "options.env", "etcd.service", "member.json", "etcd-seed-promote.service",
     "etcd-backup.service", "etcd-backup.timer")} | {"/usr/local/sbin/etcd-seed-install", PATHS.member_bin,
@@ -151,6 +156,33 @@ def check_outputs(spec: Spec, rendered: dict[str, SeedFiles], tmp: Path,
         if shutil.which("systemd-analyze"):  # systemd's own parser accepts every schedule the spec accepts
             assert subprocess.run(["systemd-analyze", "calendar", spec.backup.schedule], capture_output=True,
                                   check=False).returncode == 0, spec.backup.schedule
+    check_client_files(spec, tmp, env_parser)
+
+
+def check_client_files(spec: Spec, tmp: Path, env_parser: Callable[[Path], dict[str, str]] | None) -> None:
+    """Each consumer file is comment lines and exactly its settings, read back by systemd's parser or sh."""
+    env = make_environment()
+    endpoints = etcd.client_endpoints(spec)
+    for client in spec.clients:
+        text = render_client(env, spec, client)
+        path = tmp / f"{client.name}.client"
+        path.write_text(text)
+        settings = [line for line in text.splitlines() if not line.startswith("#")]
+        where = f"{client.dir}/{client.name}"
+        if client.use is ClientUse.KUBE_APISERVER:
+            assert settings == [f"--etcd-servers={endpoints}", f"--etcd-cafile={client.dir}/ca.crt",
+                                f"--etcd-certfile={where}.crt", f"--etcd-keyfile={where}.key"]
+        elif client.use is ClientUse.FLANNEL:
+            want = {"FLANNELD_ETCD_ENDPOINTS": endpoints, "FLANNELD_ETCD_CAFILE": f"{client.dir}/ca.crt",
+                    "FLANNELD_ETCD_CERTFILE": f"{where}.crt", "FLANNELD_ETCD_KEYFILE": f"{where}.key",
+                    "FLANNELD_ETCD_PREFIX": "/coreos.com/network"}
+            assert settings == [f"{k}={v}" for k, v in want.items()]
+            if env_parser is not None:
+                assert env_parser(path) == want
+        else:
+            assert sh_env(path) == {"ETCDCTL_API": "3", "ETCDCTL_ENDPOINTS": endpoints,
+                                    "ETCDCTL_CACERT": f"{client.dir}/ca.crt", "ETCDCTL_CERT": f"{where}.crt",
+                                    "ETCDCTL_KEY": f"{where}.key"}
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -131,7 +131,7 @@ def test_join_changes_no_founder_seed(workdir: Path) -> None:
     assert code == 0, err
     after = _files(workdir / "out/demo")
     changed = sorted(p for p in before if before[p] != after[p])
-    assert changed == ["manifest.json", "pki/etcdctl.env"], changed
+    assert changed == ["known_hosts", "manifest.json", "pki/etcdctl.env"], changed
     assert "etcd04 joins the running cluster by itself" in out
     assert "etcdctl member add etcd04 --peer-urls=https://192.168.0.4:2380 --learner" in out
     config = json.loads(_written(workdir, "etcd04")["/var/lib/etcd-seed/seed/member.json"])

@@ -39,7 +39,8 @@ ADMIN = """admin:
 def fake_pem(name: str) -> NodePem:
     leaf = f"-----BEGIN CERTIFICATE-----\nFAKE-{name}\n-----END CERTIFICATE-----\n".encode()
     key = f"-----BEGIN PRIVATE KEY-----\nFAKE-KEY-{name}\n-----END PRIVATE KEY-----\n".encode()
-    return NodePem(FAKE_CA, leaf + FAKE_CA, key)
+    host = f"-----BEGIN OPENSSH PRIVATE KEY-----\nFAKE-HOST-KEY-{name}\n-----END OPENSSH PRIVATE KEY-----\n".encode()
+    return NodePem(FAKE_CA, leaf + FAKE_CA, key, host, f"ssh-ed25519 AAAAFAKEHOSTKEY{name.replace('-', '')}")
 
 
 def render_all(spec: Spec) -> dict[str, SeedFiles]:

@@ -88,6 +88,6 @@ def test_added_member(workdir: Path) -> None:
     edit(workdir, "etcd:\n", '  - {name: etcd04, ip: 192.168.0.4, mac: "52:54:00:00:00:04"}\netcd:\n')
     planned = plan(workdir)
     assert {"pki/etcd04.crt", "pki/etcd04.key", "etcd04/seed.iso", "etcd01/options.env",
-            "pki/etcdctl.env"} <= planned  # etcdctl.env lists the new endpoint
+            "pki/etcdctl.env", "known_hosts"} <= planned  # etcdctl.env lists the new endpoint
     certs_and_keys = {p for p in planned if p.startswith("pki/") and p.endswith((".crt", ".key"))}
-    assert certs_and_keys == {"pki/etcd04.crt", "pki/etcd04.key"}
+    assert certs_and_keys == {"pki/etcd04.crt", "pki/etcd04.key", "pki/etcd04.ssh.key"}

@@ -34,7 +34,7 @@ def test_second_operator_rebuilds_identical_seeds(workdir: Path, tmp_path: Path)
     code, out, err = run("seal", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"),
                          "--recipient", recipient)
     assert code == 0, err
-    assert "5 keys sealed" in out
+    assert "8 keys sealed" in out
     pki = workdir / "out" / "demo" / "pki"
     assert sorted(p.name for p in pki.glob("*.key.age")) == sorted(p.name + ".age" for p in pki.glob("*.key"))
     assert b"PRIVATE KEY" not in (pki / "etcd01.key.age").read_bytes()
@@ -54,7 +54,7 @@ def test_second_operator_rebuilds_identical_seeds(workdir: Path, tmp_path: Path)
     code, out, err = run("unseal", "--spec", str(other / "cluster.yaml"), "--out", str(other / "out"),
                          "--identity", str(ident))
     assert code == 0, err
-    assert "5 keys restored" in out
+    assert "8 keys restored" in out
     code, out, _ = build(other)
     assert code == 0
     assert "pki: etcd01: reused" in out and "pki: ca: reused" in out
@@ -72,7 +72,7 @@ def test_reseal_keeps_committed_files(workdir: Path, tmp_path: Path) -> None:
     pki = workdir / "out" / "demo" / "pki"
     before = {p.name: p.read_bytes() for p in pki.glob("*.age")}
     code, out, _ = run(*args)
-    assert code == 0 and "0 keys sealed, 5 unchanged" in out
+    assert code == 0 and "0 keys sealed, 8 unchanged" in out
     assert {p.name: p.read_bytes() for p in pki.glob("*.age")} == before
 
 

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from generator.build import load_sources, seed_entries  # noqa: E402 - after the path set-up above
+from generator.hostkeys import host_keys  # noqa: E402
 from generator.iso import SeedEntry, write_iso  # noqa: E402
 from generator.keygen import keys_made_ahead  # noqa: E402
 from generator.pki import KeyRecords, build_pki, leaf_table  # noqa: E402
@@ -128,9 +129,10 @@ def scaling(work: Path, sizes: list[int]) -> tuple[float, int] | None:
         with keys_made_ahead(spec.pki.key_type.value, len(leaf_table(spec)) + 1):
             pki = build_pki(spec, {}, None, dt.datetime.now(dt.UTC).replace(microsecond=0), KeyRecords())
         t1 = time.perf_counter()
-        seeds = {node.name: render_node(env, spec, node, NodePem(pki.ca.cert_pem, pki.leaves[node.name].chain_pem,
-                                                              pki.leaves[node.name].key_pem), bundle.sha256)
-                 for node in spec.nodes}
+        hosts = host_keys(spec, {}, KeyRecords(), frozenset(), [])
+        seeds = {node.name: render_node(env, spec, node, NodePem(
+            pki.trust_pem, pki.leaves[node.name].chain_pem, pki.leaves[node.name].key_pem,
+            hosts[node.name].private_pem, hosts[node.name].public_line), bundle.sha256) for node in spec.nodes}
         t2 = time.perf_counter()
         iso_dir = work / f"isos{n}"
         iso_dir.mkdir()

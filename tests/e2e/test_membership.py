@@ -1,10 +1,11 @@
-"""Proof by boot: backup, replace, join and restore, each by seeds and reboots alone, with no etcdctl by hand.
+"""Proof by boot: backup, replace, join, CA rotation and restore, each by seeds and reboots alone, no etcdctl by hand.
 
 Three Debian 12 guests boot on the example's etcd 3.5.16 (restore needs etcdutl --bump-revision).
 The scenarios share that cluster, in this order, and each also runs alone (`make e2e E2E_K=replace`):
 a backup taken by the generated unit; node 3 lost and replaced on a fresh disk; a fourth node that
-joins by itself and is then scaled back in with the command the build prints; and every node lost,
-then restored from a snapshot on fresh disks. Each prints its time.
+joins by itself and is then scaled back in with the command the build prints; a CA rotation through
+its three phases, each rolled by re-seeding; and every node lost, then restored from a snapshot on
+fresh disks. Each prints its time. Every ssh checks host keys against the build's known_hosts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,7 +26,21 @@ from generator import _cli
 from generator.spec import load_spec
 
 from ..etcd_checks import all_voting
-from .test_boot import BOOT_TIMEOUT_S, BUNDLE, ETCDCTL, SUBNET, VM, Lab, booted_lab, overlay, served_serial, wait_for
+from .test_boot import (
+    BOOT_TIMEOUT_S,
+    BUNDLE,
+    ETCDCTL,
+    SUBNET,
+    VM,
+    Lab,
+    booted_lab,
+    overlay,
+    reseed_reboot,
+    rolling_order,
+    served_serial,
+    ssh_argv,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e]
 SNAPSHOT_NAME = re.compile(r"[0-9]{8}T[0-9]{6}Z-rev([0-9]+)\.db")
@@ -38,10 +54,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield booted
 
 
-def _build(lab: Lab, *extra: str) -> str:
+def _build(lab: Lab, *extra: str, step: str | None = None) -> str:
     spec_file = lab.work / "cluster.yaml"
     out, err = io.StringIO(), io.StringIO()
-    code = _cli.main(["build", "--spec", str(spec_file), "--out", str(lab.work / "out"), *extra], out, err)
+    command = ["rotate-ca", step] if step else ["build"]
+    code = _cli.main([*command, "--spec", str(spec_file), "--out", str(lab.work / "out"), *extra], out, err)
     assert code == 0, err.getvalue()
     lab.spec, _ = load_spec(spec_file.read_text(), base_dir=lab.work)
     return out.getvalue()
@@ -184,6 +201,46 @@ def test_fourth_node_joins_by_itself_then_scales_in(lab: Lab) -> None:
     wait_for("three healthy members", lambda: all_voting(lab.etcdctl, [v.ip for v in lab.vms], 3), 120, lab.vms)
 
 
+def test_ca_rotation_by_reseeding(lab: Lab) -> None:
+    """All three phases of a CA rotation, each by re-seeding and rebooting one node at a time while a writer
+    writes: every node trusts both CAs, then serves a certificate of the new CA, then trusts only the new CA.
+    The old admin certificate works until the last phase and is refused after it; no acknowledged write is lost;
+    ssh checks the nodes' unchanged host keys against the build's known_hosts on every reboot."""
+    old_admin = lab.work / "old-admin"
+    old_admin.mkdir()
+    for name in ("admin.crt", "admin.key"):
+        shutil.copy(lab.pki / name, old_admin / name)
+    known_hosts = (lab.pki.parent / "known_hosts").read_bytes()
+    writer = lab.writer()
+    writer.start()
+    try:
+        for step, phase in (("begin", 1), ("issue", 2), ("finish", 3)):
+            out = _build(lab, step=step)
+            assert f"CA rotation: phase {phase} of 3" in out, out
+            for vm in rolling_order(lab):
+                def ready(vm: VM = vm) -> bool:
+                    return lab.etcdctl("endpoint", "health", endpoints=[vm.ip]).returncode == 0 and vm.poll_finished()
+                took = reseed_reboot(lab, vm, "healthy on its new seed", ready)
+                print(f"bench: CA rotation phase {phase}: {vm.name} re-seed reboot to healthy member: {took:.0f} s")
+                line = lab.ssh(vm.ip, "sudo grep 'etcd-seed: applied' /var/log/cloud-init-output.log | tail -n 1")
+                assert line.returncode == 0, line.stderr  # strict host key checking against the build's known_hosts
+                if phase != 2:  # the trusted-CA file changed: etcd reads it only at start
+                    assert "ca.crt" in line.stdout and line.stdout.strip().endswith("; restarted etcd"), line.stdout
+            trusted = lab.ssh(lab.vms[0].ip, "sudo grep -c 'BEGIN CERTIFICATE' /etc/ssl/etcd/ca.crt").stdout.strip()
+            assert trusted == ("1" if phase == 3 else "2"), trusted
+            old_works = lab.etcdctl("endpoint", "health", cert_dir=old_admin, timeout="3s").returncode == 0
+            assert old_works == (phase < 3), f"phase {phase}: the old admin certificate: accepted {old_works}"
+            if phase == 2:
+                for vm, node in zip(lab.vms, lab.spec.nodes, strict=True):
+                    issued = x509.load_pem_x509_certificates((lab.pki / f"{node.name}.crt").read_bytes())[0]
+                    assert served_serial(lab, vm.ip, 2379, "admin") == issued.serial_number
+    finally:
+        writer.finish("three-phase CA rotation by re-seeding 3 VMs")
+    assert lab.etcdctl("endpoint", "health").returncode == 0
+    writer.assert_all_readable(set(lab.etcdctl("get", "roll/", "--prefix", "--keys-only").stdout.split()))
+    assert (lab.pki.parent / "known_hosts").read_bytes() == known_hosts
+
+
 def test_restore_every_member_from_a_snapshot(lab: Lab) -> None:
     """Every node lost. A snapshot copied off a node seeds three fresh disks: each restores it once with a
     revision bump and a new token; every key is back, the revision is past the old one plus the bump, and the
@@ -196,10 +253,9 @@ def test_restore_every_member_from_a_snapshot(lab: Lab) -> None:
     assert taken.returncode == 0, taken.stderr
     name = taken.stdout.split()[-1]
     revision = int(SNAPSHOT_NAME.fullmatch(name).group(1))  # type: ignore[union-attr]
-    copied = subprocess.run(lab.net.command(lab.net.hub, [
-        "ssh", "-i", str(lab.key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-        "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", f"ops@{source.ip}", f"sudo cat /var/backups/etcd/{name}"]),
-        capture_output=True, timeout=120, check=False)
+    copied = subprocess.run(lab.net.command(lab.net.hub, ssh_argv(lab.key, lab.pki.parent / "known_hosts", source.ip,
+                                                                  f"sudo cat /var/backups/etcd/{name}")),
+                            capture_output=True, timeout=120, check=False)
     assert copied.returncode == 0, copied.stderr
     snapshot = lab.work / "restore.db"
     snapshot.write_bytes(copied.stdout)
