@@ -552,7 +552,13 @@ def _resolve_cas(spec: Spec, existing: Mapping[str, bytes], cas: CaInputs, now: 
         if cas.imported_next is not None:
             raise MaterialError("pki.ca_next: names the CA a rotation moves to, but none is in progress; start "
                                 "one with 'rotate-ca begin', or remove pki.ca_next")
-    ca = _resolve_ca(spec, existing, cas.imported, now, records, events)
+    try:
+        ca = _resolve_ca(spec, existing, cas.imported, now, records, events)
+    except MaterialError as exc:
+        if cas.rotation.phase is not Phase.ISSUE:
+            raise
+        # finish writes the new CA's key over pki/ca.key first: a finish cut short leaves that key there.
+        raise MaterialError(exc.messages, hint="if a 'rotate-ca finish' was interrupted, run it again") from None
     if cas.phase in (Phase.NONE, Phase.TRUST_NEW):
         return ca, cas.imported is not None, None
     if not cas.beginning and ca_fingerprint(ca) != cas.rotation.old_ca:

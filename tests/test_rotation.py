@@ -259,3 +259,18 @@ def test_rotation_is_never_answered_from_the_fast_path(workdir: Path) -> None:
     assert code == 0 and "ca-next: created" in out
     code, out, _ = run("plan", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"))
     assert "CA rotation: phase 1 of 3" in out
+
+
+def test_interrupted_finish_is_completed_by_running_it_again(workdir: Path) -> None:
+    """finish writes the new CA's key over pki/ca.key first; cut short there, a plain build refuses the tree and
+    says to run finish again, which completes it."""
+    assert build(workdir)[0] == 0
+    assert rotate(workdir, "begin")[0] == 0 and rotate(workdir, "issue")[0] == 0
+    pki = _pki(workdir)
+    (pki / "ca.key").write_bytes((pki / "ca-next.key").read_bytes())  # killed right after that rename
+    code, _, err = build(workdir)
+    assert code == 1 and "error: pki/ca.crt: the CA certificate and key do not match" in err, err
+    assert "hint: if a 'rotate-ca finish' was interrupted, run it again" in err
+    code, _, err = rotate(workdir, "finish")
+    assert code == 0, err
+    assert verify(workdir)[0] == 0
