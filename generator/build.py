@@ -21,7 +21,7 @@ from .errors import MaterialError, OutputError
 from .etcd import Bundle
 from .iso import SeedEntry, iso_digest, write_iso
 from .manifest import HEX64, FileEntry, Manifest
-from .pki import CA_NAME, CaInputs, KeyRecords, PkiState, build_pki, ca_fingerprint
+from .pki import CA_NAME, CaInputs, KeyRecords, PkiState, build_pki, cert_fingerprint
 from .render import (
     NODE_FILES,
     RESTORE_ON_SEED,
@@ -191,14 +191,12 @@ def load_inputs(spec: Spec, root: Path, sources: Sources | None = None) -> Input
     """
     previous = manifest.parse_manifest(fs.read_optional(root / manifest.NAME, manifest.NAME))
     sources = sources or load_sources(spec, previous.bundle_sha256)
-    disk = fs.scan(root)[0]
-    state = fs.read_optional(root / rotation.NAME, rotation.NAME)
     listed = previous.files.get(rotation.NAME)
-    current = rotation.parse(state, listed.sha256 if listed else None,
-                             disk[rotation.NAME].sha256 if rotation.NAME in disk else None)
+    current = rotation.parse(fs.read_optional(root / rotation.NAME, rotation.NAME), listed.sha256 if listed else None)
     return Inputs(bundle=sources.bundle, imported=sources.imported, pki_files=fs.load_pki_dir(root / "pki"),
                   previous=previous, pending=parse_journal(fs.read_optional(root / JOURNAL, JOURNAL)),
-                  disk=disk, snapshot=sources.snapshot, imported_next=sources.imported_next, rotation=current)
+                  disk=fs.scan(root)[0], snapshot=sources.snapshot, imported_next=sources.imported_next,
+                  rotation=current)
 
 
 def load_bundle(spec: Spec, checked: str | None = None) -> Bundle:
@@ -328,8 +326,8 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     for client in spec.clients:
         rows.append((client_file(client), fs.PUBLIC_MODE, _const(render_client(env, spec, client, ca_file).encode()),
                      None, None))
-    rows.append((hostkeys.KNOWN_HOSTS, fs.PUBLIC_MODE, _const(hostkeys.known_hosts(spec, host_keys).encode()), None,
-                 None))
+    known = hostkeys.known_hosts(spec, {name: host.public_line for name, host in host_keys.items()})
+    rows.append((hostkeys.KNOWN_HOSTS, fs.PUBLIC_MODE, _const(known.encode()), None, None))
     for node in spec.nodes:
         credential, host = pki.leaves[node.name], host_keys[node.name]
         seed = render_node(env, spec, node, NodePem(pki.trust_pem, credential.chain_pem, credential.key_pem,
@@ -391,7 +389,7 @@ def _rotation_state(current: Rotation, phase: Phase, pki: PkiState) -> Rotation:
         return current
     if phase is Phase.TRUST_BOTH:
         assert pki.next_ca is not None  # noqa: S101 - build_pki made or imported it
-        return Rotation(phase, ca_fingerprint(pki.ca), ca_fingerprint(pki.next_ca))
+        return Rotation(phase, cert_fingerprint(pki.ca.cert), cert_fingerprint(pki.next_ca.cert))
     return Rotation(phase, current.old_ca, current.new_ca)
 
 

@@ -25,31 +25,34 @@ KNOWN_HOSTS = "known_hosts"
 
 @dataclass(frozen=True)
 class HostKey:
-    """A node's host key: the private key file as written (OpenSSH format) and its public line."""
+    """A node's host key: the private key file as written (OpenSSH format), its public line, and the sha256
+    of its DER SubjectPublicKeyInfo, as manifest.json records every key."""
 
     private_pem: bytes
     public_line: str  # "ssh-ed25519 AAAA..."
+    public_sha256: str
 
-    @property
-    def public_sha256(self) -> str:
-        """sha256 of the DER SubjectPublicKeyInfo, as manifest.json records every key."""
-        return public_sha256(self.private_pem)
+    @classmethod
+    def from_pem(cls, private_pem: bytes) -> HostKey:
+        """Read a host key file.
 
+        Raises:
+            ValueError: not an unencrypted OpenSSH key, or not ed25519 (the message says which).
+        """
+        try:
+            key = serialization.load_ssh_private_key(private_pem, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise ValueError("not an unencrypted OpenSSH private key") from None
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise ValueError("not an ed25519 key")
+        return cls._of(key, private_pem)
 
-def public_sha256(private_pem: bytes) -> str:
-    """The recorded fingerprint of an OpenSSH ed25519 private key file.
-
-    Raises:
-        ValueError: not an unencrypted OpenSSH ed25519 key.
-    """
-    try:
-        key = serialization.load_ssh_private_key(private_pem, password=None)
-    except (TypeError, UnsupportedAlgorithm) as exc:
-        raise ValueError(str(exc)) from None
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise ValueError("not an ed25519 key")
-    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).hexdigest()
+    @classmethod
+    def _of(cls, key: ed25519.Ed25519PrivateKey, private_pem: bytes) -> HostKey:
+        public = key.public_key()
+        der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        line = public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+        return cls(private_pem, line, hashlib.sha256(der).hexdigest())
 
 
 def record_name(node: str) -> str:
@@ -80,14 +83,10 @@ def host_keys(spec: Spec, existing: Mapping[str, bytes], records: KeyRecords, re
                                    "ssh host key" + ("" if pem is None else ", replace")))
             continue
         try:
-            key = serialization.load_ssh_private_key(pem, password=None)
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            problems.append(f"{source}: not an unencrypted OpenSSH private key; refusing to replace it")
+            host = HostKey.from_pem(pem)
+        except ValueError as exc:
+            problems.append(f"{source}: {exc}; refusing to replace it")
             continue
-        if not isinstance(key, ed25519.Ed25519PrivateKey):
-            problems.append(f"{source}: not an ed25519 key")
-            continue
-        host = HostKey(pem, _public_line(key))
         want = records.recorded.get(name) or records.pending.get(name)
         if want is None or want != host.public_sha256:
             problems.append(f"{source}: {'not recorded in' if want is None else 'differs from the key'} "
@@ -99,20 +98,16 @@ def host_keys(spec: Spec, existing: Mapping[str, bytes], records: KeyRecords, re
     return keys
 
 
-def known_hosts(spec: Spec, keys: Mapping[str, HostKey]) -> str:
-    """known_hosts lines for every node: its name, FQDN and IP, then its host key (sshd(8) SSH_KNOWN_HOSTS)."""
+def known_hosts(spec: Spec, public_lines: Mapping[str, str]) -> str:
+    """known_hosts lines for every node: its name, FQDN and IP, then its host key's public line
+    (sshd(8) SSH_KNOWN_HOSTS FILE FORMAT)."""
     lines = [f"# Host keys of etcd cluster {spec.name}. Generated: do not edit. Use with\n"
              f"#   ssh -o UserKnownHostsFile=known_hosts -o StrictHostKeyChecking=yes <node>\n"]
-    lines += [f"{node.name},{node.fqdn},{node.ip} {keys[node.name].public_line}\n" for node in spec.nodes]
+    lines += [f"{node.name},{node.fqdn},{node.ip} {public_lines[node.name]}\n" for node in spec.nodes]
     return "".join(lines)
 
 
 def _new() -> HostKey:
     key = ed25519.Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                            serialization.NoEncryption())
-    return HostKey(pem, _public_line(key))
-
-
-def _public_line(key: ed25519.Ed25519PrivateKey) -> str:
-    return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return HostKey._of(key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                              serialization.NoEncryption()))

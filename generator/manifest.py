@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -10,10 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from .errors import OutputError
-from .pki import sans_of
+from .pki import cert_fingerprint, sans_of
 
 NAME = "manifest.json"
 # 2 adds each key's public_key_sha256 and each ISO's epoch; 1 is still read.
@@ -49,12 +47,11 @@ class Manifest:
 def describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
     """What a reviewer checks in a certificate, in plain words and hex."""
     dns, ips = sans_of(cert)
-    der = cert.public_bytes(serialization.Encoding.DER)
     return {
         "subject": cert.subject.rfc4514_string(),
         "issuer": cert.issuer.rfc4514_string(),
         "serial": f"{cert.serial_number:x}",
-        "sha256_fingerprint": hashlib.sha256(der).hexdigest(),
+        "sha256_fingerprint": cert_fingerprint(cert),
         "sans": sorted(dns) + [str(ip) for ip in sorted(ips)],
         "not_before": cert.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "not_after": cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),

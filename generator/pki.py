@@ -561,7 +561,7 @@ def _resolve_cas(spec: Spec, existing: Mapping[str, bytes], cas: CaInputs, now: 
         raise MaterialError(exc.messages, hint="if a 'rotate-ca finish' was interrupted, run it again") from None
     if cas.phase in (Phase.NONE, Phase.TRUST_NEW):
         return ca, cas.imported is not None, None
-    if not cas.beginning and ca_fingerprint(ca) != cas.rotation.old_ca:
+    if not cas.beginning and cert_fingerprint(ca.cert) != cas.rotation.old_ca:
         raise MaterialError("pki/ca.crt: is not the CA pki/rotation.json names as the old CA")
     if cas.beginning:
         if have_next:
@@ -601,14 +601,14 @@ def _load_next(spec: Spec, existing: Mapping[str, bytes], cas: CaInputs, now: dt
         if not _same_ca(cert_pem, nxt):
             raise MaterialError(f"{'pki.ca_next' if not cas.finishing else 'pki.ca'}: differs from the next CA "
                                 f"already in pki/{NEXT}.crt; refusing to replace it")
-    if ca_fingerprint(nxt) != cas.rotation.new_ca:
+    if cert_fingerprint(nxt.cert) != cas.rotation.new_ca:
         raise MaterialError(f"pki/{NEXT}.crt: is not the CA pki/rotation.json names as the new CA")
     return nxt
 
 
-def ca_fingerprint(ca: CA) -> str:
-    """The sha256 of a CA certificate's DER, as manifest.json and pki/rotation.json record it."""
-    return hashlib.sha256(ca.cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+def cert_fingerprint(cert: x509.Certificate) -> str:
+    """The sha256 of a certificate's DER, as manifest.json and pki/rotation.json record it."""
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def _resolve_ca(spec: Spec, existing: Mapping[str, bytes], imported: tuple[bytes, bytes] | None,

@@ -11,6 +11,7 @@ The state lives in pki/rotation.json, listed in manifest.json like every file th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -82,7 +83,7 @@ def describe(phase: Phase) -> str:
             Phase.TRUST_NEW: "trust only the new CA"}.get(phase, "no rotation")
 
 
-def parse(data: bytes | None, recorded_sha256: str | None, actual_sha256: str | None) -> Rotation:
+def parse(data: bytes | None, recorded_sha256: str | None) -> Rotation:
     """Read pki/rotation.json; it must be the file the last build wrote (manifest.json lists its sha256).
 
     Raises:
@@ -94,7 +95,7 @@ def parse(data: bytes | None, recorded_sha256: str | None, actual_sha256: str | 
             raise OutputError(f"{NAME}: missing, but manifest.json lists it; refusing to guess the rotation's phase",
                               hint=hint)
         return Rotation()
-    if recorded_sha256 != actual_sha256:
+    if recorded_sha256 != hashlib.sha256(data).hexdigest():
         raise OutputError(f"{NAME}: differs from the file manifest.json lists; refusing to act on a rotation "
                           "state this tool did not write", hint=hint)
     try:

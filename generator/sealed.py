@@ -110,7 +110,7 @@ def _check_public(data: bytes, public: str, file_sha256: str) -> str | None:
         return None if hashlib.sha256(data).hexdigest() == file_sha256 else "differs from the key manifest.json records"
     try:
         if data.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
-            got = hostkeys.public_sha256(data)
+            got = hostkeys.HostKey.from_pem(data).public_sha256
         else:
             got = public_key_sha256(serialization.load_pem_private_key(data, password=None))  # type: ignore[arg-type]
     except (ValueError, TypeError):

@@ -23,7 +23,7 @@ from .etcd import PATHS, Bundle
 from .fs import SECRET_DIR_MODE, TEMP_PREFIX, OnDisk
 from .iso import VOLUME_LABEL, iso_digest, read_iso, volume_label
 from .manifest import Manifest
-from .pki import CA_NAME, PrivateKey, check_leaf, leaf_table, public_der, public_key_sha256
+from .pki import CA_NAME, PrivateKey, cert_fingerprint, check_leaf, leaf_table, public_der, public_key_sha256
 from .render import (
     NODE_FILES,
     RESTORE_ON_SEED,
@@ -176,14 +176,12 @@ def _check_rotation(tree: Tree, previous: Manifest, ca: x509.Certificate, now: d
                     fail_days: int, found: list[Finding]) -> tuple[Rotation, list[x509.Certificate]] | None:
     """The rotation's phase (named in a warning while it is in progress) and the CAs trusted in it."""
     listed = previous.files.get(rotation.NAME)
-    data = tree.files.get(rotation.NAME)
     try:
-        state = rotation.parse(data, listed.sha256 if listed else None,
-                               hashlib.sha256(data).hexdigest() if data is not None else None)
+        state = rotation.parse(tree.files.get(rotation.NAME), listed.sha256 if listed else None)
     except GeneratorError as exc:
         found.append(Finding(rotation.NAME, exc.messages[0].split(": ", 1)[-1]))
         return None
-    fingerprint = hashlib.sha256(ca.public_bytes(serialization.Encoding.DER)).hexdigest()
+    fingerprint = cert_fingerprint(ca)
     next_path = f"pki/{rotation.NEXT}.crt"
     if not state.in_progress:
         if state.phase is Phase.TRUST_NEW and fingerprint != state.new_ca:
@@ -196,7 +194,7 @@ def _check_rotation(tree: Tree, previous: Manifest, ca: x509.Certificate, now: d
         return None
     if fingerprint != state.old_ca:
         found.append(Finding("pki/ca.crt", "is not the CA pki/rotation.json names as the old CA"))
-    if hashlib.sha256(nxt.public_bytes(serialization.Encoding.DER)).hexdigest() != state.new_ca:
+    if cert_fingerprint(nxt) != state.new_ca:
         found.append(Finding(next_path, "is not the CA pki/rotation.json names as the new CA"))
     return state, [ca, nxt]
 
@@ -216,24 +214,22 @@ def _check_host_keys(spec: Spec, tree: Tree, previous: Manifest, found: list[Fin
         public = lines.get(node.name)
         if pem is not None:
             try:
-                if entry is not None and hostkeys.public_sha256(pem) != entry.public_key_sha256:
-                    found.append(Finding(path, "its public key differs from the one manifest.json records"))
-                key = serialization.load_ssh_private_key(pem, password=None)
-                own = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                    serialization.PublicFormat.OpenSSH).decode()
-            except (ValueError, TypeError):
+                host = hostkeys.HostKey.from_pem(pem)
+            except ValueError:
                 found.append(Finding(path, "is not an unencrypted OpenSSH ed25519 key"))
                 continue
-            if public is not None and public != own:
+            if entry is not None and host.public_sha256 != entry.public_key_sha256:
+                found.append(Finding(path, "its public key differs from the one manifest.json records"))
+            if public is not None and public != host.public_line:
                 found.append(Finding(hostkeys.KNOWN_HOSTS, f"{node.name}: is not the host key in {path}"))
-            public = own
+            public = host.public_line
         key_sha = hashlib.sha256(pem).hexdigest() if pem else entry.sha256 if entry else None
         if public is None or key_sha is None:
             found.append(Finding(hostkeys.KNOWN_HOSTS, f"{node.name}: no host key listed"))
             continue
         hosts[node.name] = (public, key_sha)
     if len(hosts) == len(spec.nodes):
-        want = hostkeys.known_hosts(spec, {n: hostkeys.HostKey(b"", p) for n, (p, _) in hosts.items()})
+        want = hostkeys.known_hosts(spec, {name: public for name, (public, _) in hosts.items()})
         _compare(tree, hostkeys.KNOWN_HOSTS, want.encode(), found)
     return hosts
 
