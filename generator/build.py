@@ -149,9 +149,12 @@ def load_sources(spec: Spec, checked: str | None = None) -> Sources:
     except MaterialError as exc:
         problems += exc.messages
         hints += [exc.hint] if exc.hint else []
-    imported_next = None
+    imported = imported_next = None
     try:
         imported = _load_imported_ca(spec.pki.ca, "pki.ca")
+    except MaterialError as exc:
+        problems += exc.messages
+    try:
         imported_next = _load_imported_ca(spec.pki.ca_next, "pki.ca_next")
     except MaterialError as exc:
         problems += exc.messages

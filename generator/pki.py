@@ -392,8 +392,10 @@ def build_pki(spec: Spec, existing: Mapping[str, bytes], imported: tuple[bytes, 
     horizon = now + dt.timedelta(days=spec.pki.renew_before_days)
     newest = next_ca or ca  # during a rotation the old CA may be close to its end: that is why it is rotated
     if newest.cert.not_valid_after_utc <= horizon:
+        source = ("pki.ca_next.cert" if state.next_imported else f"pki/{NEXT}.crt") if next_ca is not None \
+            else "pki.ca.cert" if ca_imported else "pki/ca.crt"
         raise MaterialError(
-            f"{'pki.ca.cert' if ca_imported and next_ca is None else 'pki/ca.crt'}: the CA expires on "
+            f"{source}: the CA expires on "
             f"{newest.cert.not_valid_after_utc:%Y-%m-%d}, within pki.renew_before_days "
             f"({spec.pki.renew_before_days}); every leaf would be reissued on every run",
             hint="rotate to a CA with a longer life ('rotate-ca begin'), or lower pki.renew_before_days")

@@ -588,7 +588,7 @@ def test_alias_bomb_is_refused_at_once(workdir: Path) -> None:
     assert not (workdir / "out").exists()
 
 
-@pytest.mark.parametrize("target", ["spec", "bundle", "ca"])
+@pytest.mark.parametrize("target", ["spec", "bundle", "ca", "ca_next"])
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
 def test_special_files_as_inputs_are_refused(workdir: Path, target: str, kind: str) -> None:
     """A FIFO or /dev/zero as the spec, the bundle or the CA file is refused at once, not read forever."""
@@ -603,9 +603,11 @@ def test_special_files_as_inputs_are_refused(workdir: Path, target: str, kind: s
     elif target == "bundle":
         set_spec(workdir, "bundle: etcd.tar.gz", "bundle: special")
     else:
-        set_spec(workdir, "validity_days: 365}", "validity_days: 365, ca: {cert: special, key: special}}")
+        set_spec(workdir, "validity_days: 365}", f"validity_days: 365, {target}: {{cert: special, key: special}}}}")
     done = _cli(workdir, "build", "--spec", spec, "--out", "out", timeout=20)
     assert done.returncode == 1 and "is not a regular file" in done.stderr, done.stderr
+    if target.startswith("ca"):
+        assert f"error: pki.{target}.cert: " in done.stderr, done.stderr
     assert not (workdir / "out").exists()
 
 

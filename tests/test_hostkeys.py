@@ -133,3 +133,32 @@ def test_tampered_known_hosts_fails_verify(built: Path, workdir: Path) -> None:
     assert code == 1, err
     assert "error: known_hosts: etcd02: is not the host key in pki/etcd02.ssh.key" in err
     assert "error: known_hosts: sha256 differs from the manifest" in err
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"-----BEGIN OPENSSH PRIVATE KEY-----\nnot a key\n-----END OPENSSH PRIVATE KEY-----\n",
+     "not an unencrypted OpenSSH private key"),
+    (b"\x00\xff" * 100, "not an unencrypted OpenSSH private key"),
+    ("rsa", "not an ed25519 key"),
+    (b"A" * (2 << 20), "more than the 1048576 allowed"),
+    ("fifo", "not a regular file"),
+])
+def test_hostile_host_key_file_is_refused(built: Path, workdir: Path, content: bytes | str,
+                                          expected: str) -> None:
+    """Whatever stands at pki/<node>.ssh.key, it is never replaced, adopted or read without bound."""
+    import os
+
+    path = built / "pki" / "etcd01.ssh.key"
+    path.unlink()
+    if content == "fifo":
+        os.mkfifo(path)
+    elif content == "rsa":
+        subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(path)], check=True)
+    else:
+        assert isinstance(content, bytes)
+        path.write_bytes(content)
+    manifest = (built / "manifest.json").read_bytes()
+    code, _, err = build(workdir)
+    assert code == 1 and "pki/etcd01.ssh.key" in err and expected in err, err
+    assert all(line.startswith(("error: ", "hint: ")) for line in err.splitlines()), err
+    assert (built / "manifest.json").read_bytes() == manifest

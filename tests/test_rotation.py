@@ -274,3 +274,25 @@ def test_interrupted_finish_is_completed_by_running_it_again(workdir: Path) -> N
     code, _, err = rotate(workdir, "finish")
     assert code == 0, err
     assert verify(workdir)[0] == 0
+
+
+def test_both_imported_cas_missing_are_reported_at_once(workdir: Path) -> None:
+    set_spec(workdir, "pki: {key_type: rsa2048, validity_days: 365}",
+             "pki:\n  ca: {cert: a.crt, key: a.key}\n  ca_next: {cert: b.crt, key: b.key}")
+    code, _, err = build(workdir)
+    assert code == 1 and "error: pki.ca.cert: " in err and "error: pki.ca_next.cert: " in err, err
+    assert not (workdir / "out").exists()
+
+
+def test_next_ca_close_to_its_end_is_refused_by_its_own_name(workdir: Path) -> None:
+    """A next CA that expires within renew_before_days is named as the one at fault, not the old CA."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(workdir / "short.key"), "-out", str(workdir / "short.crt"), "-days", "10",
+                    "-subj", "/CN=short", "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign"], check=True, capture_output=True)
+    assert build(workdir)[0] == 0
+    set_spec(workdir, "pki: {key_type: rsa2048, validity_days: 365}",
+             "pki:\n  key_type: rsa2048\n  ca_next: {cert: short.crt, key: short.key}")
+    code, _, err = rotate(workdir, "begin")
+    assert code == 1 and "error: pki.ca_next.cert: the CA expires on " in err, err
+    assert not (_pki(workdir) / "ca-next.crt").exists()
