@@ -366,9 +366,11 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     notes = membership_notes(spec, inputs.previous, replacing)
     new_seeds = {f.path.split("/")[0] for f in files
                  if f.path.endswith(f"/{SEED_ISO}") and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
-    # Only a running cluster (one built before) is rolled; a joining or replaced node boots afresh.
+    # Only members of a running cluster (built before) are rolled; a joining or replaced node boots afresh.
+    built = previous_nodes(inputs.previous)
+    afresh = replacing | {n.name for n in spec.nodes if n.join and n.name not in built}
     reseed = [node.name for node in spec.nodes
-              if inputs.previous.files and not node.joins and node.name in new_seeds]
+              if node.name in built and node.name not in afresh and node.name in new_seeds]
     warnings = [f"nodes.{i}.replace: {node.name} was replaced by an earlier build (its new key is in place); "
                 "remove 'replace: true' from the spec" for i, node in enumerate(spec.nodes)
                 if node.replace and node.name not in replacing]
@@ -409,6 +411,14 @@ def _replacing(spec: Spec, previous: Manifest, records: KeyRecords) -> frozenset
     problems = [f"nodes.{i}.replace: {node.name} is not in the earlier build of this cluster; a new member "
                 "takes join: true instead"
                 for i, node in enumerate(spec.nodes) if node.replace and node.name not in built]
+    # A new node without join would start with ETCD_INITIAL_CLUSTER_STATE=new and the cluster's token: a
+    # few of them beside a running cluster can bootstrap a second cluster of the same name. A restore
+    # builds a new cluster, whose members all start that way.
+    if built and spec.etcd.restore is None:
+        problems += [f"nodes.{i}.join: {node.name} is new to the built cluster ({', '.join(sorted(built))}); a member "
+                     "added to a running cluster needs join: true, so that it adds itself instead of starting a "
+                     "cluster of its own" for i, node in enumerate(spec.nodes)
+                     if node.name not in built and not node.joins]
     if problems:
         raise MaterialError(problems)
     return frozenset(n.name for n in spec.nodes if n.replace and (
@@ -435,10 +445,27 @@ def membership_notes(spec: Spec, previous: Manifest, replacing: frozenset[str]) 
         elif node.join and node.name not in built:
             notes.append(f"{node.name} joins the running cluster by itself: boot it from its seed; it adds itself "
                          f"as a learner and promotes itself once it has caught up; {manual}")
+        old = _previous_ips(previous, node.name)
+        if node.name in built and node.name not in replacing and old and str(node.ip) not in old:
+            notes.append(f"{node.name}'s address changed from {', '.join(old)} to {node.ip}: etcd keeps a member's "
+                         "peer URL in the cluster's membership, not in its seed, and a member that already holds "
+                         "data does not register again; before you roll its new seed, "
+                         f"{admin} etcdctl member update \"$(etcdctl member list | awk -F', ' "
+                         f"'$3 == \"{node.name}\" {{print $1}}')\" --peer-urls={etcd.peer_url(node)} ; or mark it "
+                         "replace: true to boot it afresh on an empty disk")
     for name in sorted(built - {n.name for n in spec.nodes}):
         notes.append(f"{name} left the spec: take it out of the cluster before you power it off; {admin} "
                      f"etcdctl member remove \"$(etcdctl member list | awk -F', ' '$3 == \"{name}\" {{print $1}}')\" "
                      f"; then delete {name}/, pki/{name}.key, pki/{name}.crt and pki/{name}.ssh.key from the output")
+    clients = {c.name for c in spec.clients}
+    for path in sorted(p for p in previous.files if p.startswith("clients/")):
+        name = path.removeprefix("clients/").split(".", 1)[0]
+        if name not in clients:
+            expiry = previous.certificates.get(f"pki/{name}.crt", {}).get("not_after", "its notAfter")
+            notes.append(f"client {name} left the spec: its certificate pki/{name}.crt stays valid until it "
+                         f"expires ({expiry}), and anyone holding its key can still use the cluster until then; "
+                         f"rotate the CA (rotate-ca) to cut it off sooner; delete {path}, pki/{name}.key and "
+                         f"pki/{name}.crt from the output")
     if spec.etcd.restore is not None:
         notes.append("restore: boot every member on an empty disk from its new seed; each restores the snapshot "
                      "once, then the members form a new cluster (new token and cluster ID); power off every old "
@@ -446,11 +473,18 @@ def membership_notes(spec: Spec, previous: Manifest, replacing: frozenset[str]) 
     return notes
 
 
+def _previous_ips(previous: Manifest, name: str) -> list[str]:
+    """The IPv4 addresses the previous build's certificate for a node named."""
+    sans = previous.certificates.get(f"pki/{name}.crt", {}).get("sans", [])
+    return [s for s in sans if isinstance(s, str) and s.replace(".", "").isdigit() and s != "127.0.0.1"]
+
+
 def rolling_order(names: list[str]) -> str:
     """What the operator does with changed seeds of a running cluster, one node at a time."""
     steps = "; ".join(f"{i}. {name}" for i, name in enumerate(names, 1))
     return (f"roll the changed seeds one node at a time: attach the node's new seed.iso and reboot it, then "
-            f"wait until 'etcdctl endpoint health' reports that member healthy before the next ({steps}); "
+            f"wait until 'ETCDCTL_ENDPOINTS=https://<its IP>:2379 etcdctl endpoint health' reports that member "
+            f"healthy before the next ({steps}); "
             "take the leader last ('etcdctl endpoint status -w table' shows IS LEADER)")
 
 

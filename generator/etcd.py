@@ -43,6 +43,13 @@ class Paths:
     flannel_unit: str = "/etc/systemd/system/etcd-flannel-config.service"
     staged: str = "/var/lib/etcd-seed/seed"  # where cloud-init writes the seed's files for the install step
     version_file: str = "/var/lib/etcd-seed/version"  # the etcd release the install step last put in place
+    # sha256 of the tarball and of each binary it installed: a boot with the same seed checks these
+    # instead of unpacking the tarball again, and repairs a binary that a power loss left damaged.
+    installed: str = "/var/lib/etcd-seed/installed.sha256"
+    restoring: str = "/var/lib/etcd-seed/restoring"  # present while a restore moves its files into place
+    boot_unit: str = "/etc/systemd/system/etcd-seed-boot.service"  # converges to the seed before etcd starts
+    install_bin: str = "/usr/local/sbin/etcd-seed-install"
+    flannel_bin: str = "/usr/local/sbin/etcd-flannel-config"
 
 
 PATHS = Paths()
@@ -201,6 +208,8 @@ def member_config(spec: Spec, node: Node) -> dict[str, object]:
         "data_dir": PATHS.data_dir, "wal_dir": PATHS.wal_dir,
         "membership_env": PATHS.membership_env,
         "timeout_s": JOIN_TIMEOUT_S, "refused_pause_s": REFUSED_PAUSE_S,
+        # A restore seed: etcd must never start on an empty data dir, which would bootstrap an empty cluster.
+        "restore": spec.etcd.restore is not None,
     }
 
 

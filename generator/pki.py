@@ -18,14 +18,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from . import keygen
 from .errors import MaterialError
 from .rotation import NEXT, Phase, Rotation
-from .spec import KeyType, Node, Pki, Spec
+from .spec import ROOT_USER, KeyType, Node, Pki, Spec
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 # Certificates start an hour in the past so that a node whose clock runs a
 # little behind at first boot (no NTP yet) still accepts its peers.
 BACKDATE = dt.timedelta(hours=1)
-ADMIN_CN = "root"  # etcd maps a client cert's CN to a user; "root" is its superuser once auth is on
+ADMIN_CN = ROOT_USER  # etcd maps a client cert's CN to a user
 ADMIN = "admin"  # the admin client's name: pki/admin.crt, pki/admin.key (spec.RESERVED_NAMES holds it)
 CA_NAME = "ca"  # pki/ca.crt, pki/ca.key: written only when the CA is created
 SERVER_AND_CLIENT = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)

@@ -216,28 +216,70 @@ def _context(spec: Spec, node: Node, tarball_sha256: str) -> dict[str, Any]:
 def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePublic, tarball_sha256: str,
                       key_text: str, host_key_text: str, password_hash: str | None) -> str:
     context = _context(spec, node, tarball_sha256)
-    flannel_sh = flannel_service = ""
-    if node == spec.nodes[0] and spec.flannel is not None:
+    staged = [
+        _staged("ca.crt", pem.ca_cert_pem.decode(), PATHS.ca, "644", etcd_owned=True, restart=True),
+        # The key's digest is its PEM's sha256, which a reviewer's checkout has too (PEM ends in one newline).
+        _staged("etcd.key", key_text, PATHS.key, "600", etcd_owned=True, sha256=pem.key_sha256),
+        _staged("etcd.crt", pem.chain_pem.decode(), PATHS.cert, "644", etcd_owned=True),
+        _staged("options.env", _render(env, "options.env.j2", context), PATHS.options, "640", etcd_owned=True,
+                restart=True),
+        _staged("member.json", json.dumps(etcd.member_config(spec, node), indent=2, sort_keys=True),
+                PATHS.member_config, "640", etcd_owned=True),
+        _staged("etcd-seed-member", _source(env, "etcd-seed-member.py"), PATHS.member_bin, "755"),
+        _staged("etcd.service", _render(env, "etcd.service.j2", context), PATHS.unit, "644", restart=True),
+        _staged("etcd-seed-promote.service", _render(env, "etcd-seed-promote.service.j2", context),
+                PATHS.promote_unit, "644"),
+        _staged("etcd-seed-boot.service", _render(env, "etcd-seed-boot.service.j2", context), PATHS.boot_unit,
+                "644"),
+    ]
+    if spec.backup.enabled:
+        staged += [
+            _staged("etcd-seed-backup", _render(env, "etcd-backup.sh.j2", {**context,
+                                                                          "client_url": etcd.client_url(node)}),
+                    PATHS.backup_bin, "755"),
+            _staged("etcd-backup.service", _render(env, "etcd-backup.service.j2", context), PATHS.backup_unit, "644"),
+            _staged("etcd-backup.timer", _render(env, "etcd-backup.timer.j2", context), PATHS.backup_timer, "644"),
+        ]
+    flannel = node == spec.nodes[0] and spec.flannel is not None
+    if flannel:
         flannel_ctx = {**context, "endpoints": etcd.client_endpoints(spec, founders_only=True),
                        "flannel_key": FLANNEL_KEY,
                        "flannel_json": flannel_json(spec), "flannel_attempts": FLANNEL_ATTEMPTS,
                        "flannel_delay": FLANNEL_DELAY_S}
-        flannel_sh = _render(env, "flannel-config.sh.j2", flannel_ctx)
-        flannel_service = _render(env, "flannel-config.service.j2", flannel_ctx)
-    backup = {"backup_service": _render(env, "etcd-backup.service.j2", context),
-              "backup_timer": _render(env, "etcd-backup.timer.j2", context),
-              "backup_sh": _render(env, "etcd-backup.sh.j2", {**context, "client_url": etcd.client_url(node)})}
+        staged += [
+            _staged("etcd-flannel-config", _render(env, "flannel-config.sh.j2", flannel_ctx), PATHS.flannel_bin, "755"),
+            _staged("etcd-flannel-config.service", _render(env, "flannel-config.service.j2", flannel_ctx),
+                    PATHS.flannel_unit, "644"),
+        ]
+    install_sh = _render(env, "etcd-install.sh.j2", {**context, "staged": staged, "flannel": flannel,
+                                                     "restore": _restore_context(spec, node)})
     return _render(env, "user-data.j2", {
-        **context, **backup, "options_env": _render(env, "options.env.j2", context),
-        "etcd_service": _render(env, "etcd.service.j2", context),
-        "member_json": json.dumps(etcd.member_config(spec, node), indent=2, sort_keys=True),
-        "member_py": _source(env, "etcd-seed-member.py"),
-        "promote_service": _render(env, "etcd-seed-promote.service.j2", context),
-        "install_sh": _render(env, "etcd-install.sh.j2", {**context, "flannel_sh": flannel_sh,
-                                                          "restore": _restore_context(spec, node)}),
-        "flannel_sh": flannel_sh, "flannel_service": flannel_service,
-        "ca_pem": pem.ca_cert_pem.decode(), "chain_pem": pem.chain_pem.decode(), "key_pem": key_text,
+        **context, "staged": staged, "install_sh": install_sh,
         "host_key": host_key_text, "host_public": pem.host_public, "password_hash": password_hash})
+
+
+@dataclass(frozen=True)
+class Staged:
+    """One file the seed stages under PATHS.staged and the install step puts in place: user-data's
+    write_files and the install script both loop over one list of these."""
+
+    name: str  # under PATHS.staged
+    content: str
+    dest: str
+    mode: str
+    etcd_owned: bool  # owned by etcd (which reads it), else by root
+    restart: bool  # etcd must restart to see it; else it reloads it (or its next start reads it)
+    sha256: str  # of the staged file as cloud-init writes it: the block's text and one newline
+
+    @property
+    def unit(self) -> bool:
+        return self.dest.startswith("/etc/systemd/system/")
+
+
+def _staged(name: str, content: str, dest: str, mode: str, etcd_owned: bool = False, restart: bool = False,
+            sha256: str | None = None) -> Staged:
+    digest = sha256 or hashlib.sha256((content.rstrip("\n") + "\n").encode()).hexdigest()
+    return Staged(name, content, dest, mode, etcd_owned, restart, digest)
 
 
 RESTORE_ON_SEED = "snapshot.db"  # the restore snapshot's name on the seed ISO

@@ -51,6 +51,7 @@ _SSH_KEY = re.compile(r"(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp[0-9]+|sk-[a-z0-9
 _SHA512_CRYPT = re.compile(r"\$6\$(rounds=[0-9]{1,9}\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}")
 # The CA's CN is "<cluster> etcd CA", and X.509 caps a CN at 64 characters (RFC 5280 ub-common-name).
 MAX_CLUSTER_NAME = 64 - len(" etcd CA")
+ROOT_USER = "root"  # etcd's superuser; the admin certificate's CN, so that it is root once auth is on
 # Names the build writes for itself under output/<cluster>/ and pki/: a node may not take them.
 RESERVED_NAMES = frozenset({"ca", "admin", "pki", "sealed", "pending", "manifest", "etcdctl", "ca-next", "ca-bundle",
                             "rotation", "known-hosts", "clients"})
@@ -86,6 +87,11 @@ _CALENDAR = re.compile(rf"({_CAL_DAY}((\.\.|,){_CAL_DAY})* )?({_CAL_PART}-{_CAL_
 _ABS_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
 # An X.509 CN or O of a client certificate: printable ASCII that needs no escaping anywhere it is shown.
 _DN_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 :._@-]{0,63}")
+# Backups hold the whole keyspace: never where any user can write (or swap the files), and never where
+# the etcd user can never write, so that the unit would fail on every run.
+_BACKUP_UNSAFE = (("/var/tmp", "which every user can write"),  # noqa: S108 - a path refused, not used ("/var/lock", "which every user can write"),
+                  ("/var/log", "which the etcd user cannot write"), ("/root", "which the etcd user cannot write"),
+                  ("/home", "where the etcd user cannot write"))
 _SYSTEM_TOP_DIRS = frozenset({"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run",
                               "sbin", "sys", "tmp", "usr"})
 
@@ -802,6 +808,7 @@ def _clients(value: Any, nodes: list[Node], pki: Pki | None, errs: _Errors) -> l
         errs.add("clients", f"must be a list, got {_kind(value)}")
         return []
     taken = {n.name: f"node {n.name}" for n in nodes}
+    node_names = {n.name for n in nodes}
     clients = []
     for i, item in enumerate(value):
         path = f"clients.{i}"
@@ -817,6 +824,12 @@ def _clients(value: Any, nodes: list[Node], pki: Pki | None, errs: _Errors) -> l
         if use not in CLIENT_USES:
             errs.add(f"{path}.use", f"{use!r} is not one of {', '.join(CLIENT_USES)}")
         cn = _text(data, "cn", path, errs, check=_check_dn_value, default=name)
+        if cn is not None and (cn == ROOT_USER or cn in node_names):
+            # With etcd auth on, a client certificate's CN is its etcd user name (op-guide, "Using TLS Common
+            # Name"): root is the admin's, and each node's name is that node's own identity.
+            errs.add(f"{path}.cn", f"{cn!r} is the etcd user of {'the admin' if cn == ROOT_USER else 'node ' + cn}; "
+                     "a client needs a CN of its own")
+            cn = None
         o = _text(data, "o", path, errs, check=_check_dn_value)
         days = _integer(data, "validity_days", path, errs, default=pki.validity_days if pki else 365, low=1,
                         high=3650)
@@ -944,6 +957,9 @@ def _check_backup_dir(value: str) -> str | None:
     if len(parts) < 2 or parts[0] in _SYSTEM_TOP_DIRS:
         return (f"{value!r} is a system directory or lies in one; use a directory of its own such as "
                 f"{Backup.dir} (the install step creates it for etcd only when it is missing)")
+    for unsafe, why in _BACKUP_UNSAFE:
+        if path == unsafe or path.startswith(unsafe + "/"):
+            return f"{value!r} lies in {unsafe}, {why}; use a directory of its own such as {Backup.dir}"
     taken = (etcd_facts.PATHS.home, etcd_facts.PATHS.ssl, "/etc/etcd", etcd_facts.PATHS.staged)
     for other in taken:
         if path == other or path.startswith(other + "/") or other.startswith(path + "/"):

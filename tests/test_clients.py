@@ -126,6 +126,8 @@ def test_clients_are_renewed_and_verified_like_leaves(built: Path, workdir: Path
     ("{name: flannel, validity_days: 10}", "clients.0.validity_days"),
     ("{name: flannel, colour: blue}", "clients.0.colour"),
     ("{name: flannel}\n  - {name: flannel}", "clients.1.name"),
+    ("{name: flannel, cn: root}", "clients.0.cn"),  # etcd's root user: the admin's identity
+    ("{name: flannel, cn: etcd02}", "clients.0.cn"),  # a node's own etcd user
 ])
 def test_bad_client_is_refused(workdir: Path, entry: str, field: str) -> None:
     (workdir / "cluster.yaml").write_text((workdir / "cluster.yaml").read_text() + f"clients:\n  - {entry}\n")

@@ -79,18 +79,36 @@ class Lab:
             path.write_text(entry["content"])
             path.chmod(int(entry["permissions"], 8))
 
+    def edit_staged(self, name: str, file: str, old: str, new: str) -> None:
+        """Change a staged file as a seed built with that setting would carry it: the file, and the sha256 that
+        the install step checks it against."""
+        staged = self.root(name) / "var/lib/etcd-seed/seed" / file
+        before = hashlib.sha256(staged.read_bytes()).hexdigest()
+        assert old in staged.read_text()
+        staged.write_text(staged.read_text().replace(old, new))
+        after = hashlib.sha256(staged.read_bytes()).hexdigest()
+        script = self.root(name) / "usr/local/sbin/etcd-seed-install"
+        assert f"{before}  {file}\n" in script.read_text()
+        script.write_text(script.read_text().replace(f"{before}  {file}\n", f"{after}  {file}\n"))
+
     def converge(self, name: str, media: Path | None = None) -> str:
         """Run the node's install script as runcmd would; returns its etcd-seed line.
 
         media: a directory holding the seed ISO's files, for a seed that carries more than its text files.
         """
-        script = self.root(name) / "usr/local/sbin/etcd-seed-install"
-        env = {**os.environ, "ETCD_SEED_ROOT": str(self.root(name)), "ETCD_SEED_USER": "root",
-               "PATH": f"{self.shim_dir}:{os.environ['PATH']}", **({"ETCD_SEED_MEDIA": str(media)} if media else {})}
-        done = subprocess.run(self.net.command(self.namespaces[name], ["sh", str(script)]), env=env,
-                              capture_output=True, text=True, timeout=120, check=False)
+        done = self.install(name, media)
         assert done.returncode == 0, done.stderr
         return next(line for line in done.stderr.splitlines() if line.startswith("etcd-seed: applied"))
+
+    def install(self, name: str, media: Path | None = None, *args: str,
+                path: str | None = None) -> subprocess.CompletedProcess[str]:
+        """The node's install script run as it is (args: --boot for etcd-seed-boot.service); path: PATH first."""
+        script = self.root(name) / "usr/local/sbin/etcd-seed-install"
+        env = {**os.environ, "ETCD_SEED_ROOT": str(self.root(name)), "ETCD_SEED_USER": "root",
+               "PATH": f"{path + ':' if path else ''}{self.shim_dir}:{os.environ['PATH']}",
+               **({"ETCD_SEED_MEDIA": str(media)} if media else {})}
+        return subprocess.run(self.net.command(self.namespaces[name], ["sh", str(script), *args]), env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
 
     def calls(self, name: str) -> list[str]:
         path = self.root(name) / "run/shim/calls.log"
@@ -275,6 +293,144 @@ def test_ssl_module_agrees_on_the_ca(lab: Lab) -> None:
     context = ssl.create_default_context(cafile=str(lab.out / "pki/ca.crt"))
     assert context.cert_store_stats()["x509_ca"] == 1
     assert (lab.root("etcd02") / "etc/ssl/etcd/ca.crt").read_bytes() == (lab.out / "pki/ca.crt").read_bytes()
+
+
+def _readme_block(heading: str) -> str:
+    """The first sh block of the README section under `heading`."""
+    text = (ROOT / "README.md").read_text().split(heading, 1)[1]
+    return text.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def _run_as_written(lab: Lab, block: str) -> subprocess.CompletedProcess[str]:
+    """A README block's lines run by sh as an operator would type them, from the hub with etcdctl on PATH. Only the
+    example's addresses and output path are swapped for the lab's; `python -m generator` lines are left out."""
+    lines = [line for line in block.splitlines() if line.strip() and not line.startswith(("#", "python -m"))]
+    script = "\n".join(lines).replace("output/demo", str(lab.out)).replace("192.168.0.", f"{BASE}.")
+    env = {"PATH": f"{lab.root('etcd01') / 'usr/local/bin'}:/usr/bin:/bin", "HOME": str(lab.work)}
+    return subprocess.run(lab.net.command(lab.net.hub, ["sh", "-ec", script]), cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_readme_day2_commands_run_as_written(lab: Lab) -> None:
+    """The README's day-2 routine (find the leader, then check the rolled member) runs against real etcd as written:
+    etcdctl 3.5 refuses a flag that shadows a variable etcdctl.env sets."""
+    done = _run_as_written(lab, _readme_block("### Day 2"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "IS LEADER" in done.stdout and f"https://{BASE}.1:2379 is healthy" in done.stdout + done.stderr
+
+
+def _tripwire(work: Path) -> Path:
+    """A PATH directory whose curl and wget only record that they were called: the boot step must download nothing
+    when what is installed matches its record."""
+    bin_dir = work / "tripwire"
+    bin_dir.mkdir(exist_ok=True)
+    for tool in ("curl", "wget"):
+        (bin_dir / tool).write_text(f"#!/bin/sh\necho {tool} >> {bin_dir}/called\nexit 7\n")
+        (bin_dir / tool).chmod(0o755)
+    (bin_dir / "called").unlink(missing_ok=True)
+    return bin_dir
+
+
+def _shim(lab: Lab, name: str, *argv: str) -> None:
+    """systemctl on the node, as an operator (or systemd at boot) would run it."""
+    env = {"ETCD_SEED_ROOT": str(lab.root(name)), "PATH": f"{lab.shim_dir}:/usr/bin:/bin"}
+    subprocess.run(lab.net.command(lab.namespaces[name], ["systemctl", *argv]), env=env, check=True, timeout=60)
+
+
+def test_boot_with_the_same_seed_downloads_nothing_and_leaves_the_start_to_systemd(lab: Lab) -> None:
+    """etcd-seed-boot.service runs the install step before etcd.service on every boot. With the seed already applied
+    it checks the installed binaries against its record instead of fetching the tarball, changes nothing, and
+    starts nothing: etcd.service starts after it."""
+    tripwire = _tripwire(lab.work)
+    before = _installed(lab.root("etcd03"))
+    _shim(lab, "etcd03", "stop", "etcd.service")  # powered off: etcd is not running when the boot step runs
+    calls = lab.calls("etcd03")
+    done = lab.install("etcd03", None, "--boot", path=str(tripwire))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[-1] == "etcd-seed: applied etcd 3.5.1: nothing changed; etcd starts next"
+    assert not (tripwire / "called").exists()
+    assert _installed(lab.root("etcd03")) == before
+    assert not [c for c in lab.calls("etcd03")[len(calls):] if c.startswith(("start", "restart"))]
+    _shim(lab, "etcd03", "start", "etcd.service")
+    lab.wait_healthy()
+
+
+def test_power_loss_damage_is_repaired_at_boot(lab: Lab) -> None:
+    """A power cut right after a rename can leave a file empty (ext4 keeps the rename, not the unflushed data): the
+    boot step finds the etcd binary and the unit that differ from the record and the seed, and puts them back."""
+    root = lab.root("etcd02")
+    before = _installed(root)
+    _shim(lab, "etcd02", "stop", "etcd.service")
+    for rel in ("usr/local/bin/etcd", "etc/systemd/system/etcd.service"):
+        (root / rel).write_bytes(b"")
+    done = lab.install("etcd02", None, "--boot")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[-1] == \
+        "etcd-seed: applied etcd 3.5.1: etcd 3.5.1 binaries repaired, etcd.service; etcd starts next"
+    assert {k: v[0] for k, v in _installed(root).items()} == {k: v[0] for k, v in before.items()}
+    _shim(lab, "etcd02", "start", "etcd.service")
+    lab.wait_healthy()
+    assert_all_healthy(lab.etcdctl, 3)
+
+
+def test_damaged_staged_file_is_never_installed(lab: Lab) -> None:
+    """A staged file that is not what the build wrote (cloud-init cut short by a power loss) stops the install step
+    with an ERROR before anything is installed; etcd keeps running on what it had."""
+    root = lab.root("etcd01")
+    before, pid = _installed(root), lab.pid("etcd01")
+    staged = root / "var/lib/etcd-seed/seed/options.env"
+    good = staged.read_bytes()
+    staged.write_bytes(b"")
+    try:
+        done = lab.install("etcd01")
+    finally:
+        staged.write_bytes(good)
+    assert done.returncode == 1
+    assert "etcd-seed: ERROR: the staged seed files in /var/lib/etcd-seed/seed are damaged or missing (options.env" \
+        in done.stderr, done.stderr
+    assert "nothing installed or changed" in done.stderr and "Traceback" not in done.stderr
+    assert _installed(root) == before and lab.pid("etcd01") == pid
+
+
+def test_install_killed_before_any_rename_is_continued(lab: Lab) -> None:
+    """A node's first install, killed (SIGKILL, as a power cut would stop it) just before each of its renames in
+    turn: the next run always finishes it, and etcd is started only by a run that completed."""
+    root = lab.root("etcd03")
+    expected = {k: v[0] for k, v in _installed(root).items()}
+    fresh = ["usr/local/bin", "etc/ssl/etcd", "etc/etcd", "etc/systemd/system", "var/lib/etcd-seed/installed.sha256",
+             "var/lib/etcd-seed/version"]
+    tools = lab.work / "killer"
+    tools.mkdir(exist_ok=True)
+    count = tools / "count"
+    (tools / "mv").write_text(f'#!/bin/sh\nn=$(($(cat {count} 2>/dev/null || echo 0) + 1))\necho $n > {count}\n'
+                              f'[ "$n" != "$KILL_AT" ] || kill -KILL $PPID\nexec /bin/mv "$@"\n')
+    (tools / "mv").chmod(0o755)
+    def fresh_run(kill_at: int) -> subprocess.CompletedProcess[str]:
+        _shim(lab, "etcd03", "stop", "etcd.service")
+        for rel in fresh:
+            target = root / rel
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        count.unlink(missing_ok=True)
+        os.environ["KILL_AT"] = str(kill_at)
+        try:
+            return lab.install("etcd03", None, path=str(tools))
+        finally:
+            del os.environ["KILL_AT"]
+
+    counted = fresh_run(0)  # no kill: counts the renames of a first install
+    assert counted.returncode == 0 and counted.stderr.splitlines()[-1].endswith("; started etcd"), counted.stderr
+    renames = int(count.read_text())
+    for kill_at in range(1, renames + 1):
+        killed = fresh_run(kill_at)
+        assert killed.returncode != 0 and "etcd-seed: applied" not in killed.stderr, (kill_at, killed.stderr)
+        assert lab.calls("etcd03")[-1] == "stop etcd.service", kill_at  # the killed run started nothing
+        line = lab.converge("etcd03")
+        assert line.endswith("; started etcd"), (kill_at, line)
+        assert {k: v[0] for k, v in _installed(root).items()} == expected, kill_at
+    print(f"\nbench: first install killed before each of its {renames} renames, and continued each time")
+    assert renames >= 15
+    lab.wait_healthy()
+    assert_all_healthy(lab.etcdctl, 3)
 
 
 @pytest.mark.skipif(not DEBIAN_34.exists(), reason=f"make test builds vendor/{DEBIAN_34.name} with apt-get download")

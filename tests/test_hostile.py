@@ -57,9 +57,9 @@ USER_DATA_KEYS = {"hostname", "fqdn", "manage_etc_hosts", "ssh_pwauth", "ssh_del
                   "users", "write_files", "runcmd"}
 WRITE_FILES = {f"{PATHS.staged}/{name}" for name in (
     "ca.crt", "etcd.crt", "etcd.key", "options.env", "etcd.service", "member.json", "etcd-seed-promote.service",
-    "etcd-backup.service", "etcd-backup.timer")} | {"/usr/local/sbin/etcd-seed-install", PATHS.member_bin,
-                                                    PATHS.backup_bin}
-FLANNEL_FILES = {"/usr/local/sbin/etcd-flannel-config", f"{PATHS.staged}/etcd-flannel-config.service"}
+    "etcd-seed-boot.service", "etcd-seed-member", "etcd-backup.service", "etcd-backup.timer",
+    "etcd-seed-backup")} | {PATHS.install_bin}
+FLANNEL_FILES = {f"{PATHS.staged}/etcd-flannel-config", f"{PATHS.staged}/etcd-flannel-config.service"}
 
 
 def _get(data: Any, path: str) -> Any:
@@ -144,7 +144,7 @@ def check_outputs(spec: Spec, rendered: dict[str, SeedFiles], tmp: Path,
         assert done.stdout == spec.etcd.url
         files = {f["path"]: f["content"] for f in user_data["write_files"]}
         assert json.loads(files[f"{PATHS.staged}/member.json"]) == etcd.member_config(spec, node)
-        backup = files[PATHS.backup_bin]
+        backup = files[f"{PATHS.staged}/etcd-seed-backup"]
         assert subprocess.run(["sh", "-n", "-c", backup], check=False).returncode == 0
         dir_line = next(line for line in backup.splitlines() if line.startswith("dir="))
         done = subprocess.run(["sh", "-euc", f'root=\n{dir_line}\nprintf %s "$dir"'], capture_output=True, text=True,

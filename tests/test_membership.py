@@ -10,12 +10,14 @@ they run the example's 3.5.16 bundle; the rest run upstream's 3.5.1.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -30,12 +32,12 @@ from cryptography.hazmat.primitives import serialization
 from generator import _cli
 from generator.iso import read_iso
 
-from .etcd_checks import all_voting
+from .etcd_checks import all_voting, assert_all_healthy
 from .test_converge import BASE, UPSTREAM, Lab, converged_lab, pytestmark  # noqa: F401 - shared skips
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIXIE = ROOT / "vendor" / "etcd-v3.5.16-linux-amd64.tar.gz"  # `make test` builds it (Debian trixie's 3.5.16)
-SNAPSHOT_NAME = re.compile(r"[0-9]{8}T[0-9]{6}Z-rev([0-9]+)\.db")
+SNAPSHOT_NAME = re.compile(r"etcd0[0-9]-[0-9]{8}T[0-9]{6}Z-rev([0-9]+)\.db")
 
 
 def _members(lab: Lab, endpoints: list[str] | None = None) -> list[dict[str, object]]:
@@ -124,8 +126,7 @@ def test_two_members_join_at_once_as_learners(tmp_path: Path) -> None:
         # and leaves its data dir empty. (The pause after a refusal is cut to 1 s here; it is 60 s on a node.)
         lab.wipe("etcd05")
         lab.stage("etcd05")
-        config = lab.root("etcd05") / "var/lib/etcd-seed/seed/member.json"
-        config.write_text(config.read_text().replace('"refused_pause_s": 60', '"refused_pause_s": 1'))
+        lab.edit_staged("etcd05", "member.json", '"refused_pause_s": 60', '"refused_pause_s": 1')
         lab.converge("etcd05")
         _wait("the refusal", lambda: "ERROR: etcd05 is already a started member" in _unit_log(lab, "etcd05"), lab, 60)
         assert "mark it replace: true" in _unit_log(lab, "etcd05")
@@ -160,8 +161,7 @@ def test_two_members_join_at_once_as_learners(tmp_path: Path) -> None:
         _build(lab)
         lab.namespaces["etcd06"] = lab.namespaces["etcd04"]  # the same address: etcd06 only runs etcdctl
         lab.stage("etcd06")
-        config = lab.root("etcd06") / "var/lib/etcd-seed/seed/member.json"
-        config.write_text(config.read_text().replace('"refused_pause_s": 60', '"refused_pause_s": 1'))
+        lab.edit_staged("etcd06", "member.json", '"refused_pause_s": 60', '"refused_pause_s": 1')
         lab.converge("etcd06")
         _wait("the refusal", lambda: f"ERROR: peer URL https://{BASE}.4:2380 is taken by member etcd04"
               in _unit_log(lab, "etcd06"), lab, 60)
@@ -177,8 +177,7 @@ def test_two_members_join_at_once_as_learners(tmp_path: Path) -> None:
         _add_nodes(lab, f'{{name: etcd05, ip: {BASE}.5, mac: "52:54:00:00:00:05", join: true}}')
         _build(lab)
         lab.stage("etcd05")
-        config = lab.root("etcd05") / "var/lib/etcd-seed/seed/member.json"
-        config.write_text(config.read_text().replace('"timeout_s": 900', '"timeout_s": 6'))
+        lab.edit_staged("etcd05", "member.json", '"timeout_s": 900', '"timeout_s": 6')
         lab.converge("etcd05")
         _wait("the join to give up", lambda: "gave up after 6s" in _unit_log(lab, "etcd05"), lab, 120)
         log = _unit_log(lab, "etcd05")
@@ -243,7 +242,7 @@ def _promote_before_etcd_runs(lab: Lab, name: str) -> None:
         shutil.copy(source, root / path.lstrip("/"))
     (root / "etc/etcd").mkdir(parents=True, exist_ok=True)
     (root / "etc/etcd/member.json").write_text(json.dumps(config))
-    script = str(root / "usr/local/sbin/etcd-seed-member")
+    script = str(staged / "etcd-seed-member")
     done = subprocess.run(lab.net.command(lab.namespaces[name], [sys.executable, script, "promote"]),
                           env={**os.environ, "ETCD_SEED_ROOT": str(root)}, capture_output=True, text=True, timeout=60,
                           check=False)
@@ -289,8 +288,8 @@ def _backup(lab: Lab, name: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_backup_unit_keeps_the_newest_checked_snapshots(trixie_lab: Lab) -> None:
-    """The generated backup unit writes <time>-rev<revision>.db, 0600, checked by etcdutl, keeps the newest two
-    (backup.keep), and when etcd is down it fails and leaves no partial file."""
+    """The generated backup unit writes <member>-<time>-rev<revision>.db, 0600, checked by etcdutl, keeps the newest
+    two (backup.keep) of its own member by revision, and when etcd is down it fails and leaves no partial file."""
     lab = trixie_lab
     for i in range(10):
         assert lab.etcdctl("put", f"backup/{i}", str(i)).returncode == 0
@@ -310,6 +309,33 @@ def test_backup_unit_keeps_the_newest_checked_snapshots(trixie_lab: Lab) -> None
     log = (lab.root("etcd01") / "run/shim/etcd-backup.service.log").read_text()
     assert f"etcd-seed: backup: /var/backups/etcd/{newest.name}" not in log  # paths are under the scratch root
     assert f"{backups}/{newest.name} (" in log and "keeping the newest 2" in log
+
+    # One taken while the clock was far ahead (the timer fires at boot, before NTP): ranked by its revision, it is
+    # pruned at the next run instead of staying "newest" for ever. Another member's backups, and files of other
+    # names, in the same directory are not this member's to prune.
+    ahead, other, foreign = "etcd01-29991231T235959Z-rev1.db", "etcd02-20200101T000000Z-rev2.db", "notes.db"
+    for name in (ahead, other, foreign):
+        (backups / name).write_bytes(b"x")
+    assert _backup(lab, "etcd01").returncode == 0
+    kept = sorted(p.name for p in backups.iterdir())
+    assert ahead not in kept and other in kept and foreign in kept, kept
+    assert len([n for n in kept if n.startswith("etcd01-")]) == 2, kept
+    # Two that claim higher revisions than the cluster has: the snapshot just taken is never pruned.
+    for name in ("etcd01-20200101T000000Z-rev999999999.db", "etcd01-20200101T000001Z-rev999999998.db"):
+        (backups / name).write_bytes(b"x")
+    assert _backup(lab, "etcd01").returncode == 0
+    log = (lab.root("etcd01") / "run/shim/etcd-backup.service.log").read_text().splitlines()[-1]
+    just_taken = log.split(f"{backups}/", 1)[1].split(" (", 1)[0]
+    assert (backups / just_taken).exists(), log
+    for path in backups.iterdir():
+        if not SNAPSHOT_NAME.fullmatch(path.name) or "rev99999999" in path.name:
+            path.unlink()
+    # A directory every user can write is refused: anyone could swap a snapshot before a restore.
+    backups.chmod(0o777)
+    refused = _backup(lab, "etcd01")
+    backups.chmod(0o700)
+    assert refused.returncode != 0
+    assert "is writable by every user" in (lab.root("etcd01") / "run/shim/etcd-backup.service.log").read_text()
 
     subprocess.run(["kill", "-KILL", str(lab.pid("etcd02"))], check=True)  # etcd02 is down
     failed = _backup(lab, "etcd02")
@@ -392,3 +418,148 @@ def test_restore_without_a_bump_keeps_the_revision(trixie_lab: Lab) -> None:
     status = _status(lab)
     assert all(revision <= int(s["header"]["revision"]) < revision + 1000 for s in status)  # type: ignore[index]
     assert lab.etcdctl("get", "--print-value-only", "plain").stdout.strip() == "1"
+
+
+def _member_step(lab: Lab, ns: str, step: str, **config: object) -> subprocess.CompletedProcess[str]:
+    """The member script, run by hand in namespace `ns` with etcd03's certificate (it carries clientAuth) and a
+    member.json changed as the arguments say: a node that etcd's answers must not fool."""
+    scratch = lab.work / "scratch"
+    root = scratch / f"{step}-{len(list(scratch.glob('*'))) if scratch.exists() else 0}"
+    staged = lab.root("etcd03") / "var/lib/etcd-seed/seed"
+    settings = {**json.loads((staged / "member.json").read_text()), "timeout_s": 4, "refused_pause_s": 0, **config}
+    installed = {str(settings["ca"]): staged / "ca.crt", str(settings["cert"]): staged / "etcd.crt",
+                 str(settings["key"]): staged / "etcd.key",
+                 str(settings["etcdctl"]): lab.root("etcd01") / "usr/local/bin/etcdctl"}
+    for path, source in installed.items():
+        (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, root / path.lstrip("/"))
+    (root / "etc/etcd").mkdir(parents=True, exist_ok=True)
+    (root / "etc/etcd/member.json").write_text(json.dumps(settings))
+    (root / "opt/etcd").mkdir(parents=True, exist_ok=True)
+    return subprocess.run(lab.net.command(ns, [sys.executable, str(staged / "etcd-seed-member"), step]),
+                          env={**os.environ, "ETCD_SEED_ROOT": str(root)}, capture_output=True, text=True,
+                          timeout=90, check=False)
+
+
+def test_member_script_acts_only_on_its_own_entries(tmp_path: Path) -> None:
+    """What the member script removes, adds and writes is checked against etcd's real answers: a replacement never
+    removes a started member of another name that holds its peer URL; a joined node whose address changed is not
+    added twice under one name; a member with a peer URL of another shape stops the join before membership.env."""
+    with converged_lab(tmp_path / "lab", UPSTREAM, "3.5.1", "ms", hosts=4) as lab:
+        everyone = [f"{BASE}.{i}" for i in (1, 2, 3)]
+        before = sorted((str(m["name"]), m["ID"]) for m in _members(lab))
+        peers = [f"https://{ip}:2379" for ip in everyone]
+
+        # etcd09 marked replace, given etcd03's address while etcd03 runs: refused, and etcd03 stays.
+        done = _member_step(lab, lab.namespaces["etcd04"], "prepare", name="etcd09", mode="replace",
+                            peer_url=f"https://{BASE}.3:2380", peers=peers)
+        assert done.returncode == 1, done.stderr
+        assert f"ERROR: peer URL https://{BASE}.3:2380 is taken by member etcd03" in done.stderr, done.stderr
+        assert sorted((str(m["name"]), m["ID"]) for m in _members(lab)) == before
+        assert_all_healthy(lab.etcdctl, 3)
+
+        # etcd03 marked join at a new address while it is a started member at its old one: refused.
+        done = _member_step(lab, lab.namespaces["etcd04"], "prepare", name="etcd03", mode="join",
+                            peer_url=f"https://{BASE}.4:2380", peers=peers)
+        assert done.returncode == 1, done.stderr
+        assert "its address changed; mark it replace: true" in done.stderr, done.stderr
+        assert sorted((str(m["name"]), m["ID"]) for m in _members(lab)) == before
+
+        # A member whose peer URL is not https://<IPv4>:<port> (added by someone with the admin certificate):
+        # a joining node refuses to build its membership from it, and writes no membership.env.
+        # etcd refuses a new member until every member has been connected for a few seconds ("unhealthy cluster").
+        tries: list[subprocess.CompletedProcess[str]] = []
+
+        def add_odd() -> bool:
+            tries.append(lab.etcdctl("member", "add", "odd", f"--peer-urls=http://{BASE}.9:2380", "--learner",
+                                     "-w", "json"))
+            return tries[-1].returncode == 0
+        _wait("member add", add_odd, lab, 30)
+        added = tries[-1]
+        odd = json.loads(added.stdout)["member"]["ID"]
+        try:
+            done = _member_step(lab, lab.namespaces["etcd04"], "prepare", name="etcd04", mode="join",
+                                peer_url=f"https://{BASE}.4:2380", peers=peers)
+        finally:
+            assert lab.etcdctl("member", "remove", f"{odd:x}").returncode == 0
+        assert done.returncode == 1, done.stderr
+        assert f"with peer URLs that are not https://<IPv4>:<port>: ['http://{BASE}.9:2380']" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert not list((lab.work / "scratch").glob("*/opt/etcd/membership.env"))
+        assert sorted((str(m["name"]), m["ID"]) for m in _members(lab)) == before
+
+
+def _mount_tmpfs(path: Path) -> None:
+    """A filesystem of its own at path, holding lost+found as a freshly made one does."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m,mode=0700", "tmpfs", str(path)], check=True)
+    (path / "lost+found").mkdir()
+
+
+def test_restore_onto_mounted_data_and_wal_dirs(trixie_lab: Lab) -> None:
+    """The data and WAL dirs are mount points holding lost+found (a dedicated disk). A data dir with anything else
+    in it is refused with an ERROR, and etcd does not start on it; once it is empty, every member restores into
+    the mounted dirs and serves every key."""
+    lab = trixie_lab
+    for i in range(15):
+        assert lab.etcdctl("put", f"mounted/{i:02d}", str(i)).returncode == 0
+    snapshot = lab.work / "mounted.db"
+    _take_snapshot(lab, snapshot)
+    mounts: list[Path] = []
+    try:
+        for name in ("etcd01", "etcd02", "etcd03"):
+            lab.wipe(name)
+            for rel in ("opt/etcd/data", "opt/etcd/wal"):
+                _mount_tmpfs(lab.root(name) / rel)
+                mounts.append(lab.root(name) / rel)
+        (lab.root("etcd01") / "opt/etcd/data/left-over").write_text("x")
+        text = re.sub(r"(?m)^  restore: .*\n", "", lab.spec.read_text())
+        lab.spec.write_text(text.replace("etcd:\n", f"etcd:\n  restore: {{snapshot: {snapshot}}}\n"))
+        _build(lab)
+        media: dict[str, Path] = {}
+        for name in ("etcd01", "etcd02", "etcd03"):
+            lab.stage(name)
+            media[name] = lab.work / "media-mounted" / name
+            shutil.rmtree(media[name], ignore_errors=True)
+            media[name].mkdir(parents=True)
+            for file_name, content in read_iso((lab.out / name / "seed.iso").read_bytes()).items():
+                (media[name] / file_name).write_bytes(content)
+        lab.edit_staged("etcd01", "member.json", '"refused_pause_s": 60', '"refused_pause_s": 1')
+
+        refused = lab.install("etcd01", media["etcd01"])
+        assert refused.returncode == 1
+        assert "etcd-seed: ERROR: restore: the data dir " in refused.stderr and "left-over" in refused.stderr
+        assert "etcd is not started until the restore has been done" in refused.stderr
+        # systemd starts etcd.service at boot all the same: its ExecStartPre refuses an unrestored member.
+        env = {"ETCD_SEED_ROOT": str(lab.root("etcd01")), "PATH": f"{lab.shim_dir}:/usr/bin:/bin"}
+        subprocess.run(lab.net.command(lab.namespaces["etcd01"], ["systemctl", "start", "etcd.service"]), env=env,
+                       check=True)
+        _wait("the refusal", lambda: "holds no restored member: etcd would start an empty cluster"
+              in _unit_log(lab, "etcd01"), lab, 30)
+        time.sleep(2)
+        assert not (lab.root("etcd01") / "opt/etcd/data/member").exists()
+        assert subprocess.run(lab.net.command(lab.namespaces["etcd01"], ["systemctl", "is-active", "etcd.service"]),
+                              env=env, check=False).returncode != 0
+
+        (lab.root("etcd01") / "opt/etcd/data/left-over").unlink()
+        lines = {name: lab.converge(name, media=media[name]) for name in ("etcd01", "etcd02", "etcd03")}
+        assert all("restored snapshot " in line for line in lines.values()), lines
+        lab.wait_healthy()
+        for i in range(15):
+            got = lab.etcdctl("get", "--print-value-only", f"mounted/{i:02d}")
+            assert got.stdout.strip() == str(i)
+        for name in ("etcd01", "etcd02", "etcd03"):
+            data, wal = lab.root(name) / "opt/etcd/data", lab.root(name) / "opt/etcd/wal"
+            assert os.path.ismount(data) and os.path.ismount(wal)
+            assert (data / "member/snap/db").is_file() and list(wal.glob("*.wal")), name
+            assert sorted(p.name for p in data.iterdir()) == ["lost+found", "member"]
+    finally:
+        _kill_all_members(lab)
+        for path in reversed(mounts):
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _kill_all_members(lab: Lab) -> None:
+    for pid_file in lab.work.glob("roots/*/run/shim/*.pid"):
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)

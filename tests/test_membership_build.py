@@ -198,6 +198,50 @@ def test_scaling_in_prints_the_member_remove_command(workdir: Path) -> None:
             "'$3 == \"etcd03\" {print $1}')\"") in out
 
 
+def test_joined_nodes_are_rolled_later_and_new_ones_never(workdir: Path) -> None:
+    """A node joining now boots afresh and is not in the rolling order; once built, a joined node (join: true still
+    set) is a member like any other, and a renewal rolls it with the rest."""
+    assert build(workdir)[0] == 0
+    set_spec(workdir, '  - {name: etcd03, ip: 192.168.0.3, mac: "52:54:00:00:00:03"}',
+             '  - {name: etcd03, ip: 192.168.0.3, mac: "52:54:00:00:00:03"}\n'
+             '  - {name: etcd04, ip: 192.168.0.4, mac: "52:54:00:00:00:04", join: true}')
+    code, out, err = run("build", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"), "--renew")
+    assert code == 0, err
+    order = next(line for line in out.splitlines() if line.startswith("roll the changed seeds"))
+    assert "etcd04" not in order and "1. etcd01; 2. etcd02; 3. etcd03" in order
+    code, out, err = run("build", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"), "--renew")
+    assert code == 0, err
+    order = next(line for line in out.splitlines() if line.startswith("roll the changed seeds"))
+    assert "1. etcd01; 2. etcd02; 3. etcd03; 4. etcd04" in order
+    assert "ETCDCTL_ENDPOINTS=https://<its IP>:2379 etcdctl endpoint health" in order
+
+
+def test_changed_address_says_what_etcd_needs(workdir: Path) -> None:
+    """etcd keeps a member's peer URL in its membership: a node whose address changed gets a note with the
+    member update command (a joined one also refuses, on the node, to add itself twice)."""
+    assert build(workdir)[0] == 0
+    set_spec(workdir, "ip: 192.168.0.3,", "ip: 192.168.0.7,")
+    code, out, err = build(workdir)
+    assert code == 0, err
+    assert ("etcd03's address changed from 192.168.0.3 to 192.168.0.7: etcd keeps a member's peer URL in the "
+            "cluster's membership") in out
+    assert "etcdctl member update \"$(etcdctl member list | awk -F', ' '$3 == \"etcd03\" {print $1}')\" " \
+           "--peer-urls=https://192.168.0.7:2380" in out
+
+
+def test_removed_client_says_its_certificate_stays_valid(workdir: Path) -> None:
+    """A consumer taken out of clients: gets a note like scale-in's: which files to delete, and that its certificate
+    is valid until it expires."""
+    set_spec(workdir, "etcd:\n", "clients:\n  - {name: flannel, use: flannel}\netcd:\n")
+    assert build(workdir)[0] == 0
+    set_spec(workdir, "clients:\n  - {name: flannel, use: flannel}\n", "")
+    code, out, err = build(workdir)
+    assert code == 0, err
+    note = next(line for line in out.splitlines() if line.startswith("client flannel left the spec"))
+    assert "pki/flannel.crt stays valid until it expires (20" in note
+    assert "delete clients/flannel.flanneld.env, pki/flannel.key and pki/flannel.crt" in note
+
+
 # --- backups, compaction, quota --------------------------------------------------------------
 
 
@@ -208,7 +252,7 @@ def test_backups_are_on_by_default(workdir: Path) -> None:
     assert "OnCalendar=daily\n" in timer and "Persistent=true" in timer
     service = written["/var/lib/etcd-seed/seed/etcd-backup.service"]
     assert "User=etcd\n" in service and "Type=oneshot\n" in service
-    script = written["/usr/local/sbin/etcd-seed-backup"]
+    script = written["/var/lib/etcd-seed/seed/etcd-seed-backup"]
     assert "keep=7\n" in script and 'dir="$root"/var/backups/etcd\n' in script
     assert "--endpoints=https://192.168.0.2:2379" in script
     assert "etcd-backup.timer" in written["/usr/local/sbin/etcd-seed-install"]
@@ -218,7 +262,7 @@ def test_backups_can_be_turned_off(workdir: Path) -> None:
     (workdir / "cluster.yaml").write_text(spec_yaml() + "backup: {enabled: false}\n")
     assert build(workdir)[0] == 0
     written = _written(workdir, "etcd01")
-    assert "/usr/local/sbin/etcd-seed-backup" not in written
+    assert "/var/lib/etcd-seed/seed/etcd-seed-backup" not in written
     assert "systemctl disable --now etcd-backup.timer" in written["/usr/local/sbin/etcd-seed-install"]
 
 
@@ -231,6 +275,11 @@ def test_backups_can_be_turned_off(workdir: Path) -> None:
     ("backup: {dir: /etc/etcd-backups}", "backup.dir", "system directory"),
     ("backup: {dir: /srv}", "backup.dir", "system directory"),
     ("backup: {dir: /opt/etcd/backups}", "backup.dir", "overlaps /opt/etcd"),
+    ("backup: {dir: /tmp/etcd}", "backup.dir", "system directory"),
+    ("backup: {dir: /var/tmp/etcd}", "backup.dir", "which every user can write"),
+    ("backup: {dir: /root/backups}", "backup.dir", "which the etcd user cannot write"),
+    ("backup: {dir: /home/ops/etcd}", "backup.dir", "where the etcd user cannot write"),
+    ("backup: {dir: /var/log/etcd}", "backup.dir", "which the etcd user cannot write"),
     ("backup: {keep: 0}", "backup.keep", "between 1 and 1000"),
     ("backup: {enabled: 'yes'}", "backup.enabled", "must be true or false"),
 ], ids=lambda v: str(v)[:28])

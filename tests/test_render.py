@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -88,19 +90,37 @@ def test_user_data_is_cloud_config(rendered: dict[str, SeedFiles]) -> None:
 
 
 def test_seed_files_are_staged_root_only(rendered: dict[str, SeedFiles]) -> None:
-    """cloud-init writes the seed's files to the staging directory, root-only; the install step puts them in place."""
+    """cloud-init writes every file of the seed to the staging directory, root-only; the install step checks each
+    against its sha256 and puts it in place. Only the install step itself is written where it runs."""
     data = yaml.safe_load(rendered["etcd01"].texts["user-data"])
     files = _files_by_path(data)
     staged = {p for p in files if p.startswith(f"{PATHS.staged}/")}
     assert staged == {f"{PATHS.staged}/{n}" for n in ("ca.crt", "etcd.crt", "etcd.key", "options.env", "etcd.service",
                                                       "etcd-flannel-config.service", "member.json",
                                                       "etcd-seed-promote.service", "etcd-backup.service",
-                                                      "etcd-backup.timer")}
+                                                      "etcd-backup.timer", "etcd-seed-boot.service",
+                                                      "etcd-seed-member", "etcd-seed-backup", "etcd-flannel-config")}
     assert all(files[p]["owner"] == "root:root" and files[p]["permissions"] == "0600" for p in staged)
-    assert set(files) - staged == {"/usr/local/sbin/etcd-seed-install", "/usr/local/sbin/etcd-flannel-config",
-                                   PATHS.member_bin, PATHS.backup_bin}
+    assert set(files) - staged == {PATHS.install_bin}
     assert files[f"{PATHS.staged}/etcd.key"]["content"] == fake_pem("etcd01").key_pem.decode()
     assert files[f"{PATHS.staged}/etcd.crt"]["content"] == fake_pem("etcd01").chain_pem.decode()
+
+
+def test_install_step_carries_the_sha256_of_every_staged_file(rendered: dict[str, SeedFiles]) -> None:
+    """The install script lists the sha256 of each staged file exactly as cloud-init writes it (the key's is its
+    PEM's, which the redacted copy names too), so a file cut short by a power loss is never installed."""
+    for texts in (rendered["etcd01"].texts["user-data"], rendered["etcd01"].texts["user-data.redacted"]):
+        files = _files_by_path(yaml.safe_load(texts))
+        script = files[PATHS.install_bin]["content"]
+        sums = dict(reversed(line.split("  ", 1)) for line in
+                    script.split("<<'SUMS'\n", 1)[1].split("\nSUMS\n", 1)[0].splitlines())
+        assert set(sums) == {p.rsplit("/", 1)[1] for p in files if p.startswith(f"{PATHS.staged}/")}
+        for name, digest in sums.items():
+            content = files[f"{PATHS.staged}/{name}"]["content"]
+            if "withheld from review" not in content:
+                assert hashlib.sha256(content.encode()).hexdigest() == digest, name
+    assert _files_by_path(yaml.safe_load(rendered["etcd01"].texts["user-data"]))[PATHS.install_bin] == \
+        _files_by_path(yaml.safe_load(rendered["etcd01"].texts["user-data.redacted"]))[PATHS.install_bin]
 
 
 def test_etcd_user_has_no_login(rendered: dict[str, SeedFiles]) -> None:
@@ -139,8 +159,8 @@ def test_plaintext_localhost_is_opt_in() -> None:
 def test_flannel_only_on_the_first_node(rendered: dict[str, SeedFiles]) -> None:
     """Only the first node writes flannel's config; without flannel in the spec nobody does."""
     paths = {n: set(_files_by_path(yaml.safe_load(f.texts["user-data"]))) for n, f in rendered.items()}
-    assert "/usr/local/sbin/etcd-flannel-config" in paths["etcd01"]
-    assert "/usr/local/sbin/etcd-flannel-config" not in paths["etcd02"]
+    assert f"{PATHS.staged}/etcd-flannel-config" in paths["etcd01"]
+    assert f"{PATHS.staged}/etcd-flannel-config" not in paths["etcd02"]
     plain = parse(spec_yaml().split("flannel:")[0])
     assert "flannel" not in render_all(plain)["etcd01"].texts["user-data"]
 
@@ -194,3 +214,38 @@ def test_version_specific_options() -> None:
     spec34 = parse(spec_yaml().replace('version: "3.5.1"', 'version: "3.4.23"'))
     assert "\nETCD_LOGGER=zap\n" in render_all(spec34)["etcd01"].texts["options.env"]
     assert "ETCD_LOGGER" not in render_all(parse(spec_yaml()))["etcd01"].texts["options.env"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze (Debian's systemd)")
+def test_units_pass_systemd_verify(rendered: dict[str, SeedFiles], tmp_path: Path) -> None:
+    """Every unit a node gets, as `systemd-analyze verify` (systemd's own unit parser) reads it in a root that holds
+    the node's files: no unknown key, no bad value. The promote step is started again after a failed run, for as
+    long as it takes, and the boot step runs before etcd on every boot."""
+    root = tmp_path / "root"
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    units = []
+    for entry in yaml.safe_load(rendered["etcd01"].texts["user-data"])["write_files"]:
+        name = entry["path"].rsplit("/", 1)[1]
+        target = root / ("etc/systemd/system/" + name if name.endswith((".service", ".timer"))
+                         else ("usr/local/sbin/" + name))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(entry["content"])
+        if name.endswith((".service", ".timer")):
+            units.append(target)
+        else:
+            target.chmod(0o755)
+    (root / "usr/local/bin").mkdir(parents=True)
+    (root / "usr/local/bin/etcd").write_text("#!/bin/sh\n")
+    (root / "usr/local/bin/etcd").chmod(0o755)
+    done = subprocess.run(["systemd-analyze", "verify", "--root", str(root), *map(str, units)], capture_output=True,
+                          text=True, check=False)
+    ours = [line for line in (done.stdout + done.stderr).splitlines() if str(root / "etc") in line
+            or line.startswith(tuple(u.name for u in units))]
+    assert done.returncode == 0 and not ours, done.stdout + done.stderr
+    promote = (root / "etc/systemd/system/etcd-seed-promote.service").read_text()
+    unit, service = promote.split("[Service]", 1)
+    assert "\nStartLimitIntervalSec=0\n" in unit
+    assert "\nRestart=on-failure\n" in service and "\nRestartSec=30s\n" in service
+    boot = (root / "etc/systemd/system/etcd-seed-boot.service").read_text()
+    assert "\nBefore=etcd.service " in boot and "\nWantedBy=etcd.service\n" in boot
+    assert f"\nExecStart={PATHS.install_bin} --boot\n" in boot

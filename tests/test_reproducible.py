@@ -83,11 +83,17 @@ def test_timeout_change_rewrites_three_options_and_isos(workdir: Path) -> None:
 
 
 def test_added_member(workdir: Path) -> None:
-    """A fourth member gets new files; the others' ETCD_INITIAL_CLUSTER changes; old certs stay."""
+    """A fourth node new to a built cluster needs join: true; without it the build refuses and writes nothing (it would
+    bootstrap a cluster of its own). With it, it gets new files and no founder's seed changes; old certs stay."""
     assert build(workdir)[0] == 0
+    before = snapshot(workdir / "out")
     edit(workdir, "etcd:\n", '  - {name: etcd04, ip: 192.168.0.4, mac: "52:54:00:00:00:04"}\netcd:\n')
+    code, _, err = build(workdir)
+    assert code == 1 and "error: nodes.3.join: etcd04 is new to the built cluster (etcd01, etcd02, etcd03)" in err
+    assert snapshot(workdir / "out") == before
+    edit(workdir, 'mac: "52:54:00:00:00:04"}', 'mac: "52:54:00:00:00:04", join: true}')
     planned = plan(workdir)
-    assert {"pki/etcd04.crt", "pki/etcd04.key", "etcd04/seed.iso", "etcd01/options.env",
-            "pki/etcdctl.env", "known_hosts"} <= planned  # etcdctl.env lists the new endpoint
+    assert {"pki/etcd04.crt", "pki/etcd04.key", "etcd04/seed.iso", "pki/etcdctl.env", "known_hosts"} <= planned
+    assert not {p for p in planned if p.startswith(("etcd01/", "etcd02/", "etcd03/"))}, planned
     certs_and_keys = {p for p in planned if p.startswith("pki/") and p.endswith((".crt", ".key"))}
     assert certs_and_keys == {"pki/etcd04.crt", "pki/etcd04.key", "pki/etcd04.ssh.key"}

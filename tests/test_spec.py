@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from generator.errors import SpecError
-from generator.spec import load_spec
+from generator.spec import RESERVED_NAMES, load_spec
 
 from .conftest import ROOT, parse, spec_yaml
 
@@ -151,8 +151,8 @@ def cluster_dicts(draw: st.DrawFn) -> dict[str, object]:
     third = draw(st.integers(min_value=0, max_value=255))
     hosts = draw(st.lists(st.integers(min_value=1, max_value=250), min_size=count, max_size=count,
                           unique=True))
-    names = draw(st.lists(st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True), min_size=count,
-                          max_size=count, unique=True))
+    names = draw(st.lists(st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True).filter(
+        lambda n: n not in RESERVED_NAMES), min_size=count, max_size=count, unique=True))
     heartbeat = draw(st.integers(min_value=10, max_value=1000))
     return {
         "cluster": {"name": draw(st.from_regex(r"[a-z][a-z0-9-]{0,8}[a-z0-9]", fullmatch=True)),
