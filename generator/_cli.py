@@ -224,7 +224,7 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     missing = [n for n in names if not (root / "pki" / f"{n}.key").exists()]
     with keygen.keys_made_ahead(spec.pki.key_type.value, len(missing) + len(args.rekey)):
         from . import manifest
-        from .build import apply_plan, load_sources
+        from .build import apply_plan, load_sources, recover
 
         # Every input problem is reported before any directory is made.
         previous = manifest.parse_manifest(fs.read_optional(root / manifest.NAME, manifest.NAME))
@@ -233,6 +233,12 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         with fs.locked(root, exclusive=True):
             try:
                 fastpath.forget(root)
+                resumed, step = recover(root)
+                if resumed:
+                    print(f"completed the run that was interrupted{f' (rotate-ca {step})' if step else ''}",
+                          file=out)
+                    if step is not None and step == args.step:
+                        args.step = None  # its step is taken: this run builds on it
                 plan = _plan(args, spec, root, sources)
                 removed = apply_plan(root, plan)
             except BaseException:
@@ -258,7 +264,8 @@ def _record(args: argparse.Namespace, spec: Spec, plan: BuildPlan, root: Path, s
 def _written(plan: BuildPlan) -> int:
     from .build import FileStatus
 
-    return len(plan.changed) + (plan.manifest_status is not FileStatus.UNCHANGED) + len(plan.deletes)
+    return (len(plan.changed) + (plan.manifest_status is not FileStatus.UNCHANGED) + len(plan.deletes)
+            + len(plan.sealed_moves))
 
 
 def _input_files(spec: Spec) -> list[Path]:
@@ -286,6 +293,8 @@ def _report_build(plan: BuildPlan, root: Path, removed: list[str], out: TextIO, 
         print(f"removed {rel}: left by a run that was killed", file=out)
     for event in plan.pki.events:
         print(f"pki: {event}", file=out)
+    for source, target in plan.sealed_moves:
+        print(f"moved pki/{source}.age to pki/{target}.age: the sealed copy follows its key", file=out)
     for rel in plan.deletes:
         print(f"deleted {rel}", file=out)
     total = len(plan.files) + 1
@@ -333,6 +342,8 @@ def _report_plan(plan: BuildPlan, root: Path, out: TextIO, err: TextIO) -> None:
         print(f"  {planned.path.ljust(width)}  {planned.status}", file=out)
     if plan.manifest_status is not FileStatus.UNCHANGED:
         print(f"  {manifest.NAME.ljust(width)}  {plan.manifest_status}", file=out)
+    for source, target in plan.sealed_moves:
+        print(f"  pki/{target}.age  move (from pki/{source}.age)", file=out)
     for rel in plan.deletes:
         print(f"  {rel.ljust(width)}  {FileStatus.DELETE}", file=out)
     counts = {k: sum(1 for f in changed if f.status is k) for k in FileStatus}

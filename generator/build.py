@@ -16,7 +16,7 @@ from typing import BinaryIO
 import jinja2
 from cryptography import x509
 
-from . import etcd, fastpath, fs, hostkeys, manifest, rotation
+from . import etcd, fastpath, fs, hostkeys, manifest, rotation, sealed
 from .errors import MaterialError, OutputError
 from .etcd import Bundle
 from .iso import SeedEntry, iso_digest, write_iso
@@ -86,6 +86,7 @@ class Inputs:
     snapshot: Snapshot | None = None
     imported_next: tuple[bytes, bytes] | None = None
     rotation: Rotation = field(default_factory=Rotation)
+    sealed_index: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # pki/sealed.json
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,10 @@ class BuildPlan:
     warnings: list[str] = field(default_factory=list)
     reseed: list[str] = field(default_factory=list)  # nodes whose seed changed, in rolling order
     deletes: list[str] = field(default_factory=list)  # paths under output/<cluster>/, from DELETABLE
+    # Sealed copies that follow their key to a new name (pki/ca-next.key.age -> pki/ca.key.age at the end
+    # of a CA rotation), as key file names under pki/.
+    sealed_moves: list[tuple[str, str]] = field(default_factory=list)
+    step: str | None = None  # the rotation step taken, for the journal
 
     @property
     def changed(self) -> list[PlannedFile]:
@@ -199,7 +204,7 @@ def load_inputs(spec: Spec, root: Path, sources: Sources | None = None) -> Input
     return Inputs(bundle=sources.bundle, imported=sources.imported, pki_files=fs.load_pki_dir(root / "pki"),
                   previous=previous, pending=parse_journal(fs.read_optional(root / JOURNAL, JOURNAL)),
                   disk=fs.scan(root)[0], snapshot=sources.snapshot, imported_next=sources.imported_next,
-                  rotation=current)
+                  rotation=current, sealed_index=sealed.read_index(root / "pki"))
 
 
 def load_bundle(spec: Spec, checked: str | None = None) -> Bundle:
@@ -234,16 +239,32 @@ def _load_imported_ca(source: CASource | None, field: str) -> tuple[bytes, bytes
     return cert, key
 
 
-def parse_journal(data: bytes | None) -> dict[str, str]:
-    """The keys an interrupted run was putting in place, by name."""
+def _journal_document(data: bytes | None) -> dict[str, object] | None:
     if data is None:
-        return {}
+        return None
     try:
         document = json.loads(data)
     except (ValueError, RecursionError):
         raise OutputError(f"{JOURNAL}: not valid JSON; an interrupted run left it damaged",
                           hint=f"check pki/ by hand, then remove {JOURNAL}") from None
-    keys = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(document, dict):
+        raise OutputError(f"{JOURNAL}: must be a JSON object", hint=f"check pki/ by hand, then remove {JOURNAL}")
+    return document
+
+
+def parse_journal(data: bytes | None) -> dict[str, str]:
+    """The keys an interrupted run was putting in place, by name.
+
+    Raises:
+        OutputError: damaged, or a run whose renames only a build may complete (plan reads, never writes).
+    """
+    document = _journal_document(data)
+    if document is None:
+        return {}
+    if "renames" in document:
+        raise OutputError(f"{JOURNAL}: a build was interrupted; run it (or the same rotate-ca step) again to "
+                          "complete it")
+    keys = document.get("keys")
     if not isinstance(keys, dict) or not all(
             isinstance(k, str) and _JOURNAL_NAME.fullmatch(k) and isinstance(v, str) and HEX64.fullmatch(v)
             for k, v in keys.items()):
@@ -347,8 +368,11 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     files = [_plan_file(path, mode, make, inputs.disk.get(path), public, iso_epoch)
              for path, mode, make, public, iso_epoch in rows]
     planned = {f.path for f in files}
+    sealed_moves, sealed_warnings = _sealed_moves(pki, inputs)
+    moved = {f"pki/{source}.age" for source, _ in sealed_moves}
     deletes = sorted(p for p in DELETABLE - planned if p in inputs.disk)
-    deletes += [f"{p}.age" for p in deletes if p.endswith(".key") and f"{p}.age" in inputs.disk]
+    deletes += [f"{p}.age" for p in sorted(DELETABLE - planned) if p.endswith(".key") and f"{p}.age" in inputs.disk
+                and f"{p}.age" not in moved]
     new_keys = {f.path.removeprefix("pki/").removesuffix(".key"): f.public_key_sha256 for f in files
                 if f.public_key_sha256 and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
     manifest_bytes = manifest.render_manifest(
@@ -384,8 +408,27 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     floor = etcd.upgrade_floor_warning(previous_version, spec.etcd.version)
     return BuildPlan(spec=spec, pki=pki, files=files, manifest_bytes=manifest_bytes,
                      manifest_status=manifest_status, new_keys=new_keys,
-                     notes=notes, warnings=warnings + ([floor] if floor else []), reseed=reseed,
-                     deletes=deletes)
+                     notes=notes, warnings=warnings + sealed_warnings + ([floor] if floor else []), reseed=reseed,
+                     deletes=deletes, sealed_moves=sealed_moves, step=rotate)
+
+
+def _sealed_moves(pki: PkiState, inputs: Inputs) -> tuple[list[tuple[str, str]], list[str]]:
+    """When rotate-ca finish makes the next CA's key pki/ca.key, its sealed copy becomes pki/ca.key.age (a second
+    operator's unseal must get the CA key in use); a sealed CA key that is not the one in use is named."""
+    if pki.ca_imported or not inputs.sealed_index:
+        return [], []
+    want = hashlib.sha256(pki.ca.key_pem).hexdigest()
+    index = inputs.sealed_index
+    sealed_as = {name: entry.get("key_sha256") for name, entry in index.items()}
+    if sealed_as.get(f"{CA_NAME}.key") == want:
+        return [], []
+    source = f"{rotation.NEXT}.key"
+    if sealed_as.get(source) == want and f"pki/{source}.age" in inputs.disk:
+        return [(source, f"{CA_NAME}.key")], []
+    if f"pki/{CA_NAME}.key.age" in inputs.disk:
+        return [], [f"pki/{CA_NAME}.key.age: holds a CA key other than the one in use (sealed before a CA "
+                    "rotation?); run seal again so that unseal restores the CA key in use"]
+    return [], []
 
 
 def _rotation_state(current: Rotation, phase: Phase, pki: PkiState) -> Rotation:
@@ -559,12 +602,60 @@ def apply_plan(root: Path, plan: BuildPlan) -> list[str]:
             fs.chmod(root / f.path, f.mode)
     if plan.manifest_status is not FileStatus.UNCHANGED:
         writes.append(fs.Write(manifest.NAME, fs.PUBLIC_MODE, _const(plan.manifest_bytes)))
-    journal = None
-    if plan.new_keys:
-        journal_bytes = (json.dumps({"keys": plan.new_keys}, indent=2, sort_keys=True) + "\n").encode()
-        journal = fs.Write(JOURNAL, fs.PUBLIC_MODE, _const(journal_bytes))
-    fs.stage_and_commit(root, writes, journal)
-    for path in plan.deletes:  # after the manifest that no longer lists them is in place
+    if writes or plan.deletes or plan.sealed_moves:
+        record = {"keys": plan.new_keys, "deletes": plan.deletes, "sealed_moves": plan.sealed_moves,
+                  "step": plan.step}
+        fs.stage_and_commit(root, writes, JOURNAL, record)
+        _finish(root, plan.sealed_moves, plan.deletes)
+    return removed
+
+
+def _finish(root: Path, sealed_moves: list[tuple[str, str]], deletes: list[str]) -> None:
+    """What a run does after its renames; each step can be repeated, so a killed run is continued."""
+    pki_dir = root / "pki"
+    for source, target in sealed_moves:
+        data = fs.read_regular(pki_dir / f"{source}.age", fs.LIMITS["pem"], f"pki/{source}.age", OutputError,
+                               missing_ok=True)
+        if data is not None:
+            fs.write_file(pki_dir / f"{target}.age", data, fs.PUBLIC_MODE)
+        index = dict(sealed.read_index(pki_dir))
+        if source in index:
+            index[target] = index.pop(source)
+            sealed.write_index(pki_dir, index)
+        fs.remove(pki_dir / f"{source}.age")
+    for path in deletes:  # after the manifest that no longer lists them is in place
         fs.remove(root / path)
     fs.remove(root / JOURNAL)
-    return removed
+
+
+_MOVES = [(f"{rotation.NEXT}.key", f"{CA_NAME}.key")]
+_DELETES = DELETABLE | {f"{p}.age" for p in DELETABLE if p.endswith(".key")}
+
+
+def recover(root: Path) -> tuple[bool, str | None]:
+    """Complete a run that was killed among its renames, as its journal lists them.
+
+    Returns:
+        Whether there was one to complete, and the rotation step it was taking (None for a plain build).
+
+    Raises:
+        OutputError: a journal of another shape (it is a file in the output tree, so it is checked).
+    """
+    document = _journal_document(fs.read_optional(root / JOURNAL, JOURNAL))
+    if document is None or "renames" not in document:
+        return False, None  # none, or one from before renames were journalled: the plan adopts its keys
+    hint = f"check the output tree by hand, then remove {JOURNAL}"
+    renames, moves, deletes, step = (document.get("renames"), document.get("sealed_moves"), document.get("deletes"),
+                                     document.get("step"))
+    if not (isinstance(renames, list) and all(isinstance(r, list) and len(r) == 2
+                                              and all(isinstance(x, str) for x in r) for r in renames)):
+        raise OutputError(f"{JOURNAL}: renames: must be a list of [temporary, final] paths", hint=hint)
+    if not (isinstance(moves, list) and all(isinstance(m, list) and tuple(m) in _MOVES for m in moves)):
+        raise OutputError(f"{JOURNAL}: sealed_moves: must name only {_MOVES[0][0]} -> {_MOVES[0][1]}", hint=hint)
+    if not (isinstance(deletes, list) and all(isinstance(d, str) and d in _DELETES for d in deletes)):
+        raise OutputError(f"{JOURNAL}: deletes: may name only the rotation's files", hint=hint)
+    if step is not None and step not in rotation.STEPS:
+        raise OutputError(f"{JOURNAL}: step: must be one of {', '.join(rotation.STEPS)}", hint=hint)
+    fs.finish_renames(root, [(a, b) for a, b in renames])
+    _finish(root, [(a, b) for a, b in moves], deletes)
+    return True, step

@@ -6,9 +6,11 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import os
+import re
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,18 +235,21 @@ class Write:
     streamed: bool = False
 
 
-def stage_and_commit(root: Path, writes: Sequence[Write], journal: Write | None) -> None:
+def stage_and_commit(root: Path, writes: Sequence[Write], journal: str | None = None,
+                     record: Mapping[str, object] | None = None) -> None:
     """Write every file to a temporary name first, then rename them into place in order.
 
     Nothing is renamed until every file has been made and written, so a failure while
-    making one (an ISO, a full disk) leaves the tree as it was. The journal, when given,
-    is put in place before the first rename: it records the new keys, so that a run
-    killed among the renames can be continued.
+    making one (an ISO, a full disk) leaves the tree as it was. Before the first rename,
+    the journal (at `journal` under root) lists every rename with `record`'s entries: a run
+    killed among the renames is completed by the next one (see finish_renames), so the
+    tree never stays half old, half new. The caller removes the journal when its run is done.
 
     Raises:
         OutputError: naming the file that could not be written.
     """
     staged: list[tuple[Path, Path]] = []
+    committing = False
     try:
         for write in writes:
             staged.append((_stage(root / write.path, write, write.mode), root / write.path))
@@ -252,18 +257,57 @@ def stage_and_commit(root: Path, writes: Sequence[Write], journal: Write | None)
         # that the file system can commit them together.
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(_fsync, [tmp for tmp, _ in staged]))
-        if journal is not None:
-            written = _stage(root / journal.path, journal, journal.mode)
+        if journal is not None:  # one file alone is put in place by one rename: it needs none
+            renames = [[tmp.relative_to(root).as_posix(), final.relative_to(root).as_posix()] for tmp, final in staged]
+            data = (json.dumps({**(record or {}), "renames": renames}, indent=2, sort_keys=True) + "\n").encode()
+            written = _stage(root / journal, Write(journal, PUBLIC_MODE, lambda: data), PUBLIC_MODE)
             _fsync(written)
-            os.replace(written, root / journal.path)
+            os.replace(written, root / journal)
+            _fsync((root / journal).parent)
+            committing = True
         for tmp, final in staged:
             os.replace(tmp, final)
+        for directory in sorted({final.parent for _, final in staged}):
+            _fsync(directory)
     except OSError as exc:
         raise OutputError(f"{exc.filename or root}: cannot write: {exc.strerror or exc}") from None
     finally:
-        for tmp, _ in staged:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        if not committing:  # once the journal lists them, a failed rename is finished by the next run
+            for tmp, _ in staged:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+
+
+def finish_renames(root: Path, renames: Sequence[tuple[str, str]]) -> None:
+    """Complete the renames a killed run's journal lists: each temporary file still there takes its place.
+
+    The pairs come from a file in the output tree: each must be a temporary name of this tool beside its
+    target, under root, and a regular file (never a link).
+
+    Raises:
+        OutputError: a pair that is not of that shape, or a rename that fails.
+    """
+    for tmp, final in renames:
+        head, _, name = final.rpartition("/")
+        if not _SAFE_REL.fullmatch(final) or not _TEMP_OF.fullmatch(tmp.rpartition("/")[2]) \
+                or tmp.rpartition("/")[0] != head or not tmp.rpartition("/")[2].startswith(f"{TEMP_PREFIX}{name}."):
+            raise OutputError(f"{tmp} -> {final}: not a rename this tool journals; refusing to act on it")
+        source = root / tmp
+        try:
+            info = source.lstat()
+        except FileNotFoundError:
+            continue  # renamed before the run was killed
+        if not stat.S_ISREG(info.st_mode):
+            raise OutputError(f"{tmp}: not a regular file; refusing to put it in place")
+        try:
+            os.replace(source, root / final)
+        except OSError as exc:
+            raise OutputError(f"{final}: cannot complete an interrupted run: {exc.strerror or exc}") from None
+
+
+# A path under the output tree as the build names them: up to three parts, none of them "." or "..".
+_SAFE_REL = re.compile(r"(?!\.\.?(/|$))[A-Za-z0-9._-]{1,128}(/(?!\.\.?(/|$))[A-Za-z0-9._-]{1,128}){0,2}")
+_TEMP_OF = re.compile(re.escape(TEMP_PREFIX) + r"[A-Za-z0-9._-]{1,128}\.[0-9a-f]{12}")
 
 
 def _stage(path: Path, write: Write, mode: int) -> Path:
@@ -284,6 +328,7 @@ def _stage(path: Path, write: Write, mode: int) -> Path:
 
 
 def _fsync(path: Path) -> None:
+    """Flush a file's bytes, or a directory's entries (so that the renames into it survive a power cut)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -319,5 +364,5 @@ def write_file(path: Path, data: bytes, mode: int) -> bool:
             return False
         chmod(path, mode)
         return True
-    stage_and_commit(path.parent, [Write(path.name, mode, lambda: data)], None)
+    stage_and_commit(path.parent, [Write(path.name, mode, lambda: data)])
     return True

@@ -46,7 +46,7 @@ def seal(pki_dir: Path, recipients: Sequence[str], previous: Manifest) -> SealRe
     bad = [r for r in recipients if not _RECIPIENT.fullmatch(r)]
     if bad or not recipients:
         raise MaterialError(f"--recipient: {bad[0] if bad else 'none given'} is not an age public key (age1...)")
-    index = _read_index(pki_dir)
+    index = read_index(pki_dir)
     result = SealResult([], [])
     for name in sorted(recorded_keys(previous)):
         data = fs.read_regular(pki_dir / name, fs.LIMITS["pem"], f"pki/{name}")
@@ -59,7 +59,7 @@ def seal(pki_dir: Path, recipients: Sequence[str], previous: Manifest) -> SealRe
         fs.write_file(target, external.age_encrypt(data, recipients, f"pki/{name}"), fs.PUBLIC_MODE)
         index[name] = want
         result.sealed.append(target.name)
-    fs.write_file(pki_dir / INDEX, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode(), fs.PUBLIC_MODE)
+    write_index(pki_dir, index)
     return result
 
 
@@ -73,7 +73,7 @@ def unseal(pki_dir: Path, identity: Path, previous: Manifest) -> list[str]:
         MaterialError: decryption failed, the result is not the recorded key,
             or a different key is already there (it is never replaced).
     """
-    index = _read_index(pki_dir)
+    index = read_index(pki_dir)
     keys = recorded_keys(previous)
     if not keys:
         raise MaterialError(f"{pki_dir.parent / 'manifest.json'}: records no keys; nothing to unseal")
@@ -120,8 +120,21 @@ def _check_public(data: bytes, public: str, file_sha256: str) -> str | None:
     return None
 
 
-def _read_index(pki_dir: Path) -> dict[str, Mapping[str, object]]:
-    data = fs.read_optional(pki_dir / INDEX, f"pki/{INDEX}")
+def read_index(pki_dir: Path) -> dict[str, Mapping[str, object]]:
+    """pki/sealed.json as it is on disk ({} when there is none)."""
+    return parse_index(fs.read_optional(pki_dir / INDEX, f"pki/{INDEX}"))
+
+
+def write_index(pki_dir: Path, index: Mapping[str, Mapping[str, object]]) -> None:
+    fs.write_file(pki_dir / INDEX, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode(), fs.PUBLIC_MODE)
+
+
+def parse_index(data: bytes | None) -> dict[str, Mapping[str, object]]:
+    """Which key each .age file holds, by key file name.
+
+    Raises:
+        MaterialError: not the shape `seal` writes.
+    """
     if data is None:
         return {}
     try:

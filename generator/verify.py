@@ -16,9 +16,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from . import etcd, fastpath, hostkeys, manifest, rotation
+from . import etcd, fastpath, hostkeys, manifest, rotation, sealed
 from .build import GITIGNORE, JOURNAL, Snapshot, seed_entries
-from .errors import GeneratorError, OutputError
+from .errors import GeneratorError, MaterialError, OutputError
 from .etcd import PATHS, Bundle
 from .fs import SECRET_DIR_MODE, TEMP_PREFIX, OnDisk
 from .iso import VOLUME_LABEL, iso_digest, read_iso, volume_label
@@ -111,6 +111,7 @@ def verify_tree(spec: Spec, tree: Tree, now: dt.datetime, warn_days: int, fail_d
     found: list[Finding] = []
     previous = _check_manifest(tree, found)
     _check_layout(tree, previous, found)
+    _check_sealed(tree, previous, found)
     _check_git(tree, found)
     ca = _check_ca(tree, "pki/ca.crt", "pki/ca.key", previous, now, warn_days, fail_days, found)
     if ca is None or previous is None:
@@ -295,6 +296,30 @@ def _check_layout(tree: Tree, previous: Manifest | None, found: list[Finding]) -
                                  "belongs beside the keys"))
         else:
             found.append(Finding(rel, "not in the manifest", error=False))
+
+
+def _check_sealed(tree: Tree, previous: Manifest | None, found: list[Finding]) -> None:
+    """Each sealed copy is of the key the manifest records under its name (checked by sha256, not decrypted):
+    an unseal on another machine must restore the keys in use."""
+    data = tree.files.get(SEALED_INDEX)
+    if data is None or previous is None:
+        return
+    try:
+        index = sealed.parse_index(data)
+    except MaterialError as exc:
+        found.append(Finding(SEALED_INDEX, str(exc)))
+        return
+    for name, entry in sorted(index.items()):
+        path = f"pki/{name}.age"
+        if path not in tree.disk:
+            continue
+        recorded = previous.files.get(f"pki/{name}")
+        if recorded is None:
+            found.append(Finding(path, f"{SEALED_INDEX} says it holds pki/{name}, which {manifest.NAME} does not "
+                                 "record; delete it, or run seal again"))
+        elif entry.get("key_sha256") != recorded.sha256:
+            found.append(Finding(path, f"holds a key other than the pki/{name} that {manifest.NAME} records; run "
+                                 "seal again so that unseal restores the key in use"))
 
 
 def _check_git(tree: Tree, found: list[Finding]) -> None:

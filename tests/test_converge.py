@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -392,6 +393,21 @@ def test_damaged_staged_file_is_never_installed(lab: Lab) -> None:
     assert _installed(root) == before and lab.pid("etcd01") == pid
 
 
+def killer(work: Path) -> Path:
+    """A PATH directory whose mv counts its calls in `count` and, at the call numbered $KILL_AT, kills the install
+    script (SIGKILL: no trap, no cleanup, as a power cut stops it) before anything is moved."""
+    tools = work / "killer"
+    tools.mkdir(exist_ok=True)
+    count = tools / "count"
+    (tools / "mv").write_text(
+        f'#!/bin/sh\nn=$(($(cat {count} 2>/dev/null || echo 0) + 1))\necho $n > {count}\n'
+        'if [ "$n" = "$KILL_AT" ]; then\n'
+        '  pkill -KILL -f "$ETCD_SEED_ROOT/usr/local/sbin/etcd-seed-install"; kill -KILL $PPID; exit 137\nfi\n'
+        'exec /bin/mv "$@"\n')
+    (tools / "mv").chmod(0o755)
+    return tools
+
+
 def test_install_killed_before_any_rename_is_continued(lab: Lab) -> None:
     """A node's first install, killed (SIGKILL, as a power cut would stop it) just before each of its renames in
     turn: the next run always finishes it, and etcd is started only by a run that completed."""
@@ -399,12 +415,8 @@ def test_install_killed_before_any_rename_is_continued(lab: Lab) -> None:
     expected = {k: v[0] for k, v in _installed(root).items()}
     fresh = ["usr/local/bin", "etc/ssl/etcd", "etc/etcd", "etc/systemd/system", "var/lib/etcd-seed/installed.sha256",
              "var/lib/etcd-seed/version"]
-    tools = lab.work / "killer"
-    tools.mkdir(exist_ok=True)
+    tools = killer(lab.work)
     count = tools / "count"
-    (tools / "mv").write_text(f'#!/bin/sh\nn=$(($(cat {count} 2>/dev/null || echo 0) + 1))\necho $n > {count}\n'
-                              f'[ "$n" != "$KILL_AT" ] || kill -KILL $PPID\nexec /bin/mv "$@"\n')
-    (tools / "mv").chmod(0o755)
     def fresh_run(kill_at: int) -> subprocess.CompletedProcess[str]:
         _shim(lab, "etcd03", "stop", "etcd.service")
         for rel in fresh:
@@ -431,6 +443,59 @@ def test_install_killed_before_any_rename_is_continued(lab: Lab) -> None:
     assert renames >= 15
     lab.wait_healthy()
     assert_all_healthy(lab.etcdctl, 3)
+
+
+def _note_command(lab: Lab, note: str, start: str, end: str) -> subprocess.CompletedProcess[str]:
+    """The command a build note prints between `start` and `end`, run as written from pki/ in the hub."""
+    command = note.split(start, 1)[1].split(end, 1)[0]
+    env = {"PATH": f"{lab.root('etcd01') / 'usr/local/bin'}:/usr/bin:/bin"}
+    deadline = time.monotonic() + 30
+    while True:
+        done = subprocess.run(lab.net.command(lab.net.hub, ["sh", "-ec", command]), cwd=lab.out / "pki", env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+        # etcd refuses membership changes until every member has been connected for a few seconds.
+        if "unhealthy cluster" not in done.stderr or time.monotonic() > deadline:
+            return done
+        time.sleep(1)
+
+
+def _build_out(lab: Lab) -> str:
+    out = io.StringIO()
+    assert _cli.main(["build", "--spec", str(lab.spec), "--out", str(lab.work / "out")], out, io.StringIO()) == 0
+    return out.getvalue()
+
+
+def test_build_notes_run_as_written(lab: Lab) -> None:
+    """The commands the build prints for a join by hand and for a changed address run against real etcd as
+    printed (and are undone here, so that the lab stays as it was)."""
+    spec = lab.spec.read_text()
+    line = next(x for x in spec.splitlines() if "name: etcd03" in x)
+    try:
+        lab.spec.write_text(spec.replace(line, line + f'\n  - {{name: etcd04, ip: {BASE}.4, '
+                                                     'mac: "52:54:00:00:00:04", join: true}'))
+        note = next(x for x in _build_out(lab).splitlines() if x.startswith("etcd04 joins the running cluster"))
+        done = _note_command(lab, note, "by hand instead, from pki/, run: ", ", and once it has caught up")
+        assert done.returncode == 0, done.stderr
+        added = [m for m in json.loads(lab.etcdctl("member", "list", "-w", "json").stdout)["members"]
+                 if f"https://{BASE}.4:2380" in m["peerURLs"]]
+        assert len(added) == 1 and added[0].get("isLearner") is True, added
+        assert lab.etcdctl("member", "remove", f"{added[0]['ID']:x}").returncode == 0
+
+        lab.spec.write_text(spec.replace(f"ip: {BASE}.3,", f"ip: {BASE}.7,"))
+        note = next(x for x in _build_out(lab).splitlines() if x.startswith("etcd03's address changed"))
+        done = _note_command(lab, note, "from pki/, run: ", " ; or mark it replace")
+        assert done.returncode == 0, done.stderr
+        urls = {m["name"]: m["peerURLs"] for m in json.loads(lab.etcdctl("member", "list", "-w", "json").stdout)
+                ["members"]}
+        assert urls["etcd03"] == [f"https://{BASE}.7:2380"], urls
+    finally:
+        lab.spec.write_text(spec)
+        _build_out(lab)
+        etcd03 = next(m for m in json.loads(lab.etcdctl("member", "list", "-w", "json").stdout)["members"]
+                      if m["name"] == "etcd03")
+        assert lab.etcdctl("member", "update", f"{etcd03['ID']:x}",
+                           f"--peer-urls=https://{BASE}.3:2380").returncode == 0
+    lab.wait_healthy()
 
 
 @pytest.mark.skipif(not DEBIAN_34.exists(), reason=f"make test builds vendor/{DEBIAN_34.name} with apt-get download")

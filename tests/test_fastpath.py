@@ -162,3 +162,72 @@ def test_approaching_expiry_falls_back(recorded: Path) -> None:
     spec, out = recorded / "cluster.yaml", recorded / "out"
     assert fastpath.lookup("build", args, spec, out, first.timestamp() - 1) is not None
     assert fastpath.lookup("build", args, spec, out, first.timestamp()) is None
+
+
+def test_repointed_link_falls_back(recorded: Path, taken: list[bool]) -> None:
+    """The spec names the bundle through a link; pointed at another tarball (same size, same mtime), the record's
+    input is no longer what the link leads to, so the full run builds new seeds."""
+    bundles = recorded / "bundles"
+    bundles.mkdir()
+    first, second = bundles / "a.tar.gz", bundles / "b.tar.gz"
+    first.write_bytes((recorded / "etcd.tar.gz").read_bytes())
+    data = bytearray(first.read_bytes())
+    data[-1] ^= 1
+    second.write_bytes(bytes(data))
+    os.utime(second, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns))
+    (recorded / "etcd.tar.gz").unlink()
+    (recorded / "etcd.tar.gz").symlink_to(first)
+    assert build(recorded)[0] == 0 and build(recorded)[0] == 0 and build(recorded)[0] == 0
+    assert taken[-1] is True  # recorded through the link
+    (recorded / "etcd.tar.gz").unlink()
+    (recorded / "etcd.tar.gz").symlink_to(second)
+    code, out, _ = build(recorded)
+    assert taken[-1] is False and code == 0 and "(nothing changed)" not in out
+
+
+def test_moved_tree_is_not_answered_from_its_record(recorded: Path, taken: list[bool]) -> None:
+    """The tree moved away: its record must not answer for a tree that is no longer there."""
+    (recorded / "out/demo").rename(recorded / "out/demo.bak")
+    code, out, _ = build(recorded)
+    assert taken == [False] and code == 0 and "38 of 38 files written" in out
+    assert (recorded / "out/demo/manifest.json").exists()
+
+
+def test_changed_directory_mode_falls_back_and_is_repaired(recorded: Path, taken: list[bool]) -> None:
+    pki = recorded / "out/demo/pki"
+    pki.chmod(0o777)
+    code, _, _ = build(recorded)
+    assert taken == [False] and code == 0
+    assert pki.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("hostile", ["nesting", "fifo", "zero", "huge"])
+def test_a_hostile_record_is_ignored(recorded: Path, taken: list[bool], hostile: str) -> None:
+    """The record is a file in the output tree: deep nesting, a FIFO, a link to /dev/zero or a huge file makes
+    the run fall through to the full build, which neither hangs nor fails."""
+    path = recorded / "out/demo" / fastpath.NAME
+    path.unlink()
+    if hostile == "nesting":
+        path.write_text("[" * 200_000)
+    elif hostile == "fifo":
+        os.mkfifo(path)
+    elif hostile == "zero":
+        path.symlink_to("/dev/zero")
+    else:
+        with open(path, "wb") as handle:
+            handle.truncate(fastpath.MAX_RECORD + 1)
+    done = subprocess.run([sys.executable, "-m", "generator", "build", "--spec", str(recorded / "cluster.yaml"),
+                           "--out", str(recorded / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert "(nothing changed)" in done.stdout
+
+
+def test_library_versions_are_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new cryptography, Jinja2, pycdlib or PyYAML may write other bytes: each version is in the digest."""
+    from importlib import metadata
+
+    before = fastpath._code_digest()
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "0.0.1" if name == "pycdlib" else real(name))
+    assert fastpath._code_digest() != before

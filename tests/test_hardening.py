@@ -554,6 +554,48 @@ def test_a_run_killed_at_any_rename_can_be_continued(workdir: Path) -> None:
         assert not list(out.rglob(".etcd-seed-tmp.*")) and not (out / "demo" / "pki" / "pending.json").exists()
 
 
+TEMP = ".etcd-seed-tmp.ca.key.0123456789ab"
+
+
+@pytest.mark.parametrize("document", [
+    {"renames": [["../evil", "pki/ca.key"]]},
+    {"renames": [[f"pki/{TEMP}", "../../etc/passwd"]]},
+    {"renames": [[f"pki/{TEMP}", "pki/etcd01.key"]]},  # the temporary name of another file
+    {"renames": [], "deletes": ["manifest.json"], "sealed_moves": [], "step": None},
+    {"renames": [], "deletes": [], "sealed_moves": [["etcd01.key", "ca.key"]], "step": None},
+    {"renames": [], "deletes": [], "sealed_moves": [], "step": "rm -rf /"},
+    {"renames": "pki/ca.key"},
+], ids=lambda d: str(d)[:40])
+def test_a_hostile_journal_is_refused(workdir: Path, document: dict[str, object]) -> None:
+    """pki/pending.json lists the renames a killed run was making; as a file of the output tree it may be anyone's:
+    a path out of the tree, another file's temporary name, or a delete the build never makes is refused, and
+    nothing is moved."""
+    assert build(workdir)[0] == 0
+    pki = workdir / "out" / "demo" / "pki"
+    (pki / TEMP).write_bytes(b"not a key")
+    before = {p: p.read_bytes() for p in (workdir / "out").rglob("*") if p.is_file()}
+    full = {"deletes": [], "sealed_moves": [], "step": None, **document}
+    (pki / "pending.json").write_text(json.dumps(full))
+    code, _, err = build(workdir)
+    assert code == 1 and "error: " in err and "Traceback" not in err and "internal error" not in err, err
+    after = {p: p.read_bytes() for p in (workdir / "out").rglob("*") if p.is_file()}
+    assert {k: v for k, v in after.items() if k.name != "pending.json"} == \
+        {k: v for k, v in before.items() if k.name != "pending.json"}
+
+
+def test_a_journalled_link_is_not_followed(workdir: Path) -> None:
+    """A temporary name the journal lists that is a link (to a file of the attacker's choosing) is not put in place."""
+    assert build(workdir)[0] == 0
+    pki = workdir / "out" / "demo" / "pki"
+    (pki / TEMP).symlink_to("/etc/hostname")
+    (pki / "pending.json").write_text(json.dumps({"renames": [[f"pki/{TEMP}", "pki/ca.key"]], "deletes": [],
+                                                  "sealed_moves": [], "step": None}))
+    key = (pki / "ca.key").read_bytes()
+    code, _, err = build(workdir)
+    assert code == 1 and f"pki/{TEMP}: not a regular file; refusing to put it in place" in err, err
+    assert (pki / "ca.key").read_bytes() == key
+
+
 def test_stale_temp_files_are_removed_and_flagged(workdir: Path) -> None:
     """A temp file a killed run left behind fails verify until the next build removes it."""
     assert build(workdir)[0] == 0

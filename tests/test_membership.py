@@ -33,7 +33,7 @@ from generator import _cli
 from generator.iso import read_iso
 
 from .etcd_checks import all_voting, assert_all_healthy
-from .test_converge import BASE, UPSTREAM, Lab, converged_lab, pytestmark  # noqa: F401 - shared skips
+from .test_converge import BASE, UPSTREAM, Lab, converged_lab, killer, pytestmark  # noqa: F401 - shared skips
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIXIE = ROOT / "vendor" / "etcd-v3.5.16-linux-amd64.tar.gz"  # `make test` builds it (Debian trixie's 3.5.16)
@@ -542,6 +542,7 @@ def test_restore_onto_mounted_data_and_wal_dirs(trixie_lab: Lab) -> None:
                               env=env, check=False).returncode != 0
 
         (lab.root("etcd01") / "opt/etcd/data/left-over").unlink()
+        _restore_killed_at_each_move(lab, media["etcd01"])
         lines = {name: lab.converge(name, media=media[name]) for name in ("etcd01", "etcd02", "etcd03")}
         assert all("restored snapshot " in line for line in lines.values()), lines
         lab.wait_healthy()
@@ -553,6 +554,13 @@ def test_restore_onto_mounted_data_and_wal_dirs(trixie_lab: Lab) -> None:
             assert os.path.ismount(data) and os.path.ismount(wal)
             assert (data / "member/snap/db").is_file() and list(wal.glob("*.wal")), name
             assert sorted(p.name for p in data.iterdir()) == ["lost+found", "member"]
+        # A re-seed on the mounted dirs (renewed certificates): the member is kept, nothing is restored again.
+        _build(lab, "--renew")
+        lab.stage("etcd02")
+        again = lab.converge("etcd02", media=media["etcd02"])
+        assert "restored" not in again and "etcd.crt" in again and again.endswith("on the next handshake"), again
+        lab.wait_healthy()
+        assert lab.etcdctl("get", "--print-value-only", "mounted/07").stdout.strip() == "7"
     finally:
         _kill_all_members(lab)
         for path in reversed(mounts):
@@ -563,3 +571,43 @@ def _kill_all_members(lab: Lab) -> None:
     for pid_file in lab.work.glob("roots/*/run/shim/*.pid"):
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def _restore_killed_at_each_move(lab: Lab, media: Path) -> None:
+    """etcd01's restore, killed (SIGKILL) before each of the moves that put the restored member in place: the next
+    run starts it over and completes it, and no run leaves a member that is not whole. Leaves etcd01 unrestored."""
+    root = lab.root("etcd01")
+    data, wal, marker = root / "opt/etcd/data", root / "opt/etcd/wal", root / "var/lib/etcd-seed/restoring"
+    tools = killer(lab.work)
+
+    def reset() -> None:
+        _kill_all_members(lab)
+        for directory in (data, wal):
+            for entry in directory.iterdir():
+                if entry.name != "lost+found":
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        marker.unlink(missing_ok=True)
+        (tools / "count").unlink(missing_ok=True)
+
+    def run(kill_at: int) -> subprocess.CompletedProcess[str]:
+        os.environ["KILL_AT"] = str(kill_at)
+        try:
+            return lab.install("etcd01", media, path=str(tools))
+        finally:
+            del os.environ["KILL_AT"]
+
+    reset()
+    counted = run(0)  # the files are in place already: only the restore's moves are left to count
+    assert counted.returncode == 0 and "restored snapshot " in counted.stderr, counted.stderr
+    moves = int((tools / "count").read_text())
+    assert moves >= 2, moves
+    for kill_at in range(1, moves + 1):
+        reset()
+        killed = run(kill_at)
+        assert killed.returncode != 0 and "etcd-seed: applied" not in killed.stderr, (kill_at, killed.stderr)
+        assert marker.exists(), kill_at  # the moves had begun: the next run must not take a part for a member
+        line = lab.converge("etcd01", media=media)
+        assert "restored snapshot " in line, (kill_at, line)
+        assert (data / "member/snap/db").is_file() and list(wal.glob("*.wal")) and not marker.exists(), kill_at
+    print(f"\nbench: a restore killed before each of its {moves} moves, and started over each time")
+    reset()

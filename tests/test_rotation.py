@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from generator.errors import MaterialError
 from generator.rotation import STEPS, Phase, Rotation, target
 
+from .conftest import ROOT
 from .test_cli import build, run
 from .test_hardening import set_spec, verify
 
@@ -236,19 +240,55 @@ def test_imported_ca_begin_without_a_next_ca(workdir: Path) -> None:
     assert (_pki(workdir) / "ca.key").exists() and verify(workdir)[0] == 0
 
 
-def test_seal_covers_the_next_ca_and_finish_drops_its_sealed_copy(workdir: Path, tmp_path: Path) -> None:
+def test_seal_covers_the_next_ca_and_finish_keeps_its_sealed_copy_as_the_ca(workdir: Path, tmp_path: Path) -> None:
+    """The next CA's key is sealed like every key; finish makes it pki/ca.key, and its sealed copy becomes
+    pki/ca.key.age, so that a second operator's unseal restores the CA key in use (verify checks each sealed copy
+    against the manifest)."""
     from .test_sealed import identity
 
-    _, recipient = identity(tmp_path)
+    key_file, recipient = identity(tmp_path)
     assert build(workdir)[0] == 0
-    assert rotate(workdir, "begin")[0] == 0
     args = ["seal", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"), "--recipient", recipient]
+    assert run(*args)[0] == 0  # ca.key.age now holds the old CA's key
+    assert rotate(workdir, "begin")[0] == 0
     code, out, _ = run(*args)
     assert code == 0 and "ca-next.key.age" in out
     code, out, _ = rotate(workdir, "issue")
     assert code == 0 and (_pki(workdir) / "ca-next.key.age").exists()  # kept, sealed, until finish
     code, out, _ = rotate(workdir, "finish")
-    assert code == 0 and "deleted pki/ca-next.key.age" in out
+    assert code == 0 and "moved pki/ca-next.key.age to pki/ca.key.age" in out, out
+    pki = _pki(workdir)
+    assert not (pki / "ca-next.key.age").exists()
+    assert set(json.loads((pki / "sealed.json").read_text())) >= {"ca.key"}
+    assert "ca-next.key" not in json.loads((pki / "sealed.json").read_text())
+    assert verify(workdir)[0] == 0
+    new_ca_key = (pki / "ca.key").read_bytes()
+    clone = tmp_path / "clone"  # another operator's checkout: no key, only what is committed
+    shutil.copytree(workdir / "out", clone / "out")
+    for key in (clone / "out/demo/pki").glob("*.key"):
+        key.unlink()
+    code, _, err = run("unseal", "--spec", str(workdir / "cluster.yaml"), "--out", str(clone / "out"),
+                       "--identity", str(key_file))
+    assert code == 0, err
+    assert (clone / "out/demo/pki/ca.key").read_bytes() == new_ca_key
+
+
+def test_a_stale_sealed_ca_key_is_named(workdir: Path, tmp_path: Path) -> None:
+    """A rotation whose next CA was never sealed leaves ca.key.age with the old CA's key: the build warns and
+    verify fails, instead of saying nothing."""
+    from .test_sealed import identity
+
+    _, recipient = identity(tmp_path)
+    assert build(workdir)[0] == 0
+    args = ["seal", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"), "--recipient", recipient]
+    assert run(*args)[0] == 0
+    for step in ("begin", "issue"):
+        assert rotate(workdir, step)[0] == 0
+    code, _, err = rotate(workdir, "finish")
+    assert code == 0 and "warning: pki/ca.key.age: holds a CA key other than the one in use" in err, err
+    code, out, err = verify(workdir)
+    assert code == 1 and "pki/ca.key.age: holds a key other than the pki/ca.key that manifest.json records" in out + err
+    assert run(*args)[0] == 0
     assert verify(workdir)[0] == 0
 
 
@@ -296,3 +336,46 @@ def test_next_ca_close_to_its_end_is_refused_by_its_own_name(workdir: Path) -> N
     code, _, err = rotate(workdir, "begin")
     assert code == 1 and "error: pki.ca_next.cert: the CA expires on " in err, err
     assert not (_pki(workdir) / "ca-next.crt").exists()
+
+
+def _killed_at(workdir: Path, out: Path, argv: list[str], n: int) -> tuple[int, int]:
+    """Run the CLI with `argv` in a child that dies (no cleanup) at its nth os.replace (0: never); returns its exit
+    code and how many renames it made or tried."""
+    hook = ("import os, sys\nreal = os.replace\ncount = [0]\n"
+            "def replace(a, b):\n    count[0] += 1\n"
+            f"    if count[0] == {n}:\n        os._exit(9)\n    real(a, b)\n"
+            "os.replace = replace\nfrom generator._cli import main\n"
+            "import io\nsink = io.StringIO()\n"
+            f"code = main({[*argv, '--spec', 'cluster.yaml', '--out', str(out)]!r}, sink, sink)\n"
+            "print(count[0])\nsys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", hook], cwd=workdir, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, check=False)
+    return done.returncode, int(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else 0
+
+
+ORDER = ["begin", "issue", "finish"]
+
+
+@pytest.mark.parametrize("step", ORDER)
+def test_a_rotation_step_killed_at_any_rename_is_continued(workdir: Path, step: str) -> None:
+    """Each step of a CA rotation, killed before each of its renames in turn (rotation.json, ca-next.*, the keys,
+    the manifest), is completed by running the same step again, and verify then passes."""
+    assert build(workdir)[0] == 0
+    for earlier in ORDER[:ORDER.index(step)]:
+        assert rotate(workdir, earlier)[0] == 0
+    base = workdir / "base"
+    shutil.copytree(workdir / "out", base)
+    counted = workdir / "counted"
+    shutil.copytree(base, counted)
+    code, renames = _killed_at(workdir, counted, ["rotate-ca", step], 0)
+    assert code == 0 and renames > 3, renames
+    for n in range(1, renames + 1):
+        out = workdir / f"out{n}"
+        shutil.copytree(base, out)
+        code, _ = _killed_at(workdir, out, ["rotate-ca", step], n)
+        assert code == 9, n
+        code, _, err = run("rotate-ca", step, "--spec", str(workdir / "cluster.yaml"), "--out", str(out))
+        assert code == 0, f"{step} killed at rename {n} of {renames}: {err}"
+        code, stdout, err = run("verify", "--spec", str(workdir / "cluster.yaml"), "--out", str(out))
+        assert code == 0, f"{step} killed at rename {n} of {renames}: {stdout}{err}"
+        shutil.rmtree(out)
