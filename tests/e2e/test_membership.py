@@ -10,6 +10,7 @@ fresh disks. Each prints its time. Every ssh checks host keys against the build'
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -30,6 +31,7 @@ from .test_boot import (
     BOOT_TIMEOUT_S,
     BUNDLE,
     ETCDCTL,
+    ROOT,
     SUBNET,
     VM,
     Lab,
@@ -258,16 +260,20 @@ def test_restore_every_member_from_a_snapshot(lab: Lab) -> None:
         assert lab.etcdctl("put", f"restore/{i:02d}", str(i)).returncode == 0
     old_cluster = _status(lab)[0]["header"]["cluster_id"]  # type: ignore[index]
     source = lab.vms[0]
-    taken = lab.ssh(source.ip, "sudo systemctl start etcd-backup.service && sudo ls /var/backups/etcd | tail -n 1")
-    assert taken.returncode == 0, taken.stderr
-    name = taken.stdout.split()[-1]
+    # The README's "take one now and copy it off", as written: only the address is the test's, and ssh gets the
+    # test key and the build's known_hosts (what an operator's ssh config gives it).
+    readme = (ROOT / "README.md").read_text().split("Take one now and copy it off:", 1)[1]
+    lines = readme.split("```sh\n", 1)[1].split("```", 1)[0].replace("192.168.0.1", source.ip)
+    options = " ".join(ssh_argv(lab.key, lab.pki.parent / "known_hosts", source.ip, "")[1:-2])
+    script = f"ssh() {{ command ssh {options} \"$@\"; }}\n{lines}"
+    done = subprocess.run(lab.net.command(lab.net.hub, ["sh", "-ec", script]), cwd=lab.work, capture_output=True,
+                          text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    snapshot = lab.work / "snapshot.db"
+    taken = lab.ssh(source.ip, "sudo sh -c 'cd /var/backups/etcd && sha256sum $(ls | tail -n 1)'")
+    digest, name = taken.stdout.split()
+    assert hashlib.sha256(snapshot.read_bytes()).hexdigest() == digest, name
     revision = int(SNAPSHOT_NAME.fullmatch(name).group(1))  # type: ignore[union-attr]
-    copied = subprocess.run(lab.net.command(lab.net.hub, ssh_argv(lab.key, lab.pki.parent / "known_hosts", source.ip,
-                                                                  f"sudo cat /var/backups/etcd/{name}")),
-                            capture_output=True, timeout=120, check=False)
-    assert copied.returncode == 0, copied.stderr
-    snapshot = lab.work / "restore.db"
-    snapshot.write_bytes(copied.stdout)
 
     for vm in lab.vms:
         _fresh_disk(lab, vm, "restored")
