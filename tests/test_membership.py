@@ -420,16 +420,19 @@ def test_restore_without_a_bump_keeps_the_revision(trixie_lab: Lab) -> None:
     assert lab.etcdctl("get", "--print-value-only", "plain").stdout.strip() == "1"
 
 
-def _member_step(lab: Lab, ns: str, step: str, **config: object) -> subprocess.CompletedProcess[str]:
+def _member_step(lab: Lab, ns: str, step: str, etcdctl: Path | None = None, config: dict[str, object] | None = None,
+                 **settings_: object) -> subprocess.CompletedProcess[str]:
     """The member script, run by hand in namespace `ns` with etcd03's certificate (it carries clientAuth) and a
-    member.json changed as the arguments say: a node that etcd's answers must not fool."""
+    member.json changed as the arguments say: a node that etcd's answers must not fool. Each run gets a scratch
+    root of its own, as a node that lost power with an empty data dir comes back."""
     scratch = lab.work / "scratch"
     root = scratch / f"{step}-{len(list(scratch.glob('*'))) if scratch.exists() else 0}"
     staged = lab.root("etcd03") / "var/lib/etcd-seed/seed"
-    settings = {**json.loads((staged / "member.json").read_text()), "timeout_s": 4, "refused_pause_s": 0, **config}
+    settings = {**json.loads((staged / "member.json").read_text()), "timeout_s": 4, "refused_pause_s": 0,
+                **settings_, **(config or {})}
     installed = {str(settings["ca"]): staged / "ca.crt", str(settings["cert"]): staged / "etcd.crt",
                  str(settings["key"]): staged / "etcd.key",
-                 str(settings["etcdctl"]): lab.root("etcd01") / "usr/local/bin/etcdctl"}
+                 str(settings["etcdctl"]): etcdctl or lab.root("etcd01") / "usr/local/bin/etcdctl"}
     for path, source in installed.items():
         (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, root / path.lstrip("/"))
@@ -487,6 +490,29 @@ def test_member_script_acts_only_on_its_own_entries(tmp_path: Path) -> None:
         assert "Traceback" not in done.stderr
         assert not list((lab.work / "scratch").glob("*/opt/etcd/membership.env"))
         assert sorted((str(m["name"]), m["ID"]) for m in _members(lab)) == before
+
+        # etcd04 loses power right after its `member add`, before membership.env: its next start reuses the
+        # unstarted entry it added (no second member), and writes membership.env from it.
+        killer = lab.work / "etcdctl-killed-after-add"
+        real = lab.root("etcd01") / "usr/local/bin/etcdctl"
+        killer.write_text(f'#!/bin/sh\n"{real}" "$@"\nstatus=$?\n'
+                          'case " $* " in *" member add "*) kill -KILL $PPID ;; esac\nexit $status\n')
+        killer.chmod(0o755)
+        joining: dict[str, object] = {"name": "etcd04", "mode": "join", "peer_url": f"https://{BASE}.4:2380",
+                                      "peers": peers}
+        done = _member_step(lab, lab.namespaces["etcd04"], "prepare", killer, config=joining)
+        assert done.returncode == -signal.SIGKILL, done.stderr
+        unstarted = [m for m in _members(lab) if f"https://{BASE}.4:2380" in m["peerURLs"]]  # type: ignore[operator]
+        assert len(unstarted) == 1 and not unstarted[0].get("name"), unstarted
+        try:
+            done = _member_step(lab, lab.namespaces["etcd04"], "prepare", config=joining)
+            assert done.returncode == 0, done.stderr
+            assert f"reusing the unstarted member entry {unstarted[0]['ID']:x} for etcd04" in done.stderr
+            written = next((lab.work / "scratch").glob("*/opt/etcd/membership.env")).read_text()
+            assert f"etcd04=https://{BASE}.4:2380" in written and "ETCD_INITIAL_CLUSTER_STATE=existing" in written
+            assert len([m for m in _members(lab) if f"https://{BASE}.4:2380" in m["peerURLs"]]) == 1  # type: ignore[operator]
+        finally:
+            assert lab.etcdctl("member", "remove", f"{unstarted[0]['ID']:x}").returncode == 0
 
 
 def _mount_tmpfs(path: Path) -> None:
