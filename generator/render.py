@@ -271,10 +271,6 @@ class Staged:
     restart: bool  # etcd must restart to see it; else it reloads it (or its next start reads it)
     sha256: str  # of the staged file as cloud-init writes it: the block's text and one newline
 
-    @property
-    def unit(self) -> bool:
-        return self.dest.startswith("/etc/systemd/system/")
-
 
 def _staged(name: str, content: str, dest: str, mode: str, etcd_owned: bool = False, restart: bool = False,
             sha256: str | None = None) -> Staged:

@@ -101,13 +101,13 @@ class Lab:
         assert done.returncode == 0, done.stderr
         return next(line for line in done.stderr.splitlines() if line.startswith("etcd-seed: applied"))
 
-    def install(self, name: str, media: Path | None = None, *args: str,
-                path: str | None = None) -> subprocess.CompletedProcess[str]:
+    def install(self, name: str, media: Path | None = None, *args: str, path: str | None = None,
+                extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """The node's install script run as it is (args: --boot for etcd-seed-boot.service); path: PATH first."""
         script = self.root(name) / "usr/local/sbin/etcd-seed-install"
         env = {**os.environ, "ETCD_SEED_ROOT": str(self.root(name)), "ETCD_SEED_USER": "root",
                "PATH": f"{path + ':' if path else ''}{self.shim_dir}:{os.environ['PATH']}",
-               **({"ETCD_SEED_MEDIA": str(media)} if media else {})}
+               **({"ETCD_SEED_MEDIA": str(media)} if media else {}), **(extra_env or {})}
         return subprocess.run(self.net.command(self.namespaces[name], ["sh", str(script), *args]), env=env,
                               capture_output=True, text=True, timeout=120, check=False)
 
@@ -423,11 +423,7 @@ def test_install_killed_before_any_rename_is_continued(lab: Lab) -> None:
             target = root / rel
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         count.unlink(missing_ok=True)
-        os.environ["KILL_AT"] = str(kill_at)
-        try:
-            return lab.install("etcd03", None, path=str(tools))
-        finally:
-            del os.environ["KILL_AT"]
+        return lab.install("etcd03", None, path=str(tools), extra_env={"KILL_AT": str(kill_at)})
 
     counted = fresh_run(0)  # no kill: counts the renames of a first install
     assert counted.returncode == 0 and counted.stderr.splitlines()[-1].endswith("; started etcd"), counted.stderr

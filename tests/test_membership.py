@@ -616,11 +616,7 @@ def _restore_killed_at_each_move(lab: Lab, media: Path) -> None:
         (tools / "count").unlink(missing_ok=True)
 
     def run(kill_at: int) -> subprocess.CompletedProcess[str]:
-        os.environ["KILL_AT"] = str(kill_at)
-        try:
-            return lab.install("etcd01", media, path=str(tools))
-        finally:
-            del os.environ["KILL_AT"]
+        return lab.install("etcd01", media, path=str(tools), extra_env={"KILL_AT": str(kill_at)})
 
     reset()
     counted = run(0)  # the files are in place already: only the restore's moves are left to count

@@ -481,15 +481,21 @@ def bad_bundle_vm(lab: Lab) -> VM:
     return vm
 
 
-def reseed_reboot(lab: Lab, vm: VM, what: str, ready: Callable[[], bool], power_off: bool = True) -> float:
-    """Power the node off, boot it again from its (rebuilt) seed, and wait until `ready`; returns the seconds."""
-    if power_off:
-        assert lab.ssh(vm.ip, "sudo systemctl poweroff").returncode in (0, 255)
-        try:
-            assert vm.proc is not None
-            vm.proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            vm.kill()
+def power_off(lab: Lab, vm: VM) -> None:
+    """Shut the node down cleanly over ssh (killed if it has not stopped within 2 minutes)."""
+    assert lab.ssh(vm.ip, "sudo systemctl poweroff").returncode in (0, 255)
+    try:
+        assert vm.proc is not None
+        vm.proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        vm.kill()
+
+
+def reseed_reboot(lab: Lab, vm: VM, what: str, ready: Callable[[], bool], powered_on: bool = True) -> float:
+    """Power the node off (unless it is off already), boot it again from its (rebuilt) seed, and wait until
+    `ready`; returns the seconds."""
+    if powered_on:
+        power_off(lab, vm)
     down = time.monotonic()
     vm.start(lab.net, lab.image, lab.accel)
     return wait_for(f"{vm.name} {what}", ready, BOOT_TIMEOUT_S, lab.vms) - down
@@ -497,12 +503,7 @@ def reseed_reboot(lab: Lab, vm: VM, what: str, ready: Callable[[], bool], power_
 
 def power_cut_during_reseed(lab: Lab, vm: VM) -> None:
     """Power the node off, boot it from its new seed, and cut its power 1 s after the boot step reports."""
-    assert lab.ssh(vm.ip, "sudo systemctl poweroff").returncode in (0, 255)
-    try:
-        assert vm.proc is not None
-        vm.proc.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        vm.kill()
+    power_off(lab, vm)
     vm.start(lab.net, lab.image, lab.accel)
     cut = power_cut_after_install([vm], after_s=1.0)
     print(f"bench: {vm.name} power cut 1 s after its boot step applied the new seed, {cut[vm.name]:.0f} s in")
@@ -564,7 +565,7 @@ def test_rolling_upgrade_renew_and_setting(lab: Lab) -> None:
                 return lab.etcdctl("endpoint", "health", endpoints=[vm.ip]).returncode == 0
             if position == 0:  # the first node also loses power just after its boot step installs the new seed
                 power_cut_during_reseed(lab, vm)
-            took = reseed_reboot(lab, vm, "healthy", healthy, power_off=position != 0)
+            took = reseed_reboot(lab, vm, "healthy", healthy, powered_on=position != 0)
             # Healthy means running the new seed: the boot step put it in place before etcd started.
             assert cluster_version(lab, vm.ip).get("etcdserver") == target, cluster_version(lab, vm.ip)
             line = boot_step_line(lab, vm)
