@@ -24,10 +24,11 @@ endif
 seeds: $(SEED_DEPS)
 	$(PY) -m generator build --spec $(SPEC) --out $(OUT)
 
+# TIER picks one tier of tests/ (unit, cli, parsers, etcd), e.g. `make test TIER=unit`.
 test: $(STAMP) $(UPSTREAM_BUNDLE)
 	sh tools/system-deps.sh test
 	-$(MAKE) --no-print-directory $(DEBIAN_BUNDLE) $(BUNDLE)
-	$(PY) -m pytest -m "not e2e"
+	$(PY) -m pytest -m "$(if $(TIER),$(TIER),not e2e)"
 
 # Boots the example's seeds in qemu VMs inside private network namespaces (needs root).
 # E2E_K picks scenarios by pytest -k, e.g. `make e2e E2E_K=rolling`.
@@ -42,14 +43,20 @@ verify: $(STAMP)
 plan: $(SEED_DEPS)
 	$(PY) -m generator plan --spec $(SPEC) --out $(OUT)
 
-# Timings only: the example beside shared/bench/baseline.sh, scaling, no-op re-run, ISO throughput.
+# Timings only: the example beside tools/baseline.sh (the guide's manual flow), scaling, no-op re-run, ISO throughput.
 bench: $(STAMP) $(UPSTREAM_BUNDLE)
 	sh tools/system-deps.sh test
 	$(PY) tools/bench.py
 
+# The member script runs as root on every node: linted and type-checked for the oldest Python a node may have.
+NODE_PYTHON := 3.10
+MEMBER_SCRIPT := templates/etcd-seed-member.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check generator tests tools
+	$(VENV)/bin/ruff check --target-version py$(subst .,,$(NODE_PYTHON)) $(MEMBER_SCRIPT)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict --python-version $(NODE_PYTHON) $(MEMBER_SCRIPT)
 
 bundle: $(BUNDLE)
 

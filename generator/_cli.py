@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import getpass
-import io
 import os
-import re
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,12 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from . import __version__, fastpath, fs
-from .errors import GeneratorError, MaterialError
+from .errors import GeneratorError, MaterialError, printable
 
 # The rest is imported where it is used: a build or plan with nothing to do answers from
 # fastpath without cryptography, Jinja, PyYAML or pycdlib.
 if TYPE_CHECKING:
-    from .build import BuildPlan, Sources
+    from .build import Options
     from .manifest import Manifest
     from .spec import Spec
 
@@ -45,6 +43,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         code: int = args.run(args, out, err)
         return code
     except GeneratorError as exc:
+        for warning in exc.warnings:
+            print(f"warning: {printable(warning)}", file=err)
         for message in exc.messages:
             print(f"error: {printable(message)}", file=err)
         if exc.hint:
@@ -63,11 +63,6 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         return EXIT_BUG
 
 
-def printable(text: str) -> str:
-    """One line of text: a hostile value quoted in a message cannot start a line of its own."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def main_entry() -> None:
     """Console-script entry point."""
     raise SystemExit(main())
@@ -78,53 +73,45 @@ def _parser() -> argparse.ArgumentParser:
         prog="etcd-seed",
         description="Generate TLS certificates and cloud-init NoCloud seed ISOs for an etcd cluster.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    spec_only = argparse.ArgumentParser(add_help=False)
+    spec_only.add_argument("--spec", type=Path, default=Path("cluster.yaml"),
+                           help="cluster definition (default: cluster.yaml)")
+    tree = argparse.ArgumentParser(add_help=False, parents=[spec_only])
+    tree.add_argument("--out", type=Path, default=Path("output"),
+                      help="output root; files go to OUT/<cluster>/ (default: output)")
+    work = argparse.ArgumentParser(add_help=False)
+    work.add_argument("--rekey", action="append", default=[], metavar="NAME",
+                      help="give this node (or 'admin') a new private key; repeat for several")
+    work.add_argument("--renew", action="store_true", help="reissue every leaf certificate now, keeping the keys")
+    work.add_argument("--allow-downgrade", action="store_true",
+                      help="accept etcd.version one minor version down, to roll back an unfinished upgrade")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    build = commands.add_parser("build", help="issue certificates and write every node's seed")
-    build.add_argument("--spec", type=Path, default=Path("cluster.yaml"),
-                       help="cluster definition (default: cluster.yaml)")
-    build.add_argument("--out", type=Path, default=Path("output"),
-                       help="output root; files go to OUT/<cluster>/ (default: output)")
-    plan = commands.add_parser("plan", help="show what a build would change, per node and file; write nothing")
-    plan.add_argument("--spec", type=Path, default=Path("cluster.yaml"))
-    plan.add_argument("--out", type=Path, default=Path("output"))
-    rotate = commands.add_parser("rotate-ca", help="take the next step of a CA rotation (begin, issue, finish) and "
-                                 "build its seeds; see README 'Rotate the CA'")
+    build = commands.add_parser("build", parents=[tree, work], help="issue certificates and write every node's seed")
+    build.set_defaults(run=_run_build, step=None)
+    plan = commands.add_parser("plan", parents=[tree, work],
+                               help="show what a build would change, per node and file; write nothing")
+    plan.set_defaults(run=_run_plan, step=None)
+    rotate = commands.add_parser("rotate-ca", parents=[tree, work],
+                                 help="take the next step of a CA rotation (begin, issue, finish) and build its "
+                                 "seeds; see docs/operations.md 'Rotate the CA'")
     rotate.add_argument("step", choices=("begin", "issue", "finish"),
                         help="begin: trust a new CA beside the old; issue: issue every certificate from it; "
                              "finish: trust only the new CA")
-    rotate.add_argument("--spec", type=Path, default=Path("cluster.yaml"))
-    rotate.add_argument("--out", type=Path, default=Path("output"))
     rotate.add_argument("--dry-run", action="store_true", help="show what the step would change; write nothing")
-    for sub in (build, plan, rotate):
-        sub.add_argument("--rekey", action="append", default=[], metavar="NAME",
-                         help="give this node (or 'admin') a new private key; repeat for several")
-        sub.add_argument("--renew", action="store_true",
-                         help="reissue every leaf certificate now, keeping the keys")
-        sub.add_argument("--allow-downgrade", action="store_true",
-                         help="accept etcd.version one minor version down, to roll back an unfinished upgrade")
-    build.set_defaults(run=_run_build, step=None)
-    plan.set_defaults(run=_run_plan, step=None)
     rotate.set_defaults(run=lambda args, out, err: (_run_plan if args.dry_run else _run_build)(args, out, err))
-    verify = commands.add_parser("verify", help="check output/ against the spec, the CA, the manifest "
-                                 "and CIS 2; exit 1 on any failure")
-    verify.add_argument("--spec", type=Path, default=Path("cluster.yaml"))
-    verify.add_argument("--out", type=Path, default=Path("output"))
+    verify = commands.add_parser("verify", parents=[tree], help="check output/ against the spec, the CA, the "
+                                 "manifest and CIS 2; exit 1 on any failure")
     verify.add_argument("--warn-days", type=int, default=30, help="warn when a certificate expires sooner")
     verify.add_argument("--fail-days", type=int, default=7, help="fail when a certificate expires sooner")
     verify.set_defaults(run=_run_verify)
-    seal = commands.add_parser("seal", help="encrypt the private keys with age, for committing")
-    seal.add_argument("--spec", type=Path, default=Path("cluster.yaml"))
-    seal.add_argument("--out", type=Path, default=Path("output"))
+    seal = commands.add_parser("seal", parents=[tree], help="encrypt the private keys with age, for committing")
     seal.add_argument("--recipient", action="append", default=[], required=True,
                       help="age public key (age1...); repeat for several operators")
     seal.set_defaults(run=_run_seal)
-    unseal = commands.add_parser("unseal", help="decrypt sealed keys with an age identity")
-    unseal.add_argument("--spec", type=Path, default=Path("cluster.yaml"))
-    unseal.add_argument("--out", type=Path, default=Path("output"))
+    unseal = commands.add_parser("unseal", parents=[tree], help="decrypt sealed keys with an age identity")
     unseal.add_argument("--identity", type=Path, required=True, help="age identity file (age-keygen)")
     unseal.set_defaults(run=_run_unseal)
-    check = commands.add_parser("check", help="validate the spec and its inputs, write nothing")
-    check.add_argument("--spec", type=Path, default=Path("cluster.yaml"))
+    check = commands.add_parser("check", parents=[spec_only], help="validate the spec and its inputs, write nothing")
     check.set_defaults(run=_run_check)
     hasher = commands.add_parser("hash-password",
                                  help="read a password and print its hash for admin.password_hash")
@@ -132,51 +119,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plain_args(args: argparse.Namespace) -> list[str]:
-    """What of a build's or plan's arguments changes its result, for the fast path's digest."""
-    return [str(args.out.resolve())]
+def _options(args: argparse.Namespace) -> Options:
+    from .build import Options
 
-
-def _recordable(args: argparse.Namespace) -> bool:
-    """Whether this build or plan may be answered from, or recorded for, the fast path: no flag that asks for work."""
-    return not (args.rekey or args.renew or args.allow_downgrade or args.step)
+    return Options(frozenset(args.rekey), args.renew, args.allow_downgrade, args.step)
 
 
 def _fast(args: argparse.Namespace) -> fastpath.Replay | None:
     """The recorded output of a build or plan with nothing to do, or None to run in full."""
-    if args.command not in ("build", "plan") or not _recordable(args):
+    if args.command not in ("build", "plan") or args.rekey or args.renew or args.allow_downgrade:
         return None
-    return fastpath.lookup(args.command, _plain_args(args), args.spec, args.out, dt.datetime.now(dt.UTC).timestamp())
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-def _source_date_epoch() -> int | None:
-    value = os.environ.get("SOURCE_DATE_EPOCH")
-    if value is None:
-        return None
-    if not re.fullmatch(r"[0-9]{1,20}", value):
-        raise MaterialError(f"SOURCE_DATE_EPOCH: {value!r} is not a whole number of seconds")
-    return int(value)
+    return fastpath.lookup(args.command, [str(args.out.resolve())], args.spec, args.out,
+                           dt.datetime.now(dt.UTC).timestamp())
 
 
 def _read_spec(spec_path: Path, err: TextIO | None = None) -> Spec:
     """The validated spec; its warnings go to `err` when given."""
-    from .spec import load_spec
+    from .build import read_spec
 
-    spec, warnings = load_spec(fs.read_spec_text(spec_path), base_dir=spec_path.parent, source=str(spec_path))
+    spec, warnings = read_spec(spec_path)
     for warning in warnings if err is not None else []:
         print(f"warning: {printable(warning)}", file=err)
     return spec
-
-
-def _cluster_root(args: argparse.Namespace, spec: Spec) -> Path:
-    if args.out.exists() and not args.out.is_dir():
-        raise MaterialError(f"--out: {args.out} is not a directory")
-    root: Path = args.out / spec.name
-    return root
 
 
 def _run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -189,178 +153,33 @@ def _run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-def _plan(args: argparse.Namespace, spec: Spec, root: Path, sources: Sources | None = None) -> BuildPlan:
-    from .build import load_inputs, plan_build
-    from .render import make_environment
+def _run_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .build import run
 
-    epoch = _source_date_epoch()
-    inputs = load_inputs(spec, root, sources)
-    return plan_build(spec, inputs, make_environment(), _now(), epoch, frozenset(args.rekey), args.renew,
-                      args.allow_downgrade, args.step)
-
-
-class _Tee(io.StringIO):
-    """Writes through to a stream and keeps a copy, for the fast path's record."""
-
-    def __init__(self, stream: TextIO) -> None:
-        super().__init__()
-        self.stream = stream
-
-    def write(self, text: str) -> int:
-        self.stream.write(text)
-        return super().write(text)
-
-
-def _run_build(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from . import keygen
-    out, err = _Tee(stdout), _Tee(stderr)
-    spec = _read_spec(args.spec, err)
-    spec_warnings = err.getvalue()
-    root = _cluster_root(args, spec)
-    _source_date_epoch()
-    # The keys this build will likely make are made in other processes while it reads and
-    # checks its inputs; a guess that is off costs a key too many or one made later.
-    names = ["ca", "admin", *(node.name for node in spec.nodes), *(client.name for client in spec.clients)]
-    missing = [n for n in names if not (root / "pki" / f"{n}.key").exists()]
-    with keygen.keys_made_ahead(spec.pki.key_type.value, len(missing) + len(args.rekey)):
-        from . import manifest
-        from .build import apply_plan, load_sources, recover
-
-        # Every input problem is reported before any directory is made.
-        previous = manifest.parse_manifest(fs.read_optional(root / manifest.NAME, manifest.NAME))
-        sources = load_sources(spec, previous.bundle_sha256)
-        created = fs.make_dirs(root, {})
-        with fs.locked(root, exclusive=True):
-            try:
-                fastpath.forget(root)
-                resumed, step = recover(root)
-                if resumed:
-                    print(f"completed the run that was interrupted{f' (rotate-ca {step})' if step else ''}",
-                          file=out)
-                    if step is not None and step == args.step:
-                        args.step = None  # its step is taken: this run builds on it
-                plan = _plan(args, spec, root, sources)
-                removed = apply_plan(root, plan)
-            except BaseException:
-                fs.remove_empty(created)  # only while holding the lock: another run may be about to use them
-                raise
-            _report_build(plan, root, removed, out, err)
-            if not removed and _written(plan) == 0 and _recordable(args):
-                _record(args, spec, plan, root, spec_warnings, out.getvalue(), err.getvalue())
+    result = run(args.spec, args.out, _options(args), epoch=os.environ.get("SOURCE_DATE_EPOCH"))
+    out.write(result.out)
+    err.write(result.err)
     return EXIT_OK
-
-
-def _record(args: argparse.Namespace, spec: Spec, plan: BuildPlan, root: Path, spec_warnings: str, out: str,
-            err: str) -> None:
-    """Record a build that changed nothing, with what build and plan print, for the fast path."""
-    plan_out, plan_err = io.StringIO(), io.StringIO(spec_warnings)
-    plan_err.seek(0, io.SEEK_END)
-    _report_plan(plan, root, plan_out, plan_err)
-    fastpath.record(root, _plain_args(args), args.spec, _input_files(spec), _renew_at(plan),
-                    {"build": fastpath.Replay(out, err), "plan": fastpath.Replay(plan_out.getvalue(),
-                                                                               plan_err.getvalue())})
-
-
-def _written(plan: BuildPlan) -> int:
-    from .build import FileStatus
-
-    return (len(plan.changed) + (plan.manifest_status is not FileStatus.UNCHANGED) + len(plan.deletes)
-            + len(plan.sealed_moves))
-
-
-def _input_files(spec: Spec) -> list[Path]:
-    """The files besides the spec that a build reads from outside the output tree."""
-    paths = [spec.etcd.bundle] if spec.etcd.bundle else []
-    for source in (spec.pki.ca, spec.pki.ca_next):
-        if source is not None:
-            paths += [source.cert, source.key]
-    if spec.etcd.restore is not None:
-        paths.append(spec.etcd.restore.snapshot)
-    return paths
-
-
-def _renew_at(plan: BuildPlan) -> float:
-    """When a build must look again: the first certificate to come within renew_before_days of expiry."""
-    margin = dt.timedelta(days=plan.spec.pki.renew_before_days)
-    certs = [ca.cert for ca in plan.pki.trusted] + [c.cert for c in plan.pki.leaves.values()]
-    return min((c.not_valid_after_utc - margin).timestamp() for c in certs)
-
-
-def _report_build(plan: BuildPlan, root: Path, removed: list[str], out: TextIO, err: TextIO) -> None:
-    from .render import SEED_ISO
-
-    for rel in removed:
-        print(f"removed {rel}: left by a run that was killed", file=out)
-    for event in plan.pki.events:
-        print(f"pki: {event}", file=out)
-    for source, target in plan.sealed_moves:
-        print(f"moved pki/{source}.age to pki/{target}.age: the sealed copy follows its key", file=out)
-    for rel in plan.deletes:
-        print(f"deleted {rel}", file=out)
-    total = len(plan.files) + 1
-    written = _written(plan)
-    print(f"{root}: {written} of {total} files written" + ("" if written else " (nothing changed)"), file=out)
-    sizes = {f.path.split("/")[0]: f.size for f in plan.files if f.path.endswith(f"/{SEED_ISO}")}
-    _print_table(out, [(node.name, str(node.ip),
-                        f"{plan.pki.leaves[node.name].cert.not_valid_after_utc:%Y-%m-%d}",
-                        _size(sizes[node.name])) for node in plan.spec.nodes])
-    print(f"check the cluster: cd {root / 'pki'} && set -a && . ./etcdctl.env && set +a && "
-          "etcdctl endpoint health", file=out)
-    _print_notes(plan, out, err)
-
-
-def _print_notes(plan: BuildPlan, out: TextIO, err: TextIO) -> None:
-    for warning in plan.warnings:
-        print(f"warning: {printable(warning)}", file=err)
-    for note in plan.notes:
-        print(note, file=out)
 
 
 def _run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    spec = _read_spec(args.spec, err)
-    root = _cluster_root(args, spec)
-    if root.is_dir():
-        with fs.locked(root, exclusive=False):
-            plan = _plan(args, spec, root)
-    else:
-        plan = _plan(args, spec, root)
-    _report_plan(plan, root, out, err)
+    from .build import run
+
+    result = run(args.spec, args.out, _options(args), write=False, epoch=os.environ.get("SOURCE_DATE_EPOCH"))
+    out.write(result.out)
+    err.write(result.err)
     return EXIT_OK
-
-
-def _report_plan(plan: BuildPlan, root: Path, out: TextIO, err: TextIO) -> None:
-    from . import manifest
-    from .build import FileStatus
-    from .pki import Change
-
-    changed = plan.changed
-    for event in plan.pki.events:
-        if event.change is not Change.REUSED:
-            print(f"pki: {event}", file=out)
-    width = max((len(f.path) for f in changed), default=0)
-    for planned in changed:
-        print(f"  {planned.path.ljust(width)}  {planned.status}", file=out)
-    if plan.manifest_status is not FileStatus.UNCHANGED:
-        print(f"  {manifest.NAME.ljust(width)}  {plan.manifest_status}", file=out)
-    for source, target in plan.sealed_moves:
-        print(f"  pki/{target}.age  move (from pki/{source}.age)", file=out)
-    for rel in plan.deletes:
-        print(f"  {rel.ljust(width)}  {FileStatus.DELETE}", file=out)
-    counts = {k: sum(1 for f in changed if f.status is k) for k in FileStatus}
-    print(f"{root}: {counts[FileStatus.CREATE]} to create, {counts[FileStatus.UPDATE]} to update, "
-          f"{counts[FileStatus.MODE]} to chmod, " + (f"{len(plan.deletes)} to delete, " if plan.deletes else "")
-          + f"{len(plan.files) - len(changed)} unchanged", file=out)
-    _print_notes(plan, out, err)
 
 
 def _run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from . import external
-    from .build import load_bundle
-    from .render import SEED_ISO, make_environment
+    from .build import cluster_root, load_bundle, now
+    from .layout import SEED_ISO
+    from .render import make_environment
     from .verify import Finding, Tree, verify_tree
 
     spec = _read_spec(args.spec)
-    root = _cluster_root(args, spec)
+    root = cluster_root(args.out, spec)
     if not root.is_dir():
         raise MaterialError(f"{root}: no output to verify; run a build first")
     if args.fail_days > args.warn_days:
@@ -378,7 +197,7 @@ def _run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         tree = Tree(files=fs.read_files(root, small), disk=disk, dirs=dirs, odd=odd,
                     read_large=lambda rel: fs.read_regular(root / rel, fs.LIMITS["bundle"] * 2, rel) or b"",
                     git_tracked=external.git_tracked(root))
-        found = verify_tree(spec, tree, _now(), args.warn_days, args.fail_days, make_environment(), bundle)
+        found = verify_tree(spec, tree, now(), args.warn_days, args.fail_days, make_environment(), bundle)
         problems = schema.result()
         found += [Finding(name, problem) for name in names if (problem := problems[root / name])]
     for finding in found:
@@ -391,10 +210,11 @@ def _run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _cluster_pki(args: argparse.Namespace) -> tuple[Path, Manifest]:
     from . import manifest
+    from .build import cluster_root, read_manifest
 
     spec = _read_spec(args.spec)
-    root = _cluster_root(args, spec)
-    previous = manifest.parse_manifest(fs.read_optional(root / manifest.NAME, manifest.NAME))
+    root = cluster_root(args.out, spec)
+    previous = read_manifest(root)
     if not previous.files:
         raise MaterialError(f"{root / manifest.NAME}: missing; run a build first (or clone the cluster's repository)")
     return root / "pki", previous
@@ -438,15 +258,3 @@ def _run_hash_password(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
         raise MaterialError("empty password")
     print(sha512_crypt.hash(password), file=out)
     return EXIT_OK
-
-
-def _size(n: int) -> str:
-    return f"{n / 1024 / 1024:.1f} MiB"
-
-
-def _print_table(out: TextIO, rows: list[tuple[str, ...]]) -> None:
-    header = ("node", "ip", "cert expires", "seed.iso")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(),
-              file=out)

@@ -1,4 +1,9 @@
-"""Build: the use case. Inputs are read, a plan is made in memory, and only then is the plan applied."""
+"""Build: the use case. Inputs are read once, a plan is made in memory, and only then is the plan applied.
+
+`run` is the one entry point for build, plan and rotate-ca (and the benchmark): it reads the
+spec and the inputs, takes the lock, recovers a killed run, plans, applies, and records the fast
+path. It returns what to print; only the CLI prints.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -16,37 +22,18 @@ from typing import BinaryIO
 import jinja2
 from cryptography import x509
 
-from . import etcd, fastpath, fs, hostkeys, manifest, rotation, sealed
-from .errors import MaterialError, OutputError
-from .etcd import Bundle
-from .iso import SeedEntry, iso_digest, write_iso
-from .manifest import HEX64, FileEntry, Manifest
-from .pki import CA_NAME, CaInputs, KeyRecords, PkiState, build_pki, cert_fingerprint
-from .render import (
-    NODE_FILES,
-    RESTORE_ON_SEED,
-    SEED_ISO,
-    NodePem,
-    client_file,
-    render_client,
-    render_etcdctl_env,
-    render_node,
-)
+from . import certs, etcd, fastpath, fs, hostkeys, keygen, layout, manifest, notes, rotation, sealed
+from .errors import GeneratorError, MaterialError, OutputError, printable
+from .etcd import Bundle, Version
+from .iso import iso_digest, write_iso
+from .layout import CA_NAME, DELETABLE, HEX64, JOURNAL
+from .manifest import FileEntry, Manifest
+from .outputs import CaPem, HostPem, KeyPem, LeafPem, Material, OutputFile, Snapshot, output_files
+from .pki import CaInputs, KeyRecords, PkiState, build_pki, renew_at
+from .render import make_environment
 from .rotation import Phase, Rotation
-from .spec import CASource, Spec
+from .spec import CASource, Spec, load_spec
 
-# Kept beside the generated tree so that `git add output/<cluster>` can never pick up a secret.
-GITIGNORE = f"""\
-# Secrets: private keys, and the files that embed them. Review user-data.redacted instead.
-*.key
-*/user-data
-*/seed.iso
-# Temporary files of a run that was killed; the next run removes them.
-{fs.TEMP_PREFIX}*
-# What the last run that changed nothing found, so that the next one can skip its work.
-{fastpath.NAME}
-"""
-JOURNAL = "pki/pending.json"  # the new keys of a run in progress; gone when the run completes
 _JOURNAL_NAME = re.compile(r"[a-z0-9-]{1,63}(\.ssh)?")  # a leaf or CA, or a node's host key
 
 
@@ -58,19 +45,6 @@ class FileStatus(StrEnum):
     MODE = "mode"  # permissions only
     UNCHANGED = "unchanged"
     DELETE = "delete"
-
-
-# Files a build deletes once it no longer writes them: a finished CA rotation's old CA and bundle
-# (and the sealed copy of a key it deletes). Nothing else is ever deleted by a build.
-DELETABLE = frozenset({f"pki/{rotation.NEXT}.crt", f"pki/{rotation.NEXT}.key", rotation.BUNDLE, "pki/ca.key"})
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The etcd snapshot a restore carries on every seed."""
-
-    sha256: str
-    data: bytes
 
 
 @dataclass(frozen=True)
@@ -87,6 +61,21 @@ class Inputs:
     imported_next: tuple[bytes, bytes] | None = None
     rotation: Rotation = field(default_factory=Rotation)
     sealed_index: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # pki/sealed.json
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the operator asked of this run beyond the spec."""
+
+    rekey: frozenset[str] = frozenset()  # leaf names whose keys are replaced
+    renew: bool = False  # reissue every leaf certificate now, keeping the keys
+    allow_downgrade: bool = False  # accept one minor version down, to roll back an unfinished upgrade
+    rotate: str | None = None  # a CA rotation step (begin, issue, finish); see rotation.py
+
+    @property
+    def recordable(self) -> bool:
+        """Whether the fast path may answer or record this run: no flag that asks for work."""
+        return not (self.rekey or self.renew or self.allow_downgrade or self.rotate)
 
 
 @dataclass(frozen=True)
@@ -127,6 +116,18 @@ class BuildPlan:
     def changed(self) -> list[PlannedFile]:
         return [f for f in self.files if f.status is not FileStatus.UNCHANGED]
 
+    @property
+    def written(self) -> int:
+        """How many files applying this plan writes, moves or deletes."""
+        return (len(self.changed) + (self.manifest_status is not FileStatus.UNCHANGED) + len(self.deletes)
+                + len(self.sealed_moves))
+
+    @property
+    def renew_at(self) -> float:
+        """When a build must look again: the first certificate to come within renew_before_days of expiry."""
+        certificates = [ca.cert for ca in self.pki.trusted] + [c.cert for c in self.pki.leaves.values()]
+        return min(renew_at(c, self.spec.pki).timestamp() for c in certificates)
+
 
 @dataclass(frozen=True)
 class Sources:
@@ -136,6 +137,143 @@ class Sources:
     imported: tuple[bytes, bytes] | None
     snapshot: Snapshot | None = None
     imported_next: tuple[bytes, bytes] | None = None
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a run did, and what to print: the CLI writes `out` and `err` as they are."""
+
+    plan: BuildPlan
+    root: Path
+    out: str
+    err: str
+    timings: Mapping[str, float] = field(default_factory=dict)  # seconds per stage, for the benchmark
+
+
+def read_spec(spec_path: Path) -> tuple[Spec, list[str]]:
+    """The validated spec, and its warnings."""
+    return load_spec(fs.read_spec_text(spec_path), base_dir=spec_path.parent, source=str(spec_path))
+
+
+def cluster_root(out: Path, spec: Spec) -> Path:
+    """output/<cluster>/.
+
+    Raises:
+        MaterialError: --out is not a directory.
+    """
+    if out.exists() and not out.is_dir():
+        raise MaterialError(f"--out: {out} is not a directory")
+    return out / spec.name
+
+
+def source_date_epoch(value: str | None) -> int | None:
+    """SOURCE_DATE_EPOCH, which pins every ISO's dates, as seconds; None when unset."""
+    if value is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,20}", value):
+        raise MaterialError(f"SOURCE_DATE_EPOCH: {value!r} is not a whole number of seconds")
+    return int(value)
+
+
+def now() -> dt.datetime:
+    """The time certificates are issued at: this second."""
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def input_files(spec: Spec) -> list[Path]:
+    """The files besides the spec that a build reads from outside the output tree."""
+    paths = [spec.etcd.bundle] if spec.etcd.bundle else []
+    for source in (spec.pki.ca, spec.pki.ca_next):
+        if source is not None:
+            paths += [source.cert, source.key]
+    if spec.etcd.restore is not None:
+        paths.append(spec.etcd.restore.snapshot)
+    return paths
+
+
+def run(spec_path: Path, out: Path, options: Options, write: bool = True, clock: dt.datetime | None = None,
+        epoch: str | None = None) -> BuildResult:
+    """Build (or, with write=False, plan) the cluster that spec_path defines under out/<cluster>/.
+
+    Args:
+        spec_path: cluster.yaml.
+        out: the output root.
+        options: --rekey, --renew, --allow-downgrade, a rotate-ca step.
+        write: apply the plan and record the fast path; False only plans, under a shared lock.
+        clock: the time certificates are issued at (default: now).
+        epoch: SOURCE_DATE_EPOCH as the environment gives it.
+
+    Raises:
+        GeneratorError: any problem with the spec, the inputs, the output tree or the plan.
+    """
+    spec, spec_warnings = read_spec(spec_path)
+    try:
+        return _run(spec, spec_path, out, options, write, clock, epoch, spec_warnings)
+    except GeneratorError as exc:
+        exc.warnings = spec_warnings + exc.warnings
+        raise
+
+
+def _run(spec: Spec, spec_path: Path, out: Path, options: Options, write: bool, clock: dt.datetime | None,
+         epoch: str | None, spec_warnings: list[str]) -> BuildResult:
+    warned = "".join(f"warning: {printable(w)}\n" for w in spec_warnings)
+    root = cluster_root(out, spec)
+    pinned = source_date_epoch(epoch)
+    issued_at = clock or now()
+    timings: dict[str, float] = {}
+    if not write:
+        if root.is_dir():
+            with fs.locked(root, exclusive=False):
+                plan = plan_build(spec, load_inputs(spec, root), make_environment(), issued_at, pinned, options,
+                                  timings)
+        else:
+            plan = plan_build(spec, load_inputs(spec, root), make_environment(), issued_at, pinned, options, timings)
+        text, errors = notes.plan_report(plan, str(root))
+        return BuildResult(plan, root, text, warned + errors, timings)
+    # The keys this build will likely make are made in other processes while it reads and
+    # checks its inputs; a guess that is off costs a key too many or one made later.
+    names = [CA_NAME, layout.ADMIN, *(node.name for node in spec.nodes), *(client.name for client in spec.clients)]
+    missing = [n for n in names if not (root / layout.key_file(n)).exists()]
+    with keygen.keys_made_ahead(spec.pki.key_type.value, len(missing) + len(options.rekey)):
+        # Every input problem is reported before any directory is made.
+        previous = read_manifest(root)
+        sources = load_sources(spec, previous.bundle_sha256)
+        created = fs.make_dirs(root, {})
+        with fs.locked(root, exclusive=True):
+            try:
+                fastpath.forget(root)
+                resumed, step = recover(root)
+                said = ""
+                if resumed:
+                    said = f"completed the run that was interrupted{f' (rotate-ca {step})' if step else ''}\n"
+                    previous = read_manifest(root)  # the recovered run renamed its manifest into place
+                    if step is not None and step == options.rotate:
+                        options = Options(options.rekey, options.renew, options.allow_downgrade, None)
+                inputs = load_inputs(spec, root, sources, previous)
+                plan = plan_build(spec, inputs, make_environment(), issued_at, pinned, options, timings)
+                started = time.perf_counter()
+                removed = apply_plan(root, plan)
+                timings["write"] = time.perf_counter() - started
+            except BaseException:
+                fs.remove_empty(created)  # only while holding the lock: another run may be about to use them
+                raise
+            text, errors = notes.build_report(plan, str(root), removed, plan.written)
+            text, errors = said + text, warned + errors
+            if not removed and plan.written == 0 and options.recordable:
+                plan_text, plan_errors = notes.plan_report(plan, str(root))
+                fastpath.record(root, [str(out.resolve())], spec_path, input_files(spec), plan.renew_at,
+                                {"build": fastpath.Replay(text, errors),
+                                 "plan": fastpath.Replay(plan_text, warned + plan_errors)})
+    return BuildResult(plan, root, text, errors, timings)
+
+
+def fast_args(out: Path) -> list[str]:
+    """What of a build's or plan's arguments changes its result, for the fast path's digest."""
+    return [str(out.resolve())]
+
+
+def read_manifest(root: Path) -> Manifest:
+    return manifest.parse_manifest(fs.read_optional(root / layout.MANIFEST, layout.MANIFEST))
 
 
 def load_sources(spec: Spec, checked: str | None = None) -> Sources:
@@ -191,20 +329,21 @@ def load_snapshot(spec: Spec) -> Snapshot | None:
     return Snapshot(hashlib.sha256(data).hexdigest(), data)
 
 
-def load_inputs(spec: Spec, root: Path, sources: Sources | None = None) -> Inputs:
-    """Read the sources (unless given) and the cluster's output tree as it is now.
+def load_inputs(spec: Spec, root: Path, sources: Sources | None = None, previous: Manifest | None = None) -> Inputs:
+    """Read the sources and the manifest (unless given) and the cluster's output tree as it is now.
 
     Raises:
         MaterialError, OutputError: naming the field or file.
     """
-    previous = manifest.parse_manifest(fs.read_optional(root / manifest.NAME, manifest.NAME))
+    previous = previous or read_manifest(root)
     sources = sources or load_sources(spec, previous.bundle_sha256)
-    listed = previous.files.get(rotation.NAME)
-    current = rotation.parse(fs.read_optional(root / rotation.NAME, rotation.NAME), listed.sha256 if listed else None)
-    return Inputs(bundle=sources.bundle, imported=sources.imported, pki_files=fs.load_pki_dir(root / "pki"),
+    listed = previous.files.get(layout.ROTATION)
+    current = rotation.parse(fs.read_optional(root / layout.ROTATION, layout.ROTATION),
+                             listed.sha256 if listed else None)
+    return Inputs(bundle=sources.bundle, imported=sources.imported, pki_files=fs.load_pki_dir(root / layout.PKI),
                   previous=previous, pending=parse_journal(fs.read_optional(root / JOURNAL, JOURNAL)),
                   disk=fs.scan(root)[0], snapshot=sources.snapshot, imported_next=sources.imported_next,
-                  rotation=current, sealed_index=sealed.read_index(root / "pki"))
+                  rotation=current, sealed_index=sealed.read_index(root / layout.PKI))
 
 
 def load_bundle(spec: Spec, checked: str | None = None) -> Bundle:
@@ -224,7 +363,7 @@ def load_bundle(spec: Spec, checked: str | None = None) -> Bundle:
     digest = hashlib.sha256(data).hexdigest()
     if cfg.sha256 is not None and digest != cfg.sha256:
         raise MaterialError(f"etcd.bundle: {cfg.bundle} has sha256 {digest}, but etcd.sha256 is {cfg.sha256}")
-    problem = None if digest == checked else etcd.check_release_tarball(data, cfg.version)
+    problem = None if digest == checked else etcd.check_release_tarball(data, spec.etcd.release)
     if problem:
         raise MaterialError(f"etcd.bundle: {cfg.bundle} {problem}")
     return Bundle(name=cfg.tarball_name, sha256=digest, data=data)
@@ -287,9 +426,11 @@ def key_records(previous: Manifest, pending: Mapping[str, str]) -> KeyRecords:
 
 
 def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.datetime, epoch: int | None,
-               rekey: frozenset[str] = frozenset(), renew: bool = False, allow_downgrade: bool = False,
-               rotate: str | None = None) -> BuildPlan:
+               options: Options = Options(), timings: dict[str, float] | None = None) -> BuildPlan:
     """Decide every file of output/<cluster>/ and what to do to each, without writing.
+
+    The story: preflight (version change, epoch, restore), the PKI and host keys, the output
+    files, each file's status against the disk, the manifest, then the notes for the operator.
 
     Args:
         spec: the validated cluster definition.
@@ -297,16 +438,77 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
         env: from render.make_environment().
         now: the time certificates are issued at.
         epoch: pins ISO dates; None uses each node certificate's notBefore.
-        rekey: leaf names whose keys the operator asked to replace.
-        renew: reissue every leaf certificate now, keeping the keys.
-        allow_downgrade: accept one minor version down, to roll back an unfinished upgrade.
-        rotate: a CA rotation step (begin, issue, finish) to take; see rotation.py.
+        options: what the operator asked beyond the spec.
+        timings: filled with each stage's seconds, when given.
 
     Raises:
         GeneratorError: any problem with the PKI, the templates or the ISO, or a version change etcd refuses.
     """
-    previous_version = inputs.previous.etcd_version
-    change, refusal = etcd.version_change(previous_version, spec.etcd.version, allow_downgrade)
+    timings = {} if timings is None else timings
+    started = time.perf_counter()
+    spec, change = _preflight(spec, inputs, epoch, options)
+    records = key_records(inputs.previous, inputs.pending)
+    replacing = _replacing(spec, inputs.previous, records)
+    phase = rotation.target(inputs.rotation, options.rotate)
+    pki = build_pki(spec, inputs.pki_files, inputs.imported, now, records, options.rekey, options.renew, replacing,
+                    CaInputs(inputs.imported, inputs.imported_next, inputs.rotation, phase))
+    host_keys = hostkeys.host_keys(spec, inputs.pki_files, records, replacing, pki.events)
+    state = _rotation_state(inputs.rotation, phase, pki)
+    timings["pki"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    material = _material(pki, host_keys, state)
+    not_before = {node.name: int(pki.leaves[node.name].cert.not_valid_before_utc.timestamp()) for node in spec.nodes}
+    outputs = output_files(spec, material, env, inputs.bundle, inputs.snapshot, epoch, not_before)
+    files = [_plan_file(output, inputs.disk.get(output.path)) for output in outputs]
+    timings["outputs"] = time.perf_counter() - started
+
+    planned = {f.path for f in files}
+    sealed_moves, sealed_warnings = _sealed_moves(pki, inputs)
+    moved = {f"pki/{source}.age" for source, _ in sealed_moves}
+    deletes = sorted(p for p in DELETABLE - planned if p in inputs.disk)
+    deletes += [f"{p}.age" for p in sorted(DELETABLE - planned) if p.endswith(".key") and f"{p}.age" in inputs.disk
+                and f"{p}.age" not in moved]
+    new_keys = {layout.key_name(f.path) or "": f.public_key_sha256 for f in files
+                if f.public_key_sha256 and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
+    manifest_bytes = _manifest(spec, inputs, files, pki)
+    current = inputs.disk.get(layout.MANIFEST)
+    manifest_status = FileStatus.CREATE if current is None else FileStatus.UNCHANGED \
+        if current.sha256 == hashlib.sha256(manifest_bytes).hexdigest() and current.mode == layout.PUBLIC_MODE \
+        else FileStatus.UPDATE
+
+    built = previous_nodes(inputs.previous)
+    new_seeds = {f.path.split("/")[0] for f in files
+                 if f.path.endswith(f"/{layout.SEED_ISO}") and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
+    # Only members of a running cluster (built before) are rolled; a joining or replaced node boots afresh.
+    afresh = replacing | {n.name for n in spec.nodes if n.join and n.name not in built}
+    reseed = [node.name for node in spec.nodes
+              if node.name in built and node.name not in afresh and node.name in new_seeds]
+    said = notes.membership(spec, inputs.previous, built, replacing)
+    said += [change] if change else []
+    said += [notes.rolling_order(reseed)] if reseed else []
+    rotation_note = notes.rotation(phase, phase is not inputs.rotation.phase)
+    said += [rotation_note] if rotation_note else []
+    warnings = [f"nodes.{i}.replace: {node.name} was replaced by an earlier build (its new key is in place); "
+                "remove 'replace: true' from the spec" for i, node in enumerate(spec.nodes)
+                if node.replace and node.name not in replacing]
+    floor = notes.upgrade_floor(_previous_version(inputs.previous), spec.etcd.release)
+    return BuildPlan(spec=spec, pki=pki, files=files, manifest_bytes=manifest_bytes,
+                     manifest_status=manifest_status, new_keys=new_keys, notes=said,
+                     warnings=warnings + sealed_warnings + ([floor] if floor else []), reseed=reseed,
+                     deletes=deletes, sealed_moves=sealed_moves, step=options.rotate)
+
+
+def _previous_version(previous: Manifest) -> Version | None:
+    return Version.parse(previous.etcd_version) if previous.etcd_version else None
+
+
+def _preflight(spec: Spec, inputs: Inputs, epoch: int | None, options: Options) -> tuple[Spec, str]:
+    """What is refused before anything is issued; the spec with its restore snapshot's digest, and the note on
+    the version change."""
+    before = _previous_version(inputs.previous)
+    change, refusal = notes.version_change(spec.etcd.release.change_from(before, options.allow_downgrade), before,
+                                           spec.etcd.release)
     if refusal:
         raise MaterialError(f"etcd.version: {refusal}")
     if epoch is not None and not 0 <= epoch <= manifest.MAX_EPOCH:
@@ -315,67 +517,28 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     if spec.etcd.restore is not None:
         assert inputs.snapshot is not None  # noqa: S101 - load_sources reads it with the spec
         spec = spec.with_snapshot(inputs.snapshot.sha256)
-    records = key_records(inputs.previous, inputs.pending)
-    replacing = _replacing(spec, inputs.previous, records)
-    phase = rotation.target(inputs.rotation, rotate)
-    pki = build_pki(spec, inputs.pki_files, inputs.imported, now, records, rekey, renew, replacing,
-                    CaInputs(inputs.imported, inputs.imported_next, inputs.rotation, phase))
-    host_keys = hostkeys.host_keys(spec, inputs.pki_files, records, replacing, pki.events)
-    state = _rotation_state(inputs.rotation, phase, pki)
+    return spec, change
+
+
+def _material(pki: PkiState, host_keys: Mapping[str, hostkeys.HostKey], state: Rotation) -> Material:
+    """What the build writes, as the outputs read it."""
+    public = pki.public_keys()
+
+    def ca(name: str, value: certs.CA, imported: bool) -> CaPem:
+        return CaPem(value.cert_pem, None if imported else KeyPem.of(value.key_pem, public[name]))
+
+    return Material(
+        ca=ca(CA_NAME, pki.ca, pki.ca_imported),
+        next_ca=ca(layout.NEXT_CA, pki.next_ca, pki.next_imported) if pki.next_ca is not None else None,
+        leaves={name: LeafPem(c.chain_pem, KeyPem.of(c.key_pem, public[name])) for name, c in pki.leaves.items()},
+        hosts={name: HostPem(KeyPem.of(host.private_pem, host.public_sha256), host.public_line)
+               for name, host in host_keys.items()},
+        rotation_json=rotation.render(state) if state.phase is not Phase.NONE else None)
+
+
+def _manifest(spec: Spec, inputs: Inputs, files: list[PlannedFile], pki: PkiState) -> bytes:
     public_keys = pki.public_keys()
-    rows: list[tuple[str, int, Callable[[], bytes] | list[SeedEntry], str | None, int | None]] = [
-        (".gitignore", fs.PUBLIC_MODE, _const(GITIGNORE.encode()), None, None)]
-    if not pki.ca_imported:
-        rows.append(("pki/ca.key", fs.SECRET_MODE, _const(pki.ca.key_pem), public_keys[CA_NAME], None))
-    rows.append(("pki/ca.crt", fs.PUBLIC_MODE, _const(pki.ca.cert_pem), None, None))
-    ca_file = "ca.crt"
-    if pki.next_ca is not None:
-        if not pki.next_imported:
-            rows.append((f"pki/{rotation.NEXT}.key", fs.SECRET_MODE, _const(pki.next_ca.key_pem),
-                         public_keys[rotation.NEXT], None))
-        rows.append((f"pki/{rotation.NEXT}.crt", fs.PUBLIC_MODE, _const(pki.next_ca.cert_pem), None, None))
-        rows.append((rotation.BUNDLE, fs.PUBLIC_MODE, _const(pki.trust_pem), None, None))
-        ca_file = rotation.BUNDLE.removeprefix("pki/")
-    if state.phase is not Phase.NONE:
-        rows.append((rotation.NAME, fs.PUBLIC_MODE, _const(rotation.render(state)), None, None))
-    for name, credential in pki.leaves.items():
-        rows.append((f"pki/{name}.key", fs.SECRET_MODE, _const(credential.key_pem), public_keys[name], None))
-        rows.append((f"pki/{name}.crt", fs.PUBLIC_MODE, _const(credential.chain_pem), None, None))
-    for node in spec.nodes:
-        host = host_keys[node.name]
-        rows.append((f"pki/{hostkeys.record_name(node.name)}.key", fs.SECRET_MODE, _const(host.private_pem),
-                     host.public_sha256, None))
-    rows.append(("pki/etcdctl.env", fs.PUBLIC_MODE, _const(render_etcdctl_env(env, spec, ca_file).encode()), None,
-                 None))
-    for client in spec.clients:
-        rows.append((client_file(client), fs.PUBLIC_MODE, _const(render_client(env, spec, client, ca_file).encode()),
-                     None, None))
-    known = hostkeys.known_hosts(spec, {name: host.public_line for name, host in host_keys.items()})
-    rows.append((hostkeys.KNOWN_HOSTS, fs.PUBLIC_MODE, _const(known.encode()), None, None))
-    for node in spec.nodes:
-        credential, host = pki.leaves[node.name], host_keys[node.name]
-        seed = render_node(env, spec, node, NodePem(pki.trust_pem, credential.chain_pem, credential.key_pem,
-                                                    host.private_pem, host.public_line), inputs.bundle.sha256)
-        iso_epoch = epoch if epoch is not None else int(credential.cert.not_valid_before_utc.timestamp())
-        for node_file in NODE_FILES:
-            mode = fs.SECRET_MODE if node_file.secret else fs.PUBLIC_MODE
-            if node_file.name == SEED_ISO:
-                entries = seed_entries(seed.texts, inputs.bundle, inputs.snapshot)
-                rows.append((f"{node.name}/{SEED_ISO}", mode, entries, None, iso_epoch))
-            else:
-                rows.append((f"{node.name}/{node_file.name}", mode,
-                             _const(seed.texts[node_file.name].encode()), None, None))
-    files = [_plan_file(path, mode, make, inputs.disk.get(path), public, iso_epoch)
-             for path, mode, make, public, iso_epoch in rows]
-    planned = {f.path for f in files}
-    sealed_moves, sealed_warnings = _sealed_moves(pki, inputs)
-    moved = {f"pki/{source}.age" for source, _ in sealed_moves}
-    deletes = sorted(p for p in DELETABLE - planned if p in inputs.disk)
-    deletes += [f"{p}.age" for p in sorted(DELETABLE - planned) if p.endswith(".key") and f"{p}.age" in inputs.disk
-                and f"{p}.age" not in moved]
-    new_keys = {f.path.removeprefix("pki/").removesuffix(".key"): f.public_key_sha256 for f in files
-                if f.public_key_sha256 and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
-    manifest_bytes = manifest.render_manifest(
+    return manifest.render_manifest(
         spec.name, spec.etcd.version,
         {"name": inputs.bundle.name, "sha256": inputs.bundle.sha256,
          "source": spec.etcd.url or (spec.etcd.bundle.name if spec.etcd.bundle else None)},
@@ -383,33 +546,33 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
         certificates(pki),
         replaced={n.name: public_keys[n.name] for n in spec.nodes if n.replace},
         restore={"sha256": inputs.snapshot.sha256, "size": len(inputs.snapshot.data)} if inputs.snapshot else None)
-    current = inputs.disk.get(manifest.NAME)
-    manifest_status = FileStatus.CREATE if current is None else FileStatus.UNCHANGED \
-        if current.sha256 == hashlib.sha256(manifest_bytes).hexdigest() and current.mode == fs.PUBLIC_MODE \
-        else FileStatus.UPDATE
-    notes = membership_notes(spec, inputs.previous, replacing)
-    new_seeds = {f.path.split("/")[0] for f in files
-                 if f.path.endswith(f"/{SEED_ISO}") and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
-    # Only members of a running cluster (built before) are rolled; a joining or replaced node boots afresh.
-    built = previous_nodes(inputs.previous)
-    afresh = replacing | {n.name for n in spec.nodes if n.join and n.name not in built}
-    reseed = [node.name for node in spec.nodes
-              if node.name in built and node.name not in afresh and node.name in new_seeds]
-    warnings = [f"nodes.{i}.replace: {node.name} was replaced by an earlier build (its new key is in place); "
-                "remove 'replace: true' from the spec" for i, node in enumerate(spec.nodes)
-                if node.replace and node.name not in replacing]
-    if change:
-        notes.append(change)
-    if reseed:
-        notes.append(rolling_order(reseed))
-    rotation_note = rotation.note(phase, phase is not inputs.rotation.phase)
-    if rotation_note:
-        notes.append(rotation_note)
-    floor = etcd.upgrade_floor_warning(previous_version, spec.etcd.version)
-    return BuildPlan(spec=spec, pki=pki, files=files, manifest_bytes=manifest_bytes,
-                     manifest_status=manifest_status, new_keys=new_keys,
-                     notes=notes, warnings=warnings + sealed_warnings + ([floor] if floor else []), reseed=reseed,
-                     deletes=deletes, sealed_moves=sealed_moves, step=rotate)
+
+
+def _const(data: bytes) -> Callable[[], bytes]:
+    return lambda: data
+
+
+def _plan_file(output: OutputFile, current: fs.OnDisk | None) -> PlannedFile:
+    # Every file is made and compared with what is on disk, ISOs included: a seed that
+    # was changed by hand (an extra vendor-data, another label) is rebuilt, whatever the
+    # manifest says. An ISO is only hashed here, never held; it is written straight to disk.
+    make: Callable[[], bytes] | Callable[[BinaryIO], None]
+    if output.iso is not None:
+        assert output.epoch is not None  # noqa: S101 - every ISO row has one
+        sha, size = iso_digest(output.iso, output.epoch)
+        make = partial(write_iso, output.iso, output.epoch)
+    else:
+        assert output.content is not None  # noqa: S101 - the build holds every key it writes
+        data = output.content
+        sha, size, make = hashlib.sha256(data).hexdigest(), len(data), _const(data)
+    if current is None:
+        status = FileStatus.CREATE
+    elif current.sha256 != sha:
+        status = FileStatus.UPDATE
+    else:
+        status = FileStatus.UNCHANGED if current.mode == output.mode else FileStatus.MODE
+    return PlannedFile(output.path, output.mode, sha, size, status, make, output.public_key_sha256, output.epoch,
+                       output.iso is not None)
 
 
 def _sealed_moves(pki: PkiState, inputs: Inputs) -> tuple[list[tuple[str, str]], list[str]]:
@@ -422,7 +585,7 @@ def _sealed_moves(pki: PkiState, inputs: Inputs) -> tuple[list[tuple[str, str]],
     sealed_as = {name: entry.get("key_sha256") for name, entry in index.items()}
     if sealed_as.get(f"{CA_NAME}.key") == want:
         return [], []
-    source = f"{rotation.NEXT}.key"
+    source = f"{layout.NEXT_CA}.key"
     if sealed_as.get(source) == want and f"pki/{source}.age" in inputs.disk:
         return [(source, f"{CA_NAME}.key")], []
     if f"pki/{CA_NAME}.key.age" in inputs.disk:
@@ -437,7 +600,7 @@ def _rotation_state(current: Rotation, phase: Phase, pki: PkiState) -> Rotation:
         return current
     if phase is Phase.TRUST_BOTH:
         assert pki.next_ca is not None  # noqa: S101 - build_pki made or imported it
-        return Rotation(phase, cert_fingerprint(pki.ca.cert), cert_fingerprint(pki.next_ca.cert))
+        return Rotation(phase, certs.cert_fingerprint(pki.ca.cert), certs.cert_fingerprint(pki.next_ca.cert))
     return Rotation(phase, current.old_ca, current.new_ca)
 
 
@@ -470,119 +633,25 @@ def _replacing(spec: Spec, previous: Manifest, records: KeyRecords) -> frozenset
 
 def previous_nodes(previous: Manifest) -> set[str]:
     """The nodes the previous build wrote a seed for."""
-    return {path.split("/")[0] for path in previous.files if path.endswith(f"/{SEED_ISO}")}
-
-
-def membership_notes(spec: Spec, previous: Manifest, replacing: frozenset[str]) -> list[str]:
-    """What the operator does, or may do by hand, for members that join, are replaced or leave."""
-    admin = "from pki/, run: set -a && . ./etcdctl.env && set +a &&"
-    built = previous_nodes(previous)
-    notes = []
-    for node in spec.nodes:
-        manual = (f"by hand instead, {admin} etcdctl member add {node.name} --peer-urls={etcd.peer_url(node)} "
-                  f"--learner, and once it has caught up, etcdctl member promote <its ID>")
-        if node.replace and node.name in replacing:
-            notes.append(f"{node.name} is replaced with a new key: boot it from its new seed on an empty disk; it "
-                         f"removes its stale member entry while the others keep quorum, joins as a learner and "
-                         f"promotes itself (journalctl -u etcd -u etcd-seed-promote shows each step); {manual}")
-        elif node.join and node.name not in built:
-            notes.append(f"{node.name} joins the running cluster by itself: boot it from its seed; it adds itself "
-                         f"as a learner and promotes itself once it has caught up; {manual}")
-        old = _previous_ips(previous, node.name)
-        if node.name in built and node.name not in replacing and old and str(node.ip) not in old:
-            notes.append(f"{node.name}'s address changed from {', '.join(old)} to {node.ip}: etcd keeps a member's "
-                         "peer URL in the cluster's membership, not in its seed, and a member that already holds "
-                         "data does not register again; before you roll its new seed, "
-                         f"{admin} etcdctl member update \"$(etcdctl member list | awk -F', ' "
-                         f"'$3 == \"{node.name}\" {{print $1}}')\" --peer-urls={etcd.peer_url(node)} ; or mark it "
-                         "replace: true to boot it afresh on an empty disk")
-    for name in sorted(built - {n.name for n in spec.nodes}):
-        notes.append(f"{name} left the spec: take it out of the cluster before you power it off; {admin} "
-                     f"etcdctl member remove \"$(etcdctl member list | awk -F', ' '$3 == \"{name}\" {{print $1}}')\" "
-                     f"; then delete {name}/, pki/{name}.key, pki/{name}.crt and pki/{name}.ssh.key from the output")
-    clients = {c.name for c in spec.clients}
-    for path in sorted(p for p in previous.files if p.startswith("clients/")):
-        name = path.removeprefix("clients/").split(".", 1)[0]
-        if name not in clients:
-            expiry = previous.certificates.get(f"pki/{name}.crt", {}).get("not_after", "its notAfter")
-            notes.append(f"client {name} left the spec: its certificate pki/{name}.crt stays valid until it "
-                         f"expires ({expiry}), and anyone holding its key can still use the cluster until then; "
-                         f"rotate the CA (rotate-ca) to cut it off sooner; delete {path}, pki/{name}.key and "
-                         f"pki/{name}.crt from the output")
-    if spec.etcd.restore is not None:
-        notes.append("restore: boot every member on an empty disk from its new seed; each restores the snapshot "
-                     "once, then the members form a new cluster (new token and cluster ID); power off every old "
-                     "member first, and remove etcd.restore from the spec once the cluster is up")
-    return notes
-
-
-def _previous_ips(previous: Manifest, name: str) -> list[str]:
-    """The IPv4 addresses the previous build's certificate for a node named."""
-    sans = previous.certificates.get(f"pki/{name}.crt", {}).get("sans", [])
-    return [s for s in sans if isinstance(s, str) and s.replace(".", "").isdigit() and s != "127.0.0.1"]
-
-
-def rolling_order(names: list[str]) -> str:
-    """What the operator does with changed seeds of a running cluster, one node at a time."""
-    steps = "; ".join(f"{i}. {name}" for i, name in enumerate(names, 1))
-    return (f"roll the changed seeds one node at a time: attach the node's new seed.iso and reboot it, then "
-            f"wait until 'ETCDCTL_ENDPOINTS=https://<its IP>:2379 etcdctl endpoint health' reports that member "
-            f"healthy before the next ({steps}); "
-            "take the leader last ('etcdctl endpoint status -w table' shows IS LEADER)")
+    return {path.split("/")[0] for path in previous.files if path.endswith(f"/{layout.SEED_ISO}")}
 
 
 def certificates(pki: PkiState) -> dict[str, x509.Certificate]:
     """Each .crt file's leaf (or CA) certificate, by path, for the manifest."""
-    cas = {"pki/ca.crt": pki.ca.cert}
+    cas = {layout.cert_file(CA_NAME): pki.ca.cert}
     if pki.next_ca is not None:
-        cas[f"pki/{rotation.NEXT}.crt"] = pki.next_ca.cert
-    return {**cas, **{f"pki/{name}.crt": c.cert for name, c in pki.leaves.items()}}
-
-
-def seed_entries(texts: Mapping[str, str], bundle: Bundle, snapshot: Snapshot | None = None) -> list[SeedEntry]:
-    """What goes on a node's seed ISO, in the NODE_FILES order, then the tarball and a restore's snapshot."""
-    entries = [SeedEntry(f.name, texts[f.name].encode()) for f in NODE_FILES if f.on_iso]
-    if bundle.data is not None:
-        entries.append(SeedEntry(bundle.name, bundle.data))
-    if snapshot is not None:
-        entries.append(SeedEntry(RESTORE_ON_SEED, snapshot.data))
-    return entries
-
-
-def _const(data: bytes) -> Callable[[], bytes]:
-    return lambda: data
-
-
-def _plan_file(path: str, mode: int, source: Callable[[], bytes] | list[SeedEntry], current: fs.OnDisk | None,
-               public_key_sha256: str | None, epoch: int | None) -> PlannedFile:
-    # Every file is made and compared with what is on disk, ISOs included: a seed that
-    # was changed by hand (an extra vendor-data, another label) is rebuilt, whatever the
-    # manifest says. An ISO is only hashed here, never held; it is written straight to disk.
-    make: Callable[[], bytes] | Callable[[BinaryIO], None]
-    if isinstance(source, list):
-        assert epoch is not None  # noqa: S101 - every ISO row has one
-        sha, size = iso_digest(source, epoch)
-        make = partial(write_iso, source, epoch)
-    else:
-        data = source()
-        sha, size, make = hashlib.sha256(data).hexdigest(), len(data), _const(data)
-    if current is None:
-        status = FileStatus.CREATE
-    elif current.sha256 != sha:
-        status = FileStatus.UPDATE
-    else:
-        status = FileStatus.UNCHANGED if current.mode == mode else FileStatus.MODE
-    return PlannedFile(path, mode, sha, size, status, make, public_key_sha256, epoch, isinstance(source, list))
+        cas[layout.cert_file(layout.NEXT_CA)] = pki.next_ca.cert
+    return {**cas, **{layout.cert_file(name): c.cert for name, c in pki.leaves.items()}}
 
 
 def _write_order(path: str) -> int:
     # Keys before certificates, the CA key first: a run killed in between leaves a key
     # without its certificate, which the next run completes, never the other way round.
-    if path == "pki/ca.key":
+    if path == layout.key_file(CA_NAME):
         return 0
-    if path.endswith(".key"):
+    if layout.is_key(path):
         return 1
-    return 2 if path.startswith("pki/") else 3
+    return 2 if path.startswith(f"{layout.PKI}/") else 3
 
 
 def apply_plan(root: Path, plan: BuildPlan) -> list[str]:
@@ -592,8 +661,9 @@ def apply_plan(root: Path, plan: BuildPlan) -> list[str]:
         Stale temporary files of an earlier, killed run that were removed.
     """
     removed = fs.remove_stale_temps(root)
-    fs.make_dirs(root, {"pki": fs.SECRET_DIR_MODE, **({"clients": fs.PUBLIC_DIR_MODE} if plan.spec.clients else {}),
-                        **{node.name: fs.PUBLIC_DIR_MODE for node in plan.spec.nodes}})
+    fs.make_dirs(root, {layout.PKI: layout.SECRET_DIR_MODE,
+                        **({layout.CLIENTS: layout.PUBLIC_DIR_MODE} if plan.spec.clients else {}),
+                        **{node.name: layout.PUBLIC_DIR_MODE for node in plan.spec.nodes}})
     writes = [fs.Write(f.path, f.mode, f.make, f.streamed)
               for f in sorted(plan.changed, key=lambda f: _write_order(f.path))
               if f.status is not FileStatus.MODE]
@@ -601,7 +671,7 @@ def apply_plan(root: Path, plan: BuildPlan) -> list[str]:
         if f.status is FileStatus.MODE:
             fs.chmod(root / f.path, f.mode)
     if plan.manifest_status is not FileStatus.UNCHANGED:
-        writes.append(fs.Write(manifest.NAME, fs.PUBLIC_MODE, _const(plan.manifest_bytes)))
+        writes.append(fs.Write(layout.MANIFEST, layout.PUBLIC_MODE, _const(plan.manifest_bytes)))
     if writes or plan.deletes or plan.sealed_moves:
         record = {"keys": plan.new_keys, "deletes": plan.deletes, "sealed_moves": plan.sealed_moves,
                   "step": plan.step}
@@ -612,12 +682,12 @@ def apply_plan(root: Path, plan: BuildPlan) -> list[str]:
 
 def _finish(root: Path, sealed_moves: list[tuple[str, str]], deletes: list[str]) -> None:
     """What a run does after its renames; each step can be repeated, so a killed run is continued."""
-    pki_dir = root / "pki"
+    pki_dir = root / layout.PKI
     for source, target in sealed_moves:
         data = fs.read_regular(pki_dir / f"{source}.age", fs.LIMITS["pem"], f"pki/{source}.age", OutputError,
                                missing_ok=True)
         if data is not None:
-            fs.write_file(pki_dir / f"{target}.age", data, fs.PUBLIC_MODE)
+            fs.write_file(pki_dir / f"{target}.age", data, layout.PUBLIC_MODE)
         index = dict(sealed.read_index(pki_dir))
         if source in index:
             index[target] = index.pop(source)
@@ -628,7 +698,7 @@ def _finish(root: Path, sealed_moves: list[tuple[str, str]], deletes: list[str])
     fs.remove(root / JOURNAL)
 
 
-_MOVES = [(f"{rotation.NEXT}.key", f"{CA_NAME}.key")]
+_MOVES = [(f"{layout.NEXT_CA}.key", f"{CA_NAME}.key")]
 _DELETES = DELETABLE | {f"{p}.age" for p in DELETABLE if p.endswith(".key")}
 
 

@@ -15,6 +15,7 @@ class GeneratorError(Exception):
     def __init__(self, messages: str | Iterable[str], hint: str | None = None) -> None:
         self.messages = [messages] if isinstance(messages, str) else list(messages)
         self.hint = hint
+        self.warnings: list[str] = []  # the spec's warnings, shown before the errors
         super().__init__("; ".join(self.messages))
 
 
@@ -36,3 +37,8 @@ class IsoError(GeneratorError):
 
 class OutputError(GeneratorError):
     """The output directory could not be read or written."""
+
+
+def printable(text: str) -> str:
+    """One line of text: a hostile value quoted in a message cannot start a line of its own."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

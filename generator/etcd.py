@@ -1,4 +1,5 @@
-"""etcd: facts about etcd as data (ports, paths, release naming, settings per version) and options.env."""
+"""etcd: facts about etcd releases as data: the version and what each release line can do, its flags and
+settings, its release tarball, and its snapshot files. Nothing here knows a spec or a node."""
 
 from __future__ import annotations
 
@@ -8,56 +9,125 @@ import re
 import tarfile
 import zlib
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .spec import Node, Spec
 
 CLIENT_PORT = 2379  # IANA-assigned (etcd docs: op-guide/configuration)
 PEER_PORT = 2380
 
-
-@dataclass(frozen=True)
-class Paths:
-    """Where things live on a node."""
-
-    home: str = "/opt/etcd"
-    data_dir: str = "/opt/etcd/data"
-    wal_dir: str = "/opt/etcd/wal"
-    ssl: str = "/etc/ssl/etcd"
-    ca: str = "/etc/ssl/etcd/ca.crt"
-    cert: str = "/etc/ssl/etcd/etcd.crt"
-    key: str = "/etc/ssl/etcd/etcd.key"
-    options: str = "/etc/etcd/options.env"
-    bin: str = "/usr/local/bin"
-    member_config: str = "/etc/etcd/member.json"  # what etcd-seed-member needs to know of this node
-    membership_env: str = "/opt/etcd/membership.env"  # written by etcd-seed-member when the node joins
-    member_bin: str = "/usr/local/sbin/etcd-seed-member"
-    backup_bin: str = "/usr/local/sbin/etcd-seed-backup"
-    promote_unit: str = "/etc/systemd/system/etcd-seed-promote.service"
-    backup_unit: str = "/etc/systemd/system/etcd-backup.service"
-    backup_timer: str = "/etc/systemd/system/etcd-backup.timer"
-    restore_scratch: str = "/opt/etcd/restore.tmp"  # a restore is built here, then renamed into place
-    unit: str = "/etc/systemd/system/etcd.service"
-    flannel_unit: str = "/etc/systemd/system/etcd-flannel-config.service"
-    staged: str = "/var/lib/etcd-seed/seed"  # where cloud-init writes the seed's files for the install step
-    version_file: str = "/var/lib/etcd-seed/version"  # the etcd release the install step last put in place
-    # sha256 of the tarball and of each binary it installed: a boot with the same seed checks these
-    # instead of unpacking the tarball again, and repairs a binary that a power loss left damaged.
-    installed: str = "/var/lib/etcd-seed/installed.sha256"
-    restoring: str = "/var/lib/etcd-seed/restoring"  # present while a restore moves its files into place
-    boot_unit: str = "/etc/systemd/system/etcd-seed-boot.service"  # converges to the seed before etcd starts
-    install_bin: str = "/usr/local/sbin/etcd-seed-install"
-    flannel_bin: str = "/usr/local/sbin/etcd-flannel-config"
+# The release lines this tool renders for; each needs its own row in the tables below.
+SUPPORTED = ((3, 4), (3, 6))
+_VERSION = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})\.([0-9]{1,4})")
+# etcdutl snapshot restore --bump-revision/--mark-compacted first shipped in 3.5.10
+# (etcd CHANGELOG-3.5); 3.5.1's etcdutl lacks them, 3.5.16's has them.
+BUMP_REVISION_SINCE = (3, 5, 10)
+# etcd supports a patch change, or one minor version up at a time; skipping a minor
+# "is not supported and will likely fail" (https://etcd.io/docs/v3.6/upgrades/upgrading-etcd/).
+# Before 3.5 -> 3.6, every member must run at least this 3.5 patch release; etcd has raised
+# the floor several times (upgrades/upgrade_3_6.md: "make sure that all of your 3.5 members
+# are updated to 3.5.32 or later").
+UPGRADE_FLOORS: dict[tuple[int, int], tuple[int, int, int]] = {(3, 6): (3, 5, 32)}
+# Settings a release line needs beyond the common ones. 3.4 still defaults to the
+# deprecated capnslog logger and warns about it at every start.
+VERSION_OPTIONS: dict[tuple[int, int], dict[str, str]] = {
+    (3, 4): {"ETCD_LOGGER": "zap"},
+}
 
 
-PATHS = Paths()
+class VersionChange(StrEnum):
+    """What moving a cluster from one release to another is, as etcd sees it."""
 
-# What an options.env value may hold. systemd's EnvironmentFile parser and sh read
-# these the same way, unquoted: no quote, backslash, space, `$`, `#` or line break.
-SAFE_VALUE = re.compile(r"[A-Za-z0-9._:/,=@+-]*")
-SAFE_NAME = re.compile(r"ETCD_[A-Z0-9_]+")
+    SAME = "same"
+    PATCH = "patch"
+    MINOR = "minor"  # one minor version up
+    ROLLBACK = "rollback"  # one minor version down, allowed while an upgrade is unfinished
+    DOWNGRADE = "downgrade"  # refused
+    SKIP = "skip"  # more than one minor version up, refused
+
+
+@dataclass(frozen=True, order=True)
+class Version:
+    """An etcd release, parsed once; callers ask it what the release can do instead of comparing strings."""
+
+    major: int
+    minor: int
+    patch: int
+
+    @classmethod
+    def parse(cls, text: str) -> Version | None:
+        """A release version like 3.5.16, or None."""
+        match = _VERSION.fullmatch(text)
+        return cls(*(int(p) for p in match.groups())) if match else None
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}.{self.patch}"
+
+    @property
+    def line(self) -> tuple[int, int]:
+        """The release line, (3, 5) for 3.5.16."""
+        return self.major, self.minor
+
+    @property
+    def supported(self) -> bool:
+        return SUPPORTED[0] <= self.line <= SUPPORTED[1]
+
+    @property
+    def has_etcdutl(self) -> bool:
+        """3.5 moved the offline snapshot commands (status, restore) from etcdctl to etcdutl."""
+        return self.line >= (3, 5)
+
+    @property
+    def can_bump_revision(self) -> bool:
+        return (self.major, self.minor, self.patch) >= BUMP_REVISION_SINCE
+
+    @property
+    def tarball_top(self) -> str:
+        """The top directory of an upstream release tarball."""
+        return f"etcd-v{self}-linux-amd64"
+
+    @property
+    def tarball_name(self) -> str:
+        """File name of the release tarball, as upstream names it on its releases page."""
+        return f"{self.tarball_top}.tar.gz"
+
+    @property
+    def extra_options(self) -> dict[str, str]:
+        """The ETCD_* settings this release line needs beyond the common ones."""
+        return VERSION_OPTIONS.get(self.line, {})
+
+    @property
+    def known_variables(self) -> frozenset[str]:
+        """Every ETCD_* name this release line reads (3.4 is checked against 3.5's list)."""
+        flags = FLAGS_3_5 if self.line < (3, 6) else (FLAGS_3_5 - REMOVED_IN_3_6) | ADDED_IN_3_6
+        return frozenset(variable(f) for f in flags) | EXTRA_VARIABLES
+
+    @property
+    def removed_variables(self) -> frozenset[str]:
+        """ETCD_* names an earlier release read that this release line no longer accepts."""
+        return frozenset(variable(f) for f in REMOVED_IN_3_6) if self.line >= (3, 6) else frozenset()
+
+    def change_from(self, before: Version | None, allow_downgrade: bool = False) -> VersionChange:
+        """What moving a cluster from `before` to this release is; `allow_downgrade` lets a rolling upgrade
+        be rolled back by one minor version at most."""
+        if before is None or before == self:
+            return VersionChange.SAME
+        if self < before:
+            if allow_downgrade and self.major == before.major and before.minor - self.minor <= 1:
+                return VersionChange.ROLLBACK
+            return VersionChange.DOWNGRADE
+        if self.line == before.line:
+            return VersionChange.PATCH
+        if self.major == before.major and self.minor == before.minor + 1:
+            return VersionChange.MINOR
+        return VersionChange.SKIP
+
+    def upgrade_floor(self, before: Version | None) -> Version | None:
+        """The patch release every member must run before moving to this one, when `before` is below it."""
+        floor = UPGRADE_FLOORS.get(self.line)
+        if before is None or floor is None or before.line != floor[:2] or (before.major, before.minor,
+                                                                          before.patch) >= floor:
+            return None
+        return Version(*floor)
 
 
 @dataclass(frozen=True)
@@ -69,23 +139,13 @@ class Bundle:
     data: bytes | None
 
 
-def tarball_top(version: str) -> str:
-    """The top directory of an upstream release tarball."""
-    return f"etcd-v{version}-linux-amd64"
-
-
-def tarball_name(version: str) -> str:
-    """File name of the release tarball, as upstream names it on its releases page."""
-    return f"{tarball_top(version)}.tar.gz"
-
-
-def check_release_tarball(data: bytes, version: str) -> str | None:
+def check_release_tarball(data: bytes, version: Version) -> str | None:
     """What is wrong with a release tarball for `version`, or None: it must hold <top>/etcd and <top>/etcdctl.
 
     The archive is read as a stream and only as far as it must be: most of an etcd tarball
     is the binaries' own bytes, and gzip cannot skip them.
     """
-    want = tarball_top(version)
+    want = version.tarball_top
     needed = {PurePosixPath(want, "etcd"), PurePosixPath(want, "etcdctl")}
     names: set[PurePosixPath] = set()
     try:
@@ -124,160 +184,6 @@ def check_snapshot(data: bytes) -> str | None:
         return "is damaged: its contents do not match the sha256 it carries, and etcd would refuse to restore it"
     return None
 
-
-# etcd supports a patch change, or one minor version up at a time; skipping a minor
-# "is not supported and will likely fail" (https://etcd.io/docs/v3.6/upgrades/upgrading-etcd/).
-# Before 3.5 -> 3.6, every member must run at least this 3.5 patch release; etcd has raised
-# the floor several times (upgrades/upgrade_3_6.md: "make sure that all of your 3.5 members
-# are updated to 3.5.32 or later").
-UPGRADE_FLOORS: dict[tuple[int, int], tuple[int, int, int]] = {(3, 6): (3, 5, 32)}
-
-
-def _parts(version: str) -> tuple[int, int, int]:
-    major, minor, patch = (int(p) for p in version.split("."))
-    return major, minor, patch
-
-
-def version_change(before: str | None, after: str, allow_downgrade: bool = False) -> tuple[str, str | None]:
-    """How moving a cluster from `before` to `after` goes: (words for the operator, refusal or None).
-
-    `allow_downgrade` lets a rolling upgrade be rolled back by one minor version at most.
-
-    Returns:
-        A sentence saying what kind of change this is, and the reason it is refused (None when allowed).
-    """
-    if before is None or before == after:
-        return "", None
-    old, new = _parts(before), _parts(after)
-    if new < old and allow_downgrade and new[0] == old[0] and old[1] - new[1] <= 1:
-        return f"rollback: etcd {before} -> {after} (only while some members still run {after})", None
-    if new < old:
-        return (f"downgrade: etcd {before} -> {after}",
-                f"{before} -> {after} is a downgrade; etcd only goes back while a rolling upgrade is "
-                "unfinished (some members still on the old version): build with --allow-downgrade for that")
-    if new[:2] == old[:2]:
-        return f"patch upgrade: etcd {before} -> {after}", None
-    if new[0] == old[0] and new[1] == old[1] + 1:
-        return f"upgrade: etcd {before} -> {after} (one minor step)", None
-    return "", (f"{before} -> {after} skips a minor version, which etcd does not support; upgrade to the "
-                f"newest {old[0]}.{old[1] + 1}.x first, roll every node, then build again")
-
-
-def upgrade_floor_warning(before: str | None, after: str) -> str | None:
-    """A warning when the cluster's current version is below the floor etcd requires for this upgrade."""
-    if before is None:
-        return None
-    floor = UPGRADE_FLOORS.get(_parts(after)[:2])
-    if floor is None or _parts(before)[:2] != floor[:2] or _parts(before) >= floor:
-        return None
-    wanted = ".".join(map(str, floor))
-    return (f"etcd.version: every member must run {wanted} or later before moving to {after} "
-            f"(etcd's upgrade_3_6 guide); the cluster runs {before}: do a patch upgrade to {wanted} first")
-
-
-def peer_url(node: Node) -> str:
-    return f"https://{node.ip}:{PEER_PORT}"
-
-
-def client_url(node: Node) -> str:
-    return f"https://{node.ip}:{CLIENT_PORT}"
-
-
-def client_endpoints(spec: Spec, founders_only: bool = False) -> str:
-    """Every member's client URL (or only the founders'), comma-separated."""
-    return ",".join(client_url(node) for node in (spec.founders if founders_only else spec.nodes))
-
-
-# How long etcd-seed-member keeps retrying a step that may yet succeed, and how long it pauses
-# after one that cannot before systemd starts it again.
-JOIN_TIMEOUT_S = 900
-REFUSED_PAUSE_S = 60
-
-
-def member_config(spec: Spec, node: Node) -> dict[str, object]:
-    """/etc/etcd/member.json: what etcd-seed-member needs to add this node to its cluster."""
-    return {
-        "name": node.name,
-        "mode": "replace" if node.replace else "join" if node.join else "none",
-        "peer_url": peer_url(node),
-        "client_url": client_url(node),
-        # Only a joining member asks its peers anything; a founder's seed must not change when one joins.
-        "peers": [client_url(n) for n in spec.nodes if n != node] if node.joins else [],
-        "etcdctl": f"{PATHS.bin}/etcdctl",
-        "ca": PATHS.ca, "cert": PATHS.cert, "key": PATHS.key,
-        "data_dir": PATHS.data_dir, "wal_dir": PATHS.wal_dir,
-        "membership_env": PATHS.membership_env,
-        "timeout_s": JOIN_TIMEOUT_S, "refused_pause_s": REFUSED_PAUSE_S,
-        # A restore seed: etcd must never start on an empty data dir, which would bootstrap an empty cluster.
-        "restore": spec.etcd.restore is not None,
-    }
-
-
-def restore_argv(spec: Spec, node: Node) -> list[str]:
-    """The flags of `snapshot restore` for this member, after the tool and the snapshot's path."""
-    assert spec.etcd.restore is not None  # noqa: S101 - callers check
-    argv = [f"--name={node.name}", f"--initial-cluster={initial_cluster(spec, node)}",
-            f"--initial-cluster-token={spec.etcd.cluster_token}",
-            f"--initial-advertise-peer-urls={peer_url(node)}"]
-    if spec.etcd.restore.bump_revision:
-        argv += [f"--bump-revision={spec.etcd.restore.bump_revision}", "--mark-compacted"]
-    return argv
-
-
-def initial_cluster(spec: Spec, node: Node) -> str:
-    """ETCD_INITIAL_CLUSTER: the founders, and a joining member itself.
-
-    Adding a member changes no other member's seed; a joining member's real list comes from
-    `member add` at its first boot.
-    """
-    members = [n for n in spec.nodes if not n.join or n == node]
-    return ",".join(f"{n.name}={peer_url(n)}" for n in members)
-
-
-def options(spec: Spec, node: Node) -> dict[str, str]:
-    """The settings of one member, as options.env holds them (CIS Kubernetes Benchmark section 2).
-
-    Raises:
-        ValueError: a value holds a character outside SAFE_VALUE; the spec's checks make this a bug.
-    """
-    listen_client = ([f"http://127.0.0.1:{CLIENT_PORT}"] if spec.etcd.plaintext_localhost else []) \
-        + [client_url(node)]
-    values = {
-        "ETCD_NAME": node.name,
-        "ETCD_DATA_DIR": PATHS.data_dir,
-        "ETCD_WAL_DIR": PATHS.wal_dir,
-        "ETCD_LISTEN_PEER_URLS": peer_url(node),
-        "ETCD_INITIAL_ADVERTISE_PEER_URLS": peer_url(node),
-        "ETCD_PEER_CERT_FILE": PATHS.cert,
-        "ETCD_PEER_KEY_FILE": PATHS.key,
-        "ETCD_PEER_TRUSTED_CA_FILE": PATHS.ca,
-        "ETCD_PEER_CLIENT_CERT_AUTH": "true",
-        "ETCD_PEER_AUTO_TLS": "false",
-        "ETCD_LISTEN_CLIENT_URLS": ",".join(listen_client),
-        "ETCD_ADVERTISE_CLIENT_URLS": client_url(node),
-        "ETCD_CERT_FILE": PATHS.cert,
-        "ETCD_KEY_FILE": PATHS.key,
-        "ETCD_TRUSTED_CA_FILE": PATHS.ca,
-        "ETCD_CLIENT_CERT_AUTH": "true",
-        "ETCD_AUTO_TLS": "false",
-        # A member that joins a running cluster learns the membership when it adds itself
-        # (etcd-seed-member writes it to membership.env); these are what the founders start with.
-        "ETCD_INITIAL_CLUSTER": initial_cluster(spec, node),
-        "ETCD_INITIAL_CLUSTER_STATE": "existing" if node.joins else "new",
-        "ETCD_INITIAL_CLUSTER_TOKEN": spec.etcd.cluster_token,
-        "ETCD_HEARTBEAT_INTERVAL": str(spec.etcd.heartbeat_interval),
-        "ETCD_ELECTION_TIMEOUT": str(spec.etcd.election_timeout),
-        # No kube-apiserver compacts a flannel-only etcd: without this its history grows
-        # until the quota stops every write (etcd docs: op-guide/maintenance).
-        "ETCD_AUTO_COMPACTION_MODE": spec.etcd.auto_compaction_mode,
-        "ETCD_AUTO_COMPACTION_RETENTION": spec.etcd.auto_compaction_retention,
-        "ETCD_QUOTA_BACKEND_BYTES": str(spec.etcd.quota_backend_bytes),
-        **version_options(spec.etcd.minor),
-    }
-    for name, value in values.items():
-        if not SAFE_NAME.fullmatch(name) or not SAFE_VALUE.fullmatch(value):
-            raise ValueError(f"options.env: {name}={value!r} holds a character outside the safe set")
-    return values
 
 # Every flag of etcd 3.5.1 (`etcd --help`); each is also read as ETCD_<FLAG>.
 FLAGS_3_5 = frozenset({
@@ -328,29 +234,6 @@ ADDED_IN_3_6 = frozenset({
 EXTRA_VARIABLES = frozenset({"ETCD_UNSUPPORTED_ARCH"})
 
 
-# Settings a release line needs beyond the common ones. 3.4 still defaults to the
-# deprecated capnslog logger and warns about it at every start.
-VERSION_OPTIONS: dict[tuple[int, int], dict[str, str]] = {
-    (3, 4): {"ETCD_LOGGER": "zap"},
-}
-
-
-def version_options(minor: tuple[int, int]) -> dict[str, str]:
-    """The extra ETCD_* settings for an etcd release line."""
-    return VERSION_OPTIONS.get(minor, {})
-
-
 def variable(flag: str) -> str:
     """The environment variable etcd reads for a flag: --peer-cert-file -> ETCD_PEER_CERT_FILE."""
     return "ETCD_" + flag.lstrip("-").upper().replace("-", "_")
-
-
-def known_variables(minor: tuple[int, int]) -> frozenset[str]:
-    """Every ETCD_* name an etcd release line reads (3.4 is checked against 3.5's list)."""
-    flags = FLAGS_3_5 if minor < (3, 6) else (FLAGS_3_5 - REMOVED_IN_3_6) | ADDED_IN_3_6
-    return frozenset(variable(f) for f in flags) | EXTRA_VARIABLES
-
-
-def removed_variables(minor: tuple[int, int]) -> frozenset[str]:
-    """ETCD_* names an earlier release read that this release line no longer accepts."""
-    return frozenset(variable(f) for f in REMOVED_IN_3_6) if minor >= (3, 6) else frozenset()

@@ -25,7 +25,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-NAME = ".etcd-seed-cache.json"
+from .layout import CACHE
+
+NAME = CACHE
 FORMAT = 2
 MAX_RECORD = 16 << 20  # a record is a few KiB a node; anything larger is not one this tool wrote
 # The libraries whose versions shape the bytes written (certificates, templates, ISOs, YAML).

@@ -17,14 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import MaterialError, OutputError
-
-SECRET_MODE = 0o600
-PUBLIC_MODE = 0o644
-SECRET_DIR_MODE = 0o700
-PUBLIC_DIR_MODE = 0o755
-# Every temporary file a run makes starts with this, beside its final name (a rename
-# is atomic only within one directory). Git ignores the pattern; the next run removes leftovers.
-TEMP_PREFIX = ".etcd-seed-tmp."
+from .layout import PUBLIC_DIR_MODE, PUBLIC_MODE, TEMP_PREFIX
 
 MiB = 1 << 20
 LIMITS = {"spec": MiB, "pem": MiB, "state": 64 * MiB, "bundle": 1024 * MiB, "snapshot": 8 * 1024 * MiB}

@@ -16,11 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from .errors import MaterialError
+from .layout import host_key_name
 from .pki import Change, KeyRecords, PkiEvent
 from .spec import Spec
-
-SUFFIX = ".ssh"  # pki/<node>.ssh.key: the private key; its record name in manifest.json is <node>.ssh
-KNOWN_HOSTS = "known_hosts"
 
 
 @dataclass(frozen=True)
@@ -55,10 +53,6 @@ class HostKey:
         return cls(private_pem, line, hashlib.sha256(der).hexdigest())
 
 
-def record_name(node: str) -> str:
-    return f"{node}{SUFFIX}"
-
-
 def host_keys(spec: Spec, existing: Mapping[str, bytes], records: KeyRecords, renew: frozenset[str],
               events: list[PkiEvent]) -> dict[str, HostKey]:
     """Each node's host key: the one in pki/ when it is the recorded one, else a new one.
@@ -70,7 +64,7 @@ def host_keys(spec: Spec, existing: Mapping[str, bytes], records: KeyRecords, re
     """
     keys, problems = {}, []
     for node in spec.nodes:
-        name = record_name(node.name)
+        name = host_key_name(node.name)
         source = f"pki/{name}.key"
         pem = existing.get(f"{name}.key")
         if pem is None or node.name in renew:

@@ -8,7 +8,7 @@ import io
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from time import struct_time
 from typing import Any, BinaryIO
@@ -174,7 +174,7 @@ class HashSink:
 _BLOCK = 1 << 20
 
 
-def write_iso(entries: list[SeedEntry], epoch: int, outfp: BinaryIO | HashSink) -> None:
+def write_iso(entries: Sequence[SeedEntry], epoch: int, outfp: BinaryIO | HashSink) -> None:
     """Write a seed ISO holding `entries` at its root to outfp, in order (it is never held in memory).
 
     The volume is ISO9660 with Rock Ridge and Joliet, labelled "cidata", so that
@@ -217,7 +217,7 @@ def build_iso(entries: list[SeedEntry], epoch: int) -> bytes:
     return out.getvalue()
 
 
-def iso_digest(entries: list[SeedEntry], epoch: int) -> tuple[str, int]:
+def iso_digest(entries: Sequence[SeedEntry], epoch: int) -> tuple[str, int]:
     """The sha256 and size of the seed ISO write_iso would write."""
     sink = HashSink()
     write_iso(entries, epoch, sink)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
@@ -10,13 +11,13 @@ from typing import Any
 
 from cryptography import x509
 
+from .certs import cert_fingerprint, sans_of
 from .errors import OutputError
-from .pki import cert_fingerprint, sans_of
+from .layout import HEX64, MANIFEST
 
-NAME = "manifest.json"
+NAME = MANIFEST
 # 2 adds each key's public_key_sha256 and each ISO's epoch; 1 is still read.
 FORMAT = 2
-HEX64 = re.compile(r"[0-9a-f]{64}")  # a sha256, as every state file writes it
 _MODE = re.compile(r"0[0-7]{3}")
 
 
@@ -32,30 +33,46 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class CertificateRecord:
+    """What the manifest says of one certificate, for a reviewer: names, serial, fingerprint and dates."""
+
+    subject: str
+    issuer: str
+    serial: str  # hex
+    sha256_fingerprint: str
+    sans: tuple[str, ...]  # DNS names, then IPv4 addresses
+    not_before: str  # YYYY-MM-DDTHH:MM:SSZ
+    not_after: str
+
+    @classmethod
+    def of(cls, cert: x509.Certificate) -> CertificateRecord:
+        dns, ips = sans_of(cert)
+        return cls(subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string(),
+                   serial=f"{cert.serial_number:x}", sha256_fingerprint=cert_fingerprint(cert),
+                   sans=(*sorted(dns), *(str(ip) for ip in sorted(ips))),
+                   not_before=cert.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                   not_after=cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "sans": list(self.sans)}
+
+    @property
+    def ips(self) -> list[str]:
+        """The IPv4 addresses among the SANs."""
+        return [s for s in self.sans if s.replace(".", "").isdigit()]
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A manifest read back. `format` 0 means there was none."""
 
     format: int = 0
     files: Mapping[str, FileEntry] = field(default_factory=dict)
-    certificates: Mapping[str, Any] = field(default_factory=dict)
+    certificates: Mapping[str, CertificateRecord] = field(default_factory=dict)
     bundle_sha256: str | None = None
     etcd_version: str | None = None
     replaced: Mapping[str, str] = field(default_factory=dict)  # node -> public key its replacement got
     restore_sha256: str | None = None
-
-
-def describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
-    """What a reviewer checks in a certificate, in plain words and hex."""
-    dns, ips = sans_of(cert)
-    return {
-        "subject": cert.subject.rfc4514_string(),
-        "issuer": cert.issuer.rfc4514_string(),
-        "serial": f"{cert.serial_number:x}",
-        "sha256_fingerprint": cert_fingerprint(cert),
-        "sans": sorted(dns) + [str(ip) for ip in sorted(ips)],
-        "not_before": cert.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "not_after": cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
 
 
 def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], files: Mapping[str, FileEntry],
@@ -86,7 +103,7 @@ def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], 
         "etcd_version": etcd_version,
         "bundle": dict(bundle),
         "files": table,
-        "certificates": {path: describe_certificate(cert) for path, cert in sorted(certs.items())},
+        "certificates": {path: CertificateRecord.of(cert).to_json() for path, cert in sorted(certs.items())},
     }
     if replaced:
         document["replaced"] = dict(replaced)
@@ -121,6 +138,7 @@ def parse_manifest(data: bytes | None, source: str = NAME) -> Manifest:
     certificates = document.get("certificates", {})
     if not isinstance(certificates, dict):
         raise OutputError(f"{source}: certificates: must be an object")
+    records = {path: _certificate(row, f"{source}: certificates.{path}") for path, row in certificates.items()}
     bundle = document.get("bundle", {})
     bundle_sha = bundle.get("sha256") if isinstance(bundle, dict) else None
     if bundle_sha is not None and not (isinstance(bundle_sha, str) and HEX64.fullmatch(bundle_sha)):
@@ -134,7 +152,7 @@ def parse_manifest(data: bytes | None, source: str = NAME) -> Manifest:
     restore_sha = restore.get("sha256") if isinstance(restore, dict) else None
     if restore is not None and not (isinstance(restore_sha, str) and HEX64.fullmatch(restore_sha)):
         raise OutputError(f"{source}: restore.sha256: must be 64 hex digits")
-    return Manifest(format=fmt, files=entries, certificates=certificates, bundle_sha256=bundle_sha,
+    return Manifest(format=fmt, files=entries, certificates=records, bundle_sha256=bundle_sha,
                     etcd_version=version if isinstance(version, str) else None, replaced=replaced,
                     restore_sha256=restore_sha)
 
@@ -156,6 +174,22 @@ def _entry(row: Any, where: str) -> FileEntry:
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCH):
         raise OutputError(f"{where}.epoch: must be a whole number of seconds from 0 to {MAX_EPOCH}")
     return FileEntry(sha256=sha, size=size, mode=int(mode, 8), public_key_sha256=public, epoch=epoch)
+
+
+def _certificate(row: Any, where: str) -> CertificateRecord:
+    # An early manifest may lack a field (format 1 had no fingerprint); it reads as empty.
+    fields = [f.name for f in dataclasses.fields(CertificateRecord)]
+    if not isinstance(row, dict) or not set(row) <= set(fields):
+        raise OutputError(f"{where}: must be an object of {', '.join(fields)}")
+    values: dict[str, Any] = {name: "" for name in fields}
+    for name, value in row.items():
+        if name == "sans":
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise OutputError(f"{where}.sans: must be a list of names")
+        elif not isinstance(value, str):
+            raise OutputError(f"{where}.{name}: must be a string")
+        values[name] = value
+    return CertificateRecord(**{**values, "sans": tuple(values["sans"] or ())})
 
 
 # An ISO 9660 directory record stores the year as one byte counted from 1900 (ECMA-119 9.1.5),

@@ -13,12 +13,13 @@ from typing import Any
 
 import jinja2
 
-from . import etcd
+from . import node as node_facts
 from .errors import TemplateError
-from .etcd import PATHS
+from .layout import CLIENTS
+from .node import PATHS, STAGED_FILES
 from .spec import Client, ClientUse, Node, Spec
 
-__all__ = ["NODE_FILES", "PATHS", "NodeFile", "NodePem", "NodePublic", "SeedFiles", "make_environment", "render_node"]
+__all__ = ["PATHS", "NodePem", "NodePublic", "SeedFiles", "make_environment", "render_node"]
 
 # The templates live at the top of a checkout; a built wheel carries them inside the package.
 _TEMPLATE_DIRS = [Path(__file__).parent / "templates", Path(__file__).parent.parent / "templates"]
@@ -26,34 +27,6 @@ _TEMPLATE_DIRS = [Path(__file__).parent / "templates", Path(__file__).parent.par
 FLANNEL_KEY = "/coreos.com/network/config"  # flannel's default etcd prefix + /config
 FLANNEL_ATTEMPTS = 180  # x FLANNEL_DELAY_S: 15 minutes per boot
 FLANNEL_DELAY_S = 5
-
-
-@dataclass(frozen=True)
-class NodeFile:
-    """One file a node gets under output/<cluster>/<node>/.
-
-    `secret` files hold the node key and never enter git; `on_iso` files are the
-    NoCloud seed's own files (the ISO also carries the etcd tarball).
-    """
-
-    name: str
-    secret: bool
-    on_iso: bool
-
-
-SEED_ISO = "seed.iso"
-# Every file of a node, in the order they are written and listed; render, the
-# build, the ISO, verify and the tests all read this table.
-NODE_FILES = (
-    NodeFile("user-data", secret=True, on_iso=True),
-    NodeFile("user-data.redacted", secret=False, on_iso=False),
-    NodeFile("meta-data", secret=False, on_iso=True),
-    NodeFile("network-config", secret=False, on_iso=True),
-    NodeFile("options.env", secret=False, on_iso=False),
-    NodeFile("etcd.service", secret=False, on_iso=False),
-    NodeFile(SEED_ISO, secret=True, on_iso=False),
-)
-PUBLIC_NODE_FILES = tuple(f.name for f in NODE_FILES if not f.secret)
 
 
 @dataclass(frozen=True)
@@ -105,7 +78,7 @@ CLIENT_FILES = {
 
 def client_file(client: Client) -> str:
     """The path of a client's ready-to-use file under output/<cluster>/."""
-    return f"clients/{client.name}.{CLIENT_FILES[client.use][1]}"
+    return f"{CLIENTS}/{client.name}.{CLIENT_FILES[client.use][1]}"
 
 
 def make_environment() -> jinja2.Environment:
@@ -149,14 +122,14 @@ def render_etcdctl_env(env: jinja2.Environment, spec: Spec, ca_file: str = "ca.c
 
     `ca_file`: what clients trust, ca-bundle.crt while a CA rotation trusts two CAs.
     """
-    return _render(env, "etcdctl.env.j2", {"spec": spec, "endpoints": etcd.client_endpoints(spec),
+    return _render(env, "etcdctl.env.j2", {"spec": spec, "endpoints": node_facts.client_endpoints(spec),
                                            "ca_file": ca_file})
 
 
 def render_client(env: jinja2.Environment, spec: Spec, client: Client, ca_file: str = "ca.crt") -> str:
     """A client's ready-to-use file: flanneld's variables, kube-apiserver's flags, or etcdctl's variables."""
     return _render(env, CLIENT_FILES[client.use][0], {
-        "spec": spec, "client": client, "endpoints": etcd.client_endpoints(spec), "ca_file": ca_file,
+        "spec": spec, "client": client, "endpoints": node_facts.client_endpoints(spec), "ca_file": ca_file,
         "flannel_prefix": FLANNEL_KEY.rsplit("/", 1)[0]})
 
 
@@ -207,7 +180,7 @@ def render_public(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePubl
 
 def _context(spec: Spec, node: Node, tarball_sha256: str) -> dict[str, Any]:
     try:
-        options = etcd.options(spec, node)
+        options = node_facts.options(spec, node)
     except ValueError as exc:
         raise TemplateError(str(exc)) from None
     return {"spec": spec, "node": node, "paths": PATHS, "sha256": tarball_sha256, "options": options}
@@ -216,41 +189,31 @@ def _context(spec: Spec, node: Node, tarball_sha256: str) -> dict[str, Any]:
 def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePublic, tarball_sha256: str,
                       key_text: str, host_key_text: str, password_hash: str | None) -> str:
     context = _context(spec, node, tarball_sha256)
-    staged = [
-        _staged("ca.crt", pem.ca_cert_pem.decode(), PATHS.ca, "644", etcd_owned=True, restart=True),
-        # The key's digest is its PEM's sha256, which a reviewer's checkout has too (PEM ends in one newline).
-        _staged("etcd.key", key_text, PATHS.key, "600", etcd_owned=True, sha256=pem.key_sha256),
-        _staged("etcd.crt", pem.chain_pem.decode(), PATHS.cert, "644", etcd_owned=True),
-        _staged("options.env", _render(env, "options.env.j2", context), PATHS.options, "640", etcd_owned=True,
-                restart=True),
-        _staged("member.json", json.dumps(etcd.member_config(spec, node), indent=2, sort_keys=True),
-                PATHS.member_config, "640", etcd_owned=True),
-        _staged("etcd-seed-member", _source(env, "etcd-seed-member.py"), PATHS.member_bin, "755"),
-        _staged("etcd.service", _render(env, "etcd.service.j2", context), PATHS.unit, "644", restart=True),
-        _staged("etcd-seed-promote.service", _render(env, "etcd-seed-promote.service.j2", context),
-                PATHS.promote_unit, "644"),
-        _staged("etcd-seed-boot.service", _render(env, "etcd-seed-boot.service.j2", context), PATHS.boot_unit,
-                "644"),
-    ]
-    if spec.backup.enabled:
-        staged += [
-            _staged("etcd-seed-backup", _render(env, "etcd-backup.sh.j2", {**context,
-                                                                          "client_url": etcd.client_url(node)}),
-                    PATHS.backup_bin, "755"),
-            _staged("etcd-backup.service", _render(env, "etcd-backup.service.j2", context), PATHS.backup_unit, "644"),
-            _staged("etcd-backup.timer", _render(env, "etcd-backup.timer.j2", context), PATHS.backup_timer, "644"),
-        ]
-    flannel = node == spec.nodes[0] and spec.flannel is not None
+    flannel = node_facts.writes_flannel_config(spec, node)
+    extra: dict[str, object] = {"client_url": node_facts.client_url(node),
+             "endpoints": node_facts.client_endpoints(spec, founders_only=True)}
     if flannel:
-        flannel_ctx = {**context, "endpoints": etcd.client_endpoints(spec, founders_only=True),
-                       "flannel_key": FLANNEL_KEY,
-                       "flannel_json": flannel_json(spec), "flannel_attempts": FLANNEL_ATTEMPTS,
-                       "flannel_delay": FLANNEL_DELAY_S}
-        staged += [
-            _staged("etcd-flannel-config", _render(env, "flannel-config.sh.j2", flannel_ctx), PATHS.flannel_bin, "755"),
-            _staged("etcd-flannel-config.service", _render(env, "flannel-config.service.j2", flannel_ctx),
-                    PATHS.flannel_unit, "644"),
-        ]
+        extra |= {"flannel_key": FLANNEL_KEY, "flannel_json": flannel_json(spec),
+                  "flannel_attempts": FLANNEL_ATTEMPTS, "flannel_delay": FLANNEL_DELAY_S}
+    sources = {
+        node_facts.CA_PEM: pem.ca_cert_pem.decode(),
+        node_facts.KEY_PEM: key_text,
+        node_facts.CHAIN_PEM: pem.chain_pem.decode(),
+        node_facts.MEMBER_JSON: json.dumps(node_facts.member_config(spec, node), indent=2, sort_keys=True),
+    }
+    staged = []
+    for row in STAGED_FILES:
+        if not row.when(spec, node):
+            continue
+        if row.source in sources:
+            content = sources[row.source]
+        elif row.source.endswith(".j2"):
+            content = _render(env, row.source, {**context, **extra})
+        else:
+            content = _source(env, row.source)
+        # The key's digest is its PEM's sha256, which a reviewer's checkout has too (PEM ends in one newline).
+        digest = pem.key_sha256 if row.source == node_facts.KEY_PEM else None
+        staged.append(_staged(row.name, content, row.dest, row.mode, row.etcd_owned, row.restart, digest))
     install_sh = _render(env, "etcd-install.sh.j2", {**context, "staged": staged, "flannel": flannel,
                                                      "restore": _restore_context(spec, node)})
     return _render(env, "user-data.j2", {
@@ -260,8 +223,8 @@ def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, pem: Node
 
 @dataclass(frozen=True)
 class Staged:
-    """One file the seed stages under PATHS.staged and the install step puts in place: user-data's
-    write_files and the install script both loop over one list of these."""
+    """A row of node.STAGED_FILES with its content, as user-data's write_files and the install script
+    read it."""
 
     name: str  # under PATHS.staged
     content: str
@@ -286,11 +249,11 @@ def _restore_context(spec: Spec, node: Node) -> dict[str, str] | None:
     restore = spec.etcd.restore
     if restore is None:
         return None
-    assert restore.sha256 is not None  # noqa: S101 - etcd.options (in _context) checked it first
+    assert restore.sha256 is not None  # noqa: S101 - node.options (in _context) checked it first
     bin_dir = shlex.quote(PATHS.bin)
-    tool = f'"$root"{bin_dir}/etcdutl' if spec.etcd.minor >= (3, 5) else f'ETCDCTL_API=3 "$root"{bin_dir}/etcdctl'
+    tool = f'"$root"{bin_dir}/etcdutl' if spec.etcd.release.has_etcdutl else f'ETCDCTL_API=3 "$root"{bin_dir}/etcdctl'
     return {"name": RESTORE_ON_SEED, "sha256": restore.sha256, "tool": tool,
-            "argv": " ".join(shlex.quote(a) for a in etcd.restore_argv(spec, node)),
+            "argv": " ".join(shlex.quote(a) for a in node_facts.restore_argv(spec, node)),
             "bumped": f" (revision +{restore.bump_revision})" if restore.bump_revision else ""}
 
 

@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from enum import IntEnum
 
 from .errors import MaterialError, OutputError
-
-HEX64 = re.compile(r"[0-9a-f]{64}")
-NAME = "pki/rotation.json"
-NEXT = "ca-next"  # pki/ca-next.crt, pki/ca-next.key: the new CA during phases 1 and 2
-BUNDLE = "pki/ca-bundle.crt"  # what nodes and clients trust during phases 1 and 2: the old CA, then the new
+from .layout import HEX64
+from .layout import ROTATION as NAME
 
 
 class Phase(IntEnum):
@@ -36,11 +32,6 @@ class Phase(IntEnum):
 
 # The command of each step and the phase it moves to, in order: a step is taken only from the phase before it.
 STEPS = {"begin": Phase.TRUST_BOTH, "issue": Phase.ISSUE, "finish": Phase.TRUST_NEW}
-DOES = {
-    Phase.TRUST_BOTH: "every node trusts the old and the new CA; certificates stay as they are",
-    Phase.ISSUE: "every certificate is issued from the new CA, keys kept; nodes still trust both CAs",
-    Phase.TRUST_NEW: "nodes trust only the new CA; the old CA and its key are gone from pki/",
-}
 
 
 @dataclass(frozen=True)
@@ -118,20 +109,3 @@ def render(rotation: Rotation) -> bytes:
     document = {"phase": int(rotation.phase), "step": describe(rotation.phase),
                 "old_ca": rotation.old_ca, "new_ca": rotation.new_ca}
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
-
-
-def note(phase: Phase, stepped: bool) -> str | None:
-    """What the operator does next, for `plan` and `build` to print; None outside a rotation."""
-    if phase is Phase.NONE or (phase is Phase.TRUST_NEW and not stepped):
-        return None
-    roll = "roll every node with its new seed, one at a time, each healthy before the next"
-    if phase is Phase.TRUST_BOTH:
-        then = ("then run 'rotate-ca issue'; give consumers pki/ca-bundle.crt as their CA file now, since "
-                "members will present certificates of either CA")
-    elif phase is Phase.ISSUE:
-        then = ("then give every consumer its reissued certificate and run 'rotate-ca finish', which deletes "
-                "the old CA's key (pki/ca.key until then) and makes pki/ca.crt the new CA")
-    else:
-        then = ("then the rotation is complete: a certificate of the old CA is refused from now on; run 'seal' "
-                "again so that pki/ca.key.age holds the new CA's key")
-    return f"CA rotation: phase {phase:d} of 3 ({describe(phase)}): {DOES[phase]}; {roll}; {then}"

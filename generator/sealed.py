@@ -12,11 +12,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from . import external, fs, hostkeys
+from .certs import public_key_sha256
 from .errors import MaterialError
-from .manifest import HEX64, Manifest
-from .pki import public_key_sha256
+from .layout import HEX64, PUBLIC_MODE, SEALED_INDEX, SECRET_DIR_MODE, SECRET_MODE
+from .manifest import Manifest
 
-INDEX = "sealed.json"  # in pki/: which key each .age file holds, and for whom it was sealed
+INDEX = SEALED_INDEX.removeprefix("pki/")  # which key each .age file holds, and for whom it was sealed
 _RECIPIENT = re.compile(r"age1[0-9a-z]{58}")
 _KEY_FILE = re.compile(r"[a-z0-9-]{1,63}(\.ssh)?\.key")  # TLS keys, and nodes' SSH host keys
 
@@ -56,7 +57,7 @@ def seal(pki_dir: Path, recipients: Sequence[str], previous: Manifest) -> SealRe
         if index.get(name) == want and target.is_file():
             result.unchanged.append(target.name)
             continue
-        fs.write_file(target, external.age_encrypt(data, recipients, f"pki/{name}"), fs.PUBLIC_MODE)
+        fs.write_file(target, external.age_encrypt(data, recipients, f"pki/{name}"), PUBLIC_MODE)
         index[name] = want
         result.sealed.append(target.name)
     write_index(pki_dir, index)
@@ -77,7 +78,7 @@ def unseal(pki_dir: Path, identity: Path, previous: Manifest) -> list[str]:
     keys = recorded_keys(previous)
     if not keys:
         raise MaterialError(f"{pki_dir.parent / 'manifest.json'}: records no keys; nothing to unseal")
-    fs.make_dirs(pki_dir.parent, {"pki": fs.SECRET_DIR_MODE})
+    fs.make_dirs(pki_dir.parent, {"pki": SECRET_DIR_MODE})
     restored, problems = [], []
     for name, public in sorted(keys.items()):
         sealed_path = pki_dir / f"{name}.age"
@@ -98,7 +99,7 @@ def unseal(pki_dir: Path, identity: Path, previous: Manifest) -> list[str]:
         if existing is not None and existing != data:
             problems.append(f"{pki_dir / name}: exists and differs from {sealed_path.name}; refusing to replace it")
             continue
-        if fs.write_file(pki_dir / name, data, fs.SECRET_MODE):
+        if fs.write_file(pki_dir / name, data, SECRET_MODE):
             restored.append(name)
     if problems:
         raise MaterialError(problems)
@@ -122,11 +123,11 @@ def _check_public(data: bytes, public: str, file_sha256: str) -> str | None:
 
 def read_index(pki_dir: Path) -> dict[str, Mapping[str, object]]:
     """pki/sealed.json as it is on disk ({} when there is none)."""
-    return parse_index(fs.read_optional(pki_dir / INDEX, f"pki/{INDEX}"))
+    return parse_index(fs.read_optional(pki_dir / INDEX, SEALED_INDEX))
 
 
 def write_index(pki_dir: Path, index: Mapping[str, Mapping[str, object]]) -> None:
-    fs.write_file(pki_dir / INDEX, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode(), fs.PUBLIC_MODE)
+    fs.write_file(pki_dir / INDEX, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode(), PUBLIC_MODE)
 
 
 def parse_index(data: bytes | None) -> dict[str, Mapping[str, object]]:
@@ -140,11 +141,11 @@ def parse_index(data: bytes | None) -> dict[str, Mapping[str, object]]:
     try:
         index = json.loads(data)
     except (ValueError, RecursionError):
-        raise MaterialError(f"pki/{INDEX}: not valid JSON") from None
+        raise MaterialError(f"{SEALED_INDEX}: not valid JSON") from None
     if not isinstance(index, dict):
-        raise MaterialError(f"pki/{INDEX}: must be a JSON object")
+        raise MaterialError(f"{SEALED_INDEX}: must be a JSON object")
     for name, entry in index.items():
-        where = f"pki/{INDEX}: {name}"
+        where = f"{SEALED_INDEX}: {name}"
         if not _KEY_FILE.fullmatch(str(name)) or not isinstance(entry, dict):
             raise MaterialError(f"{where}: must name a key file and map to an object")
         sha, recipients = entry.get("key_sha256"), entry.get("recipients")

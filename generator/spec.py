@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import ipaddress
 import re
@@ -15,8 +16,10 @@ from typing import Any
 
 import yaml
 
-from . import etcd as etcd_facts
 from .errors import SpecError
+from .etcd import BUMP_REVISION_SINCE, Version
+from .layout import RESERVED_NAMES
+from .node import PATHS
 
 
 class KeyType(StrEnum):
@@ -41,7 +44,6 @@ ELECTION_TO_HEARTBEAT_MIN = 5
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_VERSION = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})\.([0-9]{1,4})")
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # RFC 3986 characters only: no space, quote, backslash, backtick or control character.
 _URL = re.compile(r"https?://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?(/[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*)?")
@@ -52,9 +54,6 @@ _SHA512_CRYPT = re.compile(r"\$6\$(rounds=[0-9]{1,9}\$)?[./0-9A-Za-z]{1,16}\$[./
 # The CA's CN is "<cluster> etcd CA", and X.509 caps a CN at 64 characters (RFC 5280 ub-common-name).
 MAX_CLUSTER_NAME = 64 - len(" etcd CA")
 ROOT_USER = "root"  # etcd's superuser; the admin certificate's CN, so that it is root once auth is on
-# Names the build writes for itself under output/<cluster>/ and pki/: a node may not take them.
-RESERVED_NAMES = frozenset({"ca", "admin", "pki", "sealed", "pending", "manifest", "etcdctl", "ca-next", "ca-bundle",
-                            "rotation", "known-hosts", "clients"})
 # Accounts a Debian system already has, or that the seed creates: the operator login must be new.
 SYSTEM_USERS = frozenset({
     "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy",
@@ -70,9 +69,6 @@ QUOTA_WARN_BYTES = 8 * GiB
 # How much a restore adds to the revision by default: far beyond any write rate between the
 # snapshot and the restore, so that no watcher sees a revision twice (etcd-io/etcd#16028).
 DEFAULT_BUMP_REVISION = 1_000_000_000
-# etcdutl snapshot restore --bump-revision/--mark-compacted first shipped in 3.5.10
-# (etcd CHANGELOG-3.5); 3.5.1's etcdutl lacks them, 3.5.16's has them.
-BUMP_REVISION_SINCE = (3, 5, 10)
 _PERIODIC_RETENTION = re.compile(r"[0-9]{1,6}(h|m|s)?")
 _REVISION_RETENTION = re.compile(r"[0-9]{1,12}")
 # A subset of systemd.time(7) calendar events, so that the build refuses what systemd would:
@@ -168,15 +164,18 @@ class Etcd:
             raise ValueError("etcd.restore: the snapshot's sha256 is needed before rendering")
         return f"{self.token}-r{self.restore.sha256[:12]}"
 
+    @functools.cached_property
+    def release(self) -> Version:
+        """The version, parsed once (the spec admits only versions that parse)."""
+        release = Version.parse(self.version)
+        if release is None:
+            raise ValueError(f"etcd.version: {self.version!r} was not checked")
+        return release
+
     @property
     def tarball_name(self) -> str:
         """File name of the release tarball, as upstream names it."""
-        return etcd_facts.tarball_name(self.version)
-
-    @property
-    def minor(self) -> tuple[int, int]:
-        major, minor, _ = self.version.split(".")
-        return int(major), int(minor)
+        return self.release.tarball_name
 
 
 @dataclass(frozen=True)
@@ -686,11 +685,11 @@ def _etcd(value: Any, name: str | None, domain: str | None, base_dir: Path,
     if isinstance(version, float):
         errs.add("etcd.version", f"was read as the number {version}; quote it, e.g. \"3.5.1\"")
         version = None
-    elif not isinstance(version, str) or not _VERSION.fullmatch(version):
+    elif not isinstance(version, str) or (release := Version.parse(version)) is None:
         if "version" in data:
             errs.add("etcd.version", f"'{version}' is not a release version like 3.5.1")
         version = None
-    elif not (3, 4) <= tuple(int(p) for p in version.split(".")[:2]) <= (3, 6):
+    elif not release.supported:
         errs.add("etcd.version", f"'{version}' is not supported; use 3.4.x, 3.5.x or 3.6.x")
         version = None
     sha256 = _text(data, "sha256", "etcd", errs, check=_check_sha256)
@@ -758,7 +757,8 @@ def _restore(value: Any, version: str | None, base_dir: Path, errs: _Errors) -> 
     snapshot = _text(data, "snapshot", "etcd.restore", errs)
     bump = _integer(data, "bump_revision", "etcd.restore", errs, default=DEFAULT_BUMP_REVISION, low=0,
                     high=1 << 62)
-    if bump and version and tuple(int(p) for p in version.split(".")) < BUMP_REVISION_SINCE:
+    release = Version.parse(version) if version else None
+    if bump and release and not release.can_bump_revision:
         since = ".".join(map(str, BUMP_REVISION_SINCE))
         errs.add("etcd.restore.bump_revision",
                  f"etcd {version} cannot bump revisions on restore (etcdutl has --bump-revision since {since}); "
@@ -960,7 +960,7 @@ def _check_backup_dir(value: str) -> str | None:
     for unsafe, why in _BACKUP_UNSAFE:
         if path == unsafe or path.startswith(unsafe + "/"):
             return f"{value!r} lies in {unsafe}, {why}; use a directory of its own such as {Backup.dir}"
-    taken = (etcd_facts.PATHS.home, etcd_facts.PATHS.ssl, "/etc/etcd", etcd_facts.PATHS.staged)
+    taken = (PATHS.home, PATHS.ssl, "/etc/etcd", PATHS.staged)
     for other in taken:
         if path == other or path.startswith(other + "/") or other.startswith(path + "/"):
             return f"{value!r} overlaps {other}, which the install step manages; choose a directory of its own"

@@ -13,29 +13,20 @@ import jinja2
 import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives import serialization
 
-from . import etcd, fastpath, hostkeys, manifest, rotation, sealed
-from .build import GITIGNORE, JOURNAL, Snapshot, seed_entries
+from . import etcd, hostkeys, layout, manifest, rotation, sealed
+from .certs import PrivateKey, cert_fingerprint, check_leaf, load_key, public_der, public_key_sha256, signs
 from .errors import GeneratorError, MaterialError, OutputError
-from .etcd import PATHS, Bundle
-from .fs import SECRET_DIR_MODE, TEMP_PREFIX, OnDisk
+from .etcd import Bundle
+from .fs import OnDisk
 from .iso import VOLUME_LABEL, iso_digest, read_iso, volume_label
+from .layout import CA_NAME, JOURNAL, NODE_FILES, SECRET_DIR_MODE, SEED_ISO, TEMP_PREFIX, is_secret
 from .manifest import Manifest
-from .pki import CA_NAME, PrivateKey, cert_fingerprint, check_leaf, leaf_table, public_der, public_key_sha256
-from .render import (
-    NODE_FILES,
-    RESTORE_ON_SEED,
-    SEED_ISO,
-    NodePem,
-    NodePublic,
-    client_file,
-    render_client,
-    render_etcdctl_env,
-    render_node,
-    render_public,
-)
+from .node import PATHS
+from .outputs import CaPem, HostPem, KeyPem, LeafPem, Material, OutputFile, Snapshot, output_files, seed_entries
+from .pki import leaf_table
+from .render import RESTORE_ON_SEED
 from .rotation import Phase, Rotation
 from .spec import Spec
 
@@ -47,7 +38,6 @@ CIS_REQUIRED = {
 CIS_SET = ("ETCD_CERT_FILE", "ETCD_KEY_FILE",            # 2.1
            "ETCD_PEER_CERT_FILE", "ETCD_PEER_KEY_FILE")  # 2.4
 CIS_NOT_TRUE = ("ETCD_AUTO_TLS", "ETCD_PEER_AUTO_TLS")   # 2.3, 2.6
-SEALED_INDEX = "pki/sealed.json"  # written by `seal`, beside each pki/<name>.key.age
 
 
 @dataclass(frozen=True)
@@ -85,12 +75,6 @@ def parse_env(text: str) -> dict[str, str]:
     return values
 
 
-def is_secret_path(path: str) -> bool:
-    """Whether a path of the output tree holds a secret by its name (keys, full user-data, ISOs, temp files)."""
-    name = path.rsplit("/", 1)[-1]
-    return path.endswith(".key") or name in ("user-data", SEED_ISO) or name.startswith(TEMP_PREFIX)
-
-
 def verify_tree(spec: Spec, tree: Tree, now: dt.datetime, warn_days: int, fail_days: int,
                 env: jinja2.Environment, bundle: Bundle | None) -> list[Finding]:
     """Every problem in output/<cluster>/, as findings.
@@ -126,10 +110,39 @@ def verify_tree(spec: Spec, tree: Tree, now: dt.datetime, warn_days: int, fail_d
             found.append(Finding(manifest.NAME, "records no restore snapshot, but the spec has etcd.restore"))
             return found
         spec = spec.with_snapshot(previous.restore_sha256)
+    keys = _check_leaves(spec, tree, previous, trusted, signer, rotating, now, warn_days, fail_days, found)
+    _check_distinct(tree, keys, found)
+    hosts = _check_host_keys(spec, tree, previous, found)
+    if bundle is not None and previous.bundle_sha256 not in (None, bundle.sha256):
+        found.append(Finding(manifest.NAME, f"bundle.sha256 is {previous.bundle_sha256}, but {bundle.name} "
+                             f"has {bundle.sha256}"))
+    material = _material(spec, tree, previous, trusted, hosts)
+    epochs = {node.name: entry.epoch for node in spec.nodes
+              if (entry := previous.files.get(layout.node_file(node.name, SEED_ISO))) and entry.epoch is not None}
+    tarball: Bundle | str = bundle if bundle is not None else \
+        spec.etcd.sha256 or previous.bundle_sha256 or ""
+    try:
+        outputs = output_files(spec, material, env, tarball, None, None, epochs)
+    except GeneratorError as exc:
+        found.append(Finding(f"{spec.nodes[0].name}/", f"cannot render what the spec asks for: {exc}"))
+        return found
+    by_path = {output.path: output for output in outputs}
+    for output in outputs:
+        if output.content is not None:
+            _compare(tree, output.path, output.content, found)
+    for node in spec.nodes:
+        _check_node(spec, node.name, tree, previous, by_path, bundle, found)
+    return found
+
+
+def _check_leaves(spec: Spec, tree: Tree, previous: Manifest, trusted: list[x509.Certificate],
+                  signer: x509.Certificate, rotating: Rotation, now: dt.datetime, warn_days: int, fail_days: int,
+                  found: list[Finding]) -> dict[str, PrivateKey]:
+    """Every leaf of the leaf table: issued by the CA that issues now, as the spec asks; the keys at hand."""
     keys = {}
     for name, identity in leaf_table(spec).items():
-        cert_path = f"pki/{name}.crt"
-        key = _load_key(tree.files, f"pki/{name}.key", previous, found)
+        cert_path = layout.cert_file(name)
+        key = _load_key(tree.files, layout.key_file(name), previous, found)
         if key is not None:
             keys[name] = key
         try:
@@ -141,28 +154,35 @@ def verify_tree(spec: Spec, tree: Tree, now: dt.datetime, warn_days: int, fail_d
         if issuer is not signer:
             found.append(Finding(cert_path, f"is issued by the old CA, but CA rotation phase {rotating.phase:d} "
                                  "issues from the new one; run a build"))
-        for problem in check_leaf(chain[0], key, issuer, identity, spec.pki, now):
+        for problem in check_leaf(chain[0], key, issuer, identity, spec.pki.key_type.value, now):
             found.append(Finding(cert_path, problem))
         if chain[1:] != [issuer]:
             found.append(Finding(cert_path, "must hold the leaf followed by the CA certificate"))
         _expiry(cert_path, chain[0], now, warn_days, fail_days, found)
-    _check_distinct(tree, keys, found)
-    hosts = _check_host_keys(spec, tree, previous, found)
-    bundle_sha = spec.etcd.sha256 or (bundle.sha256 if bundle else None) or previous.bundle_sha256 or ""
-    if bundle is not None and previous.bundle_sha256 not in (None, bundle.sha256):
-        found.append(Finding(manifest.NAME, f"bundle.sha256 is {previous.bundle_sha256}, but {bundle.name} "
-                             f"has {bundle.sha256}"))
-    ca_file = rotation.BUNDLE.removeprefix("pki/") if rotating.in_progress else "ca.crt"
-    trust_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in trusted)
-    if rotating.in_progress:
-        _compare(tree, rotation.BUNDLE, trust_pem, found)
-    _compare(tree, "pki/etcdctl.env", render_etcdctl_env(env, spec, ca_file).encode(), found)
-    for client in spec.clients:
-        _compare(tree, client_file(client), render_client(env, spec, client, ca_file).encode(), found)
-    _compare(tree, ".gitignore", GITIGNORE.encode(), found)
-    for node in spec.nodes:
-        _check_node(spec, node.name, tree, previous, env, bundle_sha, bundle, trust_pem, hosts.get(node.name), found)
-    return found
+    return keys
+
+
+def _key_pem(tree: Tree, previous: Manifest, path: str) -> KeyPem | None:
+    """A key file as the tree has it: its PEM, or in a reviewer's checkout only what the manifest records."""
+    pem, entry = tree.files.get(path), previous.files.get(path)
+    if pem is not None:
+        return KeyPem(pem, hashlib.sha256(pem).hexdigest(), entry.public_key_sha256 if entry else None)
+    return KeyPem(None, entry.sha256, entry.public_key_sha256) if entry else None
+
+
+def _material(spec: Spec, tree: Tree, previous: Manifest, trusted: list[x509.Certificate],
+              hosts: Mapping[str, HostPem]) -> Material:
+    """The material the tree holds, as the outputs read it: what verify renders and compares against."""
+    def ca(name: str, cert: x509.Certificate) -> CaPem:
+        return CaPem(cert.public_bytes(serialization.Encoding.PEM), _key_pem(tree, previous, layout.key_file(name)))
+
+    leaves = {}
+    for name in leaf_table(spec):
+        chain, key = tree.files.get(layout.cert_file(name)), _key_pem(tree, previous, layout.key_file(name))
+        if chain is not None and key is not None:
+            leaves[name] = LeafPem(chain, key)
+    return Material(ca=ca(CA_NAME, trusted[0]), next_ca=ca(layout.NEXT_CA, trusted[1]) if len(trusted) > 1 else None,
+                    leaves=leaves, hosts=hosts, rotation_json=tree.files.get(layout.ROTATION))
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
@@ -176,21 +196,22 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
 def _check_rotation(tree: Tree, previous: Manifest, ca: x509.Certificate, now: dt.datetime, warn_days: int,
                     fail_days: int, found: list[Finding]) -> tuple[Rotation, list[x509.Certificate]] | None:
     """The rotation's phase (named in a warning while it is in progress) and the CAs trusted in it."""
-    listed = previous.files.get(rotation.NAME)
+    listed = previous.files.get(layout.ROTATION)
     try:
-        state = rotation.parse(tree.files.get(rotation.NAME), listed.sha256 if listed else None)
+        state = rotation.parse(tree.files.get(layout.ROTATION), listed.sha256 if listed else None)
     except GeneratorError as exc:
-        found.append(Finding(rotation.NAME, exc.messages[0].split(": ", 1)[-1]))
+        found.append(Finding(layout.ROTATION, exc.messages[0].split(": ", 1)[-1]))
         return None
     fingerprint = cert_fingerprint(ca)
-    next_path = f"pki/{rotation.NEXT}.crt"
+    next_path = f"pki/{layout.NEXT_CA}.crt"
     if not state.in_progress:
         if state.phase is Phase.TRUST_NEW and fingerprint != state.new_ca:
             found.append(Finding("pki/ca.crt", "is not the CA pki/rotation.json names as the new CA"))
         return state, [ca]
-    found.append(Finding(rotation.NAME, f"CA rotation in phase {state.phase:d} of 3 ({rotation.describe(state.phase)})"
+    found.append(Finding(layout.ROTATION, f"CA rotation in phase {state.phase:d} of 3 "
+                         f"({rotation.describe(state.phase)})"
                          "; finish it before the old CA expires", error=False))
-    nxt = _check_ca(tree, next_path, f"pki/{rotation.NEXT}.key", previous, now, warn_days, fail_days, found)
+    nxt = _check_ca(tree, next_path, f"pki/{layout.NEXT_CA}.key", previous, now, warn_days, fail_days, found)
     if nxt is None:
         return None
     if fingerprint != state.old_ca:
@@ -200,9 +221,9 @@ def _check_rotation(tree: Tree, previous: Manifest, ca: x509.Certificate, now: d
     return state, [ca, nxt]
 
 
-def _check_host_keys(spec: Spec, tree: Tree, previous: Manifest, found: list[Finding]) -> dict[str, tuple[str, str]]:
-    """Each node's host key as known_hosts names it, with the sha256 of its key file; known_hosts checked."""
-    text = tree.files.get(hostkeys.KNOWN_HOSTS, b"").decode(errors="replace")
+def _check_host_keys(spec: Spec, tree: Tree, previous: Manifest, found: list[Finding]) -> dict[str, HostPem]:
+    """Each node's host key, as its key file (or known_hosts and the manifest, in a reviewer's checkout) has it."""
+    text = tree.files.get(layout.KNOWN_HOSTS, b"").decode(errors="replace")
     lines = {}
     for line in text.splitlines():
         fields = line.split()
@@ -210,7 +231,7 @@ def _check_host_keys(spec: Spec, tree: Tree, previous: Manifest, found: list[Fin
             lines[fields[0].split(",")[0]] = f"{fields[1]} {fields[2]}"
     hosts = {}
     for node in spec.nodes:
-        path = f"pki/{hostkeys.record_name(node.name)}.key"
+        path = layout.key_file(layout.host_key_name(node.name))
         pem, entry = tree.files.get(path), previous.files.get(path)
         public = lines.get(node.name)
         if pem is not None:
@@ -222,22 +243,19 @@ def _check_host_keys(spec: Spec, tree: Tree, previous: Manifest, found: list[Fin
             if entry is not None and host.public_sha256 != entry.public_key_sha256:
                 found.append(Finding(path, "its public key differs from the one manifest.json records"))
             if public is not None and public != host.public_line:
-                found.append(Finding(hostkeys.KNOWN_HOSTS, f"{node.name}: is not the host key in {path}"))
+                found.append(Finding(layout.KNOWN_HOSTS, f"{node.name}: is not the host key in {path}"))
             public = host.public_line
-        key_sha = hashlib.sha256(pem).hexdigest() if pem else entry.sha256 if entry else None
-        if public is None or key_sha is None:
-            found.append(Finding(hostkeys.KNOWN_HOSTS, f"{node.name}: no host key listed"))
+        key = _key_pem(tree, previous, path)
+        if public is None or key is None:
+            found.append(Finding(layout.KNOWN_HOSTS, f"{node.name}: no host key listed"))
             continue
-        hosts[node.name] = (public, key_sha)
-    if len(hosts) == len(spec.nodes):
-        want = hostkeys.known_hosts(spec, {name: public for name, (public, _) in hosts.items()})
-        _compare(tree, hostkeys.KNOWN_HOSTS, want.encode(), found)
+        hosts[node.name] = HostPem(key, public)
     return hosts
 
 
 def _holds_secrets(tree: Tree) -> bool:
     """An operator's tree holds secrets; a reviewer's checkout, made from git, never had any."""
-    return any(is_secret_path(path) for path in tree.disk)
+    return any(is_secret(path) for path in tree.disk)
 
 
 def _check_manifest(tree: Tree, found: list[Finding]) -> Manifest | None:
@@ -252,7 +270,7 @@ def _check_manifest(tree: Tree, found: list[Finding]) -> Manifest | None:
     operator = _holds_secrets(tree)
     for path, entry in sorted(document.files.items()):
         have = tree.disk.get(path)
-        secret = is_secret_path(path)
+        secret = is_secret(path)
         if have is None:
             if secret and not operator:
                 found.append(Finding(path, "secret not present here (a reviewer's checkout); checks that need "
@@ -289,7 +307,7 @@ def _check_layout(tree: Tree, previous: Manifest | None, found: list[Finding]) -
             found.append(Finding(rel, "left by a run that was killed; it may hold a key (the next build removes it)"))
         elif rel == JOURNAL:
             found.append(Finding(rel, "a build was interrupted; run it again to complete it"))
-        elif rel in sealed or rel in (SEALED_INDEX, fastpath.NAME):
+        elif rel in sealed or rel in (layout.SEALED_INDEX, layout.CACHE):
             continue
         elif rel.startswith("pki/"):
             found.append(Finding(rel, "is not a file the build wrote; nothing but the build's own files "
@@ -301,13 +319,13 @@ def _check_layout(tree: Tree, previous: Manifest | None, found: list[Finding]) -
 def _check_sealed(tree: Tree, previous: Manifest | None, found: list[Finding]) -> None:
     """Each sealed copy is of the key the manifest records under its name (checked by sha256, not decrypted):
     an unseal on another machine must restore the keys in use."""
-    data = tree.files.get(SEALED_INDEX)
+    data = tree.files.get(layout.SEALED_INDEX)
     if data is None or previous is None:
         return
     try:
         index = sealed.parse_index(data)
     except MaterialError as exc:
-        found.append(Finding(SEALED_INDEX, str(exc)))
+        found.append(Finding(layout.SEALED_INDEX, str(exc)))
         return
     for name, entry in sorted(index.items()):
         path = f"pki/{name}.age"
@@ -315,8 +333,8 @@ def _check_sealed(tree: Tree, previous: Manifest | None, found: list[Finding]) -
             continue
         recorded = previous.files.get(f"pki/{name}")
         if recorded is None:
-            found.append(Finding(path, f"{SEALED_INDEX} says it holds pki/{name}, which {manifest.NAME} does not "
-                                 "record; delete it, or run seal again"))
+            found.append(Finding(path, f"{layout.SEALED_INDEX} says it holds pki/{name}, which {manifest.NAME} "
+                                 "does not record; delete it, or run seal again"))
         elif entry.get("key_sha256") != recorded.sha256:
             found.append(Finding(path, f"holds a key other than the pki/{name} that {manifest.NAME} records; run "
                                  "seal again so that unseal restores the key in use"))
@@ -326,7 +344,7 @@ def _check_git(tree: Tree, found: list[Finding]) -> None:
     if tree.git_tracked is None:
         return
     for rel in sorted(tree.git_tracked):
-        if is_secret_path(rel) or (rel.startswith("pki/") and rel.endswith(".key")):
+        if is_secret(rel) or (rel.startswith("pki/") and rel.endswith(".key")):
             found.append(Finding(rel, "is in git's index: a secret must never be committed "
                                  "(git rm --cached it, and treat the key as exposed)"))
 
@@ -366,10 +384,10 @@ def _check_ca(tree: Tree, cert_path: str, key_path: str, previous: Manifest | No
 
 def _check_distinct(tree: Tree, keys: Mapping[str, PrivateKey], found: list[Finding]) -> None:
     seen: dict[bytes, str] = {}
-    ca_key = tree.files.get("pki/ca.key")
+    ca_key = tree.files.get(layout.key_file(CA_NAME))
     if ca_key is not None:
-        with contextlib.suppress(ValueError, TypeError):  # an unreadable CA key is reported by _check_ca
-            seen[public_der(serialization.load_pem_private_key(ca_key, None))] = CA_NAME  # type: ignore[arg-type]
+        with contextlib.suppress(ValueError):  # an unreadable CA key is reported by _check_ca
+            seen[public_der(load_key(ca_key))] = CA_NAME
     for name, key in keys.items():
         der = public_der(key)
         if der in seen:
@@ -383,39 +401,23 @@ def _compare(tree: Tree, path: str, expected: bytes, found: list[Finding]) -> No
         found.append(Finding(path, "differs from what the spec renders ('plan' shows the change)"))
 
 
-def _check_node(spec: Spec, name: str, tree: Tree, previous: Manifest, env: jinja2.Environment, bundle_sha: str,
-                bundle: Bundle | None, trust_pem: bytes, host: tuple[str, str] | None, found: list[Finding]) -> None:
-    node = next(n for n in spec.nodes if n.name == name)
-    options_path, unit_path = f"{name}/options.env", f"{name}/etcd.service"
+def _check_node(spec: Spec, name: str, tree: Tree, previous: Manifest, outputs: Mapping[str, OutputFile],
+                bundle: Bundle | None, found: list[Finding]) -> None:
+    """A node's options.env and unit against CIS 2, its user-data's structure, and its seed's contents."""
+    options_path, unit_path = layout.node_file(name, "options.env"), layout.node_file(name, "etcd.service")
     if options_path in tree.files:
         options = parse_env(tree.files[options_path].decode(errors="replace"))
         _check_options(options_path, options, spec, found)
         if unit_path in tree.files:
             _check_unit(unit_path, tree.files[unit_path].decode(errors="replace"), options, found)
-    chain_pem = tree.files.get(f"pki/{name}.crt")
-    key_pem = tree.files.get(f"pki/{name}.key")
-    key_entry = previous.files.get(f"pki/{name}.key")
-    key_sha = hashlib.sha256(key_pem).hexdigest() if key_pem else key_entry.sha256 if key_entry else None
-    if chain_pem is None or key_sha is None or host is None:
-        return  # reported above
-    try:
-        public = render_public(env, spec, node, NodePublic(trust_pem, chain_pem, key_sha, host[0], host[1]),
-                               bundle_sha)
-    except GeneratorError as exc:
-        found.append(Finding(f"{name}/", f"cannot render what the spec asks for: {exc}"))
-        return
-    for node_file in NODE_FILES:
-        if node_file.name in public.texts:
-            _compare(tree, f"{name}/{node_file.name}", public.texts[node_file.name].encode(), found)
-    user_data = tree.files.get(f"{name}/user-data")
-    host_pem = tree.files.get(f"pki/{hostkeys.record_name(name)}.key")
-    if user_data is None or key_pem is None or host_pem is None:
+    user_data_path = layout.node_file(name, "user-data")
+    user_data, rendered = tree.files.get(user_data_path), outputs.get(user_data_path)
+    if user_data is None or rendered is None or rendered.content is None:
         return  # a reviewer's checkout: the full user-data and the keys are secret and not committed
-    seed = render_node(env, spec, node, NodePem(trust_pem, chain_pem, key_pem, host_pem, host[0]), bundle_sha)
-    _compare(tree, f"{name}/user-data", seed.texts["user-data"].encode(), found)
     _check_user_data(name, user_data, found)
-    _check_iso(name, tree, previous, seed.texts, spec.etcd.tarball_name if spec.etcd.bundle else None, bundle,
-               found)
+    texts = {f.name: row.content.decode() for f in NODE_FILES
+             if (row := outputs.get(layout.node_file(name, f.name))) is not None and row.content is not None}
+    _check_iso(name, tree, previous, texts, spec.etcd.tarball_name if spec.etcd.bundle else None, bundle, found)
 
 
 def _check_iso(name: str, tree: Tree, previous: Manifest, texts: Mapping[str, str], tarball: str | None,
@@ -472,11 +474,12 @@ def _check_options(path: str, options: Mapping[str, str], spec: Spec, found: lis
     for key in CIS_NOT_TRUE:
         if options.get(key, "false").lower() == "true":
             found.append(Finding(path, f"{key} must not be true (CIS 2.3/2.6)"))
-    known = etcd.known_variables(spec.etcd.minor)
-    removed = etcd.removed_variables(spec.etcd.minor)
+    known = spec.etcd.release.known_variables
+    removed = spec.etcd.release.removed_variables
     for key in options:
         if key in removed:
-            found.append(Finding(path, f"{key} was removed in etcd {spec.etcd.minor[0]}.{spec.etcd.minor[1]}"))
+            found.append(Finding(path, f"{key} was removed in etcd {spec.etcd.release.line[0]}."
+                                 f"{spec.etcd.release.line[1]}"))
         elif key.startswith("ETCD_") and key not in known:
             found.append(Finding(path, f"{key} is not an etcd setting (etcd only warns and ignores it)"))
     for key in ("ETCD_LISTEN_CLIENT_URLS", "ETCD_LISTEN_PEER_URLS"):
@@ -519,35 +522,16 @@ def _check_user_data(name: str, user_data: bytes, found: list[Finding]) -> None:
             found.append(Finding(f"{name}/user-data", f"{entry.get('path')} must be 0600"))
 
 
-def _signs(key: PrivateKey) -> bool:
-    """Whether the key's signature verifies under its own public key."""
-    message = b"etcd-seed verify"
-    try:
-        if isinstance(key, rsa.RSAPrivateKey):
-            key.public_key().verify(key.sign(message, padding.PKCS1v15(), hashes.SHA256()), message,
-                                    padding.PKCS1v15(), hashes.SHA256())
-        else:
-            key.public_key().verify(key.sign(message, ec.ECDSA(hashes.SHA256())), message, ec.ECDSA(hashes.SHA256()))
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
 def _load_key(files: Mapping[str, bytes], path: str, previous: Manifest | None,
               found: list[Finding]) -> PrivateKey | None:
     if path not in files:
         return None
     try:
-        # OpenSSL's RSA consistency check tests primality (about 35 ms a key); signing once and
-        # verifying with the public half proves instead, in about 1 ms, that the key works.
-        key = serialization.load_pem_private_key(files[path], password=None, unsafe_skip_rsa_key_validation=True)
-    except (ValueError, TypeError):
-        found.append(Finding(path, "is not an unencrypted PEM key"))
+        key = load_key(files[path])
+    except ValueError as exc:
+        found.append(Finding(path, str(exc)))
         return None
-    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        found.append(Finding(path, "is not an RSA or ECDSA key"))
-        return None
-    if not _signs(key):
+    if not signs(key):
         found.append(Finding(path, "is a broken key: its own public key does not verify what it signs"))
         return None
     entry = previous.files.get(path) if previous else None

@@ -1,62 +1,26 @@
-"""Shared fixtures: specs, a small fake etcd bundle, and a built cluster."""
+"""Shared fixtures, and a marker for each tier from its folder: unit, cli, parsers, etcd, e2e."""
 
 from __future__ import annotations
 
-import datetime as dt
-import gzip
-import io
-import tarfile
 from pathlib import Path
 
 import pytest
 
-from generator.pki import KeyRecords, PkiState, build_pki
-from generator.spec import Spec, load_spec
+from generator.pki import PkiState, build_pki
+from generator.spec import Spec
 
-ROOT = Path(__file__).resolve().parent.parent
-NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-NO_RECORDS = KeyRecords()  # a first build: no manifest yet
+from .helpers.specs import NO_RECORDS, NOW, fake_bundle, parse, spec_yaml
 
-
-def records(state: PkiState) -> KeyRecords:
-    """What the manifest of a build that wrote `state` records of its keys."""
-    return KeyRecords(recorded=state.public_keys(), ca_recorded=True)
-
-SPEC_TEMPLATE = """\
-cluster: {{name: demo, domain: example.com}}
-network: {{prefix: 24, gateway: {gateway}, dns: [{gateway}]}}
-nodes:
-{nodes}
-etcd:
-  version: "3.5.1"
-  bundle: {bundle}
-  heartbeat_interval: 100
-  election_timeout: 1000
-pki: {{key_type: {key_type}, validity_days: 365}}
-flannel: {{network: 10.2.0.0/16, backend: vxlan, subnet_len: 24}}
-"""
+TIERS = ("unit", "cli", "parsers", "etcd", "e2e")
 
 
-def spec_yaml(base: str = "192.168.0", count: int = 3, bundle: str = "etcd.tar.gz",
-              key_type: str = "rsa2048", gateway: str | None = None) -> str:
-    """The text of a valid spec with `count` nodes at base.1 .. base.count."""
-    nodes = "\n".join(
-        f'  - {{name: etcd{i:02d}, ip: {base}.{i}, mac: "52:54:00:00:00:{i:02x}"}}'
-        for i in range(1, count + 1))
-    return SPEC_TEMPLATE.format(nodes=nodes, bundle=bundle, key_type=key_type,
-                                gateway=gateway or f"{base}.254")
-
-
-def fake_bundle(version: str = "3.5.1", top: str | None = None) -> bytes:
-    """A tiny tarball laid out like an etcd release, for tests that never run etcd."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name in ("etcd", "etcdctl"):
-            data = f"#!/bin/sh\necho fake {name}\n".encode()
-            info = tarfile.TarInfo(f"{top or f'etcd-v{version}-linux-amd64'}/{name}")
-            info.size, info.mode = len(data), 0o755
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue(), mtime=0)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked with its folder's tier, so that `-m` selects tiers (make test TIER=unit)."""
+    here = Path(__file__).parent
+    for item in items:
+        tier = item.path.relative_to(here).parts[0]
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")
@@ -72,11 +36,6 @@ def workdir(tmp_path: Path, fake_bundle_bytes: bytes) -> Path:
     return tmp_path
 
 
-def parse(text: str, base_dir: Path = ROOT) -> Spec:
-    spec, _warnings = load_spec(text, base_dir=base_dir)
-    return spec
-
-
 @pytest.fixture(scope="session")
 def spec3() -> Spec:
     return parse(spec_yaml())
@@ -85,4 +44,3 @@ def spec3() -> Spec:
 @pytest.fixture(scope="session")
 def pki3(spec3: Spec) -> PkiState:
     return build_pki(spec3, {}, None, NOW, NO_RECORDS)
-

@@ -2,11 +2,12 @@
 
 usage: python tools/bench.py [--baseline PATH] [--sizes 10,30,100,150] [--runs 7]
 
-1. A fresh 3-node build beside the manual flow scripted in shared/bench/baseline.sh
+1. A fresh 3-node build beside the manual flow scripted in tools/baseline.sh
    (openssl + genisoimage, the same bundle), paired run by run, with the ratio of the medians.
 2. A no-op re-run of build and of plan (the fast path), median of several.
 3. ISO writing throughput against a plain copy of the same bytes.
-4. Growth with the number of nodes: key generation, rendering, ISO writing and a full
+4. Growth with the number of nodes: a fresh build through build.run (the same entry point as the
+   CLI) timed by its stages (keys and certificates, rendering and ISO digests, writing), and a full
    `verify` (its time and peak RSS, in a process of its own), then the 150-node verify alone.
 Each figure is printed with the machine's load average at the time.
 """
@@ -14,7 +15,6 @@ Each figure is printed with the machine's load average at the time.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import resource
 import shutil
@@ -28,13 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from generator.build import load_sources, seed_entries  # noqa: E402 - after the path set-up above
-from generator.hostkeys import host_keys  # noqa: E402
+from generator.build import Options, run  # noqa: E402 - after the path set-up above
 from generator.iso import SeedEntry, write_iso  # noqa: E402
-from generator.keygen import keys_made_ahead  # noqa: E402
-from generator.pki import KeyRecords, build_pki, leaf_table  # noqa: E402
-from generator.render import NodePem, make_environment, render_node  # noqa: E402
-from generator.spec import load_spec  # noqa: E402
 
 BUNDLE = ROOT / "vendor" / "etcd-v3.5.1-linux-amd64.tar.gz"  # the real 18 MB release layout
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -116,44 +111,28 @@ def verify_run(spec: Path, out: Path) -> tuple[float, int]:
 
 
 def scaling(work: Path, sizes: list[int]) -> tuple[float, int] | None:
-    """Each stage of a fresh build of n nodes, and verify of the result."""
-    env = make_environment()
-    print("nodes   keys    render   ISOs     build    verify   verify peak RSS")
+    """A fresh build of n nodes through build.run, by stage, and verify of the result."""
+    print("nodes   keys+certs  render+ISO digests  write    build    verify   verify peak RSS")
     last = None
     for n in sizes:
         spec_file = work / f"scale{n}.yaml"
         spec_file.write_text(spec_text(n))
-        spec, _ = load_spec(spec_file.read_text(), base_dir=work)
-        bundle = load_sources(spec).bundle
-        t0 = time.perf_counter()
-        with keys_made_ahead(spec.pki.key_type.value, len(leaf_table(spec)) + 1):
-            pki = build_pki(spec, {}, None, dt.datetime.now(dt.UTC).replace(microsecond=0), KeyRecords())
-        t1 = time.perf_counter()
-        hosts = host_keys(spec, {}, KeyRecords(), frozenset(), [])
-        seeds = {node.name: render_node(env, spec, node, NodePem(
-            pki.trust_pem, pki.leaves[node.name].chain_pem, pki.leaves[node.name].key_pem,
-            hosts[node.name].private_pem, hosts[node.name].public_line), bundle.sha256) for node in spec.nodes}
-        t2 = time.perf_counter()
-        iso_dir = work / f"isos{n}"
-        iso_dir.mkdir()
-        for name, seed in seeds.items():
-            with open(iso_dir / f"{name}.iso", "wb") as handle:
-                write_iso(seed_entries(seed.texts, bundle), 0, handle)
-        t3 = time.perf_counter()
-        shutil.rmtree(iso_dir)
         out = work / f"out{n}"
-        build = timed(cli("build", spec_file, out), env=ENV)
+        start = time.perf_counter()
+        result = run(spec_file, out, Options())
+        build = time.perf_counter() - start
+        stage = result.timings
         took, rss = verify_run(spec_file, out)
         shutil.rmtree(out)
         last = (took, rss)
-        print(f"{n:5d}  {t1 - t0:5.2f} s  {t2 - t1:5.2f} s  {t3 - t2:5.2f} s  {build:6.2f} s  {took:6.2f} s  "
-              f"{rss:5d} MiB   ({load()})")
+        print(f"{n:5d}  {stage['pki']:8.2f} s  {stage['outputs']:15.2f} s  {stage['write']:5.2f} s  {build:6.2f} s  "
+              f"{took:6.2f} s  {rss:5d} MiB   ({load()})")
     return last if sizes and sizes[-1] == 150 else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", type=Path, default=ROOT.parent / "shared" / "bench" / "baseline.sh")
+    parser.add_argument("--baseline", type=Path, default=ROOT / "tools" / "baseline.sh")
     parser.add_argument("--sizes", default="10,30,100,150")
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()

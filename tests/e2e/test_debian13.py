@@ -9,8 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from ..etcd_checks import assert_all_healthy, assert_members_are_the_spec
-from .test_boot import BUNDLE, HUB_IP, NODES, Lab, assert_node_state, booted_lab, pytestmark  # noqa: F401
+from tests.helpers.etcd_checks import assert_all_healthy, assert_members_are_the_spec
+from tests.helpers.vm import BUNDLE, HUB_IP, NEEDS, NODES, Lab, assert_node_state, booted_lab
+
+pytestmark = NEEDS
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,8 @@ from cryptography.hazmat.primitives import serialization
 
 from generator import _cli
 from generator.spec import load_spec
-
-from ..etcd_checks import all_voting
-from .test_boot import (
+from tests.helpers.etcd_checks import all_voting
+from tests.helpers.vm import (
     BOOT_TIMEOUT_S,
     BUNDLE,
     ETCDCTL,
@@ -222,7 +221,7 @@ def test_ca_rotation_by_reseeding(lab: Lab) -> None:
             out = _build(lab, step=step)
             assert f"CA rotation: phase {phase} of 3" in out, out
             for vm in rolling_order(lab):
-                def ready(vm: VM = vm) -> bool:  # what the README says to wait for: that member healthy
+                def ready(vm: VM = vm) -> bool:  # what the operations guide says to wait for: that member healthy
                     return lab.etcdctl("endpoint", "health", endpoints=[vm.ip]).returncode == 0
                 took = reseed_reboot(lab, vm, "healthy on its new seed", ready)
                 print(f"bench: CA rotation phase {phase}: {vm.name} re-seed reboot to healthy member: {took:.0f} s")
@@ -260,9 +259,9 @@ def test_restore_every_member_from_a_snapshot(lab: Lab) -> None:
         assert lab.etcdctl("put", f"restore/{i:02d}", str(i)).returncode == 0
     old_cluster = _status(lab)[0]["header"]["cluster_id"]  # type: ignore[index]
     source = lab.vms[0]
-    # The README's "take one now and copy it off", as written: only the address is the test's, and ssh gets the
-    # test key and the build's known_hosts (what an operator's ssh config gives it).
-    readme = (ROOT / "README.md").read_text().split("Take one now and copy it off:", 1)[1]
+    # The operations guide's "take one now and copy it off", as written: only the address is the test's, and ssh
+    # gets the test key and the build's known_hosts (what an operator's ssh config gives it).
+    readme = (ROOT / "docs" / "operations.md").read_text().split("Take one now and copy it off:", 1)[1]
     lines = readme.split("```sh\n", 1)[1].split("```", 1)[0].replace("192.168.0.1", source.ip)
     options = " ".join(ssh_argv(lab.key, lab.pki.parent / "known_hosts", source.ip, "")[1:-2])
     script = f"ssh() {{ command ssh {options} \"$@\"; }}\n{lines}"

@@ -1,0 +1,219 @@
+"""Node: what one etcd member gets from its seed: where things live, its options.env, its membership and
+restore arguments, and the table of files the seed stages and the install step puts in place."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .etcd import CLIENT_PORT, PEER_PORT
+
+if TYPE_CHECKING:  # the spec reads PATHS when it checks backup.dir
+    from .spec import Node, Spec
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where things live on a node."""
+
+    home: str = "/opt/etcd"
+    data_dir: str = "/opt/etcd/data"
+    wal_dir: str = "/opt/etcd/wal"
+    ssl: str = "/etc/ssl/etcd"
+    ca: str = "/etc/ssl/etcd/ca.crt"
+    cert: str = "/etc/ssl/etcd/etcd.crt"
+    key: str = "/etc/ssl/etcd/etcd.key"
+    options: str = "/etc/etcd/options.env"
+    bin: str = "/usr/local/bin"
+    member_config: str = "/etc/etcd/member.json"  # what etcd-seed-member needs to know of this node
+    membership_env: str = "/opt/etcd/membership.env"  # written by etcd-seed-member when the node joins
+    member_bin: str = "/usr/local/sbin/etcd-seed-member"
+    backup_bin: str = "/usr/local/sbin/etcd-seed-backup"
+    promote_unit: str = "/etc/systemd/system/etcd-seed-promote.service"
+    backup_unit: str = "/etc/systemd/system/etcd-backup.service"
+    backup_timer: str = "/etc/systemd/system/etcd-backup.timer"
+    restore_scratch: str = "/opt/etcd/restore.tmp"  # a restore is built here, then renamed into place
+    unit: str = "/etc/systemd/system/etcd.service"
+    flannel_unit: str = "/etc/systemd/system/etcd-flannel-config.service"
+    staged: str = "/var/lib/etcd-seed/seed"  # where cloud-init writes the seed's files for the install step
+    version_file: str = "/var/lib/etcd-seed/version"  # the etcd release the install step last put in place
+    # sha256 of the tarball and of each binary it installed: a boot with the same seed checks these
+    # instead of unpacking the tarball again, and repairs a binary that a power loss left damaged.
+    installed: str = "/var/lib/etcd-seed/installed.sha256"
+    restoring: str = "/var/lib/etcd-seed/restoring"  # present while a restore moves its files into place
+    boot_unit: str = "/etc/systemd/system/etcd-seed-boot.service"  # converges to the seed before etcd starts
+    install_bin: str = "/usr/local/sbin/etcd-seed-install"
+    flannel_bin: str = "/usr/local/sbin/etcd-flannel-config"
+
+
+PATHS = Paths()
+
+# What an options.env value may hold. systemd's EnvironmentFile parser and sh read
+# these the same way, unquoted: no quote, backslash, space, `$`, `#` or line break.
+SAFE_VALUE = re.compile(r"[A-Za-z0-9._:/,=@+-]*")
+SAFE_NAME = re.compile(r"ETCD_[A-Z0-9_]+")
+
+
+def peer_url(node: Node) -> str:
+    return f"https://{node.ip}:{PEER_PORT}"
+
+
+def client_url(node: Node) -> str:
+    return f"https://{node.ip}:{CLIENT_PORT}"
+
+
+def client_endpoints(spec: Spec, founders_only: bool = False) -> str:
+    """Every member's client URL (or only the founders'), comma-separated."""
+    return ",".join(client_url(node) for node in (spec.founders if founders_only else spec.nodes))
+
+
+# How long etcd-seed-member keeps retrying a step that may yet succeed, and how long it pauses
+# after one that cannot before systemd starts it again.
+JOIN_TIMEOUT_S = 900
+REFUSED_PAUSE_S = 60
+
+
+def member_config(spec: Spec, node: Node) -> dict[str, object]:
+    """/etc/etcd/member.json: what etcd-seed-member needs to add this node to its cluster."""
+    return {
+        "name": node.name,
+        "mode": "replace" if node.replace else "join" if node.join else "none",
+        "peer_url": peer_url(node),
+        "client_url": client_url(node),
+        # Only a joining member asks its peers anything; a founder's seed must not change when one joins.
+        "peers": [client_url(n) for n in spec.nodes if n != node] if node.joins else [],
+        "etcdctl": f"{PATHS.bin}/etcdctl",
+        "ca": PATHS.ca, "cert": PATHS.cert, "key": PATHS.key,
+        "data_dir": PATHS.data_dir, "wal_dir": PATHS.wal_dir,
+        "membership_env": PATHS.membership_env,
+        "timeout_s": JOIN_TIMEOUT_S, "refused_pause_s": REFUSED_PAUSE_S,
+        # A restore seed: etcd must never start on an empty data dir, which would bootstrap an empty cluster.
+        "restore": spec.etcd.restore is not None,
+    }
+
+
+def restore_argv(spec: Spec, node: Node) -> list[str]:
+    """The flags of `snapshot restore` for this member, after the tool and the snapshot's path."""
+    assert spec.etcd.restore is not None  # noqa: S101 - callers check
+    argv = [f"--name={node.name}", f"--initial-cluster={initial_cluster(spec, node)}",
+            f"--initial-cluster-token={spec.etcd.cluster_token}",
+            f"--initial-advertise-peer-urls={peer_url(node)}"]
+    if spec.etcd.restore.bump_revision:
+        argv += [f"--bump-revision={spec.etcd.restore.bump_revision}", "--mark-compacted"]
+    return argv
+
+
+def initial_cluster(spec: Spec, node: Node) -> str:
+    """ETCD_INITIAL_CLUSTER: the founders, and a joining member itself.
+
+    Adding a member changes no other member's seed; a joining member's real list comes from
+    `member add` at its first boot.
+    """
+    members = [n for n in spec.nodes if not n.join or n == node]
+    return ",".join(f"{n.name}={peer_url(n)}" for n in members)
+
+
+def options(spec: Spec, node: Node) -> dict[str, str]:
+    """The settings of one member, as options.env holds them (CIS Kubernetes Benchmark section 2).
+
+    Raises:
+        ValueError: a value holds a character outside SAFE_VALUE; the spec's checks make this a bug.
+    """
+    listen_client = ([f"http://127.0.0.1:{CLIENT_PORT}"] if spec.etcd.plaintext_localhost else []) \
+        + [client_url(node)]
+    values = {
+        "ETCD_NAME": node.name,
+        "ETCD_DATA_DIR": PATHS.data_dir,
+        "ETCD_WAL_DIR": PATHS.wal_dir,
+        "ETCD_LISTEN_PEER_URLS": peer_url(node),
+        "ETCD_INITIAL_ADVERTISE_PEER_URLS": peer_url(node),
+        "ETCD_PEER_CERT_FILE": PATHS.cert,
+        "ETCD_PEER_KEY_FILE": PATHS.key,
+        "ETCD_PEER_TRUSTED_CA_FILE": PATHS.ca,
+        "ETCD_PEER_CLIENT_CERT_AUTH": "true",
+        "ETCD_PEER_AUTO_TLS": "false",
+        "ETCD_LISTEN_CLIENT_URLS": ",".join(listen_client),
+        "ETCD_ADVERTISE_CLIENT_URLS": client_url(node),
+        "ETCD_CERT_FILE": PATHS.cert,
+        "ETCD_KEY_FILE": PATHS.key,
+        "ETCD_TRUSTED_CA_FILE": PATHS.ca,
+        "ETCD_CLIENT_CERT_AUTH": "true",
+        "ETCD_AUTO_TLS": "false",
+        # A member that joins a running cluster learns the membership when it adds itself
+        # (etcd-seed-member writes it to membership.env); these are what the founders start with.
+        "ETCD_INITIAL_CLUSTER": initial_cluster(spec, node),
+        "ETCD_INITIAL_CLUSTER_STATE": "existing" if node.joins else "new",
+        "ETCD_INITIAL_CLUSTER_TOKEN": spec.etcd.cluster_token,
+        "ETCD_HEARTBEAT_INTERVAL": str(spec.etcd.heartbeat_interval),
+        "ETCD_ELECTION_TIMEOUT": str(spec.etcd.election_timeout),
+        # No kube-apiserver compacts a flannel-only etcd: without this its history grows
+        # until the quota stops every write (etcd docs: op-guide/maintenance).
+        "ETCD_AUTO_COMPACTION_MODE": spec.etcd.auto_compaction_mode,
+        "ETCD_AUTO_COMPACTION_RETENTION": spec.etcd.auto_compaction_retention,
+        "ETCD_QUOTA_BACKEND_BYTES": str(spec.etcd.quota_backend_bytes),
+        **spec.etcd.release.extra_options,
+    }
+    for name, value in values.items():
+        if not SAFE_NAME.fullmatch(name) or not SAFE_VALUE.fullmatch(value):
+            raise ValueError(f"options.env: {name}={value!r} holds a character outside the safe set")
+    return values
+
+
+
+def _always(spec: Spec, node: Node) -> bool:
+    return True
+
+
+def backs_up(spec: Spec, node: Node) -> bool:
+    """Every member takes its own backups when backup is on."""
+    return spec.backup.enabled
+
+
+def writes_flannel_config(spec: Spec, node: Node) -> bool:
+    """The first founder writes flannel's network config once the cluster has quorum."""
+    return node == spec.nodes[0] and spec.flannel is not None
+
+
+# The sources that are not templates: the node's PEM material and its member.json.
+CA_PEM, KEY_PEM, CHAIN_PEM, MEMBER_JSON = "pem:ca", "pem:key", "pem:chain", "json:member"
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A file the seed stages under PATHS.staged (`name`) and the install step puts at `dest`.
+
+    `source` is a template (*.j2), a file of templates/ copied as it is, or one of the sources above.
+    `restart`: etcd must restart to see a change; otherwise it (or systemd) reloads it, or the next
+    start reads it. `when` says which nodes get it.
+    """
+
+    name: str
+    source: str
+    dest: str
+    mode: str
+    etcd_owned: bool = False  # owned by etcd (which reads it), else by root
+    restart: bool = False
+    when: Callable[[Spec, Node], bool] = _always
+
+
+# Every file the install step puts in place, in its order: user-data's write_files and the
+# install script's put lines both loop over this one table.
+STAGED_FILES = (
+    StagedFile("ca.crt", CA_PEM, PATHS.ca, "644", etcd_owned=True, restart=True),
+    StagedFile("etcd.key", KEY_PEM, PATHS.key, "600", etcd_owned=True),
+    StagedFile("etcd.crt", CHAIN_PEM, PATHS.cert, "644", etcd_owned=True),
+    StagedFile("options.env", "options.env.j2", PATHS.options, "640", etcd_owned=True, restart=True),
+    StagedFile("member.json", MEMBER_JSON, PATHS.member_config, "640", etcd_owned=True),
+    StagedFile("etcd-seed-member", "etcd-seed-member.py", PATHS.member_bin, "755"),
+    StagedFile("etcd.service", "etcd.service.j2", PATHS.unit, "644", restart=True),
+    StagedFile("etcd-seed-promote.service", "etcd-seed-promote.service.j2", PATHS.promote_unit, "644"),
+    StagedFile("etcd-seed-boot.service", "etcd-seed-boot.service.j2", PATHS.boot_unit, "644"),
+    StagedFile("etcd-seed-backup", "etcd-backup.sh.j2", PATHS.backup_bin, "755", when=backs_up),
+    StagedFile("etcd-backup.service", "etcd-backup.service.j2", PATHS.backup_unit, "644", when=backs_up),
+    StagedFile("etcd-backup.timer", "etcd-backup.timer.j2", PATHS.backup_timer, "644", when=backs_up),
+    StagedFile("etcd-flannel-config", "flannel-config.sh.j2", PATHS.flannel_bin, "755", when=writes_flannel_config),
+    StagedFile("etcd-flannel-config.service", "flannel-config.service.j2", PATHS.flannel_unit, "644",
+               when=writes_flannel_config),
+)

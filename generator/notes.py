@@ -1,0 +1,194 @@
+"""Notes: every sentence the build shows the operator, in one place to review them together.
+
+Membership (join, replace, leave, a changed address, a removed client), the rolling order, the CA
+rotation's phases, etcd version changes, and the build's and plan's reports. The core returns
+these as text; only the CLI prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from . import layout
+from .errors import printable
+from .etcd import Version, VersionChange
+from .node import peer_url
+from .rotation import Phase, describe
+from .spec import Spec
+
+if TYPE_CHECKING:
+    from .build import BuildPlan
+    from .manifest import Manifest
+
+_ADMIN = "from pki/, run: set -a && . ./etcdctl.env && set +a &&"
+
+
+def _member_id(name: str) -> str:
+    """A shell expression for a member's ID, looked up by name in `etcdctl member list`."""
+    return f"\"$(etcdctl member list | awk -F', ' '$3 == \"{name}\" {{print $1}}')\""
+
+
+def membership(spec: Spec, previous: Manifest, built: set[str], replacing: frozenset[str]) -> list[str]:
+    """What the operator does, or may do by hand, for members that join, are replaced or leave."""
+    notes = []
+    for node in spec.nodes:
+        manual = (f"by hand instead, {_ADMIN} etcdctl member add {node.name} --peer-urls={peer_url(node)} "
+                  f"--learner, and once it has caught up, etcdctl member promote <its ID>")
+        if node.replace and node.name in replacing:
+            notes.append(f"{node.name} is replaced with a new key: boot it from its new seed on an empty disk; it "
+                         f"removes its stale member entry while the others keep quorum, joins as a learner and "
+                         f"promotes itself (journalctl -u etcd -u etcd-seed-promote shows each step); {manual}")
+        elif node.join and node.name not in built:
+            notes.append(f"{node.name} joins the running cluster by itself: boot it from its seed; it adds itself "
+                         f"as a learner and promotes itself once it has caught up; {manual}")
+        old = _previous_ips(previous, node.name)
+        if node.name in built and node.name not in replacing and old and str(node.ip) not in old:
+            notes.append(f"{node.name}'s address changed from {', '.join(old)} to {node.ip}: etcd keeps a member's "
+                         "peer URL in the cluster's membership, not in its seed, and a member that already holds "
+                         "data does not register again; before you roll its new seed, "
+                         f"{_ADMIN} etcdctl member update {_member_id(node.name)} --peer-urls={peer_url(node)} ; or "
+                         "mark it replace: true to boot it afresh on an empty disk")
+    for name in sorted(built - {n.name for n in spec.nodes}):
+        notes.append(f"{name} left the spec: take it out of the cluster before you power it off; {_ADMIN} "
+                     f"etcdctl member remove {_member_id(name)} "
+                     f"; then delete {name}/, pki/{name}.key, pki/{name}.crt and pki/{name}.ssh.key from the output")
+    clients = {c.name for c in spec.clients}
+    for path in sorted(p for p in previous.files if p.startswith(f"{layout.CLIENTS}/")):
+        name = path.removeprefix(f"{layout.CLIENTS}/").split(".", 1)[0]
+        if name not in clients:
+            record = previous.certificates.get(layout.cert_file(name))
+            expiry = record.not_after if record else "its notAfter"
+            notes.append(f"client {name} left the spec: its certificate pki/{name}.crt stays valid until it "
+                         f"expires ({expiry}), and anyone holding its key can still use the cluster until then; "
+                         f"rotate the CA (rotate-ca) to cut it off sooner; delete {path}, pki/{name}.key and "
+                         f"pki/{name}.crt from the output")
+    if spec.etcd.restore is not None:
+        notes.append("restore: boot every member on an empty disk from its new seed; each restores the snapshot "
+                     "once, then the members form a new cluster (new token and cluster ID); power off every old "
+                     "member first, and remove etcd.restore from the spec once the cluster is up")
+    return notes
+
+
+def _previous_ips(previous: Manifest, name: str) -> list[str]:
+    """The IPv4 addresses the previous build's certificate for a node named."""
+    record = previous.certificates.get(layout.cert_file(name))
+    return [ip for ip in record.ips if ip != "127.0.0.1"] if record else []
+
+
+def rolling_order(names: Sequence[str]) -> str:
+    """What the operator does with changed seeds of a running cluster, one node at a time."""
+    steps = "; ".join(f"{i}. {name}" for i, name in enumerate(names, 1))
+    return (f"roll the changed seeds one node at a time: attach the node's new seed.iso and reboot it, then "
+            f"wait until 'ETCDCTL_ENDPOINTS=https://<its IP>:2379 etcdctl endpoint health' reports that member "
+            f"healthy before the next ({steps}); "
+            "take the leader last ('etcdctl endpoint status -w table' shows IS LEADER)")
+
+
+_DOES = {
+    Phase.TRUST_BOTH: "every node trusts the old and the new CA; certificates stay as they are",
+    Phase.ISSUE: "every certificate is issued from the new CA, keys kept; nodes still trust both CAs",
+    Phase.TRUST_NEW: "nodes trust only the new CA; the old CA and its key are gone from pki/",
+}
+
+
+def rotation(phase: Phase, stepped: bool) -> str | None:
+    """What the operator does next in a CA rotation; None outside one."""
+    if phase is Phase.NONE or (phase is Phase.TRUST_NEW and not stepped):
+        return None
+    roll = "roll every node with its new seed, one at a time, each healthy before the next"
+    if phase is Phase.TRUST_BOTH:
+        then = ("then run 'rotate-ca issue'; give consumers pki/ca-bundle.crt as their CA file now, since "
+                "members will present certificates of either CA")
+    elif phase is Phase.ISSUE:
+        then = ("then give every consumer its reissued certificate and run 'rotate-ca finish', which deletes "
+                "the old CA's key (pki/ca.key until then) and makes pki/ca.crt the new CA")
+    else:
+        then = ("then the rotation is complete: a certificate of the old CA is refused from now on; run 'seal' "
+                "again so that pki/ca.key.age holds the new CA's key")
+    return f"CA rotation: phase {phase:d} of 3 ({describe(phase)}): {_DOES[phase]}; {roll}; {then}"
+
+
+def version_change(change: VersionChange, before: Version | None, after: Version) -> tuple[str, str | None]:
+    """How moving the cluster from `before` to `after` reads: (a note, the refusal or None)."""
+    if change is VersionChange.SAME or before is None:
+        return "", None
+    if change is VersionChange.ROLLBACK:
+        return f"rollback: etcd {before} -> {after} (only while some members still run {after})", None
+    if change is VersionChange.DOWNGRADE:
+        return (f"downgrade: etcd {before} -> {after}",
+                f"{before} -> {after} is a downgrade; etcd only goes back while a rolling upgrade is "
+                "unfinished (some members still on the old version): build with --allow-downgrade for that")
+    if change is VersionChange.PATCH:
+        return f"patch upgrade: etcd {before} -> {after}", None
+    if change is VersionChange.MINOR:
+        return f"upgrade: etcd {before} -> {after} (one minor step)", None
+    return "", (f"{before} -> {after} skips a minor version, which etcd does not support; upgrade to the "
+                f"newest {before.major}.{before.minor + 1}.x first, roll every node, then build again")
+
+
+def upgrade_floor(before: Version | None, after: Version) -> str | None:
+    """A warning when the cluster's current version is below the floor etcd requires for this upgrade."""
+    floor = after.upgrade_floor(before)
+    if floor is None:
+        return None
+    return (f"etcd.version: every member must run {floor} or later before moving to {after} "
+            f"(etcd's upgrade_3_6 guide); the cluster runs {before}: do a patch upgrade to {floor} first")
+
+
+# The build's and plan's reports, as the CLI prints them: (stdout text, stderr text).
+
+def _size(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB"
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    header = ("node", "ip", "cert expires", "seed.iso")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n"
+                   for row in [header, *rows])
+
+
+def _notes(plan: BuildPlan) -> tuple[str, str]:
+    return ("".join(f"{note}\n" for note in plan.notes),
+            "".join(f"warning: {printable(warning)}\n" for warning in plan.warnings))
+
+
+def build_report(plan: BuildPlan, root: str, removed: Sequence[str], written: int) -> tuple[str, str]:
+    """What `build` prints: what it did, each node's certificate and seed, how to check, then the notes."""
+    out = [f"removed {rel}: left by a run that was killed\n" for rel in removed]
+    out += [f"pki: {event}\n" for event in plan.pki.events]
+    out += [f"moved pki/{source}.age to pki/{target}.age: the sealed copy follows its key\n"
+            for source, target in plan.sealed_moves]
+    out += [f"deleted {rel}\n" for rel in plan.deletes]
+    total = len(plan.files) + 1
+    out.append(f"{root}: {written} of {total} files written" + ("" if written else " (nothing changed)") + "\n")
+    sizes: Mapping[str, int] = {f.path.split("/")[0]: f.size for f in plan.files
+                                if f.path.endswith(f"/{layout.SEED_ISO}")}
+    out.append(_table([(node.name, str(node.ip), f"{plan.pki.leaves[node.name].cert.not_valid_after_utc:%Y-%m-%d}",
+                        _size(sizes[node.name])) for node in plan.spec.nodes]))
+    out.append(f"check the cluster: cd {root}/pki && set -a && . ./etcdctl.env && set +a && "
+               "etcdctl endpoint health\n")
+    notes, warnings = _notes(plan)
+    return "".join(out) + notes, warnings
+
+
+def plan_report(plan: BuildPlan, root: str) -> tuple[str, str]:
+    """What `plan` prints: each file that would change and how, the counts, then the notes."""
+    from .build import FileStatus
+    from .pki import Change
+
+    changed = plan.changed
+    out = [f"pki: {event}\n" for event in plan.pki.events if event.change is not Change.REUSED]
+    width = max((len(f.path) for f in changed), default=0)
+    out += [f"  {planned.path.ljust(width)}  {planned.status}\n" for planned in changed]
+    if plan.manifest_status is not FileStatus.UNCHANGED:
+        out.append(f"  {layout.MANIFEST.ljust(width)}  {plan.manifest_status}\n")
+    out += [f"  pki/{target}.age  move (from pki/{source}.age)\n" for source, target in plan.sealed_moves]
+    out += [f"  {rel.ljust(width)}  {FileStatus.DELETE}\n" for rel in plan.deletes]
+    counts = {k: sum(1 for f in changed if f.status is k) for k in FileStatus}
+    out.append(f"{root}: {counts[FileStatus.CREATE]} to create, {counts[FileStatus.UPDATE]} to update, "
+               f"{counts[FileStatus.MODE]} to chmod, " + (f"{len(plan.deletes)} to delete, " if plan.deletes else "")
+               + f"{len(plan.files) - len(changed)} unchanged\n")
+    notes, warnings = _notes(plan)
+    return "".join(out) + notes, warnings

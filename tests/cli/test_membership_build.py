@@ -1,0 +1,313 @@
+"""What the build does for joins, replacements, backups, a restore, compaction and quota, and every bad input.
+
+Each bad input gets an `error:` line naming its field and nothing is written (or, on a
+second build, nothing is changed). The snapshots here are made to pass the build's own
+checks (bbolt header and sha256 trailer); tests/etcd/test_membership.py restores real ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from generator.etcd import BOLT_MAGIC, Version, check_snapshot
+from generator.iso import read_iso
+from tests.helpers.cli import assert_refused, build, run, set_spec
+from tests.helpers.specs import spec_yaml
+
+
+def fake_snapshot(body: bytes = b"keys") -> bytes:
+    """Bytes shaped as `etcdctl snapshot save` writes: bbolt meta pages, then the sha256 of the rest."""
+    page = bytearray(4096)
+    page[16:20] = BOLT_MAGIC.to_bytes(4, "little")
+    data = bytes(page) + body.ljust(4096, b"\0")
+    return data + hashlib.sha256(data).digest()
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _written(workdir: Path, node: str) -> dict[str, str]:
+    """What cloud-init's write_files would write on the node, by path."""
+    user_data = yaml.safe_load((workdir / "out/demo" / node / "user-data").read_text())
+    return {f["path"]: f["content"] for f in user_data["write_files"]}
+
+
+def _options(workdir: Path, node: str) -> dict[str, str]:
+    text = (workdir / "out/demo" / node / "options.env").read_text()
+    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+
+# --- snapshots ----------------------------------------------------------------------------
+
+
+def test_snapshot_check_accepts_what_etcdctl_writes() -> None:
+    assert check_snapshot(fake_snapshot()) is None
+
+
+@pytest.mark.parametrize(("mangle", "expected"), [
+    (lambda d: b"SQLite format 3\0" + bytes(16) + d[32:], "is not an etcd snapshot (no bbolt database header)"),
+    (lambda d: d[:100], "is not an etcd snapshot"),
+    (lambda d: d[:-32], "has no sha256 trailer"),
+    (lambda d: d[:5000] + b"X" + d[5001:], "is damaged: its contents do not match the sha256"),
+], ids=["not-bolt", "truncated", "no-trailer", "flipped-byte"])
+def test_bad_snapshot_is_refused_and_nothing_written(workdir: Path, mangle: object, expected: str) -> None:
+    (workdir / "snap.db").write_bytes(mangle(fake_snapshot()))  # type: ignore[operator]
+    set_spec(workdir, "etcd:\n", "etcd:\n  restore: {snapshot: snap.db, bump_revision: 0}\n")
+    err = assert_refused(workdir, "etcd.restore.snapshot")
+    assert expected in err
+
+
+def test_missing_snapshot_is_refused(workdir: Path) -> None:
+    set_spec(workdir, "etcd:\n", "etcd:\n  restore: {snapshot: nowhere.db, bump_revision: 0}\n")
+    assert "does not exist" in assert_refused(workdir, "etcd.restore.snapshot")
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo", "."], ids=["device", "fifo", "directory"])
+def test_special_file_as_snapshot_is_refused_unread(workdir: Path, special: str) -> None:
+    """A device, a FIFO or a directory is refused before a byte is read: nothing hangs or fills memory."""
+    if special == "fifo":
+        os.mkfifo(workdir / "fifo")
+    set_spec(workdir, "etcd:\n", f"etcd:\n  restore: {{snapshot: '{special}', bump_revision: 0}}\n")
+    assert_refused(workdir, "etcd.restore.snapshot")
+
+
+def test_bump_on_a_release_without_it_is_refused(workdir: Path) -> None:
+    """etcd 3.5.1's etcdutl has no --bump-revision: the build says so, and bump_revision: 0 is the way out."""
+    (workdir / "snap.db").write_bytes(fake_snapshot())
+    set_spec(workdir, "etcd:\n", "etcd:\n  restore: {snapshot: snap.db}\n")
+    err = assert_refused(workdir, "etcd.restore.bump_revision")
+    assert "etcd 3.5.1 cannot bump revisions on restore" in err and "set bump_revision: 0" in err
+
+
+def test_restore_seed_carries_the_snapshot_pinned_by_sha256(workdir: Path) -> None:
+    snapshot = fake_snapshot()
+    sha = hashlib.sha256(snapshot).hexdigest()
+    (workdir / "snap.db").write_bytes(snapshot)
+    set_spec(workdir, 'version: "3.5.1"', 'version: "3.5.1"\n  restore: {snapshot: snap.db, bump_revision: 0}')
+    code, out, err = build(workdir)
+    assert code == 0, err
+    assert "restore: boot every member on an empty disk" in out
+    on_seed = read_iso((workdir / "out/demo/etcd02/seed.iso").read_bytes())
+    assert on_seed["snapshot.db"] == snapshot
+    script = _written(workdir, "etcd02")["/usr/local/sbin/etcd-seed-install"]
+    assert f"[ \"$got\" = {sha} ]" in script
+    assert "--initial-cluster-token=demo-b80da7a7f759-r" + sha[:12] in script
+    assert "--bump-revision" not in script
+    assert _options(workdir, "etcd02")["ETCD_INITIAL_CLUSTER_TOKEN"] == f"demo-b80da7a7f759-r{sha[:12]}"
+    manifest = json.loads((workdir / "out/demo/manifest.json").read_text())
+    assert manifest["restore"] == {"sha256": sha, "size": len(snapshot)}
+    code, _, err = run("verify", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"))
+    assert code == 0, err
+
+
+def test_restore_with_a_join_is_refused(workdir: Path) -> None:
+    (workdir / "snap.db").write_bytes(fake_snapshot())
+    set_spec(workdir, "etcd:\n", "etcd:\n  restore: {snapshot: snap.db, bump_revision: 0}\n")
+    set_spec(workdir, '{name: etcd03, ', '{name: etcd03, join: true, ')
+    assert "cannot be used with etcd.restore" in assert_refused(workdir, "nodes.2.join")
+
+
+# --- joins, replacements, scaling in --------------------------------------------------------
+
+
+def test_join_changes_no_founder_seed(workdir: Path) -> None:
+    """A fourth member with join: true: it gets a member.json that names its peers; no founder's file changes."""
+    assert build(workdir)[0] == 0
+    before = _files(workdir / "out/demo")
+    set_spec(workdir, '  - {name: etcd03, ip: 192.168.0.3, mac: "52:54:00:00:00:03"}',
+             '  - {name: etcd03, ip: 192.168.0.3, mac: "52:54:00:00:00:03"}\n'
+             '  - {name: etcd04, ip: 192.168.0.4, mac: "52:54:00:00:00:04", join: true}')
+    code, out, err = build(workdir)
+    assert code == 0, err
+    after = _files(workdir / "out/demo")
+    changed = sorted(p for p in before if before[p] != after[p])
+    assert changed == ["known_hosts", "manifest.json", "pki/etcdctl.env"], changed
+    assert "etcd04 joins the running cluster by itself" in out
+    assert "etcdctl member add etcd04 --peer-urls=https://192.168.0.4:2380 --learner" in out
+    config = json.loads(_written(workdir, "etcd04")["/var/lib/etcd-seed/seed/member.json"])
+    assert config["mode"] == "join" and config["peers"] == [f"https://192.168.0.{i}:2379" for i in (1, 2, 3)]
+    options = _options(workdir, "etcd04")
+    assert options["ETCD_INITIAL_CLUSTER_STATE"] == "existing"
+    assert options["ETCD_INITIAL_CLUSTER"].endswith(",etcd04=https://192.168.0.4:2380")
+    assert "etcd-seed-promote.service" in _written(workdir, "etcd04")["/usr/local/sbin/etcd-seed-install"]
+    assert "etcd-seed-promote.service" not in _written(workdir, "etcd01")["/usr/local/sbin/etcd-seed-install"] \
+        .split("systemctl enable etcd.service")[1]
+
+
+@pytest.mark.parametrize("lost", [2, 3])
+def test_replace_that_would_lose_quorum_is_refused(workdir: Path, lost: int) -> None:
+    """Two or three of three members lost at once: replacing them one by one cannot keep quorum."""
+    for i in range(1, lost + 1):
+        set_spec(workdir, f"{{name: etcd0{i}, ", f"{{name: etcd0{i}, replace: true, ")
+    err = assert_refused(workdir, f"nodes.{lost - 1}.replace")
+    assert f"replacing {lost} of 3 members at once would lose quorum" in err and "etcd.restore" in err
+
+
+def test_replace_of_a_node_never_built_is_refused(workdir: Path) -> None:
+    set_spec(workdir, "{name: etcd03, ", "{name: etcd03, replace: true, ")
+    err = assert_refused(workdir, "nodes.2.replace")
+    assert "not in the earlier build" in err and "join: true" in err
+
+
+def test_replace_rekeys_once_and_the_marker_is_consumed(workdir: Path) -> None:
+    assert build(workdir)[0] == 0
+    old = (workdir / "out/demo/pki/etcd03.key").read_bytes()
+    others = {n: (workdir / f"out/demo/pki/{n}.key").read_bytes() for n in ("etcd01", "etcd02", "admin", "ca")}
+    set_spec(workdir, "{name: etcd03, ", "{name: etcd03, replace: true, ")
+    code, out, err = build(workdir)
+    assert code == 0, err
+    assert "pki: etcd03: new key (replace)" in out and "etcd03 is replaced with a new key" in out
+    new = (workdir / "out/demo/pki/etcd03.key").read_bytes()
+    assert new != old
+    assert {n: (workdir / f"out/demo/pki/{n}.key").read_bytes() for n in others} == others
+    assert json.loads(_written(workdir, "etcd03")["/var/lib/etcd-seed/seed/member.json"])["mode"] == "replace"
+    assert _options(workdir, "etcd03")["ETCD_INITIAL_CLUSTER_STATE"] == "existing"
+    manifest = json.loads((workdir / "out/demo/manifest.json").read_text())
+    assert manifest["replaced"] == {"etcd03": manifest["files"]["pki/etcd03.key"]["public_key_sha256"]}
+    # The next build keeps the replacement's key and tells the operator to drop the marker.
+    code, out, err = build(workdir)
+    assert code == 0 and "(nothing changed)" in out
+    assert "warning: nodes.2.replace: etcd03 was replaced by an earlier build" in err
+    assert (workdir / "out/demo/pki/etcd03.key").read_bytes() == new
+    # With the marker gone, the node is a plain member again; marked once more, it is replaced again.
+    set_spec(workdir, "{name: etcd03, replace: true, ", "{name: etcd03, ")
+    assert build(workdir)[0] == 0
+    assert "replaced" not in json.loads((workdir / "out/demo/manifest.json").read_text())
+    set_spec(workdir, "{name: etcd03, ", "{name: etcd03, replace: true, ")
+    code, out, _ = build(workdir)
+    assert code == 0 and "pki: etcd03: new key (replace)" in out
+
+
+def test_scaling_in_prints_the_member_remove_command(workdir: Path) -> None:
+    assert build(workdir)[0] == 0
+    set_spec(workdir, '  - {name: etcd03, ip: 192.168.0.3, mac: "52:54:00:00:00:03"}\n', "")
+    code, out, _ = build(workdir)
+    assert code == 0
+    assert ("etcd03 left the spec: take it out of the cluster before you power it off; from pki/, run: set -a && "
+            ". ./etcdctl.env && set +a && etcdctl member remove \"$(etcdctl member list | awk -F', ' "
+            "'$3 == \"etcd03\" {print $1}')\"") in out
+
+
+def test_joined_nodes_are_rolled_later_and_new_ones_never(workdir: Path) -> None:
+    """A node joining now boots afresh and is not in the rolling order; once built, a joined node (join: true still
+    set) is a member like any other, and a renewal rolls it with the rest."""
+    assert build(workdir)[0] == 0
+    set_spec(workdir, '  - {name: etcd03, ip: 192.168.0.3, mac: "52:54:00:00:00:03"}',
+             '  - {name: etcd03, ip: 192.168.0.3, mac: "52:54:00:00:00:03"}\n'
+             '  - {name: etcd04, ip: 192.168.0.4, mac: "52:54:00:00:00:04", join: true}')
+    code, out, err = run("build", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"), "--renew")
+    assert code == 0, err
+    order = next(line for line in out.splitlines() if line.startswith("roll the changed seeds"))
+    assert "etcd04" not in order and "1. etcd01; 2. etcd02; 3. etcd03" in order
+    code, out, err = run("build", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"), "--renew")
+    assert code == 0, err
+    order = next(line for line in out.splitlines() if line.startswith("roll the changed seeds"))
+    assert "1. etcd01; 2. etcd02; 3. etcd03; 4. etcd04" in order
+    assert "ETCDCTL_ENDPOINTS=https://<its IP>:2379 etcdctl endpoint health" in order
+
+
+def test_changed_address_says_what_etcd_needs(workdir: Path) -> None:
+    """etcd keeps a member's peer URL in its membership: a node whose address changed gets a note with the
+    member update command (a joined one also refuses, on the node, to add itself twice)."""
+    assert build(workdir)[0] == 0
+    set_spec(workdir, "ip: 192.168.0.3,", "ip: 192.168.0.7,")
+    code, out, err = build(workdir)
+    assert code == 0, err
+    assert ("etcd03's address changed from 192.168.0.3 to 192.168.0.7: etcd keeps a member's peer URL in the "
+            "cluster's membership") in out
+    assert "etcdctl member update \"$(etcdctl member list | awk -F', ' '$3 == \"etcd03\" {print $1}')\" " \
+           "--peer-urls=https://192.168.0.7:2380" in out
+
+
+def test_removed_client_says_its_certificate_stays_valid(workdir: Path) -> None:
+    """A consumer taken out of clients: gets a note like scale-in's: which files to delete, and that its certificate
+    is valid until it expires."""
+    set_spec(workdir, "etcd:\n", "clients:\n  - {name: flannel, use: flannel}\netcd:\n")
+    assert build(workdir)[0] == 0
+    set_spec(workdir, "clients:\n  - {name: flannel, use: flannel}\n", "")
+    code, out, err = build(workdir)
+    assert code == 0, err
+    note = next(line for line in out.splitlines() if line.startswith("client flannel left the spec"))
+    assert "pki/flannel.crt stays valid until it expires (20" in note
+    assert "delete clients/flannel.flanneld.env, pki/flannel.key and pki/flannel.crt" in note
+
+
+# --- backups, compaction, quota --------------------------------------------------------------
+
+
+def test_backups_are_on_by_default(workdir: Path) -> None:
+    assert build(workdir)[0] == 0
+    written = _written(workdir, "etcd02")
+    timer = written["/var/lib/etcd-seed/seed/etcd-backup.timer"]
+    assert "OnCalendar=daily\n" in timer and "Persistent=true" in timer
+    service = written["/var/lib/etcd-seed/seed/etcd-backup.service"]
+    assert "User=etcd\n" in service and "Type=oneshot\n" in service
+    script = written["/var/lib/etcd-seed/seed/etcd-seed-backup"]
+    assert "keep=7\n" in script and 'dir="$root"/var/backups/etcd\n' in script
+    assert "--endpoints=https://192.168.0.2:2379" in script
+    assert "etcd-backup.timer" in written["/usr/local/sbin/etcd-seed-install"]
+
+
+def test_backups_can_be_turned_off(workdir: Path) -> None:
+    (workdir / "cluster.yaml").write_text(spec_yaml() + "backup: {enabled: false}\n")
+    assert build(workdir)[0] == 0
+    written = _written(workdir, "etcd01")
+    assert "/var/lib/etcd-seed/seed/etcd-seed-backup" not in written
+    assert "systemctl disable --now etcd-backup.timer" in written["/usr/local/sbin/etcd-seed-install"]
+
+
+@pytest.mark.parametrize(("setting", "field", "expected"), [
+    ("backup: {schedule: dayly}", "backup.schedule", "not a calendar event"),
+    ("backup: {schedule: '25:00'}", "backup.schedule", "not a calendar event"),
+    ("backup: {schedule: 'daily\\n[Service]'}", "backup.schedule", "not a calendar event"),
+    ("backup: {dir: relative/dir}", "backup.dir", "not an absolute path"),
+    ("backup: {dir: /var/backups/../../etc}", "backup.dir", "not an absolute path"),
+    ("backup: {dir: /etc/etcd-backups}", "backup.dir", "system directory"),
+    ("backup: {dir: /srv}", "backup.dir", "system directory"),
+    ("backup: {dir: /opt/etcd/backups}", "backup.dir", "overlaps /opt/etcd"),
+    ("backup: {dir: /tmp/etcd}", "backup.dir", "system directory"),
+    ("backup: {dir: /var/tmp/etcd}", "backup.dir", "which every user can write"),
+    ("backup: {dir: /root/backups}", "backup.dir", "which the etcd user cannot write"),
+    ("backup: {dir: /home/ops/etcd}", "backup.dir", "where the etcd user cannot write"),
+    ("backup: {dir: /var/log/etcd}", "backup.dir", "which the etcd user cannot write"),
+    ("backup: {keep: 0}", "backup.keep", "between 1 and 1000"),
+    ("backup: {enabled: 'yes'}", "backup.enabled", "must be true or false"),
+], ids=lambda v: str(v)[:28])
+def test_bad_backup_setting_is_refused(workdir: Path, setting: str, field: str, expected: str) -> None:
+    (workdir / "cluster.yaml").write_text(spec_yaml() + setting + "\n")
+    assert expected in assert_refused(workdir, field)
+
+
+def test_compaction_and_quota_reach_options_env(workdir: Path) -> None:
+    assert build(workdir)[0] == 0
+    options = _options(workdir, "etcd01")
+    assert (options["ETCD_AUTO_COMPACTION_MODE"], options["ETCD_AUTO_COMPACTION_RETENTION"],
+            options["ETCD_QUOTA_BACKEND_BYTES"]) == ("periodic", "1h", str(2 << 30))
+    assert set(options) <= Version(3, 5, 0).known_variables
+
+
+@pytest.mark.parametrize(("setting", "field"), [
+    ("auto_compaction_mode: sometimes", "etcd.auto_compaction_mode"),
+    ("auto_compaction_retention: 1d", "etcd.auto_compaction_retention"),
+    ("{auto_compaction_mode: revision, auto_compaction_retention: 1h}", "etcd.auto_compaction_retention"),
+    ("quota_backend_bytes: 0", "etcd.quota_backend_bytes"),
+    ("quota_backend_bytes: 1e12", "etcd.quota_backend_bytes"),
+])
+def test_bad_compaction_or_quota_is_refused(workdir: Path, setting: str, field: str) -> None:
+    lines = yaml.safe_load(setting) if setting.startswith("{") else None
+    text = "".join(f"  {k}: {v}\n" for k, v in lines.items()) if lines else f"  {setting}\n"
+    set_spec(workdir, "etcd:\n", "etcd:\n" + text)
+    assert_refused(workdir, field)
+
+
+def test_quota_above_8_gib_is_a_warning(workdir: Path) -> None:
+    set_spec(workdir, "etcd:\n", "etcd:\n  quota_backend_bytes: 12884901888\n")
+    code, _, err = build(workdir)
+    assert code == 0 and "warning: etcd.quota_backend_bytes: 12884901888 is above 8 GiB" in err

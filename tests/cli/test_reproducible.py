@@ -1,0 +1,99 @@
+"""Reproducible output: same spec, same bytes; a change touches exactly the files it must."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.cli import build, run
+
+
+def plan(workdir: Path) -> set[str]:
+    code, out, err = run("plan", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"))
+    assert code == 0, err
+    return {line.split()[0] for line in out.splitlines() if line.startswith("  ")}
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def edit(workdir: Path, old: str, new: str) -> None:
+    spec = workdir / "cluster.yaml"
+    assert old in spec.read_text()
+    spec.write_text(spec.read_text().replace(old, new, 1))
+
+
+def test_same_state_same_bytes(workdir: Path, tmp_path: Path) -> None:
+    """Two builds that start from the same keys and certificates write identical trees, ISOs included."""
+    assert build(workdir)[0] == 0
+    first = snapshot(workdir / "out" / "demo")
+    other = tmp_path / "again"
+    other.mkdir()
+    shutil.copy(workdir / "cluster.yaml", other)
+    shutil.copy(workdir / "etcd.tar.gz", other)
+    shutil.copytree(workdir / "out" / "demo" / "pki", other / "out" / "demo" / "pki")
+    for name in [p for p in (other / "out" / "demo" / "pki").iterdir() if p.suffix not in (".crt", ".key")]:
+        name.unlink()
+    # The keys' record travels with them: a pki/ without its manifest is refused (tests/cli/test_key_misuse.py).
+    shutil.copy(workdir / "out" / "demo" / "manifest.json", other / "out" / "demo" / "manifest.json")
+    assert build(other)[0] == 0
+    assert snapshot(other / "out" / "demo") == first
+
+
+def test_source_date_epoch_pins_iso_dates(workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SOURCE_DATE_EPOCH decides the dates inside the ISOs, and nothing else."""
+    assert build(workdir)[0] == 0
+    default = snapshot(workdir / "out" / "demo")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert build(workdir)[0] == 0
+    pinned = snapshot(workdir / "out" / "demo")
+    changed = {p for p in default if default[p] != pinned[p]}
+    assert changed == {"etcd01/seed.iso", "etcd02/seed.iso", "etcd03/seed.iso", "manifest.json"}
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "soon")
+    code, _, err = build(workdir)
+    assert code == 1 and "error: SOURCE_DATE_EPOCH: 'soon' is not a whole number" in err
+
+
+def test_no_change_plans_nothing(workdir: Path) -> None:
+    assert build(workdir)[0] == 0
+    assert plan(workdir) == set()
+
+
+def test_one_node_change_touches_only_that_node(workdir: Path) -> None:
+    """A new MAC for etcd02 changes etcd02's network-config, meta-data (instance-id) and ISO only."""
+    assert build(workdir)[0] == 0
+    edit(workdir, '"52:54:00:00:00:02"', '"52:54:00:00:00:22"')
+    assert plan(workdir) == {"etcd02/network-config", "etcd02/meta-data", "etcd02/seed.iso", "manifest.json"}
+    before = snapshot(workdir / "out" / "demo")
+    assert build(workdir)[0] == 0
+    after = snapshot(workdir / "out" / "demo")
+    assert {p for p in before if before[p] != after[p]} == {
+        "etcd02/network-config", "etcd02/meta-data", "etcd02/seed.iso", "manifest.json"}
+
+
+def test_timeout_change_rewrites_three_options_and_isos(workdir: Path) -> None:
+    """A new heartbeat rewrites every node's options.env and what embeds it, and no certificate."""
+    assert build(workdir)[0] == 0
+    edit(workdir, "heartbeat_interval: 100", "heartbeat_interval: 150")
+    per_node = ("options.env", "user-data", "user-data.redacted", "meta-data", "seed.iso")
+    assert plan(workdir) == {f"etcd0{i}/{f}" for i in (1, 2, 3) for f in per_node} | {"manifest.json"}
+
+
+def test_added_member(workdir: Path) -> None:
+    """A fourth node new to a built cluster needs join: true; without it the build refuses and writes nothing (it would
+    bootstrap a cluster of its own). With it, it gets new files and no founder's seed changes; old certs stay."""
+    assert build(workdir)[0] == 0
+    before = snapshot(workdir / "out")
+    edit(workdir, "etcd:\n", '  - {name: etcd04, ip: 192.168.0.4, mac: "52:54:00:00:00:04"}\netcd:\n')
+    code, _, err = build(workdir)
+    assert code == 1 and "error: nodes.3.join: etcd04 is new to the built cluster (etcd01, etcd02, etcd03)" in err
+    assert snapshot(workdir / "out") == before
+    edit(workdir, 'mac: "52:54:00:00:00:04"}', 'mac: "52:54:00:00:00:04", join: true}')
+    planned = plan(workdir)
+    assert {"pki/etcd04.crt", "pki/etcd04.key", "etcd04/seed.iso", "pki/etcdctl.env", "known_hosts"} <= planned
+    assert not {p for p in planned if p.startswith(("etcd01/", "etcd02/", "etcd03/"))}, planned
+    certs_and_keys = {p for p in planned if p.startswith("pki/") and p.endswith((".crt", ".key"))}
+    assert certs_and_keys == {"pki/etcd04.crt", "pki/etcd04.key", "pki/etcd04.ssh.key"}

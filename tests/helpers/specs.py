@@ -1,0 +1,75 @@
+"""Specs and fake material for tests that never run etcd: spec text, a fake release tarball, PEM stand-ins."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import io
+import tarfile
+from pathlib import Path
+
+from generator.pki import KeyRecords, PkiState
+from generator.render import NodePem
+from generator.spec import Spec, load_spec
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+NO_RECORDS = KeyRecords()  # a first build: no manifest yet
+
+
+def records(state: PkiState) -> KeyRecords:
+    """What the manifest of a build that wrote `state` records of its keys."""
+    return KeyRecords(recorded=state.public_keys(), ca_recorded=True)
+
+SPEC_TEMPLATE = """\
+cluster: {{name: demo, domain: example.com}}
+network: {{prefix: 24, gateway: {gateway}, dns: [{gateway}]}}
+nodes:
+{nodes}
+etcd:
+  version: "3.5.1"
+  bundle: {bundle}
+  heartbeat_interval: 100
+  election_timeout: 1000
+pki: {{key_type: {key_type}, validity_days: 365}}
+flannel: {{network: 10.2.0.0/16, backend: vxlan, subnet_len: 24}}
+"""
+
+
+def spec_yaml(base: str = "192.168.0", count: int = 3, bundle: str = "etcd.tar.gz",
+              key_type: str = "rsa2048", gateway: str | None = None) -> str:
+    """The text of a valid spec with `count` nodes at base.1 .. base.count."""
+    nodes = "\n".join(
+        f'  - {{name: etcd{i:02d}, ip: {base}.{i}, mac: "52:54:00:00:00:{i:02x}"}}'
+        for i in range(1, count + 1))
+    return SPEC_TEMPLATE.format(nodes=nodes, bundle=bundle, key_type=key_type,
+                                gateway=gateway or f"{base}.254")
+
+
+def fake_bundle(version: str = "3.5.1", top: str | None = None) -> bytes:
+    """A tiny tarball laid out like an etcd release, for tests that never run etcd."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name in ("etcd", "etcdctl"):
+            data = f"#!/bin/sh\necho fake {name}\n".encode()
+            info = tarfile.TarInfo(f"{top or f'etcd-v{version}-linux-amd64'}/{name}")
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
+def parse(text: str, base_dir: Path = ROOT) -> Spec:
+    spec, _warnings = load_spec(text, base_dir=base_dir)
+    return spec
+
+
+# Stand-ins for real PEMs so that golden files stay byte-stable.
+FAKE_CA = b"-----BEGIN CERTIFICATE-----\nFAKE-CA\n-----END CERTIFICATE-----\n"
+
+
+def fake_pem(name: str) -> NodePem:
+    """A node's material as fixed text: what the golden files were rendered with."""
+    leaf = f"-----BEGIN CERTIFICATE-----\nFAKE-{name}\n-----END CERTIFICATE-----\n".encode()
+    key = f"-----BEGIN PRIVATE KEY-----\nFAKE-KEY-{name}\n-----END PRIVATE KEY-----\n".encode()
+    host = f"-----BEGIN OPENSSH PRIVATE KEY-----\nFAKE-HOST-KEY-{name}\n-----END OPENSSH PRIVATE KEY-----\n".encode()
+    return NodePem(FAKE_CA, leaf + FAKE_CA, key, host, f"ssh-ed25519 AAAAFAKEHOSTKEY{name.replace('-', '')}")

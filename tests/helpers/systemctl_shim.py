@@ -1,0 +1,137 @@
+"""A stand-in for systemctl, for running the generated install script in a scratch root.
+
+PID 1 here is not systemd, so the script's systemctl calls cannot reach a real
+service manager. This stand-in does what systemd would do with the units the
+script installed under the scratch root: for etcd.service it runs each
+ExecStartPre=, then reads every EnvironmentFile= (a leading '-' makes one
+optional) with systemd's own parser (libsystemd-shared, see tests/helpers/parsers.py),
+later files overriding earlier ones, and runs the real etcd binary in the caller's
+network namespace. A oneshot unit (etcd-backup.service) runs to its end; `start
+--no-block` of etcd-seed-promote.service runs it in the background. File paths
+in the settings are moved under the scratch root, the only change to what the
+script wrote. Every call is logged, so a test can count starts and restarts.
+
+usage (as systemctl): start|stop|restart|is-active|enable|disable|daemon-reload [--no-block|--quiet|--now] UNIT
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.helpers.parsers import systemd_env
+
+PATH_KEYS = ("ETCD_DATA_DIR", "ETCD_WAL_DIR", "ETCD_CERT_FILE", "ETCD_KEY_FILE", "ETCD_TRUSTED_CA_FILE",
+             "ETCD_PEER_CERT_FILE", "ETCD_PEER_KEY_FILE", "ETCD_PEER_TRUSTED_CA_FILE")
+UNITS = "etc/systemd/system"
+
+
+def _pid(state: Path) -> int | None:
+    try:
+        pid = int((state / "etcd.pid").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    with open(f"/proc/{pid}/stat") as handle:
+        if handle.read().split()[2] == "Z":
+            return None
+    return pid
+
+
+def _directives(root: Path, unit: str, key: str) -> list[str]:
+    path = root / UNITS / unit
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [line.split("=", 1)[1] for line in lines if line.startswith(f"{key}=")]
+
+
+def _under(root: Path, command: str) -> list[str]:
+    program, *args = command.split()
+    return [f"{root}{program}", *args]
+
+
+def _run_unit(root: Path, state: Path) -> None:
+    """What systemd does for etcd.service: ExecStartPre=, then ExecStart= with the EnvironmentFile= settings."""
+    script_env = {**os.environ, "ETCD_SEED_ROOT": str(root)}
+    for command in _directives(root, "etcd.service", "ExecStartPre"):
+        if subprocess.run(_under(root, command), env=script_env, check=False).returncode != 0:
+            os._exit(1)
+    env: dict[str, str] = {}
+    for name in _directives(root, "etcd.service", "EnvironmentFile"):
+        optional, name = name.startswith("-"), name.lstrip("-")
+        path = Path(f"{root}{name}")
+        if optional and not path.exists():
+            continue
+        env.update(systemd_env(path))
+    env = {k: (f"{root}{v}" if k in PATH_KEYS else v) for k, v in env.items()}
+    os.execve(str(root / "usr/local/bin/etcd"), [str(root / "usr/local/bin/etcd")], env)  # noqa: S606 - keeps the PID
+
+
+def _start(root: Path, state: Path) -> None:
+    log = open(state / "etcd.log", "ab")  # noqa: SIM115 - handed to the daemon
+    proc = subprocess.Popen([sys.executable, __file__, "--run-etcd"], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, env={**os.environ, "ETCD_SEED_ROOT": str(root)})
+    (state / "etcd.pid").write_text(str(proc.pid))
+
+
+def _stop(state: Path) -> None:
+    pid = _pid(state)
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(200):
+        if _pid(state) is None:
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+
+
+def _oneshot(root: Path, state: Path, unit: str, wait: bool) -> int:
+    env = {**os.environ, "ETCD_SEED_ROOT": str(root)}
+    commands = _directives(root, unit, "ExecStart")
+    with open(state / f"{unit}.log", "ab") as log:
+        if not wait:
+            proc = subprocess.Popen(_under(root, commands[0]), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            (state / f"{unit}.pid").write_text(str(proc.pid))
+            return 0
+        return subprocess.run(_under(root, commands[0]), env=env, stdout=log, stderr=subprocess.STDOUT,
+                              check=False).returncode
+
+
+def main(argv: list[str]) -> int:
+    root = Path(os.environ["ETCD_SEED_ROOT"])
+    state = root / "run" / "shim"
+    if argv == ["--run-etcd"]:
+        _run_unit(root, state)
+    state.mkdir(parents=True, exist_ok=True)
+    words = [a for a in argv if not a.startswith("--")]
+    with open(state / "calls.log", "a") as log:
+        log.write(" ".join(words) + "\n")
+    verb, unit = words[0], (words[1] if len(words) > 1 else "")
+    if verb == "start" and unit in ("etcd-backup.service", "etcd-seed-promote.service"):
+        return _oneshot(root, state, unit, wait="--no-block" not in argv)
+    if unit != "etcd.service":
+        return 0  # timers, the flannel unit and daemon-reload: recorded only
+    if verb == "is-active":
+        return 0 if _pid(state) is not None else 3
+    if verb == "start" and _pid(state) is None:
+        _start(root, state)
+    elif verb == "restart":
+        _stop(state)
+        _start(root, state)
+    elif verb == "stop":
+        _stop(state)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

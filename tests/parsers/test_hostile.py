@@ -1,0 +1,213 @@
+"""Property: a hostile string in any spec field is refused by name, or reaches every output only as data.
+
+Each output is read back by its real parser: PyYAML for user-data, meta-data and
+network-config (cloud-init's own loader, as in tests/cli/test_injection.py), systemd's env-file
+parser and sh for options.env, and sh for the install script.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from generator import node as node_facts
+from generator.errors import SpecError
+from generator.render import PATHS, SeedFiles, make_environment, render_client, render_node
+from generator.spec import ClientUse, Spec, load_spec
+from tests.helpers.parsers import cloud_init_available, cloud_init_load, sh_env, systemd_available, systemd_env
+from tests.helpers.specs import ROOT, fake_pem
+
+# Every character that ends a line for YAML, sh or systemd, plus what quotes, escapes,
+# comments, expands or separates in any of them.
+HOSTILE = ["\n", "\r", "\x85", "\u2028", "\u2029", "\x0b", "\x0c", "\x00", "\t", " ", "'", '"', "`", "\\", "$",
+           "$(", ";", "&", "|", "#", "%", "{", "}", "[", "]", ",", ":", "- ", "*", "!", "@", "=", "\ufeff", "\u0661"]
+BASE: dict[str, Any] = {
+    "cluster": {"name": "demo", "domain": "example.com"},
+    "network": {"prefix": 24, "gateway": "10.8.0.254", "dns": ["10.8.0.254"], "search": ["example.com"]},
+    "nodes": [{"name": "etcd01", "ip": "10.8.0.1", "mac": "52:54:00:00:00:01", "fqdn": "etcd01.example.com"},
+              {"name": "etcd02", "ip": "10.8.0.2", "mac": "52:54:00:00:00:02"}],
+    "etcd": {"version": "3.5.1", "url": "https://dl.example/etcd.tgz?a=1&b=2", "sha256": "a" * 64,
+             "token": "tok-1", "auto_compaction_retention": "2h"},
+    "backup": {"schedule": "Mon..Fri *-*-* 02:30", "dir": "/srv/etcd-backup", "keep": 5},
+    "flannel": {"network": "10.2.0.0/16", "backend": "vxlan"},
+    "admin": {"name": "ops", "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB ops@example"],
+              "password_hash": "$6$rounds=5000$saltsaltsaltsalt$" + "a" * 86},
+    "clients": [{"name": "flannel", "use": "flannel", "dir": "/etc/flannel-etcd"},
+                {"name": "kube", "use": "kube-apiserver", "cn": "kube-apiserver-etcd-client", "o": "system:masters"},
+                {"name": "reader", "cn": "backup reader"}],
+}
+FIELDS = ["cluster.name", "cluster.domain", "network.gateway", "network.dns.0", "network.search.0",
+          "nodes.0.name", "nodes.0.ip", "nodes.0.mac", "nodes.0.fqdn", "nodes.1.name", "etcd.version", "etcd.url",
+          "etcd.sha256", "etcd.token", "flannel.network", "flannel.backend", "admin.name",
+          "admin.ssh_authorized_keys.0", "admin.password_hash", "etcd.auto_compaction_retention",
+          "backup.schedule", "backup.dir", "clients.0.name", "clients.0.dir", "clients.1.cn", "clients.1.o",
+          "clients.2.name", "clients.2.cn"]
+USER_DATA_KEYS = {"hostname", "fqdn", "manage_etc_hosts", "ssh_pwauth", "ssh_deletekeys", "ssh_keys", "groups",
+                  "users", "write_files", "runcmd"}
+WRITE_FILES = {f"{PATHS.staged}/{name}" for name in (
+    "ca.crt", "etcd.crt", "etcd.key", "options.env", "etcd.service", "member.json", "etcd-seed-promote.service",
+    "etcd-seed-boot.service", "etcd-seed-member", "etcd-backup.service", "etcd-backup.timer",
+    "etcd-seed-backup")} | {PATHS.install_bin}
+FLANNEL_FILES = {f"{PATHS.staged}/etcd-flannel-config", f"{PATHS.staged}/etcd-flannel-config.service"}
+
+
+def _get(data: Any, path: str) -> Any:
+    for part in path.split("."):
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
+
+
+def _set(data: Any, path: str, value: str) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    if isinstance(data, list):
+        data[int(last)] = value
+    else:
+        data[last] = value
+
+
+@st.composite
+def hostile_specs(draw: st.DrawFn) -> tuple[str, str]:
+    """A spec with one field made hostile: its valid value with hostile pieces put in, or hostile text alone."""
+    field = draw(st.sampled_from(FIELDS))
+    valid = str(_get(BASE, field))
+    pieces = st.sampled_from(HOSTILE) | st.text(min_size=1, max_size=3)
+    where = draw(st.integers(min_value=0, max_value=len(valid)))
+    value = draw(st.one_of(
+        st.builds(lambda p: valid[:where] + p + valid[where:], pieces),
+        st.builds(lambda p: valid + p, pieces),
+        st.lists(pieces, min_size=1, max_size=5).map("".join),
+    ))
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    _set(data, field, value)
+    return field, yaml.safe_dump(data, allow_unicode=True)
+
+
+def _load(text: str) -> Spec | SpecError:
+    try:
+        return load_spec(text, base_dir=ROOT)[0]
+    except SpecError as exc:
+        return exc
+
+
+def _render(spec: Spec) -> dict[str, SeedFiles]:
+    env = make_environment()
+    return {n.name: render_node(env, spec, n, fake_pem(n.name), "b" * 64) for n in spec.nodes}
+
+
+def check_outputs(spec: Spec, rendered: dict[str, SeedFiles], tmp: Path,
+                  env_parser: Callable[[Path], dict[str, str]] | None) -> None:
+    """Every output parses to exactly the expected keys, files and values."""
+    for node in spec.nodes:
+        texts = rendered[node.name].texts
+        user_data = yaml.safe_load(texts["user-data"])
+        assert set(user_data) == USER_DATA_KEYS
+        assert user_data["hostname"] == node.name and user_data["fqdn"] == node.fqdn
+        paths = {f["path"] for f in user_data["write_files"]}
+        assert paths == WRITE_FILES | (FLANNEL_FILES if node == spec.nodes[0] and spec.flannel else set())
+        assert [u["name"] for u in user_data["users"]] == ["etcd"] + ([spec.admin.name] if spec.admin else [])
+        if spec.admin:
+            admin = user_data["users"][1]
+            assert admin.get("ssh_authorized_keys", []) == list(spec.admin.ssh_authorized_keys)
+            assert admin.get("passwd") == spec.admin.password_hash
+        assert user_data["runcmd"] == [["/usr/local/sbin/etcd-seed-install"]]
+        meta = yaml.safe_load(texts["meta-data"])
+        assert meta == {"instance-id": rendered[node.name].instance_id, "local-hostname": node.name}
+        network = yaml.safe_load(texts["network-config"])
+        primary = network["ethernets"]["primary"]
+        assert primary["match"] == {"macaddress": node.mac}
+        assert primary["addresses"] == [f"{node.ip}/{spec.network.prefix}"]
+        assert primary["nameservers"]["search"] == list(spec.network.search)
+        options = {f["path"]: f["content"] for f in user_data["write_files"]}[f"{PATHS.staged}/options.env"]
+        assert options == texts["options.env"]
+        if env_parser is not None:
+            path = tmp / f"{node.name}.env"
+            path.write_text(options)
+            assert env_parser(path) == node_facts.options(spec, node)
+        script = {f["path"]: f["content"] for f in user_data["write_files"]}["/usr/local/sbin/etcd-seed-install"]
+        assert subprocess.run(["sh", "-n", "-c", script], check=False).returncode == 0
+        url_line = next(line for line in script.splitlines() if line.startswith("url="))
+        done = subprocess.run(["sh", "-euc", f'{url_line}\nprintf %s "$url"'], capture_output=True, text=True,
+                              check=True)
+        assert done.stdout == spec.etcd.url
+        files = {f["path"]: f["content"] for f in user_data["write_files"]}
+        assert json.loads(files[f"{PATHS.staged}/member.json"]) == node_facts.member_config(spec, node)
+        backup = files[f"{PATHS.staged}/etcd-seed-backup"]
+        assert subprocess.run(["sh", "-n", "-c", backup], check=False).returncode == 0
+        dir_line = next(line for line in backup.splitlines() if line.startswith("dir="))
+        done = subprocess.run(["sh", "-euc", f'root=\n{dir_line}\nprintf %s "$dir"'], capture_output=True, text=True,
+                              check=True, env={"PATH": "/usr/bin:/bin"})
+        assert done.stdout == spec.backup.dir
+        timer = files[f"{PATHS.staged}/etcd-backup.timer"]
+        assert [line for line in timer.splitlines() if line.startswith("OnCalendar=")] == \
+            [f"OnCalendar={spec.backup.schedule}"]
+        if shutil.which("systemd-analyze"):  # systemd's own parser accepts every schedule the spec accepts
+            assert subprocess.run(["systemd-analyze", "calendar", spec.backup.schedule], capture_output=True,
+                                  check=False).returncode == 0, spec.backup.schedule
+    check_client_files(spec, tmp, env_parser)
+
+
+def check_client_files(spec: Spec, tmp: Path, env_parser: Callable[[Path], dict[str, str]] | None) -> None:
+    """Each consumer file is comment lines and exactly its settings, read back by systemd's parser or sh."""
+    env = make_environment()
+    endpoints = node_facts.client_endpoints(spec)
+    for client in spec.clients:
+        text = render_client(env, spec, client)
+        path = tmp / f"{client.name}.client"
+        path.write_text(text)
+        settings = [line for line in text.splitlines() if not line.startswith("#")]
+        where = f"{client.dir}/{client.name}"
+        if client.use is ClientUse.KUBE_APISERVER:
+            assert settings == [f"--etcd-servers={endpoints}", f"--etcd-cafile={client.dir}/ca.crt",
+                                f"--etcd-certfile={where}.crt", f"--etcd-keyfile={where}.key"]
+        elif client.use is ClientUse.FLANNEL:
+            want = {"FLANNELD_ETCD_ENDPOINTS": endpoints, "FLANNELD_ETCD_CAFILE": f"{client.dir}/ca.crt",
+                    "FLANNELD_ETCD_CERTFILE": f"{where}.crt", "FLANNELD_ETCD_KEYFILE": f"{where}.key",
+                    "FLANNELD_ETCD_PREFIX": "/coreos.com/network"}
+            assert settings == [f"{k}={v}" for k, v in want.items()]
+            if env_parser is not None:
+                assert env_parser(path) == want
+        else:
+            assert sh_env(path) == {"ETCDCTL_API": "3", "ETCDCTL_ENDPOINTS": endpoints,
+                                    "ETCDCTL_CACERT": f"{client.dir}/ca.crt", "ETCDCTL_CERT": f"{where}.crt",
+                                    "ETCDCTL_KEY": f"{where}.key"}
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(hostile_specs())
+def test_hostile_field_is_refused_or_inert(tmp_path: Path, case: tuple[str, str]) -> None:
+    """One hostile field: the spec is refused naming that field, or every output holds the value as data only."""
+    field, text = case
+    spec = _load(text)
+    if isinstance(spec, SpecError):
+        event("refused")
+        parent = field.rsplit(".", 1)[0]
+        assert any(m.startswith((field, parent)) for m in spec.messages), (field, spec.messages)
+        return
+    event(f"accepted {field}")
+    parser = systemd_env if systemd_available() is None else None
+    check_outputs(spec, _render(spec), tmp_path, parser)
+
+
+def test_base_spec_renders_and_parses(tmp_path: Path) -> None:
+    """The property's starting point is a valid spec whose outputs pass every check, so refusals mean something."""
+    spec, _ = load_spec(yaml.safe_dump(BASE), base_dir=ROOT)
+    check_outputs(spec, _render(spec), tmp_path, systemd_env if systemd_available() is None else None)
+
+
+@pytest.mark.skipif(cloud_init_available() is not None, reason=str(cloud_init_available()))
+def test_cloud_init_reads_what_pyyaml_reads() -> None:
+    """cloud-init's own loader reads each rendered user-data and meta-data as PyYAML does."""
+    spec, _ = load_spec(yaml.safe_dump(BASE), base_dir=ROOT)
+    texts = [t for files in _render(spec).values() for t in (files.texts["user-data"], files.texts["meta-data"])]
+    assert cloud_init_load(texts) == [yaml.safe_load(t) for t in texts]

@@ -1,0 +1,112 @@
+"""The member script's checks on what etcd answers, as pure functions, and its errors as a process.
+
+etcd-seed-member writes membership.env from `member list` and `member add`; systemd reads that file after
+options.env, so a name or URL that etcd hands over must never carry a line or a setting of its own. Real
+etcd cannot be made to list a member name with a newline in it, so these answers are written here; the
+real-etcd cases (a foreign peer URL, a member of another name) are in test_membership.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.helpers.specs import ROOT
+
+SCRIPT = ROOT / "templates" / "etcd-seed-member.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("etcd_seed_member", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+member = _load()
+GOOD = {"ID": 0x1234, "name": "etcd01", "peerURLs": ["https://10.0.0.1:2380"], "clientURLs": []}
+
+
+@pytest.mark.parametrize("bad", [
+    {"name": "etcd01\nETCD_DATA_DIR=/tmp"},
+    {"name": "ETCD01"},
+    {"name": "etcd01 "},
+    {"name": 7},
+    {"peerURLs": ["https://10.0.0.1:2380\nETCD_X=1"]},
+    {"peerURLs": ["http://10.0.0.1:2380"]},
+    {"peerURLs": ["https://node.example:2380"]},
+    {"peerURLs": ["https://[::1]:2380"]},
+    {"peerURLs": ["https://10.0.0.256:2380"]},
+    {"peerURLs": ["https://10.0.0.1:2380,evil=https://10.0.0.9:2380"]},
+    {"peerURLs": []},
+    {"peerURLs": "https://10.0.0.1:2380"},
+    {"ID": "1234"},
+    {"ID": True},
+], ids=lambda v: repr(v)[:40])
+def test_member_of_another_shape_is_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(member.Refused):
+        member.checked_members({"members": [GOOD, {**GOOD, "ID": 0x99, **bad}]}, "member list")
+
+
+def test_members_of_the_right_shape_pass() -> None:
+    unstarted = {"ID": 0x77, "peerURLs": ["https://10.0.0.4:2380"]}  # no name until it starts
+    members = member.checked_members({"members": [GOOD, unstarted]}, "member list")
+    cluster = member.initial_cluster(members, 0x1234, "etcd01")
+    assert cluster == "etcd01=https://10.0.0.1:2380,unstarted-77=https://10.0.0.4:2380"
+    assert member.membership_env("etcd01", cluster).splitlines()[1:] == [
+        f"ETCD_INITIAL_CLUSTER={cluster}", "ETCD_INITIAL_CLUSTER_STATE=existing"]
+
+
+@pytest.mark.parametrize("cluster", ["etcd01=https://10.0.0.1:2380\nETCD_X=1", "a=b", "etcd01=https://10.0.0.1:2380,"])
+def test_membership_env_refuses_anything_unchecked(cluster: str) -> None:
+    with pytest.raises(member.Refused):
+        member.membership_env("etcd01", cluster)
+
+
+@pytest.mark.parametrize("text", ["", "not json", "[]", "{}", '{"members": 3}', '"x"', "null"])
+def test_unparsable_answers_are_refused(text: str) -> None:
+    with pytest.raises(member.Refused):
+        member.checked_members(member.parse_json(text, "member list"), "member list")
+
+
+@pytest.mark.parametrize("config", ["", "{", '{"name": "etcd01"}', "[]"])
+def test_a_broken_config_is_an_error_line_not_a_traceback(tmp_path: Path, config: str) -> None:
+    (tmp_path / "etc/etcd").mkdir(parents=True)
+    (tmp_path / "etc/etcd/member.json").write_text(config)
+    done = subprocess.run([sys.executable, str(SCRIPT), "prepare"], env={"ETCD_SEED_ROOT": str(tmp_path)},
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 1
+    assert done.stderr.startswith("etcd-seed: ERROR: ") and "Traceback" not in done.stderr, done.stderr
+
+
+def test_stale_entries_are_only_our_own() -> None:
+    """In replace mode only an entry with this node's name, or an unstarted one at its peer URL, is stale; a started
+    member of another name at its URL is refused before anything is removed."""
+    cfg = {"name": "etcd03", "peer_url": "https://10.0.0.3:2380", "peers": []}
+    node = member.Member(cfg)
+    other = {"ID": 1, "name": "etcd09", "peerURLs": ["https://10.0.0.3:2380"], "clientURLs": []}
+    with pytest.raises(member.Refused, match="taken by member etcd09"):
+        node.remove_stale([other])
+    with pytest.raises(member.Refused, match="taken by member etcd09"):
+        node.add([other])
+    moved = {"ID": 2, "name": "etcd03", "peerURLs": ["https://10.0.0.7:2380"], "clientURLs": []}
+    with pytest.raises(member.Refused, match="its address changed"):
+        node.add([moved])
+
+
+def test_config_is_json_the_build_writes() -> None:
+    """Guards the case above: member.json's keys are the ones Member reads."""
+    from generator import node as node_facts
+    from generator.spec import load_spec
+    from tests.helpers.specs import spec_yaml
+    spec, _ = load_spec(spec_yaml(), base_dir=ROOT)
+    config = json.loads(json.dumps(node_facts.member_config(spec, spec.nodes[2])))
+    node = member.Member(config)
+    assert node.name == "etcd03" and node.peer_url == "https://192.168.0.3:2380"
