@@ -8,18 +8,16 @@ import getpass
 import os
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from . import __version__, fastpath, fs
+from . import __version__, fastpath
 from .errors import GeneratorError, MaterialError, printable
 
 # The rest is imported where it is used: a build or plan with nothing to do answers from
 # fastpath without cryptography, Jinja, PyYAML or pycdlib.
 if TYPE_CHECKING:
     from .build import Options
-    from .manifest import Manifest
     from .spec import Spec
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
@@ -129,13 +127,13 @@ def _fast(args: argparse.Namespace) -> fastpath.Replay | None:
     """The recorded output of a build or plan with nothing to do, or None to run in full."""
     if args.command not in ("build", "plan") or args.rekey or args.renew or args.allow_downgrade:
         return None
-    return fastpath.lookup(args.command, [str(args.out.resolve())], args.spec, args.out,
+    return fastpath.lookup(args.command, fastpath.command_args(args.out), args.spec, args.out,
                            dt.datetime.now(dt.UTC).timestamp())
 
 
 def _read_spec(spec_path: Path, err: TextIO | None = None) -> Spec:
     """The validated spec; its warnings go to `err` when given."""
-    from .build import read_spec
+    from .inputs import read_spec
 
     spec, warnings = read_spec(spec_path)
     for warning in warnings if err is not None else []:
@@ -144,7 +142,7 @@ def _read_spec(spec_path: Path, err: TextIO | None = None) -> Spec:
 
 
 def _run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .build import load_sources
+    from .inputs import load_sources
 
     spec = _read_spec(args.spec, err)
     load_sources(spec)
@@ -172,60 +170,20 @@ def _run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from . import external
-    from .build import cluster_root, load_bundle, now
-    from .layout import SEED_ISO
-    from .render import make_environment
-    from .verify import Finding, Tree, verify_tree
+    from .verify import check
 
-    spec = _read_spec(args.spec)
-    root = cluster_root(args.out, spec)
-    if not root.is_dir():
-        raise MaterialError(f"{root}: no output to verify; run a build first")
-    if args.fail_days > args.warn_days:
-        raise MaterialError("--fail-days must not exceed --warn-days")
-    try:
-        bundle = load_bundle(spec)
-    except MaterialError:
-        bundle = None  # a reviewer's checkout may lack the tarball: ISOs are then checked file by file
-    with fs.locked(root, exclusive=False), ThreadPoolExecutor(1) as pool:
-        disk, dirs, odd = fs.scan(root)
-        # cloud-init's schema check runs in a process of its own, beside the rest of verify.
-        names = sorted(p for p in disk if p.endswith("/user-data"))
-        schema = pool.submit(external.cloud_init_schema, [root / name for name in names])
-        small = [p for p in disk if not p.endswith(f"/{SEED_ISO}")]
-        tree = Tree(files=fs.read_files(root, small), disk=disk, dirs=dirs, odd=odd,
-                    read_large=lambda rel: fs.read_regular(root / rel, fs.LIMITS["bundle"] * 2, rel) or b"",
-                    git_tracked=external.git_tracked(root))
-        found = verify_tree(spec, tree, now(), args.warn_days, args.fail_days, make_environment(), bundle)
-        problems = schema.result()
-        found += [Finding(name, problem) for name in names if (problem := problems[root / name])]
-    for finding in found:
+    report = check(args.spec, args.out, args.warn_days, args.fail_days)
+    for finding in report.findings:
         print(f"{'error' if finding.error else 'warning'}: {printable(str(finding))}", file=err)
-    errors = sum(f.error for f in found)
-    print(f"{root}: {len(disk)} files checked, {errors} errors, {len(found) - errors} warnings",
-          file=out)
-    return EXIT_ERROR if errors else EXIT_OK
-
-
-def _cluster_pki(args: argparse.Namespace) -> tuple[Path, Manifest]:
-    from . import manifest
-    from .build import cluster_root, read_manifest
-
-    spec = _read_spec(args.spec)
-    root = cluster_root(args.out, spec)
-    previous = read_manifest(root)
-    if not previous.files:
-        raise MaterialError(f"{root / manifest.NAME}: missing; run a build first (or clone the cluster's repository)")
-    return root / "pki", previous
+    print(f"{report.root}: {report.files} files checked, {report.errors} errors, "
+          f"{len(report.findings) - report.errors} warnings", file=out)
+    return EXIT_ERROR if report.errors else EXIT_OK
 
 
 def _run_seal(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from . import sealed
 
-    pki_dir, previous = _cluster_pki(args)
-    with fs.locked(pki_dir.parent, exclusive=True):
-        result = sealed.seal(pki_dir, args.recipient, previous)
+    pki_dir, result = sealed.seal_cluster(args.spec, args.out, args.recipient)
     for name in result.sealed:
         print(f"sealed: {pki_dir / name}", file=out)
     print(f"{pki_dir}: {len(result.sealed)} keys sealed, {len(result.unchanged)} unchanged; "
@@ -236,9 +194,7 @@ def _run_seal(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _run_unseal(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from . import sealed
 
-    pki_dir, previous = _cluster_pki(args)
-    with fs.locked(pki_dir.parent, exclusive=True):
-        restored = sealed.unseal(pki_dir, args.identity, previous)
+    pki_dir, restored = sealed.unseal_cluster(args.spec, args.out, args.identity)
     for name in restored:
         print(f"restored: {pki_dir / name}", file=out)
     print(f"{pki_dir}: {len(restored)} keys restored; 'build' now rebuilds the same seeds", file=out)

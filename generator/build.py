@@ -7,6 +7,7 @@ path. It returns what to print; only the CLI prints.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -22,17 +23,28 @@ from typing import BinaryIO
 import jinja2
 from cryptography import x509
 
-from . import certs, etcd, fastpath, fs, hostkeys, keygen, layout, manifest, notes, rotation, sealed
+from . import certs, fastpath, fs, hostkeys, keygen, layout, manifest, notes, rotation, sealed
 from .errors import GeneratorError, MaterialError, OutputError, printable
 from .etcd import Bundle, Version
+from .inputs import (
+    Snapshot,
+    Sources,
+    cluster_root,
+    input_files,
+    load_sources,
+    now,
+    read_manifest,
+    read_spec,
+    source_date_epoch,
+)
 from .iso import iso_digest, write_iso
 from .layout import CA_NAME, DELETABLE, HEX64, JOURNAL
 from .manifest import FileEntry, Manifest
-from .outputs import CaPem, HostPem, KeyPem, LeafPem, Material, OutputFile, Snapshot, output_files
+from .outputs import CaPem, HostPem, KeyPem, LeafPem, Material, OutputFile, output_files
 from .pki import CaInputs, KeyRecords, PkiState, build_pki, renew_at
 from .render import make_environment
 from .rotation import Phase, Rotation
-from .spec import CASource, Spec, load_spec
+from .spec import Spec
 
 _JOURNAL_NAME = re.compile(r"[a-z0-9-]{1,63}(\.ssh)?")  # a leaf or CA, or a node's host key
 
@@ -130,16 +142,6 @@ class BuildPlan:
 
 
 @dataclass(frozen=True)
-class Sources:
-    """The inputs that live outside the output tree: the etcd tarball, an imported CA, a snapshot."""
-
-    bundle: Bundle
-    imported: tuple[bytes, bytes] | None
-    snapshot: Snapshot | None = None
-    imported_next: tuple[bytes, bytes] | None = None
-
-
-@dataclass(frozen=True)
 class BuildResult:
     """What a run did, and what to print: the CLI writes `out` and `err` as they are."""
 
@@ -148,47 +150,6 @@ class BuildResult:
     out: str
     err: str
     timings: Mapping[str, float] = field(default_factory=dict)  # seconds per stage, for the benchmark
-
-
-def read_spec(spec_path: Path) -> tuple[Spec, list[str]]:
-    """The validated spec, and its warnings."""
-    return load_spec(fs.read_spec_text(spec_path), base_dir=spec_path.parent, source=str(spec_path))
-
-
-def cluster_root(out: Path, spec: Spec) -> Path:
-    """output/<cluster>/.
-
-    Raises:
-        MaterialError: --out is not a directory.
-    """
-    if out.exists() and not out.is_dir():
-        raise MaterialError(f"--out: {out} is not a directory")
-    return out / spec.name
-
-
-def source_date_epoch(value: str | None) -> int | None:
-    """SOURCE_DATE_EPOCH, which pins every ISO's dates, as seconds; None when unset."""
-    if value is None:
-        return None
-    if not re.fullmatch(r"[0-9]{1,20}", value):
-        raise MaterialError(f"SOURCE_DATE_EPOCH: {value!r} is not a whole number of seconds")
-    return int(value)
-
-
-def now() -> dt.datetime:
-    """The time certificates are issued at: this second."""
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-def input_files(spec: Spec) -> list[Path]:
-    """The files besides the spec that a build reads from outside the output tree."""
-    paths = [spec.etcd.bundle] if spec.etcd.bundle else []
-    for source in (spec.pki.ca, spec.pki.ca_next):
-        if source is not None:
-            paths += [source.cert, source.key]
-    if spec.etcd.restore is not None:
-        paths.append(spec.etcd.restore.snapshot)
-    return paths
 
 
 def run(spec_path: Path, out: Path, options: Options, write: bool = True, clock: dt.datetime | None = None,
@@ -222,11 +183,7 @@ def _run(spec: Spec, spec_path: Path, out: Path, options: Options, write: bool, 
     issued_at = clock or now()
     timings: dict[str, float] = {}
     if not write:
-        if root.is_dir():
-            with fs.locked(root, exclusive=False):
-                plan = plan_build(spec, load_inputs(spec, root), make_environment(), issued_at, pinned, options,
-                                  timings)
-        else:
+        with fs.locked(root, exclusive=False) if root.is_dir() else contextlib.nullcontext():
             plan = plan_build(spec, load_inputs(spec, root), make_environment(), issued_at, pinned, options, timings)
         text, errors = notes.plan_report(plan, str(root))
         return BuildResult(plan, root, text, warned + errors, timings)
@@ -243,14 +200,12 @@ def _run(spec: Spec, spec_path: Path, out: Path, options: Options, write: bool, 
             try:
                 fastpath.forget(root)
                 resumed, step = recover(root)
-                said = ""
                 if resumed:
-                    said = f"completed the run that was interrupted{f' (rotate-ca {step})' if step else ''}\n"
                     previous = read_manifest(root)  # the recovered run renamed its manifest into place
-                    if step is not None and step == options.rotate:
+                    if step is not None and step == options.rotate:  # its step is taken: this run builds on it
                         options = Options(options.rekey, options.renew, options.allow_downgrade, None)
-                inputs = load_inputs(spec, root, sources, previous)
-                plan = plan_build(spec, inputs, make_environment(), issued_at, pinned, options, timings)
+                plan = plan_build(spec, load_inputs(spec, root, sources, previous), make_environment(), issued_at,
+                                  pinned, options, timings)
                 started = time.perf_counter()
                 removed = apply_plan(root, plan)
                 timings["write"] = time.perf_counter() - started
@@ -258,75 +213,13 @@ def _run(spec: Spec, spec_path: Path, out: Path, options: Options, write: bool, 
                 fs.remove_empty(created)  # only while holding the lock: another run may be about to use them
                 raise
             text, errors = notes.build_report(plan, str(root), removed, plan.written)
-            text, errors = said + text, warned + errors
+            text, errors = (notes.recovered(step) if resumed else "") + text, warned + errors
             if not removed and plan.written == 0 and options.recordable:
                 plan_text, plan_errors = notes.plan_report(plan, str(root))
-                fastpath.record(root, [str(out.resolve())], spec_path, input_files(spec), plan.renew_at,
+                fastpath.record(root, fastpath.command_args(out), spec_path, input_files(spec), plan.renew_at,
                                 {"build": fastpath.Replay(text, errors),
                                  "plan": fastpath.Replay(plan_text, warned + plan_errors)})
     return BuildResult(plan, root, text, errors, timings)
-
-
-def fast_args(out: Path) -> list[str]:
-    """What of a build's or plan's arguments changes its result, for the fast path's digest."""
-    return [str(out.resolve())]
-
-
-def read_manifest(root: Path) -> Manifest:
-    return manifest.parse_manifest(fs.read_optional(root / layout.MANIFEST, layout.MANIFEST))
-
-
-def load_sources(spec: Spec, checked: str | None = None) -> Sources:
-    """Read the bundle and any imported CA, reporting every problem of both at once.
-
-    `checked` is the sha256 of a tarball an earlier build already listed.
-
-    Raises:
-        MaterialError: naming each field.
-    """
-    problems: list[str] = []
-    hints: list[str] = []
-    bundle = imported = None
-    try:
-        bundle = load_bundle(spec, checked)
-    except MaterialError as exc:
-        problems += exc.messages
-        hints += [exc.hint] if exc.hint else []
-    imported = imported_next = None
-    try:
-        imported = _load_imported_ca(spec.pki.ca, "pki.ca")
-    except MaterialError as exc:
-        problems += exc.messages
-    try:
-        imported_next = _load_imported_ca(spec.pki.ca_next, "pki.ca_next")
-    except MaterialError as exc:
-        problems += exc.messages
-    snapshot = None
-    try:
-        snapshot = load_snapshot(spec)
-    except MaterialError as exc:
-        problems += exc.messages
-    if problems or bundle is None:
-        raise MaterialError(problems, hint="; ".join(hints) or None)
-    return Sources(bundle, imported, snapshot, imported_next)
-
-
-def load_snapshot(spec: Spec) -> Snapshot | None:
-    """Read and check etcd.restore.snapshot: a whole etcd snapshot, as `etcdctl snapshot save` writes it.
-
-    Raises:
-        MaterialError: naming etcd.restore.snapshot.
-    """
-    if spec.etcd.restore is None:
-        return None
-    path = spec.etcd.restore.snapshot
-    data = fs.read_regular(path, fs.LIMITS["snapshot"], "etcd.restore.snapshot", missing_ok=True)
-    if data is None:
-        raise MaterialError(f"etcd.restore.snapshot: {path} does not exist")
-    problem = etcd.check_snapshot(data)
-    if problem:
-        raise MaterialError(f"etcd.restore.snapshot: {path} {problem}")
-    return Snapshot(hashlib.sha256(data).hexdigest(), data)
 
 
 def load_inputs(spec: Spec, root: Path, sources: Sources | None = None, previous: Manifest | None = None) -> Inputs:
@@ -344,38 +237,6 @@ def load_inputs(spec: Spec, root: Path, sources: Sources | None = None, previous
                   previous=previous, pending=parse_journal(fs.read_optional(root / JOURNAL, JOURNAL)),
                   disk=fs.scan(root)[0], snapshot=sources.snapshot, imported_next=sources.imported_next,
                   rotation=current, sealed_index=sealed.read_index(root / layout.PKI))
-
-
-def load_bundle(spec: Spec, checked: str | None = None) -> Bundle:
-    """Read and check the etcd tarball: it exists, matches etcd.sha256, holds etcd and etcdctl.
-
-    `checked` is the sha256 of a tarball whose contents an earlier build already
-    checked (from its manifest); listing a tarball means decompressing all of it.
-    """
-    cfg = spec.etcd
-    if cfg.bundle is None:
-        assert cfg.sha256 is not None  # noqa: S101 - the spec requires it with url
-        return Bundle(name=cfg.tarball_name, sha256=cfg.sha256, data=None)
-    data = fs.read_regular(cfg.bundle, fs.LIMITS["bundle"], "etcd.bundle", missing_ok=True)
-    if data is None:
-        raise MaterialError(f"etcd.bundle: {cfg.bundle} does not exist",
-                            hint="'make bundle' builds the example's tarball")
-    digest = hashlib.sha256(data).hexdigest()
-    if cfg.sha256 is not None and digest != cfg.sha256:
-        raise MaterialError(f"etcd.bundle: {cfg.bundle} has sha256 {digest}, but etcd.sha256 is {cfg.sha256}")
-    problem = None if digest == checked else etcd.check_release_tarball(data, spec.etcd.release)
-    if problem:
-        raise MaterialError(f"etcd.bundle: {cfg.bundle} {problem}")
-    return Bundle(name=cfg.tarball_name, sha256=digest, data=data)
-
-
-def _load_imported_ca(source: CASource | None, field: str) -> tuple[bytes, bytes] | None:
-    if source is None:
-        return None
-    cert = fs.read_regular(source.cert, fs.LIMITS["pem"], f"{field}.cert")
-    key = fs.read_regular(source.key, fs.LIMITS["pem"], f"{field}.key")
-    assert cert is not None and key is not None  # noqa: S101 - missing_ok is off
-    return cert, key
 
 
 def _journal_document(data: bytes | None) -> dict[str, object] | None:

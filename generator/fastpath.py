@@ -158,6 +158,11 @@ def _roots(out: Path) -> list[Path]:
         return []
 
 
+def command_args(out: Path) -> list[str]:
+    """What of a build's or plan's arguments changes its result: where the tree is."""
+    return [str(out.resolve())]
+
+
 def lookup(command: str, command_args: Iterable[str], spec_path: Path, out: Path, now: float) -> Replay | None:
     """The recorded output, when a full run now would find nothing to do; None to run in full."""
     spec_key = str(spec_path.resolve())

@@ -131,12 +131,9 @@ def scan(root: Path) -> tuple[dict[str, OnDisk], dict[str, int], list[str]]:
 
 
 def sha256_file(path: Path) -> str:
-    """The sha256 of a regular file, read in chunks."""
-    digest = hashlib.sha256()
+    """The sha256 of a regular file, read in chunks (an ISO is never held in memory)."""
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def read_files(root: Path, paths: Sequence[str]) -> dict[str, bytes]:

@@ -138,6 +138,11 @@ def upgrade_floor(before: Version | None, after: Version) -> str | None:
 
 # The build's and plan's reports, as the CLI prints them: (stdout text, stderr text).
 
+def recovered(step: str | None) -> str:
+    """The first line of a build that completed a killed run's renames first."""
+    return f"completed the run that was interrupted{f' (rotate-ca {step})' if step else ''}\n"
+
+
 def _size(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MiB"
 

@@ -16,6 +16,7 @@ import jinja2
 
 from . import hostkeys, layout
 from .etcd import Bundle
+from .inputs import Snapshot
 from .iso import SeedEntry
 from .layout import NODE_FILES, PUBLIC_MODE, SECRET_MODE, SEED_ISO
 from .render import (
@@ -29,14 +30,6 @@ from .render import (
     render_public,
 )
 from .spec import Spec
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The etcd snapshot a restore carries on every seed."""
-
-    sha256: str
-    data: bytes
 
 
 @dataclass(frozen=True)

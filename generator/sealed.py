@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from . import external, fs, hostkeys
 from .certs import public_key_sha256
 from .errors import MaterialError
-from .layout import HEX64, PUBLIC_MODE, SEALED_INDEX, SECRET_DIR_MODE, SECRET_MODE
+from .inputs import cluster_root, read_manifest, read_spec
+from .layout import HEX64, MANIFEST, PKI, PUBLIC_MODE, SEALED_INDEX, SECRET_DIR_MODE, SECRET_MODE
 from .manifest import Manifest
 
 INDEX = SEALED_INDEX.removeprefix("pki/")  # which key each .age file holds, and for whom it was sealed
@@ -155,3 +156,26 @@ def parse_index(data: bytes | None) -> dict[str, Mapping[str, object]]:
             raise MaterialError(f"{where}.recipients: must be a list of age recipients")
     return index
 
+
+def _cluster(spec_path: Path, out: Path) -> tuple[Path, Manifest]:
+    """output/<cluster>/ and its manifest, which must exist: only keys it records are sealed or restored."""
+    spec, _ = read_spec(spec_path)
+    root = cluster_root(out, spec)
+    previous = read_manifest(root)
+    if not previous.files:
+        raise MaterialError(f"{root / MANIFEST}: missing; run a build first (or clone the cluster's repository)")
+    return root, previous
+
+
+def seal_cluster(spec_path: Path, out: Path, recipients: Sequence[str]) -> tuple[Path, SealResult]:
+    """`seal` for the cluster spec_path defines, under the tree's lock: pki/ and what was sealed."""
+    root, previous = _cluster(spec_path, out)
+    with fs.locked(root, exclusive=True):
+        return root / PKI, seal(root / PKI, recipients, previous)
+
+
+def unseal_cluster(spec_path: Path, out: Path, identity: Path) -> tuple[Path, list[str]]:
+    """`unseal` for the cluster spec_path defines, under the tree's lock: pki/ and the keys restored."""
+    root, previous = _cluster(spec_path, out)
+    with fs.locked(root, exclusive=True):
+        return root / PKI, unseal(root / PKI, identity, previous)

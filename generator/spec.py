@@ -18,7 +18,7 @@ import yaml
 
 from .errors import SpecError
 from .etcd import BUMP_REVISION_SINCE, Version
-from .layout import RESERVED_NAMES
+from .layout import HEX64, RESERVED_NAMES
 from .node import PATHS
 
 
@@ -43,7 +43,6 @@ ELECTION_TO_HEARTBEAT_MIN = 5
 # Values matching these reach YAML, shell, systemd and env files without escaping.
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # RFC 3986 characters only: no space, quote, backslash, backtick or control character.
 _URL = re.compile(r"https?://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?(/[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*)?")
@@ -548,7 +547,7 @@ def _check_url(value: str) -> str | None:
 
 
 def _check_sha256(value: str) -> str | None:
-    return None if _SHA256.fullmatch(value) else "must be 64 lowercase hex digits"
+    return None if HEX64.fullmatch(value) else "must be 64 lowercase hex digits"
 
 
 def _check_fqdn(value: str) -> str | None:

@@ -1,4 +1,8 @@
-"""Verify: check an output tree against its spec, its CA, the manifest and CIS §2, without the clock or disk."""
+"""Verify: check an output tree against its spec, its CA, the manifest and CIS §2.
+
+`verify_tree` is pure (no clock, no disk); `check` reads the tree under a shared lock and runs
+cloud-init's schema check beside it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import contextlib
 import datetime as dt
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -15,18 +21,19 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from . import etcd, hostkeys, layout, manifest, rotation, sealed
+from . import etcd, external, fs, hostkeys, layout, manifest, rotation, sealed
 from .certs import PrivateKey, cert_fingerprint, check_leaf, load_key, public_der, public_key_sha256, signs
 from .errors import GeneratorError, MaterialError, OutputError
 from .etcd import Bundle
 from .fs import OnDisk
+from .inputs import Snapshot, cluster_root, load_bundle, now, read_spec
 from .iso import VOLUME_LABEL, iso_digest, read_iso, volume_label
 from .layout import CA_NAME, JOURNAL, NODE_FILES, SECRET_DIR_MODE, SEED_ISO, TEMP_PREFIX, is_secret
 from .manifest import Manifest
 from .node import PATHS
-from .outputs import CaPem, HostPem, KeyPem, LeafPem, Material, OutputFile, Snapshot, output_files, seed_entries
+from .outputs import CaPem, HostPem, KeyPem, LeafPem, Material, OutputFile, output_files, seed_entries
 from .pki import leaf_table
-from .render import RESTORE_ON_SEED
+from .render import RESTORE_ON_SEED, make_environment
 from .rotation import Phase, Rotation
 from .spec import Spec
 
@@ -62,6 +69,50 @@ class Tree:
     odd: Sequence[str] = ()
     read_large: Callable[[str], bytes] | None = None  # reads an ISO when it is needed
     git_tracked: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    """What `check` found in one cluster's tree."""
+
+    root: Path
+    findings: list[Finding]
+    files: int  # how many files were checked
+
+    @property
+    def errors(self) -> int:
+        return sum(f.error for f in self.findings)
+
+
+def check(spec_path: Path, out: Path, warn_days: int, fail_days: int) -> Report:
+    """Verify out/<cluster>/ against the spec at spec_path, reading the tree under a shared lock.
+
+    Raises:
+        MaterialError: no tree to verify, or thresholds that contradict each other.
+    """
+    spec, _ = read_spec(spec_path)
+    root = cluster_root(out, spec)
+    if not root.is_dir():
+        raise MaterialError(f"{root}: no output to verify; run a build first")
+    if fail_days > warn_days:
+        raise MaterialError("--fail-days must not exceed --warn-days")
+    try:
+        bundle = load_bundle(spec)
+    except MaterialError:
+        bundle = None  # a reviewer's checkout may lack the tarball: ISOs are then checked file by file
+    with fs.locked(root, exclusive=False), ThreadPoolExecutor(1) as pool:
+        disk, dirs, odd = fs.scan(root)
+        # cloud-init's schema check runs in a process of its own, beside the rest of verify.
+        names = sorted(p for p in disk if p.endswith("/user-data"))
+        schema = pool.submit(external.cloud_init_schema, [root / name for name in names])
+        small = [p for p in disk if not p.endswith(f"/{SEED_ISO}")]
+        tree = Tree(files=fs.read_files(root, small), disk=disk, dirs=dirs, odd=odd,
+                    read_large=lambda rel: fs.read_regular(root / rel, fs.LIMITS["bundle"] * 2, rel) or b"",
+                    git_tracked=external.git_tracked(root))
+        found = verify_tree(spec, tree, now(), warn_days, fail_days, make_environment(), bundle)
+        problems = schema.result()
+        found += [Finding(name, problem) for name in names if (problem := problems[root / name])]
+    return Report(root, found, len(disk))
 
 
 def parse_env(text: str) -> dict[str, str]:

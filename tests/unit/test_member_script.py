@@ -110,3 +110,21 @@ def test_config_is_json_the_build_writes() -> None:
     config = json.loads(json.dumps(node_facts.member_config(spec, spec.nodes[2])))
     node = member.Member(config)
     assert node.name == "etcd03" and node.peer_url == "https://192.168.0.3:2380"
+
+
+def test_initial_cluster_names_this_node_and_the_unstarted_by_hex_id() -> None:
+    """ETCD_INITIAL_CLUSTER from checked members: this node under its own name, an unstarted member as
+    unstarted-<hex ID>, every one of its peer URLs."""
+    unstarted = {"ID": 0x77, "peerURLs": ["https://10.0.0.4:2380"]}
+    members = member.checked_members({"members": [GOOD, unstarted]}, "member list")
+    assert member.initial_cluster(members, 0x77, "etcd04") == \
+        "etcd01=https://10.0.0.1:2380,etcd04=https://10.0.0.4:2380"
+    assert member.initial_cluster(members, 0x1234, "etcd01") == \
+        "etcd01=https://10.0.0.1:2380,unstarted-77=https://10.0.0.4:2380"
+
+
+def test_a_taken_peer_url_names_the_member_by_hex_id() -> None:
+    """The operator is told which member holds the address, by name and by the hex ID etcdctl prints."""
+    node = member.Member({"name": "etcd02", "peer_url": "https://10.0.0.1:2380"})
+    with pytest.raises(member.Refused, match=r"taken by member etcd01 \(1234\)"):
+        node.taken(member.checked_members({"members": [GOOD]}, "member list"))
