@@ -277,13 +277,13 @@ def key_records(previous: Manifest, pending: Mapping[str, str]) -> KeyRecords:
     """What the previous manifest (and an interrupted run's journal) say each key is."""
     recorded, file_sha = {}, {}
     for path, entry in previous.files.items():
-        if path.startswith("pki/") and path.endswith(".key") and path.count("/") == 1:
-            name = path[len("pki/"):-len(".key")]
+        name = layout.key_name(path)
+        if name is not None:
             file_sha[name] = entry.sha256
             if entry.public_key_sha256 is not None:
                 recorded[name] = entry.public_key_sha256
     return KeyRecords(recorded=recorded, pending=dict(pending), legacy_file_sha256=file_sha,
-                      legacy=previous.format == 1, ca_recorded="pki/ca.crt" in previous.files)
+                      legacy=previous.format == 1, ca_recorded=layout.cert_file(CA_NAME) in previous.files)
 
 
 def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.datetime, epoch: int | None,

@@ -148,7 +148,8 @@ def verify_tree(spec: Spec, tree: Tree, now: dt.datetime, warn_days: int, fail_d
     _check_layout(tree, previous, found)
     _check_sealed(tree, previous, found)
     _check_git(tree, found)
-    ca = _check_ca(tree, "pki/ca.crt", "pki/ca.key", previous, now, warn_days, fail_days, found)
+    ca = _check_ca(tree, layout.cert_file(CA_NAME), layout.key_file(CA_NAME), previous, now, warn_days, fail_days,
+                   found)
     if ca is None or previous is None:
         return found
     state = _check_rotation(tree, previous, ca, now, warn_days, fail_days, found)
@@ -395,7 +396,7 @@ def _check_git(tree: Tree, found: list[Finding]) -> None:
     if tree.git_tracked is None:
         return
     for rel in sorted(tree.git_tracked):
-        if is_secret(rel) or (rel.startswith("pki/") and rel.endswith(".key")):
+        if is_secret(rel):
             found.append(Finding(rel, "is in git's index: a secret must never be committed "
                                  "(git rm --cached it, and treat the key as exposed)"))
 
