@@ -54,15 +54,18 @@ def membership(spec: Spec, previous: Manifest, built: set[str], replacing: froze
                      f"etcdctl member remove {_member_id(name)} "
                      f"; then delete {name}/, pki/{name}.key, pki/{name}.crt and pki/{name}.ssh.key from the output")
     clients = {c.name for c in spec.clients}
+    left: dict[str, list[str]] = {}
     for path in sorted(p for p in previous.files if p.startswith(f"{layout.CLIENTS}/")):
         name = path.removeprefix(f"{layout.CLIENTS}/").split(".", 1)[0]
         if name not in clients:
-            record = previous.certificates.get(layout.cert_file(name))
-            expiry = record.not_after if record else "its notAfter"
-            notes.append(f"client {name} left the spec: its certificate pki/{name}.crt stays valid until it "
-                         f"expires ({expiry}), and anyone holding its key can still use the cluster until then; "
-                         f"rotate the CA (rotate-ca) to cut it off sooner; delete {path}, pki/{name}.key and "
-                         f"pki/{name}.crt from the output")
+            left.setdefault(name, []).append(path)
+    for name, paths in left.items():
+        record = previous.certificates.get(layout.cert_file(name))
+        expiry = record.not_after if record else "its notAfter"
+        notes.append(f"client {name} left the spec: its certificate pki/{name}.crt stays valid until it "
+                     f"expires ({expiry}), and anyone holding its key can still use the cluster until then; "
+                     f"rotate the CA (rotate-ca) to cut it off sooner; delete {', '.join(paths)}, pki/{name}.key and "
+                     f"pki/{name}.crt from the output")
     if spec.etcd.restore is not None:
         notes.append("restore: boot every member on an empty disk from its new seed; each restores the snapshot "
                      "once, then the members form a new cluster (new token and cluster ID); power off every old "

@@ -23,7 +23,7 @@ from .render import (
     RESTORE_ON_SEED,
     NodePem,
     NodePublic,
-    client_file,
+    client_files,
     render_client,
     render_etcdctl_env,
     render_node,
@@ -162,8 +162,8 @@ def output_files(spec: Spec, material: Material, env: jinja2.Environment, bundle
         if node.name in material.hosts:
             files.append(_key(layout.key_file(layout.host_key_name(node.name)), material.hosts[node.name].key))
     files.append(_public(layout.ETCDCTL_ENV, render_etcdctl_env(env, spec, material.ca_file)))
-    files += [_public(client_file(client), render_client(env, spec, client, material.ca_file))
-              for client in spec.clients]
+    files += [_public(path, render_client(env, spec, client, template, material.ca_file))
+              for client in spec.clients for path, template in client_files(client)]
     if all(node.name in material.hosts for node in spec.nodes):
         lines = {name: host.public_line for name, host in material.hosts.items()}
         files.append(_public(layout.KNOWN_HOSTS, hostkeys.known_hosts(spec, lines)))

@@ -15,6 +15,7 @@ import jinja2
 
 from . import node as node_facts
 from .errors import TemplateError
+from .etcd import CLIENT_PORT
 from .layout import CLIENTS
 from .node import PATHS, STAGED_FILES
 from .spec import Client, ClientUse, Node, Spec
@@ -68,17 +69,21 @@ class NodePublic:
     host_key_sha256: str
 
 
-# Each client use: its template, and the ready-to-use file it renders, under clients/.
-CLIENT_FILES = {
-    ClientUse.ETCDCTL: ("client-etcdctl.env.j2", "etcdctl.env"),
-    ClientUse.FLANNEL: ("client-flanneld.env.j2", "flanneld.env"),
-    ClientUse.KUBE_APISERVER: ("client-kube-apiserver.args.j2", "kube-apiserver.args"),
+# Each client use: the ready-to-use files it gets under clients/, each a template and the file's suffix.
+CLIENT_FILES: dict[ClientUse, tuple[tuple[str, str], ...]] = {
+    ClientUse.ETCDCTL: (("client-etcdctl.env.j2", "etcdctl.env"),),
+    ClientUse.FLANNEL: (("client-flanneld.env.j2", "flanneld.env"),),
+    ClientUse.KUBE_APISERVER: (("client-kube-apiserver.args.j2", "kube-apiserver.args"),),
+    ClientUse.PROMETHEUS: (("client-prometheus.yml.j2", "prometheus.yml"),
+                           ("client-etcd-rules.yml.j2", "etcd-rules.yml")),
 }
+# What the alert rules hold to: a database above this share of its quota is near it.
+QUOTA_ALERT_RATIO = 0.8
 
 
-def client_file(client: Client) -> str:
-    """The path of a client's ready-to-use file under output/<cluster>/."""
-    return f"{CLIENTS}/{client.name}.{CLIENT_FILES[client.use][1]}"
+def client_files(client: Client) -> list[tuple[str, str]]:
+    """A client's ready-to-use files: (path under output/<cluster>/, template)."""
+    return [(f"{CLIENTS}/{client.name}.{suffix}", template) for template, suffix in CLIENT_FILES[client.use]]
 
 
 def make_environment() -> jinja2.Environment:
@@ -126,11 +131,14 @@ def render_etcdctl_env(env: jinja2.Environment, spec: Spec, ca_file: str = "ca.c
                                            "ca_file": ca_file})
 
 
-def render_client(env: jinja2.Environment, spec: Spec, client: Client, ca_file: str = "ca.crt") -> str:
-    """A client's ready-to-use file: flanneld's variables, kube-apiserver's flags, or etcdctl's variables."""
-    return _render(env, CLIENT_FILES[client.use][0], {
+def render_client(env: jinja2.Environment, spec: Spec, client: Client, template: str, ca_file: str = "ca.crt") -> str:
+    """One of a client's ready-to-use files (see CLIENT_FILES): flanneld's variables, kube-apiserver's flags,
+    etcdctl's variables, or Prometheus' scrape job and alert rules."""
+    return _render(env, template, {
         "spec": spec, "client": client, "endpoints": node_facts.client_endpoints(spec), "ca_file": ca_file,
-        "flannel_prefix": FLANNEL_KEY.rsplit("/", 1)[0]})
+        "flannel_prefix": FLANNEL_KEY.rsplit("/", 1)[0],
+        "targets": [f"{node.ip}:{CLIENT_PORT}" for node in spec.nodes], "job": f"etcd-{spec.name}",
+        "quota_ratio": QUOTA_ALERT_RATIO})
 
 
 def render_node(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePem,

@@ -222,6 +222,7 @@ class ClientUse(StrEnum):
     ETCDCTL = "etcdctl"  # pki/<name>.etcdctl.env: ETCDCTL_* variables
     FLANNEL = "flannel"  # pki/<name>.flanneld.env: FLANNELD_ETCD_* variables
     KUBE_APISERVER = "kube-apiserver"  # pki/<name>.kube-apiserver.args: the --etcd-* flags
+    PROMETHEUS = "prometheus"  # clients/<name>.prometheus.yml and .etcd-rules.yml: a scrape job and alert rules
 
 
 CLIENT_USES = tuple(u.value for u in ClientUse)

@@ -18,6 +18,7 @@ CLIENTS = """clients:
   - {name: kube-apiserver, use: kube-apiserver, cn: kube-apiserver-etcd-client, o: "system:masters"}
   - {name: flannel, use: flannel, validity_days: 90}
   - {name: backup-reader, dir: /srv/etcd-client}
+  - {name: metrics, use: prometheus}
 """
 ENDPOINTS = "https://192.168.0.1:2379,https://192.168.0.2:2379,https://192.168.0.3:2379"
 
@@ -38,6 +39,7 @@ def _leaf(root: Path, name: str) -> x509.Certificate:
     ("kube-apiserver", "kube-apiserver-etcd-client", "system:masters", 365),
     ("flannel", "flannel", None, 90),
     ("backup-reader", "backup-reader", None, 365),
+    ("metrics", "metrics", None, 365),
 ])
 def test_client_certificate_shape(built: Path, name: str, cn: str, o: str | None, days: int) -> None:
     """clientAuth only, the CN and O asked for, its own validity, chained to the CA (openssl verify agrees)."""

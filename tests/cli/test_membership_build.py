@@ -239,6 +239,19 @@ def test_removed_client_says_its_certificate_stays_valid(workdir: Path) -> None:
     assert "delete clients/flannel.flanneld.env, pki/flannel.key and pki/flannel.crt" in note
 
 
+def test_removed_client_with_two_files_gets_one_note(workdir: Path) -> None:
+    """A Prometheus client has two files: its removal is one note that names both."""
+    set_spec(workdir, "etcd:\n", "clients:\n  - {name: metrics, use: prometheus}\netcd:\n")
+    assert build(workdir)[0] == 0
+    set_spec(workdir, "clients:\n  - {name: metrics, use: prometheus}\n", "")
+    code, out, err = build(workdir)
+    assert code == 0, err
+    notes = [line for line in out.splitlines() if line.startswith("client metrics left the spec")]
+    assert len(notes) == 1, out
+    assert "delete clients/metrics.etcd-rules.yml, clients/metrics.prometheus.yml, pki/metrics.key and " \
+           "pki/metrics.crt" in notes[0]
+
+
 # --- backups, compaction, quota --------------------------------------------------------------
 
 

@@ -12,11 +12,13 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,7 +97,8 @@ def build(work: Path, release: Release, extra: str = "") -> Path:
     """Generate the 3-node test cluster (plus `extra` node lines) into work/out; returns output/<cluster>."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "etcd.tar.gz").write_bytes(release.bundle)
-    (work / "cluster.yaml").write_text(spec_for(release).replace("etcd:\n", f"{extra}etcd:\n", 1))
+    metrics = f"clients:\n  - {{name: metrics, use: prometheus, dir: {work}/prom}}\n"
+    (work / "cluster.yaml").write_text(spec_for(release).replace("etcd:\n", f"{extra}etcd:\n", 1) + metrics)
     assert _cli.main(["build", "--spec", str(work / "cluster.yaml"), "--out", str(work / "out")]) == 0
     return work / "out" / "demo"
 
@@ -175,6 +178,50 @@ def test_flannel_config_round_trip(cluster: Cluster) -> None:
     assert cluster.etcdctl("put", FLANNEL_KEY, value).returncode == 0
     result = cluster.etcdctl("get", "--print-value-only", FLANNEL_KEY)
     assert result.stdout.strip() == value
+
+
+def _fetch(cluster: Cluster, url: str) -> dict[str, object]:
+    """A Prometheus API answer, fetched from inside the hub namespace, where Prometheus listens."""
+    script = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+    done = subprocess.run(cluster.net.command(cluster.net.hub, [sys.executable, "-c", script, url]),
+                          capture_output=True, text=True, timeout=30, check=False)
+    return json.loads(done.stdout) if done.returncode == 0 else {}
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs Debian's prometheus; make test installs it")
+def test_prometheus_scrapes_every_member_with_the_generated_job(cluster: Cluster) -> None:
+    """Debian's Prometheus, run in the hub with the metrics client's files installed as their header says, scrapes
+    every member over mutual TLS (all three targets up, each reporting a leader) and loads all nine alert rules."""
+    root, prom = cluster.pki.parent, cluster.work / "prom"
+    prom.mkdir(exist_ok=True)
+    for source, target in (("pki/ca.crt", "ca.crt"), ("pki/metrics.crt", "metrics.crt"),
+                           ("pki/metrics.key", "metrics.key"), ("clients/metrics.etcd-rules.yml", "etcd-rules.yml")):
+        shutil.copy(root / source, prom / target)
+    argv = [str(shutil.which("prometheus")), f"--config.file={root / 'clients' / 'metrics.prometheus.yml'}",
+            f"--storage.tsdb.path={cluster.work / 'tsdb'}", "--web.listen-address=127.0.0.1:9090"]
+    api = "http://127.0.0.1:9090/api/v1"
+    with open(cluster.work / "prometheus.log", "wb") as log:
+        proc = subprocess.Popen(cluster.net.command(cluster.net.hub, argv), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        targets: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            answer = _fetch(cluster, f"{api}/targets").get("data")
+            targets = answer.get("activeTargets", []) if isinstance(answer, dict) else []
+            if len(targets) == 3 and all(t["health"] == "up" for t in targets):
+                break
+            assert proc.poll() is None, (cluster.work / "prometheus.log").read_text()[-3000:]
+            time.sleep(2)
+        assert sorted((t["labels"]["instance"], t["health"]) for t in targets) == \
+            [(f"{BASE}.{i}:2379", "up") for i in (1, 2, 3)], targets
+        leaders = _fetch(cluster, f"{api}/query?query=etcd_server_has_leader")["data"]
+        assert [r["value"][1] for r in leaders["result"]] == ["1", "1", "1"]  # type: ignore[index]
+        groups = _fetch(cluster, f"{api}/rules")["data"]["groups"]  # type: ignore[index]
+        assert [(g["name"], len(g["rules"])) for g in groups] == [("etcd-demo", 9)]
+        assert all(r["health"] == "ok" for g in groups for r in g["rules"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_member_joins_running_cluster(cluster: Cluster) -> None:

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from generator import node as node_facts
 from generator.errors import SpecError
-from generator.render import PATHS, SeedFiles, make_environment, render_client, render_node
+from generator.render import PATHS, SeedFiles, client_files, make_environment, render_client, render_node
 from generator.spec import ClientUse, Spec, load_spec
 from tests.helpers.parsers import cloud_init_available, cloud_init_load, sh_env, systemd_available, systemd_env
 from tests.helpers.specs import ROOT, fake_pem
@@ -43,13 +43,15 @@ BASE: dict[str, Any] = {
               "password_hash": "$6$rounds=5000$saltsaltsaltsalt$" + "a" * 86},
     "clients": [{"name": "flannel", "use": "flannel", "dir": "/etc/flannel-etcd"},
                 {"name": "kube", "use": "kube-apiserver", "cn": "kube-apiserver-etcd-client", "o": "system:masters"},
-                {"name": "reader", "cn": "backup reader"}],
+                {"name": "reader", "cn": "backup reader"},
+                {"name": "metrics", "use": "prometheus", "dir": "/srv/prom-etcd"}],
 }
 FIELDS = ["cluster.name", "cluster.domain", "network.gateway", "network.dns.0", "network.search.0",
           "nodes.0.name", "nodes.0.ip", "nodes.0.mac", "nodes.0.fqdn", "nodes.1.name", "etcd.version", "etcd.url",
           "etcd.sha256", "etcd.token", "flannel.network", "flannel.backend", "admin.name",
           "admin.ssh_authorized_keys.0", "admin.password_hash", "etcd.auto_compaction_retention",
           "backup.schedule", "backup.dir", "clients.0.name", "clients.0.dir", "clients.1.cn", "clients.1.o",
+          "clients.3.name", "clients.3.dir",
           "clients.2.name", "clients.2.cn"]
 USER_DATA_KEYS = {"hostname", "fqdn", "manage_etc_hosts", "ssh_pwauth", "ssh_deletekeys", "ssh_keys", "groups",
                   "users", "write_files", "runcmd"}
@@ -162,11 +164,21 @@ def check_client_files(spec: Spec, tmp: Path, env_parser: Callable[[Path], dict[
     env = make_environment()
     endpoints = node_facts.client_endpoints(spec)
     for client in spec.clients:
-        text = render_client(env, spec, client)
+        where = f"{client.dir}/{client.name}"
+        if client.use is ClientUse.PROMETHEUS:
+            (_, job_template), (_, rules_template) = client_files(client)
+            job = yaml.safe_load(render_client(env, spec, client, job_template))
+            assert job["rule_files"] == [f"{client.dir}/etcd-rules.yml"]
+            assert job["scrape_configs"][0]["tls_config"] == {
+                "ca_file": f"{client.dir}/ca.crt", "cert_file": f"{where}.crt", "key_file": f"{where}.key"}
+            assert job["scrape_configs"][0]["static_configs"][0]["targets"] == [f"{n.ip}:2379" for n in spec.nodes]
+            rules = yaml.safe_load(render_client(env, spec, client, rules_template))
+            assert [g["name"] for g in rules["groups"]] == [f"etcd-{spec.name}"]
+            continue
+        text = render_client(env, spec, client, client_files(client)[0][1])
         path = tmp / f"{client.name}.client"
         path.write_text(text)
         settings = [line for line in text.splitlines() if not line.startswith("#")]
-        where = f"{client.dir}/{client.name}"
         if client.use is ClientUse.KUBE_APISERVER:
             assert settings == [f"--etcd-servers={endpoints}", f"--etcd-cafile={client.dir}/ca.crt",
                                 f"--etcd-certfile={where}.crt", f"--etcd-keyfile={where}.key"]
