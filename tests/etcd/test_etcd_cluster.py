@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from generator import _cli
 from generator.render import FLANNEL_KEY, PATHS, flannel_json
@@ -197,7 +198,11 @@ def test_prometheus_scrapes_every_member_with_the_generated_job(cluster: Cluster
     for source, target in (("pki/ca.crt", "ca.crt"), ("pki/metrics.crt", "metrics.crt"),
                            ("pki/metrics.key", "metrics.key"), ("clients/metrics.etcd-rules.yml", "etcd-rules.yml")):
         shutil.copy(root / source, prom / target)
-    argv = [str(shutil.which("prometheus")), f"--config.file={root / 'clients' / 'metrics.prometheus.yml'}",
+    # The generated job as it is, and a global evaluation interval of 5 s instead of Prometheus' default minute,
+    # so that the rules' first evaluation comes within the test.
+    config = yaml.safe_load((root / "clients" / "metrics.prometheus.yml").read_text())
+    (cluster.work / "prometheus.yml").write_text(yaml.safe_dump({"global": {"evaluation_interval": "5s"}, **config}))
+    argv = [str(shutil.which("prometheus")), f"--config.file={cluster.work / 'prometheus.yml'}",
             f"--storage.tsdb.path={cluster.work / 'tsdb'}", "--web.listen-address=127.0.0.1:9090"]
     api = "http://127.0.0.1:9090/api/v1"
     with open(cluster.work / "prometheus.log", "wb") as log:
@@ -216,9 +221,14 @@ def test_prometheus_scrapes_every_member_with_the_generated_job(cluster: Cluster
             [(f"{BASE}.{i}:2379", "up") for i in (1, 2, 3)], targets
         leaders = _fetch(cluster, f"{api}/query?query=etcd_server_has_leader")["data"]
         assert [r["value"][1] for r in leaders["result"]] == ["1", "1", "1"]  # type: ignore[index]
-        groups = _fetch(cluster, f"{api}/rules")["data"]["groups"]  # type: ignore[index]
+        while True:  # a rule not evaluated yet is "unknown"; one whose query fails is "err"
+            groups = _fetch(cluster, f"{api}/rules")["data"]["groups"]  # type: ignore[index]
+            health = [r["health"] for g in groups for r in g["rules"]]
+            if "unknown" not in health or time.monotonic() > deadline + 30:
+                break
+            time.sleep(1)
         assert [(g["name"], len(g["rules"])) for g in groups] == [("etcd-demo", 9)]
-        assert all(r["health"] == "ok" for g in groups for r in g["rules"])
+        assert health == ["ok"] * 9, groups
     finally:
         proc.terminate()
         proc.wait(timeout=30)
