@@ -78,7 +78,7 @@ class Version:
 
     @property
     def can_bump_revision(self) -> bool:
-        return (self.major, self.minor, self.patch) >= BUMP_REVISION_SINCE
+        return self >= Version(*BUMP_REVISION_SINCE)
 
     @property
     def tarball_top(self) -> str:
@@ -123,11 +123,10 @@ class Version:
 
     def upgrade_floor(self, before: Version | None) -> Version | None:
         """The patch release every member must run before moving to this one, when `before` is below it."""
-        floor = UPGRADE_FLOORS.get(self.line)
-        if before is None or floor is None or before.line != floor[:2] or (before.major, before.minor,
-                                                                          before.patch) >= floor:
+        floor = Version(*UPGRADE_FLOORS[self.line]) if self.line in UPGRADE_FLOORS else None
+        if before is None or floor is None or before.line != floor.line or before >= floor:
             return None
-        return Version(*floor)
+        return floor
 
 
 @dataclass(frozen=True)

@@ -105,10 +105,6 @@ class OutputFile:
     epoch: int | None = None  # an ISO's pinned dates
     public_key_sha256: str | None = None  # a key file's record in the manifest
 
-    @property
-    def secret(self) -> bool:
-        return layout.is_secret(self.path)
-
 
 def seed_entries(texts: Mapping[str, str], bundle: Bundle, snapshot: Snapshot | None = None) -> tuple[SeedEntry, ...]:
     """What goes on a node's seed ISO, in the NODE_FILES order, then the tarball and a restore's snapshot."""

@@ -218,7 +218,7 @@ def _key_pem(tree: Tree, previous: Manifest, path: str) -> KeyPem | None:
     """A key file as the tree has it: its PEM, or in a reviewer's checkout only what the manifest records."""
     pem, entry = tree.files.get(path), previous.files.get(path)
     if pem is not None:
-        return KeyPem(pem, hashlib.sha256(pem).hexdigest(), entry.public_key_sha256 if entry else None)
+        return KeyPem.of(pem, entry.public_key_sha256 if entry else None)
     return KeyPem(None, entry.sha256, entry.public_key_sha256) if entry else None
 
 

@@ -26,11 +26,11 @@ from cryptography.hazmat.primitives import serialization
 from generator import _cli
 from generator.spec import load_spec
 from tests.helpers.etcd_checks import all_voting
+from tests.helpers.specs import ROOT
 from tests.helpers.vm import (
     BOOT_TIMEOUT_S,
     BUNDLE,
     ETCDCTL,
-    ROOT,
     SUBNET,
     VM,
     Lab,
