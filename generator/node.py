@@ -34,6 +34,8 @@ class Paths:
     promote_unit: str = "/etc/systemd/system/etcd-seed-promote.service"
     backup_unit: str = "/etc/systemd/system/etcd-backup.service"
     backup_timer: str = "/etc/systemd/system/etcd-backup.timer"
+    defrag_unit: str = "/etc/systemd/system/etcd-defrag.service"
+    defrag_timer: str = "/etc/systemd/system/etcd-defrag.timer"
     restore_scratch: str = "/opt/etcd/restore.tmp"  # a restore is built here, then renamed into place
     unit: str = "/etc/systemd/system/etcd.service"
     flannel_unit: str = "/etc/systemd/system/etcd-flannel-config.service"
@@ -54,6 +56,8 @@ PATHS = Paths()
 # these the same way, unquoted: no quote, backslash, space, `$`, `#` or line break.
 SAFE_VALUE = re.compile(r"[A-Za-z0-9._:/,=@+-]*")
 SAFE_NAME = re.compile(r"ETCD_[A-Z0-9_]+")
+# A database file above this share of the quota is worth defragmenting, and is alerted on.
+NEAR_QUOTA_PERCENT = 80
 
 
 def peer_url(node: Node) -> str:
@@ -91,6 +95,9 @@ def member_config(spec: Spec, node: Node) -> dict[str, object]:
         "timeout_s": JOIN_TIMEOUT_S, "refused_pause_s": REFUSED_PAUSE_S,
         # A restore seed: etcd must never start on an empty data dir, which would bootstrap an empty cluster.
         "restore": spec.etcd.restore is not None,
+        # `etcd-seed-member defrag`: when reclaiming the free pages of the database file is worth a pause.
+        "defrag": {"min_free_percent": spec.defrag.min_free_percent, "near_quota_percent": NEAR_QUOTA_PERCENT,
+                   "quota_bytes": spec.etcd.quota_backend_bytes},
     }
 
 
@@ -171,6 +178,11 @@ def backs_up(spec: Spec, node: Node) -> bool:
     return spec.backup.enabled
 
 
+def defrags(spec: Spec, node: Node) -> bool:
+    """Every member defragments itself, at its own time, when defrag is on."""
+    return spec.defrag.enabled
+
+
 def writes_flannel_config(spec: Spec, node: Node) -> bool:
     """The first founder writes flannel's network config once the cluster has quorum."""
     return node == spec.nodes[0] and spec.flannel is not None
@@ -213,7 +225,26 @@ STAGED_FILES = (
     StagedFile("etcd-seed-backup", "etcd-backup.sh.j2", PATHS.backup_bin, "755", when=backs_up),
     StagedFile("etcd-backup.service", "etcd-backup.service.j2", PATHS.backup_unit, "644", when=backs_up),
     StagedFile("etcd-backup.timer", "etcd-backup.timer.j2", PATHS.backup_timer, "644", when=backs_up),
+    StagedFile("etcd-defrag.service", "etcd-defrag.service.j2", PATHS.defrag_unit, "644", when=defrags),
+    StagedFile("etcd-defrag.timer", "etcd-defrag.timer.j2", PATHS.defrag_timer, "644", when=defrags),
     StagedFile("etcd-flannel-config", "flannel-config.sh.j2", PATHS.flannel_bin, "755", when=writes_flannel_config),
     StagedFile("etcd-flannel-config.service", "flannel-config.service.j2", PATHS.flannel_unit, "644",
                when=writes_flannel_config),
+)
+
+
+@dataclass(frozen=True)
+class Timer:
+    """A systemd timer the install step enables when its feature is on, and removes (with its service) when off."""
+
+    name: str  # the unit name without .timer
+    timer: str
+    service: str
+    what: str  # for the install step's line: "<what> off"
+    when: Callable[[Spec, Node], bool]
+
+
+TIMERS = (
+    Timer("etcd-backup", PATHS.backup_timer, PATHS.backup_unit, "backups", backs_up),
+    Timer("etcd-defrag", PATHS.defrag_timer, PATHS.defrag_unit, "defragmentation", defrags),
 )

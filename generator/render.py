@@ -77,9 +77,6 @@ CLIENT_FILES: dict[ClientUse, tuple[tuple[str, str], ...]] = {
     ClientUse.PROMETHEUS: (("client-prometheus.yml.j2", "prometheus.yml"),
                            ("client-etcd-rules.yml.j2", "etcd-rules.yml")),
 }
-# What the alert rules hold to: a database above this share of its quota is near it.
-QUOTA_ALERT_RATIO = 0.8
-
 
 def client_files(client: Client) -> list[tuple[str, str]]:
     """A client's ready-to-use files: (path under output/<cluster>/, template)."""
@@ -138,7 +135,7 @@ def render_client(env: jinja2.Environment, spec: Spec, client: Client, template:
         "spec": spec, "client": client, "endpoints": node_facts.client_endpoints(spec), "ca_file": ca_file,
         "flannel_prefix": FLANNEL_KEY.rsplit("/", 1)[0],
         "targets": [f"{node.ip}:{CLIENT_PORT}" for node in spec.nodes], "job": f"etcd-{spec.name}",
-        "quota_ratio": QUOTA_ALERT_RATIO})
+        "quota_ratio": node_facts.NEAR_QUOTA_PERCENT / 100})
 
 
 def render_node(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePem,
@@ -191,7 +188,9 @@ def _context(spec: Spec, node: Node, tarball_sha256: str) -> dict[str, Any]:
         options = node_facts.options(spec, node)
     except ValueError as exc:
         raise TemplateError(str(exc)) from None
-    return {"spec": spec, "node": node, "paths": PATHS, "sha256": tarball_sha256, "options": options}
+    timers = [(t, t.when(spec, node)) for t in node_facts.TIMERS]
+    return {"spec": spec, "node": node, "paths": PATHS, "sha256": tarball_sha256, "options": options,
+            "timers": timers, "defrag_calendar": spec.defrag.on_calendar(spec.nodes.index(node))}
 
 
 def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePublic, tarball_sha256: str,

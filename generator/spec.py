@@ -79,6 +79,8 @@ _CAL_PART = rf"{_CAL_NUM}(,{_CAL_NUM})*"
 _CAL_DAY = r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
 _CALENDAR = re.compile(rf"({_CAL_DAY}((\.\.|,){_CAL_DAY})* )?({_CAL_PART}-{_CAL_PART}-{_CAL_PART} )?"
                        rf"{_CAL_PART}:{_CAL_PART}(:{_CAL_PART})?")
+# defrag.schedule: the first node's time of day, on some weekdays or on every day.
+_DEFRAG_SCHEDULE = re.compile(rf"({_CAL_DAY}((\.\.|,){_CAL_DAY})* )?([01][0-9]|2[0-3]):[0-5][0-9]")
 _ABS_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
 # An X.509 CN or O of a client certificate: printable ASCII that needs no escaping anywhere it is shown.
 _DN_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 :._@-]{0,63}")
@@ -216,6 +218,23 @@ class Backup:
     dir: str = "/var/backups/etcd"
 
 
+@dataclass(frozen=True)
+class Defrag:
+    """Scheduled defragmentation: each member, at its own minute, defragments itself when it is worth it."""
+
+    enabled: bool = True
+    days: str = ""  # systemd weekdays ("Sun", "Mon..Fri"), or "" for every day
+    time: str = "03:30"  # the first node's HH:MM; node i starts i * stagger_minutes later
+    stagger_minutes: int = 10
+    min_free_percent: int = 50  # of the database file, free after compaction
+
+    def on_calendar(self, index: int) -> str:
+        """The OnCalendar= of the index-th node's timer: no two members defragment at the same minute."""
+        hour, minute = (int(n) for n in self.time.split(":"))
+        start = hour * 60 + minute + index * self.stagger_minutes
+        return f"{self.days + ' ' if self.days else ''}*-*-* {start // 60:02d}:{start % 60:02d}:00"
+
+
 class ClientUse(StrEnum):
     """Which consumer a client certificate is for: it decides the ready-to-use file written beside it."""
 
@@ -267,6 +286,7 @@ class Spec:
     admin: Admin | None
     backup: Backup = Backup()
     clients: tuple[Client, ...] = ()
+    defrag: Defrag = Defrag()
 
     def with_snapshot(self, sha256: str) -> Spec:
         """This spec with its restore snapshot's sha256 filled in."""
@@ -368,7 +388,7 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
         raise SpecError(f"{where}: not valid YAML: {problem}") from None
     errs = _Errors()
     top = _mapping(raw, "", errs, required=("cluster", "network", "nodes", "etcd"),
-                   optional=("pki", "flannel", "admin", "backup", "clients"))
+                   optional=("pki", "flannel", "admin", "backup", "defrag", "clients"))
     if top is None:
         raise SpecError(errs.items)
     cluster = _mapping(top.get("cluster"), "cluster", errs, required=("name", "domain"))
@@ -383,6 +403,7 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
     flannel = _flannel(top.get("flannel"), errs) if "flannel" in top else None
     admin = _admin(top.get("admin"), errs) if "admin" in top else None
     backup = _backup(top.get("backup", {}), errs)
+    defrag = _defrag(top.get("defrag", {}), len(nodes), errs)
     clients = _clients(top.get("clients", []), nodes, pki, errs)
     if network is not None and nodes:
         _check_subnet(network, nodes, errs)
@@ -394,9 +415,9 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
     _check_membership(nodes, etcd, errs)
     if errs.items:
         raise SpecError(errs.items)
-    assert name and domain and network and nodes and etcd and pki and backup  # noqa: S101 - errs was empty
+    assert name and domain and network and nodes and etcd and pki and backup and defrag  # noqa: S101 - no errs
     spec = Spec(name=name, domain=domain, network=network, nodes=tuple(nodes), etcd=etcd,
-                pki=pki, flannel=flannel, admin=admin, backup=backup, clients=tuple(clients))
+                pki=pki, flannel=flannel, admin=admin, backup=backup, clients=tuple(clients), defrag=defrag)
     return spec, errs.warnings
 
 
@@ -921,6 +942,35 @@ def _backup(value: Any, errs: _Errors) -> Backup | None:
     if schedule is None or keep is None or directory is None:
         return None
     return Backup(enabled=enabled, schedule=schedule, keep=keep, dir=directory.rstrip("/"))
+
+
+def _defrag(value: Any, nodes: int, errs: _Errors) -> Defrag | None:
+    data = _mapping(value, "defrag", errs,
+                    optional=("enabled", "schedule", "stagger_minutes", "min_free_percent"))
+    if data is None:
+        return None
+    enabled = _boolean(data, "enabled", "defrag", errs, default=True)
+    schedule = _text(data, "schedule", "defrag", errs, default=Defrag.time, check=_check_defrag_schedule)
+    stagger = _integer(data, "stagger_minutes", "defrag", errs, default=Defrag.stagger_minutes, low=1, high=240)
+    free = _integer(data, "min_free_percent", "defrag", errs, default=Defrag.min_free_percent, low=1, high=99)
+    if schedule is None or stagger is None or free is None:
+        return None
+    days, _, time = schedule.rpartition(" ")
+    defrag = Defrag(enabled=enabled, days=days, time=time, stagger_minutes=stagger, min_free_percent=free)
+    hour, minute = (int(n) for n in time.split(":"))
+    last = hour * 60 + minute + (max(nodes, 1) - 1) * stagger
+    if enabled and last >= 24 * 60:
+        errs.add("defrag.schedule", f"{schedule!r} plus {stagger} minutes for each of the {nodes} nodes "
+                 "runs past midnight, where the weekdays would no longer hold; start earlier or stagger less")
+        return None
+    return defrag
+
+
+def _check_defrag_schedule(value: str) -> str | None:
+    if not _DEFRAG_SCHEDULE.fullmatch(value):
+        return (f"{value!r} is not [weekdays] HH:MM, such as '03:30' or 'Sun 03:30' or 'Mon..Fri 01:00' "
+                "(the first node's time; each next node starts defrag.stagger_minutes later)")
+    return None
 
 
 def _check_calendar(value: str) -> str | None:

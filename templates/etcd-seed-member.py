@@ -11,12 +11,16 @@ Generated: do not edit. It reads /etc/etcd/member.json, which the install step p
            reads next for ETCD_INITIAL_CLUSTER and ETCD_INITIAL_CLUSTER_STATE=existing.
   promote  (etcd-seed-promote.service, as etcd) `member promote` until etcd accepts it: etcd
            refuses while the learner has not caught up with the leader.
+  defrag   (etcd-defrag.service, as etcd, at this member's own minute) Once: when every member is
+           healthy and the free pages inside this member's database file are worth reclaiming,
+           `defrag` this member alone; then clear a NOSPACE alarm once every member is well under its quota.
 
 It talks to the other members over mutual TLS with the node's own certificate, which carries
 clientAuth. Transient failures (no quorum yet, another learner catching up) are retried until a
 deadline; one that cannot succeed (the peer URL taken by another member) stops with a message.
 The data dir is never written here. Every step prints one "etcd-seed:" line.
-https://etcd.io/docs/v3.5/op-guide/runtime-configuration/ and .../learning/design-learner/
+https://etcd.io/docs/v3.5/op-guide/runtime-configuration/, .../learning/design-learner/ and
+.../op-guide/maintenance/#defragmentation
 """
 
 from __future__ import annotations
@@ -90,15 +94,15 @@ class Member:
         self.name = cfg["name"]
         self.peer_url = cfg["peer_url"]
 
-    def etcdctl(self, endpoints: list[str], *args: str) -> tuple[int, str, str]:
+    def etcdctl(self, endpoints: list[str], *args: str, timeout_s: int = 15) -> tuple[int, str, str]:
         argv = [ROOT + self.cfg["etcdctl"], "--endpoints=" + ",".join(endpoints),
                 "--cacert=" + ROOT + self.cfg["ca"], "--cert=" + ROOT + self.cfg["cert"],
-                "--key=" + ROOT + self.cfg["key"], "--dial-timeout=5s", "--command-timeout=15s", *args]
+                "--key=" + ROOT + self.cfg["key"], "--dial-timeout=5s", f"--command-timeout={timeout_s}s", *args]
         env = dict(os.environ, ETCDCTL_API="3")
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
+            done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout_s + 45, check=False)
         except subprocess.TimeoutExpired:
-            return 1, "", f"etcdctl {' '.join(args[:2])} did not answer within 60 s"
+            return 1, "", f"etcdctl {' '.join(args[:2])} did not answer within {timeout_s + 45} s"
         return done.returncode, done.stdout, (done.stderr.strip().splitlines() or [""])[-1]
 
     def members(self, endpoints: list[str]) -> list[Record]:
@@ -235,6 +239,91 @@ class Member:
                 waiting = True
             time.sleep(2)
 
+    def sizes(self, *args: str) -> dict[str, tuple[int, int]]:
+        """(file size, in use) of each member's database in bytes, by client URL: this member's, or with
+        --cluster every member's. Refused unless each one answers and has a leader: `endpoint health` will not
+        do, since it calls a member with an active alarm unhealthy, and NOSPACE is what a defrag may clear."""
+        code, out, err = self.etcdctl([self.cfg["client_url"]], "endpoint", "status", *args, "-w", "json")
+        if code != 0:
+            raise Refused(f"not every member answers ({err}); a member defragments only while the others keep the "
+                          "cluster available")
+        sizes = {}
+        for answer in parse_json(out, "endpoint status"):
+            try:
+                url, status = answer["Endpoint"], answer["Status"]
+                size, in_use, leader = status["dbSize"], status["dbSizeInUse"], status["leader"]
+            except (KeyError, TypeError):
+                raise Refused(f"endpoint status gave no database sizes: {out[:200]!r}") from None
+            if not all(isinstance(n, int) and n >= 0 for n in (size, in_use, leader)):
+                raise Refused(f"endpoint status gave no database sizes: {out[:200]!r}")
+            if not leader:
+                raise Refused(f"{url} has no leader; a member defragments only in a healthy cluster")
+            sizes[url] = (size, in_use)
+        return sizes
+
+    def defrag(self) -> int:
+        own = self.cfg["client_url"]
+        self.sizes("--cluster")
+        size, in_use = self.sizes()[own]
+        settings = self.cfg["defrag"]
+        reason = defrag_reason(size, in_use, settings["quota_bytes"], settings["min_free_percent"],
+                               settings["near_quota_percent"])
+        if reason is None:
+            done = (f"{self.name} left alone: {mib(size - in_use)} of its {mib(size)} file is free, less than "
+                    f"{settings['min_free_percent']}%")
+        else:
+            code, _, err = self.etcdctl([own], "defrag", timeout_s=1500)
+            if code != 0:
+                raise Refused(f"defrag of {self.name} failed ({err})")
+            done = f"defragmented {self.name} ({reason}): {mib(size)} -> {mib(self.sizes()[own][0])}"
+        say(f"defrag: {done}{self.clear_nospace(settings['quota_bytes'])}")
+        return 0
+
+    def clear_nospace(self, quota: int) -> str:
+        """Disarm the NOSPACE alarm once every member's file is clearly under the quota (below the share the
+        alerts call near), so that the next writes do not raise it again; never any other alarm (etcdctl's
+        disarm clears every alarm, CORRUPT too)."""
+        code, out, err = self.etcdctl([self.cfg["client_url"]], "alarm", "list", "-w", "json")
+        if code != 0:
+            raise Refused(f"alarm list failed ({err})")
+        answer = parse_json(out, "alarm list")
+        alarms = answer.get("alarms") or [] if isinstance(answer, dict) else []
+        kinds = {a.get("alarm") for a in alarms if isinstance(a, dict)}
+        if not alarms:
+            return ""
+        if kinds != {NOSPACE}:
+            return f"; alarms {sorted(map(str, kinds))} left for an operator: only NOSPACE is cleared here"
+        largest = max(size for size, _ in self.sizes("--cluster").values())
+        near = self.cfg["defrag"]["near_quota_percent"]
+        if largest * 100 >= quota * near:
+            return (f"; NOSPACE alarm left: a member's file is still {mib(largest)}, over {near}% of the "
+                    f"{mib(quota)} quota (it clears once every member is below)")
+        code, _, err = self.etcdctl([self.cfg["client_url"]], "alarm", "disarm")
+        if code != 0:
+            raise Refused(f"alarm disarm failed ({err})")
+        return "; cleared the NOSPACE alarm: every member is under its quota again"
+
+
+# etcdserverpb.AlarmType: https://github.com/etcd-io/etcd/blob/v3.5.0/api/etcdserverpb/rpc.proto
+NOSPACE = 1
+
+
+def defrag_reason(size: int, in_use: int, quota: int, min_free_percent: int, near_quota_percent: int) -> str | None:
+    """Why this file is worth defragmenting, or None: at least min_free_percent of it free, or any of it free
+    while the file is above near_quota_percent of the quota (where a NOSPACE alarm stops every write)."""
+    free = size - in_use
+    if free <= 0:
+        return None
+    if free * 100 >= size * min_free_percent:
+        return f"{free * 100 // size}% of it free"
+    if size * 100 >= quota * near_quota_percent:
+        return f"the file is at {size * 100 // quota}% of the quota"
+    return None
+
+
+def mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB" if size >= 1 << 20 else f"{size >> 10} KiB"
+
 
 def initial_cluster(members: list[Record], own: int, name: str) -> str:
     """ETCD_INITIAL_CLUSTER from checked members: this node under its own name, the others under theirs."""
@@ -256,8 +345,8 @@ def membership_env(name: str, cluster: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[1] not in ("prepare", "promote"):
-        print("usage: etcd-seed-member prepare|promote", file=sys.stderr)
+    if len(argv) != 2 or argv[1] not in ("prepare", "promote", "defrag"):
+        print("usage: etcd-seed-member prepare|promote|defrag", file=sys.stderr)
         return 2
     try:
         with open(CONFIG, encoding="utf-8") as handle:
@@ -265,6 +354,12 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         say(f"ERROR: cannot read {CONFIG} ({exc}); {argv[1]}: nothing written to the data dir")
         return 1
+    if argv[1] == "defrag":  # once: the timer's next run is the retry
+        try:
+            return member.defrag()
+        except (Refused, Retry) as exc:
+            say(f"ERROR: defrag: {exc}")
+            return 1
     step = member.prepare if argv[1] == "prepare" else member.promote
     deadline = time.monotonic() + member.cfg["timeout_s"]
     delay, last = 2, ""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -274,6 +276,60 @@ def test_backups_can_be_turned_off(workdir: Path) -> None:
     written = _written(workdir, "etcd01")
     assert "/var/lib/etcd-seed/seed/etcd-seed-backup" not in written
     assert "systemctl disable --now etcd-backup.timer" in written["/usr/local/sbin/etcd-seed-install"]
+
+
+def test_defrag_is_on_by_default_and_staggered(workdir: Path) -> None:
+    """Each member's timer has its own minute, 10 apart from 03:30, which systemd reads as the same day's times."""
+    assert build(workdir)[0] == 0
+    calendars = []
+    for name in ("etcd01", "etcd02", "etcd03"):
+        written = _written(workdir, name)
+        timer = written["/var/lib/etcd-seed/seed/etcd-defrag.timer"]
+        calendars.append(next(line[11:] for line in timer.splitlines() if line.startswith("OnCalendar=")))
+        assert "Persistent=" not in timer.replace("No Persistent=", "")
+        service = written["/var/lib/etcd-seed/seed/etcd-defrag.service"]
+        assert "User=etcd\n" in service and "ExecStart=/usr/local/sbin/etcd-seed-member defrag\n" in service
+        assert json.loads(written["/var/lib/etcd-seed/seed/member.json"])["defrag"] == {
+            "min_free_percent": 50, "near_quota_percent": 80, "quota_bytes": 2 << 30}
+        assert "systemctl enable etcd-defrag.timer" in written["/usr/local/sbin/etcd-seed-install"]
+    assert calendars == ["*-*-* 03:30:00", "*-*-* 03:40:00", "*-*-* 03:50:00"]
+    if shutil.which("systemd-analyze"):
+        done = subprocess.run(["systemd-analyze", "calendar", *calendars], capture_output=True, text=True, check=True)
+        assert [line.split()[-1] for line in done.stdout.splitlines() if "Normalized form:" in line] == \
+            ["03:30:00", "03:40:00", "03:50:00"]
+
+
+def test_defrag_settings_and_off(workdir: Path) -> None:
+    (workdir / "cluster.yaml").write_text(spec_yaml() + "defrag: {schedule: 'Sun 01:00', stagger_minutes: 30, "
+                                          "min_free_percent: 25}\n")
+    assert build(workdir)[0] == 0
+    written = _written(workdir, "etcd03")
+    assert "OnCalendar=Sun *-*-* 02:00:00\n" in written["/var/lib/etcd-seed/seed/etcd-defrag.timer"]
+    assert json.loads(written["/var/lib/etcd-seed/seed/member.json"])["defrag"]["min_free_percent"] == 25
+    (workdir / "cluster.yaml").write_text(spec_yaml() + "defrag: {enabled: false}\n")
+    assert build(workdir)[0] == 0
+    written = _written(workdir, "etcd01")
+    assert "/var/lib/etcd-seed/seed/etcd-defrag.timer" not in written
+    install = written["/usr/local/sbin/etcd-seed-install"]
+    assert "systemctl disable --now etcd-defrag.timer" in install and "defragmentation off" in install
+
+
+@pytest.mark.parametrize(("setting", "field", "expected"), [
+    ("defrag: {schedule: daily}", "defrag.schedule", "is not [weekdays] HH:MM"),
+    ("defrag: {schedule: '24:00'}", "defrag.schedule", "is not [weekdays] HH:MM"),
+    ("defrag: {schedule: 3:30}", "defrag.schedule", "was read as the number 210; quote it"),
+    ("defrag: {schedule: 'Sun 03:30\\n[Service]'}", "defrag.schedule", "is not [weekdays] HH:MM"),
+    ("defrag: {schedule: '23:50'}", "defrag.schedule", "runs past midnight"),
+    ("defrag: {stagger_minutes: 0}", "defrag.stagger_minutes", "between 1 and 240"),
+    ("defrag: {min_free_percent: 100}", "defrag.min_free_percent", "between 1 and 99"),
+    ("defrag: {min_free_percent: 0.5}", "defrag.min_free_percent", "must be a whole number"),
+    ("defrag: {enabled: 'no'}", "defrag.enabled", "must be true or false"),
+    ("defrag: {threshold: 50}", "defrag.threshold", "unknown key"),
+    ("defrag: off", "defrag", "must be a mapping"),
+], ids=lambda v: str(v)[:28])
+def test_bad_defrag_setting_is_refused(workdir: Path, setting: str, field: str, expected: str) -> None:
+    (workdir / "cluster.yaml").write_text(spec_yaml() + setting + "\n")
+    assert expected in assert_refused(workdir, field)
 
 
 @pytest.mark.parametrize(("setting", "field", "expected"), [

@@ -283,9 +283,7 @@ def _snapshot_revision(lab: Lab, path: Path) -> int:
 
 def _backup(lab: Lab, name: str) -> subprocess.CompletedProcess[str]:
     """`systemctl start etcd-backup.service` on the node, as an operator would run it."""
-    env = {"ETCD_SEED_ROOT": str(lab.root(name)), "PATH": f"{lab.shim_dir}:/usr/bin:/bin"}
-    return subprocess.run(lab.net.command(lab.namespaces[name], ["systemctl", "start", "etcd-backup.service"]),
-                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    return lab.systemctl(name, "start", "etcd-backup.service")
 
 
 def test_backup_unit_keeps_the_newest_checked_snapshots(trixie_lab: Lab) -> None:
@@ -340,10 +338,7 @@ def test_backup_unit_keeps_the_newest_checked_snapshots(trixie_lab: Lab) -> None
 
     subprocess.run(["kill", "-KILL", str(lab.pid("etcd02"))], check=True)  # etcd02 is down
     failed = _backup(lab, "etcd02")
-    restarted = subprocess.run(lab.net.command(lab.namespaces["etcd02"], ["systemctl", "start", "etcd.service"]),
-                               env={"ETCD_SEED_ROOT": str(lab.root("etcd02")), "PATH": f"{lab.shim_dir}:/usr/bin:/bin"},
-                               check=False)
-    assert restarted.returncode == 0
+    assert lab.systemctl("etcd02", "start", "etcd.service").returncode == 0
     assert failed.returncode != 0
     assert "ERROR: backup: the member is not healthy: " in \
         (lab.root("etcd02") / "run/shim/etcd-backup.service.log").read_text()

@@ -113,12 +113,18 @@ class Lab:
         return int((self.root(name) / "run/shim/etcd.pid").read_text())
 
     def etcdctl(self, *args: str, endpoints: list[str] | None = None, cert_dir: Path | None = None,
-                cert: bool = True, timeout: str = "5s") -> subprocess.CompletedProcess[str]:
+                cert: bool = True, timeout: str = "5s", stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         argv = etcdctl_argv(self.root("etcd01") / "usr/local/bin/etcdctl",
                             endpoints or [f"{BASE}.{i}" for i in (1, 2, 3)], self.out / "pki", cert_dir, cert,
                             timeout)
         return subprocess.run(self.net.command(self.net.hub, [*argv, *args]), capture_output=True, text=True,
-                              env=ETCDCTL_ENV, timeout=60, check=False)
+                              env=ETCDCTL_ENV, timeout=60, check=False, input=stdin)
+
+    def systemctl(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """systemctl (the stand-in) on a node, as an operator would run it there."""
+        env = {"ETCD_SEED_ROOT": str(self.root(name)), "PATH": f"{self.shim_dir}:/usr/bin:/bin"}
+        return subprocess.run(self.net.command(self.namespaces[name], ["systemctl", *args]), env=env,
+                              capture_output=True, text=True, timeout=1800, check=False)
 
     def wait_healthy(self, endpoints: list[str] | None = None, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
@@ -162,26 +168,27 @@ def _serve(served: Path, tarball: Path) -> tuple[str, str]:
     return f"http://{HUB}:8080/{tarball.name}", hashlib.sha256(tarball.read_bytes()).hexdigest()
 
 
-def point_at(spec_file: Path, version: str, url: str, sha: str) -> None:
-    """Make the spec install `version` from `url`."""
+def point_at(spec_file: Path, version: str, url: str, sha: str, etcd_extra: str = "") -> None:
+    """Make the spec install `version` from `url`; etcd_extra: more lines of its etcd: section."""
     text = spec_file.read_text()
     head, _, rest = text.partition("etcd:\n")
     tail = rest.split("  heartbeat_interval:", 1)[1]
     spec_file.write_text(f'{head}etcd:\n  version: "{version}"\n  url: {url}\n  sha256: \'{sha}\'\n'
-                         f"  heartbeat_interval:{tail}")
+                         f"{etcd_extra}  heartbeat_interval:{tail}")
 
 
 @contextlib.contextmanager
 def converged_lab(work: Path, tarball: Path, version: str, tag: str, extra: str = "",
-                  hosts: int = 3) -> Iterator[Lab]:
+                  hosts: int = 3, etcd_extra: str = "") -> Iterator[Lab]:
     """Three members converged from their seeds on `version`, the tarball served over http from the hub.
 
-    extra: text appended to the spec; hosts: namespaces made (members beyond three join later).
+    extra: text appended to the spec; etcd_extra: lines added to its etcd: section; hosts: namespaces made
+    (members beyond three join later).
     """
     served = work / "served"
     served.mkdir(parents=True)
     (work / "cluster.yaml").write_text(spec_yaml(base=BASE) + extra)
-    point_at(work / "cluster.yaml", version, *_serve(served, tarball))
+    point_at(work / "cluster.yaml", version, *_serve(served, tarball), etcd_extra=etcd_extra)
     shim_dir = work / "bin"
     shim_dir.mkdir()
     (shim_dir / "systemctl").write_text(f"#!/bin/sh\nexec {sys.executable} {SHIM} \"$@\"\n")

@@ -6,7 +6,7 @@ script installed under the scratch root: for etcd.service it runs each
 ExecStartPre=, then reads every EnvironmentFile= (a leading '-' makes one
 optional) with systemd's own parser (libsystemd-shared, see tests/helpers/parsers.py),
 later files overriding earlier ones, and runs the real etcd binary in the caller's
-network namespace. A oneshot unit (etcd-backup.service) runs to its end; `start
+network namespace. A oneshot unit (etcd-backup.service, etcd-defrag.service) runs to its end; `start
 --no-block` of etcd-seed-promote.service runs it in the background. File paths
 in the settings are moved under the scratch root, the only change to what the
 script wrote. Every call is logged, so a test can count starts and restarts.
@@ -117,7 +117,7 @@ def main(argv: list[str]) -> int:
     with open(state / "calls.log", "a") as log:
         log.write(" ".join(words) + "\n")
     verb, unit = words[0], (words[1] if len(words) > 1 else "")
-    if verb == "start" and unit in ("etcd-backup.service", "etcd-seed-promote.service"):
+    if verb == "start" and unit in ("etcd-backup.service", "etcd-defrag.service", "etcd-seed-promote.service"):
         return _oneshot(root, state, unit, wait="--no-block" not in argv)
     if unit != "etcd.service":
         return 0  # timers, the flannel unit and daemon-reload: recorded only

@@ -38,6 +38,7 @@ BASE: dict[str, Any] = {
     "etcd": {"version": "3.5.1", "url": "https://dl.example/etcd.tgz?a=1&b=2", "sha256": "a" * 64,
              "token": "tok-1", "auto_compaction_retention": "2h"},
     "backup": {"schedule": "Mon..Fri *-*-* 02:30", "dir": "/srv/etcd-backup", "keep": 5},
+    "defrag": {"schedule": "Sat,Sun 23:40", "stagger_minutes": 9},
     "flannel": {"network": "10.2.0.0/16", "backend": "vxlan"},
     "admin": {"name": "ops", "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB ops@example"],
               "password_hash": "$6$rounds=5000$saltsaltsaltsalt$" + "a" * 86},
@@ -50,15 +51,15 @@ FIELDS = ["cluster.name", "cluster.domain", "network.gateway", "network.dns.0", 
           "nodes.0.name", "nodes.0.ip", "nodes.0.mac", "nodes.0.fqdn", "nodes.1.name", "etcd.version", "etcd.url",
           "etcd.sha256", "etcd.token", "flannel.network", "flannel.backend", "admin.name",
           "admin.ssh_authorized_keys.0", "admin.password_hash", "etcd.auto_compaction_retention",
-          "backup.schedule", "backup.dir", "clients.0.name", "clients.0.dir", "clients.1.cn", "clients.1.o",
-          "clients.3.name", "clients.3.dir",
+          "backup.schedule", "backup.dir", "defrag.schedule", "clients.0.name", "clients.0.dir", "clients.1.cn",
+          "clients.1.o", "clients.3.name", "clients.3.dir",
           "clients.2.name", "clients.2.cn"]
 USER_DATA_KEYS = {"hostname", "fqdn", "manage_etc_hosts", "ssh_pwauth", "ssh_deletekeys", "ssh_keys", "groups",
                   "users", "write_files", "runcmd"}
 WRITE_FILES = {f"{PATHS.staged}/{name}" for name in (
     "ca.crt", "etcd.crt", "etcd.key", "options.env", "etcd.service", "member.json", "etcd-seed-promote.service",
     "etcd-seed-boot.service", "etcd-seed-member", "etcd-backup.service", "etcd-backup.timer",
-    "etcd-seed-backup")} | {PATHS.install_bin}
+    "etcd-seed-backup", "etcd-defrag.service", "etcd-defrag.timer")} | {PATHS.install_bin}
 FLANNEL_FILES = {f"{PATHS.staged}/etcd-flannel-config", f"{PATHS.staged}/etcd-flannel-config.service"}
 
 
@@ -153,9 +154,13 @@ def check_outputs(spec: Spec, rendered: dict[str, SeedFiles], tmp: Path,
         timer = files[f"{PATHS.staged}/etcd-backup.timer"]
         assert [line for line in timer.splitlines() if line.startswith("OnCalendar=")] == \
             [f"OnCalendar={spec.backup.schedule}"]
+        defrag = files[f"{PATHS.staged}/etcd-defrag.timer"]
+        calendar = [line[11:] for line in defrag.splitlines() if line.startswith("OnCalendar=")]
+        assert calendar == [spec.defrag.on_calendar(spec.nodes.index(node))]
         if shutil.which("systemd-analyze"):  # systemd's own parser accepts every schedule the spec accepts
-            assert subprocess.run(["systemd-analyze", "calendar", spec.backup.schedule], capture_output=True,
-                                  check=False).returncode == 0, spec.backup.schedule
+            for schedule in (spec.backup.schedule, *calendar):
+                assert subprocess.run(["systemd-analyze", "calendar", schedule], capture_output=True,
+                                      check=False).returncode == 0, schedule
     check_client_files(spec, tmp, env_parser)
 
 

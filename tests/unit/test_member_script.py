@@ -128,3 +128,23 @@ def test_a_taken_peer_url_names_the_member_by_hex_id() -> None:
     node = member.Member({"name": "etcd02", "peer_url": "https://10.0.0.1:2380"})
     with pytest.raises(member.Refused, match=r"taken by member etcd01 \(1234\)"):
         node.taken(member.checked_members({"members": [GOOD]}, "member list"))
+
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize(("size", "in_use", "expected"), [
+    (100 * MIB, 50 * MIB, "50% of it free"),  # exactly the threshold
+    (100 * MIB, 51 * MIB, None),  # just under it, far from the quota
+    (1700 * MIB, 1690 * MIB, "the file is at 83% of the quota"),  # near the 2 GiB quota: any free page counts
+    (1700 * MIB, 1700 * MIB, None),  # near the quota with nothing to reclaim: a defrag would not help
+    (0, 0, None),
+    (20 * 1024, 16 * 1024, None),  # a new member's file
+])
+def test_defrag_is_worth_it_when_half_is_free_or_the_file_nears_its_quota(size: int, in_use: int,
+                                                                          expected: str | None) -> None:
+    assert member.defrag_reason(size, in_use, 2048 * MIB, 50, 80) == expected
+
+
+def test_sizes_below_a_mebibyte_read_in_kibibytes() -> None:
+    assert [member.mib(n) for n in (20480, MIB, 15 * MIB + MIB // 2)] == ["20 KiB", "1.0 MiB", "15.5 MiB"]

@@ -87,6 +87,7 @@ def test_seed_files_are_staged_root_only(rendered: dict[str, SeedFiles]) -> None
                                                       "etcd-flannel-config.service", "member.json",
                                                       "etcd-seed-promote.service", "etcd-backup.service",
                                                       "etcd-backup.timer", "etcd-seed-boot.service",
+                                                      "etcd-defrag.service", "etcd-defrag.timer",
                                                       "etcd-seed-member", "etcd-seed-backup", "etcd-flannel-config")}
     assert all(files[p]["owner"] == "root:root" and files[p]["permissions"] == "0600" for p in staged)
     assert set(files) - staged == {PATHS.install_bin}
