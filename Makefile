@@ -19,7 +19,7 @@ ifeq ($(SPEC),cluster.yaml)
 SEED_DEPS += $(BUNDLE)
 endif
 
-.PHONY: seeds test e2e bench verify plan bundle lint clean
+.PHONY: seeds test e2e bench verify plan status bundle lint clean
 
 seeds: $(SEED_DEPS)
 	$(PY) -m generator build --spec $(SPEC) --out $(OUT)
@@ -42,6 +42,10 @@ verify: $(STAMP)
 
 plan: $(SEED_DEPS)
 	$(PY) -m generator plan --spec $(SPEC) --out $(OUT)
+
+# Asks the running cluster how it stands against output/: health, certificates served, what to roll next.
+status: $(STAMP)
+	$(PY) -m generator status --spec $(SPEC) --out $(OUT)
 
 # Timings only: the example beside tools/baseline.sh (the guide's manual flow), scaling, no-op re-run, ISO throughput.
 bench: $(STAMP) $(UPSTREAM_BUNDLE)

@@ -102,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--warn-days", type=int, default=30, help="warn when a certificate expires sooner")
     verify.add_argument("--fail-days", type=int, default=7, help="fail when a certificate expires sooner")
     verify.set_defaults(run=_run_verify)
+    status = commands.add_parser("status", parents=[tree], help="ask the running cluster how it stands against "
+                                 "the build: health, versions, certificates served, what to roll next; exit 1 on any "
+                                 "problem")
+    status.add_argument("--json", action="store_true", help="print the report as JSON, for scripts")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each node (default 5)")
+    status.set_defaults(run=_run_status)
     seal = commands.add_parser("seal", parents=[tree], help="encrypt the private keys with age, for committing")
     seal.add_argument("--recipient", action="append", default=[], required=True,
                       help="age public key (age1...); repeat for several operators")
@@ -178,6 +184,22 @@ def _run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     print(f"{report.root}: {report.files} files checked, {report.errors} errors, "
           f"{len(report.findings) - report.errors} warnings", file=out)
     return EXIT_ERROR if report.errors else EXIT_OK
+
+
+def _run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import json
+
+    from . import status
+
+    if not 0 < args.timeout <= 300:
+        raise MaterialError("--timeout: must be more than 0 and at most 300 seconds")
+    report = status.check(args.spec, args.out, args.timeout)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, sort_keys=True), file=out)
+    else:
+        for line in status.render(report).splitlines():  # a member's answers are not to be trusted on a terminal
+            print(printable(line), file=out)
+    return EXIT_ERROR if report.exit_code else EXIT_OK
 
 
 def _run_seal(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

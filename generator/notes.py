@@ -85,7 +85,7 @@ def rolling_order(names: Sequence[str]) -> str:
     return (f"roll the changed seeds one node at a time: attach the node's new seed.iso and reboot it, then "
             f"wait until 'ETCDCTL_ENDPOINTS=https://<its IP>:2379 etcdctl endpoint health' reports that member "
             f"healthy before the next ({steps}); "
-            "take the leader last ('etcdctl endpoint status -w table' shows IS LEADER)")
+            "take the leader last ('python -m generator status' names the node to roll next)")
 
 
 _DOES = {

@@ -46,7 +46,6 @@ from tests.helpers.vm import (
     etcd_starts_this_boot,
     power_cut_during_reseed,
     reseed_reboot,
-    rolling_order,
     served_serial,
     spec_text,
     wait_for,
@@ -67,6 +66,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def test_every_member_healthy_over_mutual_tls(lab: Lab) -> None:
     """etcdctl with the generated admin certificate finds every member healthy."""
     assert_all_healthy(lab.etcdctl, NODES)
+
+
+def test_status_of_the_booted_cluster_is_healthy_and_in_step(lab: Lab) -> None:
+    """`etcd-seed status` from the operator's side: every row in step with the build, exit 0."""
+    code, report, text = lab.status()
+    assert code == 0, text
+    assert report["next"] == "nothing to roll" and report["problems"] == []
+    assert [(r["node"], r["version"], r["client_cert"], r["peer_cert"]) for r in report["rows"]] == \
+        [(n.name, lab.spec.etcd.version, "current", "current") for n in lab.spec.nodes]
+    assert sum(r["leader"] for r in report["rows"]) == 1
 
 
 def test_member_list_is_the_spec(lab: Lab) -> None:
@@ -117,6 +126,11 @@ def test_fault_rejoin_and_bad_bundle(lab: Lab) -> None:
     committed = wait_for("a write through the two survivors", lambda: lab.etcdctl(
         "put", "e2e-during", "2", endpoints=[v.ip for v in survivors]).returncode == 0, 90, survivors)
     print(f"bench: kill to first committed write on the survivors: {committed - killed:.0f} s")
+    code, down, text = lab.status()
+    assert code == 1, text
+    assert f"problem: {victim.name}: does not answer on {victim.ip}:2379 (" in text
+    assert down["next"] == f"wait: {victim.name} does not answer; roll nothing else until it is back"
+    assert [r["reachable"] for r in down["rows"]] == [True, True, False]
 
     bad = bad_bundle_vm(lab)
     victim.start(lab.net, lab.image, lab.accel)
@@ -167,8 +181,17 @@ def test_rolling_upgrade_renew_and_setting(lab: Lab) -> None:
 
     writer = lab.writer()
     writer.start()
+    rolled: list[str] = []
     try:
-        for position, vm in enumerate(rolling_order(lab)):
+        for position in range(NODES):
+            # The operator's routine: `status` names the node to roll, followers first and the leader last.
+            code, report, text = lab.status()
+            assert code == 1 and [r["node"] for r in report["rows"] if r["in_step"]] == sorted(rolled), text
+            name = report["next"].split()[0]
+            leader = next(r["node"] for r in report["rows"] if r["leader"])
+            assert report["next"] == (f"{name} (the leader, last)" if name == leader else f"{name} (a follower)")
+            assert name not in rolled and (name != leader or len(rolled) == NODES - 1), text
+            vm = next(v for v in lab.vms if v.name == name)
             # What the operations guide tells the operator to wait for, and nothing more: that member healthy.
             def healthy(vm: VM = vm) -> bool:
                 return lab.etcdctl("endpoint", "health", endpoints=[vm.ip]).returncode == 0
@@ -181,8 +204,11 @@ def test_rolling_upgrade_renew_and_setting(lab: Lab) -> None:
             expected = "nothing changed" if position == 0 else f"etcd {before} -> {target}"
             assert expected in line and line.endswith("; etcd starts next"), line
             print(f"bench: {vm.name} re-seed reboot to healthy member on {target}: {took:.0f} s")
+            rolled.append(name)
     finally:
         writer.finish(f"rolling pass over {len(lab.vms)} nodes")
+    code, report, text = lab.status()
+    assert code == 0 and report["next"] == "nothing to roll", text
 
     wait_for("the cluster version to reach 3.5", lambda: cluster_version(lab, lab.vms[0].ip).get(
         "etcdcluster", "").startswith(target.rsplit(".", 1)[0]), 120, lab.vms)

@@ -10,9 +10,11 @@ fresh disks. Each prints its time. Every ssh checks host keys against the build'
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -25,12 +27,13 @@ from cryptography.hazmat.primitives import serialization
 
 from generator import _cli
 from generator.spec import load_spec
-from tests.helpers.etcd_checks import all_voting
+from tests.helpers.etcd_checks import all_voting, assert_all_healthy
 from tests.helpers.specs import ROOT
 from tests.helpers.vm import (
     BOOT_TIMEOUT_S,
     BUNDLE,
     ETCDCTL,
+    NODES,
     SUBNET,
     VM,
     Lab,
@@ -125,6 +128,31 @@ def test_backup_unit_takes_a_checked_snapshot(lab: Lab) -> None:
     assert status["revision"] == revision >= last
     log = lab.ssh(vm.ip, "sudo journalctl -u etcd-backup.service --no-pager -o cat")
     assert f"etcd-seed: backup: {path} (" in log.stdout, log.stdout
+
+
+def test_defrag_unit_shrinks_the_database(lab: Lab) -> None:
+    """`systemctl start etcd-defrag.service` on a node defragments its member once compaction has freed most of
+    the file, and logs one line; its timer is enabled with the node's own minute."""
+    vm = lab.vms[1]
+    value = base64.b64encode(os.urandom(600 << 10)).decode()  # 800 KiB that no page can share
+    for i in range(8):
+        assert lab.etcdctl("put", f"big/{i}", stdin=value, timeout="30s").returncode == 0
+    assert lab.etcdctl("del", "--prefix", "big/").returncode == 0
+    assert lab.etcdctl("compact", "--physical", str(_revision(lab)), endpoints=[vm.ip]).returncode == 0
+    size = "sudo stat -c %s /opt/etcd/data/member/snap/db"
+    before = int(lab.ssh(vm.ip, size).stdout)
+    began = time.monotonic()
+    done = lab.ssh(vm.ip, "sudo systemctl start etcd-defrag.service && systemctl is-enabled etcd-defrag.timer && "
+                          "systemctl show -p TimersCalendar etcd-defrag.timer")
+    assert done.returncode == 0, done.stdout + done.stderr
+    print(f"\nbench: defrag unit run on {vm.name}: {time.monotonic() - began:.1f} s (including ssh)")
+    after = int(lab.ssh(vm.ip, size).stdout)
+    print(f"{vm.name}: database file {before} -> {after} bytes")
+    assert before > 6 << 20 and after * 4 < before
+    assert "enabled" in done.stdout and "OnCalendar=*-*-* 03:40:00" in done.stdout, done.stdout
+    log = lab.ssh(vm.ip, "sudo journalctl -u etcd-defrag.service --no-pager -o cat | grep etcd-seed:")
+    assert log.stdout.strip().startswith(f"etcd-seed: defrag: defragmented {vm.name} ("), log.stdout
+    assert_all_healthy(lab.etcdctl, NODES)
 
 
 def test_replace_lost_member_on_a_fresh_disk(lab: Lab) -> None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -157,10 +158,22 @@ class Lab:
     extra: list[VM] = field(default_factory=list)  # VMs a test adds; killed with the rest
 
     def etcdctl(self, *args: str, endpoints: list[str] | None = None, cert_dir: Path | None = None,
-                cert: bool = True, timeout: str = "5s") -> subprocess.CompletedProcess[str]:
+                cert: bool = True, timeout: str = "5s", stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         argv = etcdctl_argv(ETCDCTL, endpoints or [v.ip for v in self.vms], self.pki, cert_dir, cert, timeout)
         return subprocess.run(self.net.command(self.net.hub, [*argv, *args]), capture_output=True, text=True,
-                              timeout=90, check=False, env=ETCDCTL_ENV)
+                              timeout=90, check=False, env=ETCDCTL_ENV, input=stdin)
+
+    def status(self) -> tuple[int, dict[str, Any], str]:
+        """`etcd-seed status` as the operator runs it, from the hub: exit code, its --json report, its text."""
+        base = [sys.executable, "-m", "generator", "status", "--spec", str(self.work / "cluster.yaml"),
+                "--out", str(self.work / "out"), "--timeout", "5"]
+        text = subprocess.run(self.net.command(self.net.hub, base), capture_output=True, text=True, timeout=120,
+                              check=False, cwd=ROOT)
+        done = subprocess.run(self.net.command(self.net.hub, [*base, "--json"]), capture_output=True, text=True,
+                              timeout=120, check=False, cwd=ROOT)
+        assert not done.stderr, done.stderr
+        print(text.stdout)
+        return done.returncode, json.loads(done.stdout), text.stdout
 
     def writer(self) -> Writer:
         """A client that puts roll/<n> every 0.5 s through every endpoint, with what the build tells clients."""

@@ -1,0 +1,356 @@
+"""Status: what the running cluster says of itself, set against what the build in output/ issued.
+
+Read-only, from the operator's machine with the admin certificate, and with the standard library only.
+etcd's gRPC gateway (/v3/...) will not do: etcd 3.5 refuses every gateway call made with a client
+certificate that has a CN ("CommonName of client sending a request against gateway will be ignored"),
+and every certificate this tool issues has one. What does answer over mutual TLS is asked instead:
+the certificate each port serves, /metrics, /health and /version on 2379, and /members on 2380
+(the peer endpoint a joining member reads). https://etcd.io/docs/v3.5/op-guide/monitoring/
+
+A node is in step with the build when both ports serve the certificate the build issued it and it runs
+the build's etcd version and quota. Settings etcd does not expose (its timers, heartbeat, backup or
+defragmentation schedule) cannot be seen from outside: a seed that changes only those shows in step.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import http.client
+import json
+import re
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from . import layout, rotation
+from .certs import cert_fingerprint
+from .errors import OutputError
+from .etcd import CLIENT_PORT, PEER_PORT
+from .inputs import cluster_root, read_manifest, read_spec
+from .spec import Node, Spec
+
+TIMEOUT_S = 5.0
+_SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"\\]*)"')
+MAX_BODY = 4 << 20  # /metrics of a member is about 200 KiB
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one node said, or why it said nothing (`error`). Filled in by `ask`, read by `assess`."""
+
+    node: str
+    error: str | None = None
+    client_cert: bytes | None = None  # DER, as served on 2379
+    peer_cert: bytes | None = None  # DER, as served on 2380
+    metrics: Mapping[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
+    health: Mapping[str, Any] = field(default_factory=dict)
+    members: Sequence[Mapping[str, Any]] | None = None
+    peer_error: str | None = None
+    foreign: bool = False  # 2379 serves a certificate the trusted CAs do not vouch for: nothing it says is used
+
+
+@dataclass(frozen=True)
+class Row:
+    """One spec node as the cluster shows it."""
+
+    node: str
+    ip: str
+    reachable: bool
+    error: str | None = None
+    version: str | None = None
+    leader: bool = False
+    learner: bool = False
+    raft_lag: int | None = None  # entries applied behind the highest committed index any member reports
+    db_size: int | None = None
+    db_in_use: int | None = None
+    quota: int | None = None
+    alarms: str = ""
+    client_cert: str = "unknown"  # current, older (this CA, not the build's), foreign
+    peer_cert: str = "unknown"
+    expires: str | None = None  # of the certificate served on 2379
+    in_step: bool = False
+
+
+@dataclass(frozen=True)
+class Status:
+    """The cluster's answer: a row per spec node, what holds for the whole, what to roll next and why not 0."""
+
+    rows: list[Row]
+    cluster_version: str | None
+    rotation: str | None
+    unknown_members: list[str]
+    missing_members: list[str]
+    next: str
+    problems: list[str]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.problems else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rows": [asdict(r) for r in self.rows], "cluster_version": self.cluster_version,
+                "rotation": self.rotation, "unknown_members": self.unknown_members,
+                "missing_members": self.missing_members, "next": self.next, "problems": self.problems,
+                "healthy": not self.problems}
+
+
+def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus' text format: each sample's labels and value, by metric name. Lines that do not parse are
+    skipped: a member may export metrics this tool does not read."""
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for line in text.splitlines():
+        match = _SAMPLE.fullmatch(line.strip())
+        if line.startswith("#") or not match:
+            continue
+        try:
+            value = float(match.group(3))
+        except ValueError:
+            continue
+        samples.setdefault(match.group(1), []).append((dict(_LABEL.findall(match.group(2) or "")), value))
+    return samples
+
+
+def _value(answer: Answer, name: str) -> float | None:
+    samples = answer.metrics.get(name) or []
+    return samples[0][1] if samples else None
+
+
+def _label(answer: Answer, name: str, label: str) -> str | None:
+    """The label of an info metric's set sample: etcd keeps a cluster version it has left, at 0."""
+    samples = [labels for labels, value in answer.metrics.get(name) or [] if value == 1]
+    return samples[0].get(label) if samples else None
+
+
+def _cert_state(served: bytes | None, issued: str) -> str:
+    if served is None:
+        return "unknown"
+    return "current" if hashlib.sha256(served).hexdigest() == issued else "older"
+
+
+def assess(spec: Spec, issued: Mapping[str, str], answers: Sequence[Answer], rotation_step: str | None) -> Status:
+    """Set the answers against the spec and the certificates the build issued (node -> sha256 of its DER)."""
+    committed = [v for a in answers if (v := _value(a, "etcd_server_proposals_committed_total")) is not None]
+    rows, problems = [], []
+    for node, answer in zip(spec.nodes, answers, strict=True):
+        if answer.error is not None:
+            rows.append(Row(node.name, str(node.ip), reachable=False, error=answer.error,
+                            client_cert="foreign" if answer.foreign else "unknown"))
+            problems.append(f"{node.name}: {answer.error}")
+            continue
+        applied = _value(answer, "etcd_server_proposals_applied_total")
+        client = _cert_state(answer.client_cert, issued[node.name])
+        peer = _cert_state(answer.peer_cert, issued[node.name])
+        size, quota = (_value(answer, "etcd_mvcc_db_total_size_in_bytes"),
+                       _value(answer, "etcd_server_quota_backend_bytes"))
+        in_use = _value(answer, "etcd_mvcc_db_total_size_in_use_in_bytes")
+        version = _label(answer, "etcd_server_version", "server_version")
+        expires = None
+        if answer.client_cert is not None:
+            expires = x509.load_der_x509_certificate(answer.client_cert).not_valid_after_utc.strftime("%Y-%m-%d")
+        healthy = answer.health.get("health") == "true"
+        reason = str(answer.health.get("reason") or "")
+        row = Row(node.name, str(node.ip), reachable=True, error=answer.peer_error, version=version,
+                  leader=_value(answer, "etcd_server_is_leader") == 1,
+                  learner=_value(answer, "etcd_server_is_learner") == 1,
+                  raft_lag=int(max(committed) - applied) if committed and applied is not None else None,
+                  db_size=None if size is None else int(size), db_in_use=None if in_use is None else int(in_use),
+                  quota=None if quota is None else int(quota), alarms=reason if "ALARM" in reason.upper() else "",
+                  client_cert=client, peer_cert=peer, expires=expires,
+                  in_step=(client == peer == "current" and version == spec.etcd.version
+                           and quota == spec.etcd.quota_backend_bytes))
+        rows.append(row)
+        if answer.peer_error:
+            problems.append(f"{node.name}: {answer.peer_error}")
+        if not healthy:
+            problems.append(f"{node.name}: not healthy ({reason or 'etcd /health says false'})")
+        if _value(answer, "etcd_server_has_leader") != 1:
+            problems.append(f"{node.name}: has no leader")
+        if row.learner:
+            problems.append(f"{node.name}: still a learner (not yet promoted to a voting member)")
+        problems += [f"{node.name}: {why}" for why in _drift(spec, row)]
+    members = next((a.members for a in answers if a.members is not None), None)
+    names = {n.name for n in spec.nodes}
+    unknown = [f"{m.get('name') or 'unstarted'} ({int(m.get('id', 0)):x}) at {','.join(m.get('peerURLs') or [])}"
+               for m in members or [] if m.get("name") not in names]
+    missing = sorted(names - {m.get("name") for m in members or []}) if members is not None else []
+    problems += [f"member {m} is not in the spec; remove it (docs/operations.md)" for m in unknown]
+    problems += [f"spec node {n} is not a member of the cluster" for n in missing]
+    if members is None:
+        problems.append("no member answered /members on its peer port: membership unknown")
+    versions = {c for a in answers if (c := _label(a, "etcd_cluster_version", "cluster_version"))}
+    return Status(rows=rows, cluster_version=", ".join(sorted(versions)) or None, rotation=rotation_step,
+                  unknown_members=unknown, missing_members=missing, next=_next(rows), problems=problems)
+
+
+def _drift(spec: Spec, row: Row) -> list[str]:
+    """How a reachable node differs from what the build says it should run."""
+    found = []
+    for port, state in ((CLIENT_PORT, row.client_cert), (PEER_PORT, row.peer_cert)):
+        if state == "older":
+            found.append(f"serves an older certificate on {port} than pki/{row.node}.crt: its new seed is not "
+                         "running yet")
+    if row.version is not None and row.version != spec.etcd.version:
+        found.append(f"runs etcd {row.version}, the build says {spec.etcd.version}")
+    if row.quota is not None and row.quota != spec.etcd.quota_backend_bytes:
+        found.append(f"has a quota of {row.quota} bytes, the build says {spec.etcd.quota_backend_bytes}")
+    return found
+
+
+def _next(rows: Sequence[Row]) -> str:
+    """Followers first, the leader last, and never while a member is down: that would cost the quorum."""
+    down = [r.node for r in rows if not r.reachable and r.client_cert != "foreign"]
+    foreign = [r.node for r in rows if r.client_cert == "foreign"]
+    behind = [r for r in rows if r.reachable and not r.in_step]
+    if down:
+        return f"wait: {', '.join(down)} does not answer; roll nothing else until it is back"
+    if foreign:
+        return f"stop: {', '.join(foreign)} serves a certificate this cluster does not trust; find out why first"
+    if not behind:
+        return "nothing to roll"
+    follower = next((r for r in behind if not r.leader), None)
+    if follower is not None:
+        return f"{follower.node} (a follower)"
+    return f"{behind[0].node} (the leader, last)"
+
+
+def render(status: Status) -> str:
+    """The text report: a row per node, the cluster lines, then the problems."""
+    head = ("node", "ip", "etcd", "role", "lag", "db", "in use", "quota", "2379", "2380", "expires", "seed")
+    table = [head]
+    for r in status.rows:
+        if not r.reachable:
+            table.append((r.node, r.ip, "-", "untrusted" if r.client_cert == "foreign" else "down", "-", "-", "-",
+                          "-", r.client_cert, "-", "-", "?"))
+            continue
+        role = "leader" if r.leader else "learner" if r.learner else "follower"
+        table.append((r.node, r.ip, r.version or "?", role + (f" {r.alarms}" if r.alarms else ""),
+                      "?" if r.raft_lag is None else str(r.raft_lag), _size(r.db_size), _size(r.db_in_use),
+                      _size(r.quota), r.client_cert, r.peer_cert, r.expires or "?",
+                      "in step" if r.in_step else "behind"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    lines.append(f"cluster version: {status.cluster_version or 'unknown'}")
+    if status.rotation:
+        lines.append(f"CA rotation: {status.rotation}")
+    lines.append(f"next: {status.next}")
+    lines += [f"problem: {p}" for p in status.problems]
+    lines.append("healthy and in step with the build" if not status.problems else
+                 f"{len(status.problems)} problem{'s' if len(status.problems) > 1 else ''}")
+    return "\n".join(lines) + "\n"
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "?"
+    if value >= 1 << 30:
+        return f"{value / (1 << 30):.1f}G"
+    return f"{value / (1 << 20):.1f}M" if value >= 1 << 20 else f"{value >> 10}K"
+
+
+def _get(conn: http.client.HTTPSConnection, path: str) -> bytes:
+    conn.request("GET", path)
+    response = conn.getresponse()
+    body = response.read(MAX_BODY + 1)
+    if response.status != 200 or len(body) > MAX_BODY:
+        raise OSError(f"GET {path} answered {response.status}")
+    return body
+
+
+def _describe_foreign(ip: str, port: int, timeout: float) -> str:
+    """Who issued the certificate a node serves, read without trusting it, for the message only."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        conn = http.client.HTTPSConnection(ip, port, timeout=timeout, context=context)
+        conn.connect()
+        der = conn.sock.getpeercert(binary_form=True)
+        conn.close()
+    except OSError:
+        return ""
+    if not der:
+        return ""
+    cert = x509.load_der_x509_certificate(der)
+    return f" (it serves {cert.subject.rfc4514_string()}, issued by {cert.issuer.rfc4514_string()})"
+
+
+def ask(node: Node, context: ssl.SSLContext, timeout: float) -> Answer:
+    """Ask one node over mutual TLS; every failure becomes the answer's error, never an exception."""
+    ip = str(node.ip)
+    try:
+        conn = http.client.HTTPSConnection(ip, CLIENT_PORT, timeout=timeout, context=context)
+        conn.connect()
+        client_cert = conn.sock.getpeercert(binary_form=True)
+        metrics = parse_metrics(_get(conn, "/metrics").decode("utf-8", "replace"))
+        health = json.loads(_get(conn, "/health"))
+        conn.close()
+    except ssl.SSLCertVerificationError as exc:
+        foreign = _describe_foreign(ip, CLIENT_PORT, timeout)
+        return Answer(node.name, foreign=True, error=f"serves a certificate on {CLIENT_PORT} that this cluster's "
+                      f"trusted CAs do not vouch for its address {ip}: {exc.verify_message}{foreign}")
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        return Answer(node.name, error=f"does not answer on {ip}:{CLIENT_PORT} ({_reason(exc, timeout)})")
+    if not isinstance(health, dict):
+        health = {}
+    try:
+        conn = http.client.HTTPSConnection(ip, PEER_PORT, timeout=timeout, context=context)
+        conn.connect()
+        peer_cert = conn.sock.getpeercert(binary_form=True)
+        members = json.loads(_get(conn, "/members"))
+        conn.close()
+    except ssl.SSLCertVerificationError as exc:
+        return Answer(node.name, client_cert=client_cert, metrics=metrics, health=health,
+                      peer_error=f"serves a certificate on {PEER_PORT} that this cluster's trusted CAs do not vouch "
+                      f"for: {exc.verify_message}{_describe_foreign(ip, PEER_PORT, timeout)}")
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        return Answer(node.name, client_cert=client_cert, metrics=metrics, health=health,
+                      peer_error=f"does not answer on {ip}:{PEER_PORT} ({_reason(exc, timeout)})")
+    if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
+        members = None
+    return Answer(node.name, client_cert=client_cert, peer_cert=peer_cert, metrics=metrics, health=health,
+                  members=members)
+
+
+def _reason(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    return str(exc) or type(exc).__name__
+
+
+def check(spec_path: Path, out: Path, timeout: float = TIMEOUT_S) -> Status:
+    """Ask every spec node at once and assess the answers against the tree in output/.
+
+    Raises:
+        OutputError: the tree lacks the admin certificate or a node's certificate.
+    """
+    spec, _ = read_spec(spec_path)
+    root = cluster_root(out, spec)
+    trust = root / (layout.CA_BUNDLE if (root / layout.CA_BUNDLE).exists() else layout.cert_file(layout.CA_NAME))
+    cert, key = root / layout.cert_file(layout.ADMIN), root / layout.key_file(layout.ADMIN)
+    for path in (trust, cert, key, *(root / layout.cert_file(n.name) for n in spec.nodes)):
+        if not path.is_file():
+            raise OutputError(f"{path}: missing; status compares the cluster with the build's tree: run the build "
+                              "first, or pass the --spec and --out it used")
+    issued = {}
+    try:
+        context = ssl.create_default_context(cafile=str(trust))
+        context.load_cert_chain(str(cert), str(key))
+        for node in spec.nodes:
+            leaf = x509.load_pem_x509_certificate((root / layout.cert_file(node.name)).read_bytes())
+            issued[node.name] = cert_fingerprint(leaf)
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        raise OutputError(f"{root}: cannot read the admin certificate and key, the trusted CAs or a node's "
+                          f"certificate ({exc})") from None
+    manifest = read_manifest(root)
+    recorded = manifest.files.get(layout.ROTATION)
+    state = rotation.parse((root / layout.ROTATION).read_bytes() if (root / layout.ROTATION).exists() else None,
+                           recorded.sha256 if recorded else None)
+    step = rotation.describe(state.phase) if state.in_progress else None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(spec.nodes)) as pool:
+        answers = list(pool.map(lambda n: ask(n, context, timeout), spec.nodes))
+    return assess(spec, issued, answers, step)
