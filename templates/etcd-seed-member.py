@@ -266,8 +266,9 @@ class Member:
         self.sizes("--cluster")
         size, in_use = self.sizes()[own]
         settings = self.cfg["defrag"]
+        alarms = self.alarms()
         reason = defrag_reason(size, in_use, settings["quota_bytes"], settings["min_free_percent"],
-                               settings["near_quota_percent"])
+                               settings["near_quota_percent"], nospace=NOSPACE in alarms)
         if reason is None:
             done = (f"{self.name} left alone: {mib(size - in_use)} of its {mib(size)} file is free, less than "
                     f"{settings['min_free_percent']}%")
@@ -276,20 +277,23 @@ class Member:
             if code != 0:
                 raise Refused(f"defrag of {self.name} failed ({err})")
             done = f"defragmented {self.name} ({reason}): {mib(size)} -> {mib(self.sizes()[own][0])}"
-        say(f"defrag: {done}{self.clear_nospace(settings['quota_bytes'])}")
+        say(f"defrag: {done}{self.clear_nospace(settings['quota_bytes'], alarms)}")
         return 0
 
-    def clear_nospace(self, quota: int) -> str:
-        """Disarm the NOSPACE alarm once every member's file is clearly under the quota (below the share the
-        alerts call near), so that the next writes do not raise it again; never any other alarm (etcdctl's
-        disarm clears every alarm, CORRUPT too)."""
+    def alarms(self) -> set[object]:
+        """The kinds of the cluster's active alarms (etcdserverpb.AlarmType numbers)."""
         code, out, err = self.etcdctl([self.cfg["client_url"]], "alarm", "list", "-w", "json")
         if code != 0:
             raise Refused(f"alarm list failed ({err})")
         answer = parse_json(out, "alarm list")
         alarms = answer.get("alarms") or [] if isinstance(answer, dict) else []
-        kinds = {a.get("alarm") for a in alarms if isinstance(a, dict)}
-        if not alarms:
+        return {a.get("alarm") for a in alarms if isinstance(a, dict)} or ({None} if alarms else set())
+
+    def clear_nospace(self, quota: int, kinds: set[object]) -> str:
+        """Disarm the NOSPACE alarm once every member's file is clearly under the quota (below the share the
+        alerts call near), so that the next writes do not raise it again; never any other alarm (etcdctl's
+        disarm clears every alarm, CORRUPT too)."""
+        if not kinds:
             return ""
         if kinds != {NOSPACE}:
             return f"; alarms {sorted(map(str, kinds))} left for an operator: only NOSPACE is cleared here"
@@ -308,9 +312,11 @@ class Member:
 NOSPACE = 1
 
 
-def defrag_reason(size: int, in_use: int, quota: int, min_free_percent: int, near_quota_percent: int) -> str | None:
+def defrag_reason(size: int, in_use: int, quota: int, min_free_percent: int, near_quota_percent: int,
+                  nospace: bool = False) -> str | None:
     """Why this file is worth defragmenting, or None: at least min_free_percent of it free, or any of it free
-    while the file is above near_quota_percent of the quota (where a NOSPACE alarm stops every write)."""
+    while the file is above near_quota_percent of the quota or a NOSPACE alarm stops every write (the alarm
+    is cleared only once every member's file is small again)."""
     free = size - in_use
     if free <= 0:
         return None
@@ -318,6 +324,8 @@ def defrag_reason(size: int, in_use: int, quota: int, min_free_percent: int, nea
         return f"{free * 100 // size}% of it free"
     if size * 100 >= quota * near_quota_percent:
         return f"the file is at {size * 100 // quota}% of the quota"
+    if nospace:
+        return "a NOSPACE alarm is active"
     return None
 
 

@@ -46,6 +46,7 @@ def _compacted(lab: Lab, free: float = 0.5) -> dict[str, tuple[int, int]]:
     alarm stops the writes: there only some of it shows as free."""
     deadline = time.monotonic() + 30
     while True:
+        lab.etcdctl("put", "defrag-nudge", "x")  # a write commits the pages bbolt still holds (refused under NOSPACE)
         sizes = _sizes(lab)
         if all(size - in_use >= size * free for size, in_use in sizes.values()):
             return sizes
@@ -127,14 +128,18 @@ def test_nospace_alarm_is_cleared_once_every_member_is_under_its_quota(lab: Lab)
     alarms = lab.etcdctl("alarm", "list")
     assert "alarm:NOSPACE" in alarms.stdout, alarms.stdout + alarms.stderr
     assert lab.etcdctl("put", "after", "x").returncode != 0
-    # The first two members to run shrink their files but leave the alarm: the third is still near its quota.
-    for name in ("etcd01", "etcd02"):
+    # Each member, at its own minute, shrinks its file; the alarm stays while another member's file is still above
+    # 80% of the quota (which members' files reach it first varies from run to run), and the run after which none
+    # is clears it.
+    for name in ("etcd01", "etcd02", "etcd03"):
+        others = [size for member, (size, _) in _sizes(lab).items() if member != name]
         done, line = _defrag(lab, name)
         assert done.returncode == 0, line
-        assert f"defragmented {name} (" in line and "; NOSPACE alarm left: a member's file is still " in line, line
-    done, line = _defrag(lab, "etcd03")
-    assert done.returncode == 0, line
-    assert line.endswith("; cleared the NOSPACE alarm: every member is under its quota again"), line
-    assert all(size < QUOTA // 10 for size, _ in _sizes(lab).values())
+        assert line.startswith(f"etcd-seed: defrag: defragmented {name} ("), line
+        if max(others) * 10 >= QUOTA * 8:
+            assert "; NOSPACE alarm left: a member's file is still " in line, (others, line)
+        else:
+            assert line.endswith("; cleared the NOSPACE alarm: every member is under its quota again"), (others, line)
+            break
     assert lab.etcdctl("alarm", "list").stdout.strip() == ""
     assert lab.etcdctl("put", "after", "x").returncode == 0

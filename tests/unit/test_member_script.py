@@ -146,5 +146,14 @@ def test_defrag_is_worth_it_when_half_is_free_or_the_file_nears_its_quota(size: 
     assert member.defrag_reason(size, in_use, 2048 * MIB, 50, 80) == expected
 
 
+def test_an_active_nospace_alarm_makes_any_free_page_worth_it() -> None:
+    """A member below the near-quota mark whose neighbour raised NOSPACE: the alarm clears only once every file is
+    small again, so this one defragments too (seen on real etcd: 5.5 of 12.6 MiB free under a 16 MiB quota)."""
+    args = (int(12.6 * MIB), int(7.1 * MIB), 16 * MIB, 50, 80)
+    assert member.defrag_reason(*args) is None
+    assert member.defrag_reason(*args, nospace=True) == "a NOSPACE alarm is active"
+    assert member.defrag_reason(MIB, MIB, 16 * MIB, 50, 80, nospace=True) is None
+
+
 def test_sizes_below_a_mebibyte_read_in_kibibytes() -> None:
     assert [member.mib(n) for n in (20480, MIB, 15 * MIB + MIB // 2)] == ["20 KiB", "1.0 MiB", "15.5 MiB"]
