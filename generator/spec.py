@@ -81,6 +81,11 @@ _CALENDAR = re.compile(rf"({_CAL_DAY}((\.\.|,){_CAL_DAY})* )?({_CAL_PART}-{_CAL_
                        rf"{_CAL_PART}:{_CAL_PART}(:{_CAL_PART})?")
 # defrag.schedule: the first node's time of day, on some weekdays or on every day.
 _DEFRAG_SCHEDULE = re.compile(rf"({_CAL_DAY}((\.\.|,){_CAL_DAY})* )?([01][0-9]|2[0-3]):[0-5][0-9]")
+# etcd.data_device: a whole disk by a stable name, or a kernel name. Printable, no space or quote: the install
+# script and /etc/fstab carry it.
+_DATA_DEVICE = re.compile(r"/dev/(disk/by-(id|path|uuid|label|partuuid|partlabel)/[A-Za-z0-9:._+@-]{1,128}"
+                          r"|(vd|sd|xvd|hd)[a-z]{1,2}|nvme[0-9]{1,2}n[0-9]{1,2})")
+DATA_FILESYSTEMS = ("ext4", "xfs")
 _ABS_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
 # An X.509 CN or O of a client certificate: printable ASCII that needs no escaping anywhere it is shown.
 _DN_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 :._@-]{0,63}")
@@ -150,6 +155,8 @@ class Etcd:
     auto_compaction_retention: str = "1h"
     quota_backend_bytes: int = 2 * GiB
     restore: Restore | None = None
+    data_device: str | None = None  # a disk of its own for etcd's data and WAL, mounted at PATHS.home
+    data_fs: str = "ext4"
 
     @property
     def cluster_token(self) -> str:
@@ -699,7 +706,8 @@ def _etcd(value: Any, name: str | None, domain: str | None, base_dir: Path,
     data = _mapping(value, "etcd", errs, required=("version",),
                     optional=("bundle", "url", "sha256", "heartbeat_interval", "election_timeout",
                               "token", "plaintext_localhost", "auto_compaction_mode",
-                              "auto_compaction_retention", "quota_backend_bytes", "restore"))
+                              "auto_compaction_retention", "quota_backend_bytes", "restore",
+                              "data_device", "data_fs"))
     if data is None:
         return None
     version = data.get("version")
@@ -744,13 +752,28 @@ def _etcd(value: Any, name: str | None, domain: str | None, base_dir: Path,
         errs.warnings.append(f"etcd.quota_backend_bytes: {quota} is above 8 GiB, more than etcd recommends "
                              "(its docs: dev-guide/limit)")
     restore = _restore(data["restore"], version, base_dir, errs) if "restore" in data else None
+    device = _text(data, "data_device", "etcd", errs, check=_check_data_device)
+    data_fs = data.get("data_fs", "ext4")
+    if data_fs not in DATA_FILESYSTEMS:
+        errs.add("etcd.data_fs", f"{data_fs!r} is not one of {', '.join(DATA_FILESYSTEMS)}")
+    elif "data_fs" in data and "data_device" not in data:
+        errs.add("etcd.data_fs", "is set without etcd.data_device")
     if not (version and heartbeat and election and token and quota and mode and retention) \
-            or (bundle is None and url is None) or ("restore" in data and restore is None):
+            or (bundle is None and url is None) or ("restore" in data and restore is None) \
+            or ("data_device" in data and device is None) or data_fs not in DATA_FILESYSTEMS:
         return None
     return Etcd(version=version, bundle=bundle, url=url, sha256=sha256,
                 heartbeat_interval=heartbeat, election_timeout=election, token=token,
                 plaintext_localhost=plaintext, auto_compaction_mode=mode,
-                auto_compaction_retention=retention, quota_backend_bytes=quota, restore=restore)
+                auto_compaction_retention=retention, quota_backend_bytes=quota, restore=restore,
+                data_device=device, data_fs=data_fs)
+
+
+def _check_data_device(value: str) -> str | None:
+    if not _DATA_DEVICE.fullmatch(value) or "/../" in value or value.endswith(("/.", "/..")):
+        return (f"{value!r} is not a block device path this tool accepts: /dev/disk/by-id/<id> (stable across "
+                "reboots), /dev/disk/by-path/..., /dev/vdb, /dev/sdb or /dev/nvme1n1")
+    return None
 
 
 def _compaction(data: Mapping[str, Any], errs: _Errors) -> tuple[str | None, str | None]:

@@ -314,6 +314,42 @@ def test_defrag_settings_and_off(workdir: Path) -> None:
     assert "systemctl disable --now etcd-defrag.timer" in install and "defragmentation off" in install
 
 
+def _with_etcd(line: str) -> str:
+    return spec_yaml().replace("  heartbeat_interval:", f"  {line}\n  heartbeat_interval:", 1)
+
+
+def test_data_device_puts_etcd_on_its_own_disk(workdir: Path) -> None:
+    (workdir / "cluster.yaml").write_text(_with_etcd("data_device: /dev/disk/by-id/virtio-etcd-data"))
+    assert build(workdir)[0] == 0
+    written = _written(workdir, "etcd01")
+    install = written["/usr/local/sbin/etcd-seed-install"]
+    assert "data_dev=/dev/disk/by-id/virtio-etcd-data\n" in install and "data_fs=ext4\n" in install
+    assert subprocess.run(["sh", "-n", "-c", install], check=False).returncode == 0
+    assert "RequiresMountsFor=/opt/etcd/data /opt/etcd/wal\n" in written["/var/lib/etcd-seed/seed/etcd.service"]
+    assert (workdir / "out/demo/etcd01/etcd.service").read_text() == written["/var/lib/etcd-seed/seed/etcd.service"]
+    (workdir / "cluster.yaml").write_text(spec_yaml())
+    assert build(workdir)[0] == 0
+    written = _written(workdir, "etcd01")
+    assert "data_dev=" not in written["/usr/local/sbin/etcd-seed-install"]
+    assert "RequiresMountsFor" not in written["/var/lib/etcd-seed/seed/etcd.service"]
+
+
+@pytest.mark.parametrize(("line", "field", "expected"), [
+    ("data_device: /dev/vdb1", "etcd.data_device", "not a block device path"),
+    ("data_device: dev/vdb", "etcd.data_device", "not a block device path"),
+    ("data_device: /dev/disk/by-id/../../sda", "etcd.data_device", "not a block device path"),
+    ("data_device: '/dev/disk/by-id/a b'", "etcd.data_device", "not a block device path"),
+    ("data_device: '/dev/vdb\n/dev/sda / ext4'", "etcd.data_device", "not a block device path"),
+    ("data_device: /dev/loop0", "etcd.data_device", "not a block device path"),
+    ("data_device: 7", "etcd.data_device", "was read as the number 7"),
+    ("data_fs: xfs", "etcd.data_fs", "is set without etcd.data_device"),
+    ("data_fs: btrfs", "etcd.data_fs", "'btrfs' is not one of ext4, xfs"),
+], ids=lambda v: str(v)[:40])
+def test_bad_data_device_is_refused(workdir: Path, line: str, field: str, expected: str) -> None:
+    (workdir / "cluster.yaml").write_text(_with_etcd(line))
+    assert expected in assert_refused(workdir, field)
+
+
 @pytest.mark.parametrize(("setting", "field", "expected"), [
     ("defrag: {schedule: daily}", "defrag.schedule", "is not [weekdays] HH:MM"),
     ("defrag: {schedule: '24:00'}", "defrag.schedule", "is not [weekdays] HH:MM"),

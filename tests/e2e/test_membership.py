@@ -37,6 +37,7 @@ from tests.helpers.vm import (
     SUBNET,
     VM,
     Lab,
+    blank_disk,
     boot_step_line,
     booted_lab,
     etcd_starts_this_boot,
@@ -56,7 +57,7 @@ SNAPSHOT_NAME = re.compile(r"etcd0[0-9]-[0-9]{8}T[0-9]{6}Z-rev([0-9]+)\.db")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """Three Debian 12 nodes on the example's etcd, booted from their seeds."""
     assert BUNDLE.exists(), "make e2e builds vendor/ first"
-    with booted_lab(tmp_path_factory.mktemp("e2e-membership"), BUNDLE) as booted:
+    with booted_lab(tmp_path_factory.mktemp("e2e-membership"), BUNDLE, data_disk=True) as booted:
         yield booted
 
 
@@ -95,9 +96,59 @@ def _revision(lab: Lab) -> int:
 
 
 def _fresh_disk(lab: Lab, vm: VM, tag: str) -> None:
-    """The VM is gone with its disk: a new, empty overlay of the guest image takes its place."""
+    """The VM is gone with its disks: a new overlay of the guest image and a blank data disk take their place."""
     vm.kill()
     vm.disk = overlay(lab.image, lab.work / f"{vm.name}-{tag}.qcow2")
+    vm.data_disk = blank_disk(lab.work / f"{vm.name}-{tag}-data.qcow2")
+
+
+def _data_mount(lab: Lab, vm: VM) -> list[str]:
+    """findmnt of /opt/etcd on the node: source, filesystem, label."""
+    return lab.ssh(vm.ip, "findmnt -n -o SOURCE,FSTYPE,LABEL /opt/etcd").stdout.split()
+
+
+def test_etcd_data_is_on_the_data_disk(lab: Lab) -> None:
+    """Every node formatted its blank second disk on its first boot and etcd's data and WAL are on it."""
+    for vm in lab.vms:
+        mount = _data_mount(lab, vm)
+        print(f"{vm.name}: findmnt /opt/etcd: {' '.join(mount)}")
+        assert mount == ["/dev/vdb", "ext4", "etcd-data"], mount
+        facts = lab.ssh(vm.ip, "sudo findmnt -n -o TARGET --target /opt/etcd/data/member/snap/db; "
+                               "sudo findmnt -n -o TARGET --target /opt/etcd/wal; "
+                               "sudo grep 'formatted /dev/disk/by-id/virtio-etcd-data (ext4)' "
+                               "/var/log/cloud-init-output.log | head -n 1")
+        lines = facts.stdout.splitlines()
+        assert lines[:2] == ["/opt/etcd", "/opt/etcd"] and "etcd-seed: applied etcd " in lines[2], facts.stdout
+
+
+def test_missing_data_disk_keeps_etcd_off_and_says_why(lab: Lab) -> None:
+    """A node rebooted without its data disk does not start etcd on the root disk, and its boot step says why;
+    with the disk back it rejoins with its data, not formatted again."""
+    vm = lab.vms[1]
+    assert lab.etcdctl("put", "disk/kept", "yes").returncode == 0
+    vm.kill()
+    disk, vm.data_disk = vm.data_disk, None
+    vm.start(lab.net, lab.image, lab.accel)
+    wait_for(f"{vm.name} to answer ssh", lambda: lab.ssh(vm.ip, "true").returncode == 0, BOOT_TIMEOUT_S, [vm])
+    # The mount waits x-systemd.device-timeout (30 s) for the disk, then systemd gives etcd up.
+    wait_for("etcd.service to give up on its mount", lambda: "Dependency failed" in lab.ssh(
+        vm.ip, "sudo journalctl -b -u etcd.service --no-pager -o cat").stdout, 180, [vm])
+    facts = lab.ssh(vm.ip, "systemctl is-active etcd.service; sudo test -e /opt/etcd/data && echo ROOT-DATA; "
+                           "sudo journalctl -b -u etcd-seed-boot --no-pager -o cat | grep 'etcd-seed: ERROR'; "
+                           "sudo journalctl -b -u etcd.service --no-pager -o cat | grep -i dependency")
+    print(f"e2e: {vm.name} without its data disk:\n{facts.stdout}")
+    assert facts.stdout.splitlines()[0] != "active" and "ROOT-DATA" not in facts.stdout, facts.stdout
+    assert "etcd-seed: ERROR: the data device /dev/disk/by-id/virtio-etcd-data is missing" in facts.stdout
+    assert "Dependency failed" in facts.stdout, facts.stdout
+    vm.kill()
+    vm.data_disk = disk
+    vm.start(lab.net, lab.image, lab.accel)
+    wait_for(f"{vm.name} to rejoin with its data disk", lambda: lab.etcdctl(
+        "endpoint", "health", endpoints=[vm.ip]).returncode == 0, BOOT_TIMEOUT_S, [vm])
+    got = lab.etcdctl("get", "--consistency=s", "--print-value-only", "disk/kept", endpoints=[vm.ip])
+    assert got.stdout.strip() == "yes", got.stderr
+    assert "formatted" not in boot_step_line(lab, vm)
+    assert _data_mount(lab, vm) == ["/dev/vdb", "ext4", "etcd-data"]
 
 
 def _public_key(cert_pem: bytes) -> bytes:
@@ -210,7 +261,8 @@ def test_fourth_node_joins_by_itself_then_scales_in(lab: Lab) -> None:
     out = _build(lab)
     assert f"{name} joins the running cluster by itself" in out
     joiner = VM(name, mac, ip, overlay(lab.image, lab.work / f"{name}.qcow2"), lab.work / "out/e2e" / name / "seed.iso",
-                lab.work / f"{name}.console", lab.net.add_tap("tap4"))
+                lab.work / f"{name}.console", lab.net.add_tap("tap4"),
+                data_disk=blank_disk(lab.work / f"{name}-data.qcow2"))
     lab.extra.append(joiner)
     joiner.start(lab.net, lab.image, lab.accel)
     everyone = [v.ip for v in lab.vms] + [ip]

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,11 +179,12 @@ def point_at(spec_file: Path, version: str, url: str, sha: str, etcd_extra: str 
 
 @contextlib.contextmanager
 def converged_lab(work: Path, tarball: Path, version: str, tag: str, extra: str = "",
-                  hosts: int = 3, etcd_extra: str = "") -> Iterator[Lab]:
+                  hosts: int = 3, etcd_extra: str = "", prepare: Callable[[Lab], None] | None = None
+                  ) -> Iterator[Lab]:
     """Three members converged from their seeds on `version`, the tarball served over http from the hub.
 
     extra: text appended to the spec; etcd_extra: lines added to its etcd: section; hosts: namespaces made
-    (members beyond three join later).
+    (members beyond three join later); prepare: run on the built lab before any member converges.
     """
     served = work / "served"
     served.mkdir(parents=True)
@@ -201,6 +202,8 @@ def converged_lab(work: Path, tarball: Path, version: str, tag: str, extra: str 
             namespaces = {f"etcd0{i}": net.add_host(i, f"{BASE}.{i}") for i in range(1, hosts + 1)}
             state = Lab(net=net, work=work, shim_dir=shim_dir, namespaces=namespaces)
             state.build()
+            if prepare is not None:
+                prepare(state)
             founders = ["etcd01", "etcd02", "etcd03"]
             for name in founders:
                 state.stage(name)

@@ -2,7 +2,8 @@
 
 PID 1 here is not systemd, so the script's systemctl calls cannot reach a real
 service manager. This stand-in does what systemd would do with the units the
-script installed under the scratch root: for etcd.service it runs each
+script installed under the scratch root: for etcd.service it mounts the fstab entry of each
+RequiresMountsFor= path (and starts nothing when it cannot), runs each
 ExecStartPre=, then reads every EnvironmentFile= (a leading '-' makes one
 optional) with systemd's own parser (libsystemd-shared, see tests/helpers/parsers.py),
 later files overriding earlier ones, and runs the real etcd binary in the caller's
@@ -75,11 +76,38 @@ def _run_unit(root: Path, state: Path) -> None:
     os.execve(str(root / "usr/local/bin/etcd"), [str(root / "usr/local/bin/etcd")], env)  # noqa: S606 - keeps the PID
 
 
-def _start(root: Path, state: Path) -> None:
+def _mounts_for(root: Path, state: Path) -> bool:
+    """What systemd does for RequiresMountsFor=: mount each path's /etc/fstab entry first (here, in the caller's
+    mount namespace, which etcd then inherits), and leave the unit unstarted when one cannot be mounted."""
+    fstab = root / "etc/fstab"
+    entries = [line.split() for line in (fstab.read_text().splitlines() if fstab.exists() else [])
+               if line.strip() and not line.startswith("#")]
+    for directive in _directives(root, "etcd.service", "RequiresMountsFor"):
+        for path in directive.split():
+            entry = max((e for e in entries if path == e[1] or path.startswith(e[1].rstrip("/") + "/")),
+                        key=lambda e: len(e[1]), default=None)
+            if entry is None:
+                continue  # on the root filesystem
+            where = Path(f"{root}{entry[1]}")
+            if subprocess.run(["mountpoint", "-q", str(where)], check=False).returncode == 0:
+                continue
+            where.mkdir(parents=True, exist_ok=True)
+            if not Path(f"{root}{entry[0]}").exists() or subprocess.run(
+                    ["mount", "-t", entry[2], f"{root}{entry[0]}", str(where)], check=False).returncode != 0:
+                with open(state / "etcd.log", "a") as log:
+                    log.write(f"shim: dependency failed: cannot mount {entry[0]} at {entry[1]} for {path}\n")
+                return False
+    return True
+
+
+def _start(root: Path, state: Path) -> int:
+    if not _mounts_for(root, state):
+        return 1  # systemd: "Dependency failed for etcd.service"
     log = open(state / "etcd.log", "ab")  # noqa: SIM115 - handed to the daemon
     proc = subprocess.Popen([sys.executable, __file__, "--run-etcd"], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, env={**os.environ, "ETCD_SEED_ROOT": str(root)})
     (state / "etcd.pid").write_text(str(proc.pid))
+    return 0
 
 
 def _stop(state: Path) -> None:
@@ -124,11 +152,11 @@ def main(argv: list[str]) -> int:
     if verb == "is-active":
         return 0 if _pid(state) is not None else 3
     if verb == "start" and _pid(state) is None:
-        _start(root, state)
-    elif verb == "restart":
+        return _start(root, state)
+    if verb == "restart":
         _stop(state)
-        _start(root, state)
-    elif verb == "stop":
+        return _start(root, state)
+    if verb == "stop":
         _stop(state)
     return 0
 

@@ -68,8 +68,13 @@ NEEDS = [
 ]
 
 
-def spec_text(public_key: str, nodes: list[tuple[str, str, str]], bundle: Path, url: str | None = None) -> str:
-    """The VM test's spec: the bundle on each seed, or with `url`, fetched by each node and checked."""
+DATA_DEVICE = "/dev/disk/by-id/virtio-etcd-data"  # the virtio serial a VM's data disk gets
+
+
+def spec_text(public_key: str, nodes: list[tuple[str, str, str]], bundle: Path, url: str | None = None,
+              data_disk: bool = False) -> str:
+    """The VM test's spec: the bundle on each seed, or with `url`, fetched by each node and checked; with
+    `data_disk`, etcd's data on each VM's second disk."""
     members = "\n".join(f'  - {{name: {n}, ip: {ip}, mac: "{mac}"}}' for n, ip, mac in nodes)
     sha = hashlib.sha256(bundle.read_bytes()).hexdigest()
     source = f"url: {url}\n  sha256: '{sha}'" if url else f"bundle: {bundle}"
@@ -82,7 +87,7 @@ etcd:
   version: "{bundle_version(bundle)}"
   {source}
   heartbeat_interval: 250
-  election_timeout: 2500
+  election_timeout: 2500{f"{chr(10)}  data_device: {DATA_DEVICE}" if data_disk else ""}
 pki: {{key_type: ecdsa-p256}}
 flannel: {{network: 10.2.0.0/16, backend: vxlan, subnet_len: 24}}
 admin:
@@ -108,6 +113,7 @@ class VM:
     uptime_at_finish: float | None = None
     boots: list[float] = field(default_factory=list)
     cdrom: bool = False  # the seed as a SATA CD-ROM on a q35 machine, as docs/attaching in the README tells users
+    data_disk: Path | None = None  # a second virtio disk, /dev/disk/by-id/virtio-etcd-data in the guest
 
     def argv(self, image: Path, accel: str) -> list[str]:
         seed = (["-machine", "q35", "-drive", f"file={self.seed},format=raw,media=cdrom,if=none,id=cd0,readonly=on",
@@ -117,9 +123,14 @@ class VM:
                 "-nodefaults", "-display", "none", "-serial", f"file:{self.console}",
                 "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
                 "-append", "root=/dev/vda rw console=ttyS0",
-                "-drive", f"file={self.disk},format=qcow2,if=virtio", *seed,
+                "-drive", f"file={self.disk},format=qcow2,if=virtio", *self.data_drive(), *seed,
                 "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no",
                 "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}"]
+
+    def data_drive(self) -> list[str]:
+        if self.data_disk is None:
+            return []
+        return ["-drive", f"file={self.data_disk},format=qcow2,if=virtio,serial=etcd-data"]
 
     def start(self, net: netns.TestNet, image: Path, accel: str) -> None:
         self.console.write_bytes(b"")
@@ -212,6 +223,12 @@ def guest_image(suite: str = "bookworm") -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
+def blank_disk(path: Path) -> Path:
+    """A new, empty 1 GiB disk (qcow2 reads zeros where nothing was written)."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "1G"], check=True)
+    return path
+
+
 def overlay(image: Path, path: Path) -> Path:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image / "root.img"), "-F", "raw",
                     str(path)], check=True)
@@ -280,7 +297,7 @@ def etcd_starts_this_boot(lab: Lab, vm: VM) -> int:
 
 @contextlib.contextmanager
 def booted_lab(work: Path, bundle: Path, suite: str = "bookworm", url: str | None = None,
-               cdrom: bool = False, power_cut: bool = False) -> Iterator[Lab]:
+               cdrom: bool = False, power_cut: bool = False, data_disk: bool = False) -> Iterator[Lab]:
     """Three nodes of `suite` booted from their seeds; yields once the cluster reports healthy.
 
     With `url`, a web server in the hub serves the bundle there and the seeds carry no tarball.
@@ -290,7 +307,7 @@ def booted_lab(work: Path, bundle: Path, suite: str = "bookworm", url: str | Non
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "e2e", "-f", str(key)], check=True)
     public_key = (work / "id_ed25519.pub").read_text().strip()
     nodes = [(f"etcd{i:02d}", f"{SUBNET}.{i}", f"52:54:00:e2:00:{i:02x}") for i in range(1, NODES + 1)]
-    (work / "cluster.yaml").write_text(spec_text(public_key, nodes, bundle, url))
+    (work / "cluster.yaml").write_text(spec_text(public_key, nodes, bundle, url, data_disk))
     assert _cli.main(["build", "--spec", str(work / "cluster.yaml"), "--out", str(work / "out")]) == 0
     spec, _ = load_spec((work / "cluster.yaml").read_text(), base_dir=work)
     root = work / "out" / "e2e"
@@ -307,7 +324,8 @@ def booted_lab(work: Path, bundle: Path, suite: str = "bookworm", url: str | Non
         accel = choose_accel(net, image, work)
         print(f"\ne2e: {suite} guests, accelerator {accel}")
         vms = [VM(name, mac, ip, overlay(image, work / f"{name}.qcow2"), root / name / "seed.iso",
-                  work / f"{name}.console", net.add_tap(f"tap{i}"), cdrom=cdrom)
+                  work / f"{name}.console", net.add_tap(f"tap{i}"), cdrom=cdrom,
+                  data_disk=blank_disk(work / f"{name}-data.qcow2") if data_disk else None)
                for i, (name, ip, mac) in enumerate(nodes, start=1)]
         lab = Lab(net=net, spec=spec, pki=root / "pki", key=key, image=image, accel=accel, vms=vms,
                   work=work)

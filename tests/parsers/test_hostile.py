@@ -36,7 +36,7 @@ BASE: dict[str, Any] = {
     "nodes": [{"name": "etcd01", "ip": "10.8.0.1", "mac": "52:54:00:00:00:01", "fqdn": "etcd01.example.com"},
               {"name": "etcd02", "ip": "10.8.0.2", "mac": "52:54:00:00:00:02"}],
     "etcd": {"version": "3.5.1", "url": "https://dl.example/etcd.tgz?a=1&b=2", "sha256": "a" * 64,
-             "token": "tok-1", "auto_compaction_retention": "2h"},
+             "token": "tok-1", "auto_compaction_retention": "2h", "data_device": "/dev/disk/by-id/virtio-etcd_1"},
     "backup": {"schedule": "Mon..Fri *-*-* 02:30", "dir": "/srv/etcd-backup", "keep": 5},
     "defrag": {"schedule": "Sat,Sun 23:40", "stagger_minutes": 9},
     "flannel": {"network": "10.2.0.0/16", "backend": "vxlan"},
@@ -49,7 +49,7 @@ BASE: dict[str, Any] = {
 }
 FIELDS = ["cluster.name", "cluster.domain", "network.gateway", "network.dns.0", "network.search.0",
           "nodes.0.name", "nodes.0.ip", "nodes.0.mac", "nodes.0.fqdn", "nodes.1.name", "etcd.version", "etcd.url",
-          "etcd.sha256", "etcd.token", "flannel.network", "flannel.backend", "admin.name",
+          "etcd.sha256", "etcd.token", "etcd.data_device", "flannel.network", "flannel.backend", "admin.name",
           "admin.ssh_authorized_keys.0", "admin.password_hash", "etcd.auto_compaction_retention",
           "backup.schedule", "backup.dir", "defrag.schedule", "clients.0.name", "clients.0.dir", "clients.1.cn",
           "clients.1.o", "clients.3.name", "clients.3.dir",
@@ -143,6 +143,11 @@ def check_outputs(spec: Spec, rendered: dict[str, SeedFiles], tmp: Path,
         done = subprocess.run(["sh", "-euc", f'{url_line}\nprintf %s "$url"'], capture_output=True, text=True,
                               check=True)
         assert done.stdout == spec.etcd.url
+        if spec.etcd.data_device:  # the device reaches the install script, and /etc/fstab through it, as one word
+            dev_line = next(line for line in script.splitlines() if line.startswith("data_dev="))
+            done = subprocess.run(["sh", "-euc", f'{dev_line}\nprintf %s "$data_dev"'], capture_output=True,
+                                  text=True, check=True)
+            assert done.stdout == spec.etcd.data_device and len(done.stdout.split()) == 1
         files = {f["path"]: f["content"] for f in user_data["write_files"]}
         assert json.loads(files[f"{PATHS.staged}/member.json"]) == node_facts.member_config(spec, node)
         backup = files[f"{PATHS.staged}/etcd-seed-backup"]

@@ -1,0 +1,168 @@
+"""etcd.data_device on members converged from their seeds: the install script formats a blank disk, mounts it at
+/opt/etcd and etcd runs on it; the same seed again leaves it alone, a reboot mounts it again with the data; a disk
+that is missing, holds another filesystem or unknown data, or would hide a member on the root disk is refused and
+never formatted. The disks are loop devices, each node's /dev/vdb a device node under its scratch root; each
+install runs in a mount namespace of its own (ip netns exec), so etcd's view is read through its own process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.converge import NEEDS, Lab, converged_lab
+from tests.helpers.specs import ROOT
+
+pytestmark = NEEDS
+TRIXIE = ROOT / "vendor" / "etcd-v3.5.16-linux-amd64.tar.gz"  # `make test` builds it (Debian trixie's 3.5.16)
+DEVICE = "/dev/vdb"
+
+
+class Disks:
+    """Sparse files attached as loop devices; one per member, and spares for the refusals."""
+
+    def __init__(self, work: Path) -> None:
+        self.work, self.loops = work, {}  # type: ignore[var-annotated]
+
+    def attach(self, name: str) -> str:
+        image = self.work / f"{name}.img"
+        with open(image, "wb") as handle:
+            handle.truncate(256 << 20)  # etcd preallocates a 64 MB WAL file
+        loop = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        self.loops[name] = loop
+        return loop
+
+    def plug(self, lab: Lab, node: str, disk: str | None) -> None:
+        """Make the node's /dev/vdb the given disk's device node, or take it away."""
+        path = lab.root(node) / DEVICE.lstrip("/")
+        path.unlink(missing_ok=True)
+        if disk is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            rdev = os.stat(self.loops[disk]).st_rdev
+            os.mknod(path, 0o600 | 0o060000, os.makedev(os.major(rdev), os.minor(rdev)))
+
+    def close(self) -> None:
+        for loop in self.loops.values():
+            subprocess.run(["losetup", "-d", loop], check=False)
+
+
+def _loop_available() -> bool:
+    return subprocess.run(["losetup", "-f"], capture_output=True, check=False).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Disks]]:
+    if not TRIXIE.exists():
+        pytest.skip(f"make test builds vendor/{TRIXIE.name} with apt-get download")
+    if not _loop_available():
+        pytest.skip("no loop device: losetup -f failed")
+    work = tmp_path_factory.mktemp("data-disk")
+    disks = Disks(work)
+
+    def prepare(lab: Lab) -> None:
+        for name in ("etcd01", "etcd02", "etcd03"):
+            (lab.root(name) / "etc").mkdir(parents=True, exist_ok=True)  # a node's /etc, for its fstab
+            disks.attach(name)
+            disks.plug(lab, name, name)
+    try:
+        with converged_lab(work / "lab", TRIXIE, "3.5.16", "dd", etcd_extra=f"  data_device: {DEVICE}\n",
+                           prepare=prepare) as lab:
+            yield lab, disks
+    finally:
+        disks.close()
+
+
+def _stop(lab: Lab, name: str) -> None:
+    pid = lab.pid(name)
+    os.kill(pid, 15)
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{pid}").exists() and b"zombie" not in Path(f"/proc/{pid}/status").read_bytes().lower():
+        assert time.monotonic() < deadline, f"{name}'s etcd did not stop"
+        time.sleep(0.2)
+
+
+def _etcd_mount(lab: Lab, name: str) -> str:
+    """What etcd itself has at /opt/etcd: the source device, from inside its mount namespace."""
+    done = subprocess.run(["nsenter", "-t", str(lab.pid(name)), "-m", "findmnt", "-n", "-o", "SOURCE,FSTYPE,LABEL",
+                           "--mountpoint", str(lab.root(name) / "opt/etcd")], capture_output=True, text=True,
+                          check=False)
+    return done.stdout.strip()
+
+
+def test_a_blank_disk_is_formatted_and_etcd_runs_on_it(lab: tuple[Lab, Disks]) -> None:
+    members, disks = lab
+    for name in ("etcd01", "etcd02", "etcd03"):
+        log = (members.root(name) / "etc/fstab").read_text()
+        assert log == f"{DEVICE} /opt/etcd ext4 defaults,nofail,x-systemd.device-timeout=30s 0 2\n"
+        device = members.root(name) / DEVICE.lstrip("/")
+        assert _etcd_mount(members, name).split() == [str(device), "ext4", "etcd-data"], _etcd_mount(members, name)
+        assert os.stat(device).st_rdev == os.stat(disks.loops[name]).st_rdev
+        unit = (members.root(name) / "etc/systemd/system/etcd.service").read_text()
+        assert "RequiresMountsFor=/opt/etcd/data /opt/etcd/wal\n" in unit
+    assert members.etcdctl("put", "on-the-disk", "1").returncode == 0
+
+
+def test_the_same_seed_and_a_reboot_keep_the_disk(lab: tuple[Lab, Disks]) -> None:
+    members, _ = lab
+    assert members.converge("etcd02").endswith("nothing changed; etcd left running")
+    _stop(members, "etcd02")  # the node goes down
+    done = members.install("etcd02", None, "--boot")  # and at its next boot, the step before etcd
+    assert done.returncode == 0, done.stderr
+    assert "formatted" not in done.stderr and "nothing changed; etcd starts next" in done.stderr, done.stderr
+    assert members.systemctl("etcd02", "start", "etcd.service").returncode == 0
+    members.wait_healthy()
+    read = members.etcdctl("get", "--consistency=s", "--print-value-only", "on-the-disk", endpoints=["10.234.0.2"])
+    assert read.stdout.strip() == "1", read.stderr
+
+
+@pytest.mark.parametrize("case", ["missing", "other-fs", "data", "member-on-root"])
+def test_a_disk_that_is_not_blank_or_ours_is_never_formatted(lab: tuple[Lab, Disks], case: str) -> None:
+    members, disks = lab
+    spare = f"spare-{case}"
+    disks.attach(spare)
+    image = disks.work / f"{spare}.img"
+    if case == "other-fs":
+        subprocess.run(["mkfs.ext4", "-q", "-L", "photos", disks.loops[spare]], check=True)
+    elif case == "data":
+        with open(image, "r+b") as handle:
+            handle.seek(4096)
+            handle.write(b"someone's data")
+    before = image.read_bytes()[:1 << 20]
+    _stop(members, "etcd03")
+    hidden = members.root("etcd03") / "opt/etcd/data/member"
+    try:
+        disks.plug(members, "etcd03", None if case == "missing" else spare)
+        if case == "member-on-root":
+            hidden.mkdir(parents=True)
+        done = members.install("etcd03", None, "--boot")
+        # etcd.service requires the mount: systemd (here the stand-in) does not start etcd on the root disk.
+        started = members.systemctl("etcd03", "start", "etcd.service") if case == "missing" else None
+    finally:
+        if case == "member-on-root":
+            hidden.rmdir()
+        disks.plug(members, "etcd03", "etcd03")
+        assert members.install("etcd03", None, "--boot").returncode == 0
+        assert members.systemctl("etcd03", "start", "etcd.service").returncode == 0
+    expected = {
+        "missing": "etcd-seed: ERROR: the data device /dev/vdb is missing; etcd's data goes there and never on the "
+                   "root disk, so etcd is not started",
+        "other-fs": "etcd-seed: ERROR: the data device /dev/vdb holds a ext4 filesystem labelled 'photos', not the "
+                    "ext4 filesystem etcd-data this tool makes; refusing to format it",
+        "data": "etcd-seed: ERROR: the data device /dev/vdb holds data but no filesystem; refusing to format it",
+        "member-on-root": "etcd-seed: ERROR: etcd's data is on the root disk under /opt/etcd and /dev/vdb is blank: "
+                          "a member is not moved between disks; mark etcd03 replace: true in cluster.yaml to "
+                          "rebuild it on the new disk",
+    }[case]
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == expected + "; nothing installed or " \
+        "changed", done.stderr
+    assert image.read_bytes()[:1 << 20] == before  # not a byte written
+    if started is not None:
+        assert started.returncode == 1
+        assert "shim: dependency failed: cannot mount /dev/vdb at /opt/etcd for /opt/etcd/data" in \
+            (members.root("etcd03") / "run/shim/etcd.log").read_text()
+    members.wait_healthy()
