@@ -123,14 +123,17 @@ class VM:
                 "-nodefaults", "-display", "none", "-serial", f"file:{self.console}",
                 "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
                 "-append", "root=/dev/vda rw console=ttyS0",
-                "-drive", f"file={self.disk},format=qcow2,if=virtio", *self.data_drive(), *seed,
+                # Explicit devices, in this order: the root disk is vda, the data disk vdb.
+                "-drive", f"file={self.disk},format=qcow2,if=none,id=root0", "-device", "virtio-blk-pci,drive=root0",
+                *self.data_drive(), *seed,
                 "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no",
                 "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}"]
 
     def data_drive(self) -> list[str]:
         if self.data_disk is None:
             return []
-        return ["-drive", f"file={self.data_disk},format=qcow2,if=virtio,serial=etcd-data"]
+        return ["-drive", f"file={self.data_disk},format=qcow2,if=none,id=data0",
+                "-device", "virtio-blk-pci,drive=data0,serial=etcd-data"]
 
     def start(self, net: netns.TestNet, image: Path, accel: str) -> None:
         self.console.write_bytes(b"")
