@@ -130,9 +130,12 @@ def test_missing_data_disk_keeps_etcd_off_and_says_why(lab: Lab) -> None:
     disk, vm.data_disk = vm.data_disk, None
     vm.start(lab.net, lab.image, lab.accel)
     wait_for(f"{vm.name} to answer ssh", lambda: lab.ssh(vm.ip, "true").returncode == 0, BOOT_TIMEOUT_S, [vm])
-    # The mount waits x-systemd.device-timeout (30 s) for the disk, then systemd gives etcd up.
-    wait_for("etcd.service to give up on its mount", lambda: "Dependency failed" in lab.ssh(
-        vm.ip, "sudo journalctl -b -u etcd.service --no-pager -o cat").stdout, 180, [vm])
+    # The mount waits x-systemd.device-timeout (30 s) for the disk, then systemd gives etcd up; the boot step,
+    # ordered after the mount, then waits 10 s more for the disk and says why.
+    journal = ("sudo journalctl -b -u etcd.service -u etcd-seed-boot --no-pager -o cat | grep -q 'etcd-seed: ERROR' "
+               "&& sudo journalctl -b -u etcd.service --no-pager -o cat")
+    wait_for("etcd.service to give up on its mount, and the boot step to say why",
+             lambda: "Dependency failed" in lab.ssh(vm.ip, journal).stdout, 180, [vm])
     facts = lab.ssh(vm.ip, "systemctl is-active etcd.service; sudo test -e /opt/etcd/data && echo ROOT-DATA; "
                            "sudo journalctl -b -u etcd-seed-boot --no-pager -o cat | grep 'etcd-seed: ERROR'; "
                            "sudo journalctl -b -u etcd.service --no-pager -o cat | grep -i dependency")
