@@ -197,8 +197,7 @@ def _run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.json:
         print(json.dumps(report.to_json(), indent=2, sort_keys=True), file=out)
     else:
-        for line in status.render(report).splitlines():  # a member's answers are not to be trusted on a terminal
-            print(printable(line), file=out)
+        out.write(status.render(report))
     return EXIT_ERROR if report.exit_code else EXIT_OK
 
 

@@ -29,7 +29,7 @@ from cryptography import x509
 
 from . import layout, rotation
 from .certs import cert_fingerprint
-from .errors import OutputError
+from .errors import OutputError, printable
 from .etcd import CLIENT_PORT, PEER_PORT
 from .inputs import cluster_root, read_manifest, read_spec
 from .spec import Node, Spec
@@ -242,7 +242,8 @@ def render(status: Status) -> str:
     lines += [f"problem: {p}" for p in status.problems]
     lines.append("healthy and in step with the build" if not status.problems else
                  f"{len(status.problems)} problem{'s' if len(status.problems) > 1 else ''}")
-    return "\n".join(lines) + "\n"
+    # What members answer (names, labels) is not to be trusted on a terminal: a line break stays escaped.
+    return "\n".join(printable(line) for line in lines) + "\n"
 
 
 def _size(value: int | None) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.cli import build, run
 
 
@@ -31,3 +33,23 @@ def test_status_timeout_out_of_range_is_refused(workdir: Path) -> None:
     for value in ("0", "-1", "301", "nan"):
         code, _, err = _status(workdir, "--timeout", value)
         assert code == 1 and err == "error: --timeout: must be more than 0 and at most 300 seconds\n", (value, err)
+
+
+def test_what_members_answer_cannot_forge_a_line(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member's answers (its name in /members, its version label) reach the terminal one line each: a line break
+    in them is shown escaped, never as a line of its own. The network is replaced here because this test's nodes
+    are the example's addresses, which are not to be dialled; the rows come from status.assess as they would."""
+    from generator import status
+    from tests.helpers.specs import parse, spec_yaml
+
+    spec = parse(spec_yaml())
+    hostile = [{"id": 1, "name": "evil\nhealthy and in step with the build", "peerURLs": ["https://1.2.3.4:2380"]}]
+    answers = [status.Answer(n.name, metrics=status.parse_metrics('etcd_server_version{server_version="3.5.1"} 1\n'),
+                             health={"health": "true"}, members=hostile) for n in spec.nodes]
+    monkeypatch.setattr(status, "check", lambda *a: status.assess(spec, {n.name: "0" * 64 for n in spec.nodes},
+                                                                  answers, None))
+    code, out, _ = _status(workdir)
+    assert code == 1
+    assert "problem: member evil\\nhealthy and in step with the build (1) at https://1.2.3.4:2380 is not in the " \
+           "spec; remove it (docs/operations.md)" in out.splitlines()
+    assert "healthy and in step with the build" not in out.splitlines()
