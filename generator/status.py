@@ -254,11 +254,11 @@ def _size(value: int | None) -> str:
     return f"{value / (1 << 20):.1f}M" if value >= 1 << 20 else f"{value >> 10}K"
 
 
-def _get(conn: http.client.HTTPSConnection, path: str) -> bytes:
+def _get(conn: http.client.HTTPSConnection, path: str, ok: tuple[int, ...] = (200,)) -> bytes:
     conn.request("GET", path)
     response = conn.getresponse()
     body = response.read(MAX_BODY + 1)
-    if response.status != 200 or len(body) > MAX_BODY:
+    if response.status not in ok or len(body) > MAX_BODY:
         raise OSError(f"GET {path} answered {response.status}")
     return body
 
@@ -288,7 +288,7 @@ def ask(node: Node, context: ssl.SSLContext, timeout: float) -> Answer:
         conn.connect()
         client_cert = conn.sock.getpeercert(binary_form=True)
         metrics = parse_metrics(_get(conn, "/metrics").decode("utf-8", "replace"))
-        health = json.loads(_get(conn, "/health"))
+        health = json.loads(_get(conn, "/health", ok=(200, 503)))  # 503: unhealthy, and the body says why
         conn.close()
     except ssl.SSLCertVerificationError as exc:
         foreign = _describe_foreign(ip, CLIENT_PORT, timeout)

@@ -128,6 +128,10 @@ def test_nospace_alarm_is_cleared_once_every_member_is_under_its_quota(lab: Lab)
     alarms = lab.etcdctl("alarm", "list")
     assert "alarm:NOSPACE" in alarms.stdout, alarms.stdout + alarms.stderr
     assert lab.etcdctl("put", "after", "x").returncode != 0
+    # status names the alarm (etcd answers /health with 503 and the reason) and calls nothing down.
+    report = lab.status()
+    assert report.returncode == 1 and "problem: etcd01: not healthy (ALARM NOSPACE)" in report.stdout, report.stdout
+    assert "down" not in report.stdout and " ALARM NOSPACE " in report.stdout.splitlines()[1], report.stdout
     # Each member, at its own minute, shrinks its file; the alarm stays while another member's file is still above
     # 80% of the quota (which members' files reach it first varies from run to run), and the run after which none
     # is clears it.

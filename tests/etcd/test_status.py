@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,10 +29,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 def _status(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    """The operator's `etcd-seed status`, run where the operator's machine is: the hub of the test network."""
-    argv = [sys.executable, "-m", "generator", "status", "--spec", str(lab.spec), "--out", str(lab.out.parent), *args]
-    return subprocess.run(lab.net.command(lab.net.hub, argv), capture_output=True, text=True, timeout=120,
-                          check=False, cwd=ROOT)
+    return lab.status(*args)
 
 
 def _report(lab: Lab) -> tuple[int, dict[str, Any]]:

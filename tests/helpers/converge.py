@@ -120,6 +120,13 @@ class Lab:
         return subprocess.run(self.net.command(self.net.hub, [*argv, *args]), capture_output=True, text=True,
                               env=ETCDCTL_ENV, timeout=60, check=False, input=stdin)
 
+    def status(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The operator's `etcd-seed status`, run where the operator's machine is: the hub of the test network."""
+        argv = [sys.executable, "-m", "generator", "status", "--spec", str(self.spec), "--out", str(self.out.parent),
+                *args]
+        return subprocess.run(self.net.command(self.net.hub, argv), capture_output=True, text=True, timeout=120,
+                              check=False, cwd=ROOT)
+
     def systemctl(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
         """systemctl (the stand-in) on a node, as an operator would run it there."""
         env = {"ETCD_SEED_ROOT": str(self.root(name)), "PATH": f"{self.shim_dir}:/usr/bin:/bin"}
