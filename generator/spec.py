@@ -235,10 +235,14 @@ class Defrag:
     stagger_minutes: int = 10
     min_free_percent: int = 50  # of the database file, free after compaction
 
-    def on_calendar(self, index: int) -> str:
-        """The OnCalendar= of the index-th node's timer: no two members defragment at the same minute."""
+    def start_minute(self, index: int) -> int:
+        """The minute of the day the index-th node starts: no two members defragment at the same minute."""
         hour, minute = (int(n) for n in self.time.split(":"))
-        start = hour * 60 + minute + index * self.stagger_minutes
+        return hour * 60 + minute + index * self.stagger_minutes
+
+    def on_calendar(self, index: int) -> str:
+        """The OnCalendar= of the index-th node's timer."""
+        start = self.start_minute(index)
         return f"{self.days + ' ' if self.days else ''}*-*-* {start // 60:02d}:{start % 60:02d}:00"
 
 
@@ -980,9 +984,7 @@ def _defrag(value: Any, nodes: int, errs: _Errors) -> Defrag | None:
         return None
     days, _, time = schedule.rpartition(" ")
     defrag = Defrag(enabled=enabled, days=days, time=time, stagger_minutes=stagger, min_free_percent=free)
-    hour, minute = (int(n) for n in time.split(":"))
-    last = hour * 60 + minute + (max(nodes, 1) - 1) * stagger
-    if enabled and last >= 24 * 60:
+    if enabled and defrag.start_minute(max(nodes, 1) - 1) >= 24 * 60:
         errs.add("defrag.schedule", f"{schedule!r} plus {stagger} minutes for each of the {nodes} nodes "
                  "runs past midnight, where the weekdays would no longer hold; start earlier or stagger less")
         return None
