@@ -23,7 +23,7 @@ from typing import BinaryIO
 import jinja2
 from cryptography import x509
 
-from . import certs, fastpath, fs, hostkeys, keygen, layout, manifest, notes, rotation, sealed
+from . import certs, fastpath, fs, hostkeys, keygen, layout, manifest, notes, revocation, rotation, sealed
 from .errors import GeneratorError, MaterialError, OutputError, printable
 from .etcd import Bundle, Version
 from .inputs import (
@@ -39,7 +39,7 @@ from .inputs import (
 )
 from .iso import iso_digest, write_iso
 from .layout import CA_NAME, DELETABLE, HEX64, JOURNAL
-from .manifest import FileEntry, Manifest
+from .manifest import FileEntry, Manifest, Revoked
 from .outputs import CaPem, HostPem, KeyPem, LeafPem, Material, OutputFile, output_files
 from .pki import CaInputs, KeyRecords, PkiState, build_pki, renew_at
 from .render import make_environment
@@ -123,6 +123,7 @@ class BuildPlan:
     # of a CA rotation), as key file names under pki/.
     sealed_moves: list[tuple[str, str]] = field(default_factory=list)
     step: str | None = None  # the rotation step taken, for the journal
+    crl_next_update: dt.datetime | None = None  # pki/crl.der's nextUpdate
 
     @property
     def changed(self) -> list[PlannedFile]:
@@ -138,7 +139,10 @@ class BuildPlan:
     def renew_at(self) -> float:
         """When a build must look again: the first certificate to come within renew_before_days of expiry."""
         certificates = [ca.cert for ca in self.pki.trusted] + [c.cert for c in self.pki.leaves.values()]
-        return min(renew_at(c, self.spec.pki).timestamp() for c in certificates)
+        due = [renew_at(c, self.spec.pki) for c in certificates]
+        if self.crl_next_update is not None:
+            due.append(self.crl_next_update - dt.timedelta(days=self.spec.pki.renew_before_days))
+        return min(due).timestamp()
 
 
 @dataclass(frozen=True)
@@ -315,10 +319,14 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
                     CaInputs(inputs.imported, inputs.imported_next, inputs.rotation, phase))
     host_keys = hostkeys.host_keys(spec, inputs.pki_files, records, replacing, pki.events)
     state = _rotation_state(inputs.rotation, phase, pki)
+    public_keys = pki.public_keys()
+    revoked = revocation.revocations(spec, inputs.previous, {name: public_keys[name] for name in pki.leaves}, now)
+    crl = revocation.crl(inputs.pki_files.get(layout.CRL.removeprefix(f"{layout.PKI}/")), revoked, pki.signer, now,
+                         spec.pki.validity_days, spec.pki.renew_before_days, options.renew)
     timings["pki"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    material = _material(pki, host_keys, state)
+    material = _material(pki, host_keys, state, crl.der)
     not_before = {node.name: int(pki.leaves[node.name].cert.not_valid_before_utc.timestamp()) for node in spec.nodes}
     outputs = output_files(spec, material, env, inputs.bundle, inputs.snapshot, epoch, not_before)
     files = [_plan_file(output, inputs.disk.get(output.path)) for output in outputs]
@@ -332,7 +340,7 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
                 and f"{p}.age" not in moved]
     new_keys = {layout.key_name(f.path) or "": f.public_key_sha256 for f in files
                 if f.public_key_sha256 and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
-    manifest_bytes = _manifest(spec, inputs, files, pki)
+    manifest_bytes = _manifest(spec, inputs, files, pki, revoked)
     current = inputs.disk.get(layout.MANIFEST)
     manifest_status = FileStatus.CREATE if current is None else FileStatus.UNCHANGED \
         if current.sha256 == hashlib.sha256(manifest_bytes).hexdigest() and current.mode == layout.PUBLIC_MODE \
@@ -343,9 +351,13 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
                  if f.path.endswith(f"/{layout.SEED_ISO}") and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
     # Only members of a running cluster (built before) are rolled; a joining or replaced node boots afresh.
     afresh = replacing | {n.name for n in spec.nodes if n.join and n.name not in built}
-    reseed = [node.name for node in spec.nodes
-              if node.name in built and node.name not in afresh and node.name in new_seeds]
+    # A node with a new key goes first: the others' new seeds revoke its old certificate, peer and client.
+    rekeyed = {r.name for r in revoked if r.reason == revocation.NEW_KEY and r not in inputs.previous.revoked}
+    reseed = sorted((node.name for node in spec.nodes
+                     if node.name in built and node.name not in afresh and node.name in new_seeds),
+                    key=lambda name: name not in rekeyed)
     said = notes.membership(spec, inputs.previous, built, replacing)
+    said += notes.revocation(revoked, inputs.previous.revoked)
     said += [change] if change else []
     said += [notes.rolling_order(reseed)] if reseed else []
     rotation_note = notes.rotation(phase, phase is not inputs.rotation.phase)
@@ -357,7 +369,7 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     return BuildPlan(spec=spec, pki=pki, files=files, manifest_bytes=manifest_bytes,
                      manifest_status=manifest_status, new_keys=new_keys, notes=said,
                      warnings=warnings + sealed_warnings + ([floor] if floor else []), reseed=reseed,
-                     deletes=deletes, sealed_moves=sealed_moves, step=options.rotate)
+                     deletes=deletes, sealed_moves=sealed_moves, step=options.rotate, crl_next_update=crl.next_update)
 
 
 def _previous_version(previous: Manifest) -> Version | None:
@@ -381,7 +393,7 @@ def _preflight(spec: Spec, inputs: Inputs, epoch: int | None, options: Options) 
     return spec, change
 
 
-def _material(pki: PkiState, host_keys: Mapping[str, hostkeys.HostKey], state: Rotation) -> Material:
+def _material(pki: PkiState, host_keys: Mapping[str, hostkeys.HostKey], state: Rotation, crl: bytes) -> Material:
     """What the build writes, as the outputs read it."""
     public = pki.public_keys()
 
@@ -394,10 +406,11 @@ def _material(pki: PkiState, host_keys: Mapping[str, hostkeys.HostKey], state: R
         leaves={name: LeafPem(c.chain_pem, KeyPem.of(c.key_pem, public[name])) for name, c in pki.leaves.items()},
         hosts={name: HostPem(KeyPem.of(host.private_pem, host.public_sha256), host.public_line)
                for name, host in host_keys.items()},
-        rotation_json=rotation.render(state) if state.phase is not Phase.NONE else None)
+        rotation_json=rotation.render(state) if state.phase is not Phase.NONE else None, crl=crl)
 
 
-def _manifest(spec: Spec, inputs: Inputs, files: list[PlannedFile], pki: PkiState) -> bytes:
+def _manifest(spec: Spec, inputs: Inputs, files: list[PlannedFile], pki: PkiState,
+              revoked: tuple[Revoked, ...]) -> bytes:
     public_keys = pki.public_keys()
     return manifest.render_manifest(
         spec.name, spec.etcd.version,
@@ -406,7 +419,8 @@ def _manifest(spec: Spec, inputs: Inputs, files: list[PlannedFile], pki: PkiStat
         {f.path: FileEntry(f.sha256, f.size, f.mode, f.public_key_sha256, f.epoch) for f in files},
         certificates(pki),
         replaced={n.name: public_keys[n.name] for n in spec.nodes if n.replace},
-        restore={"sha256": inputs.snapshot.sha256, "size": len(inputs.snapshot.data)} if inputs.snapshot else None)
+        restore={"sha256": inputs.snapshot.sha256, "size": len(inputs.snapshot.data)} if inputs.snapshot else None,
+        revoked=revoked)
 
 
 def _const(data: bytes) -> Callable[[], bytes]:

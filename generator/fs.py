@@ -77,11 +77,11 @@ def read_optional(path: Path, field: str | None = None, limit: int = LIMITS["sta
 
 
 def load_pki_dir(pki_dir: Path) -> dict[str, bytes]:
-    """Every .crt and .key already in a cluster's pki/ directory, by file name."""
+    """Every .crt, .key and .der (the CRL) already in a cluster's pki/ directory, by file name."""
     if not pki_dir.is_dir():
         return {}
     try:
-        names = sorted(p.name for p in pki_dir.iterdir() if p.suffix in (".crt", ".key"))
+        names = sorted(p.name for p in pki_dir.iterdir() if p.suffix in (".crt", ".key", ".der"))
     except OSError as exc:
         raise OutputError(f"{pki_dir}: cannot read existing PKI: {exc.strerror or exc}") from None
     found = {}

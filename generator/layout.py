@@ -37,6 +37,7 @@ ROTATION = f"{PKI}/rotation.json"  # the CA rotation's phase and the two CAs' fi
 JOURNAL = f"{PKI}/pending.json"  # the keys and renames of a run in progress; gone when the run completes
 SEALED_INDEX = f"{PKI}/sealed.json"  # written by `seal`: which key each .key.age file holds
 ETCDCTL_ENV = f"{PKI}/etcdctl.env"  # etcdctl with the admin certificate
+CRL = f"{PKI}/crl.der"  # the certificates this cluster no longer accepts, signed by the CA that issues leaves
 HOST_KEY_SUFFIX = ".ssh"  # pki/<node>.ssh.key: a node's SSH host key; <node>.ssh is its name in the manifest
 SEALED_SUFFIX = ".age"  # pki/<name>.key.age: a key sealed with age, for committing
 
@@ -110,7 +111,7 @@ def is_secret(path: str) -> bool:
 TOP_FILES = (GITIGNORE_NAME, MANIFEST, KNOWN_HOSTS, CACHE)
 DIRS = (PKI, CLIENTS)
 PKI_FILES = (cert_file(CA_NAME), key_file(CA_NAME), cert_file(NEXT_CA), key_file(NEXT_CA), CA_BUNDLE, ROTATION,
-             JOURNAL, SEALED_INDEX, ETCDCTL_ENV)
+             JOURNAL, SEALED_INDEX, ETCDCTL_ENV, CRL)
 
 # Files a build deletes once it no longer writes them: a finished CA rotation's old CA and bundle (and
 # the sealed copy of a key it deletes). Nothing else is ever deleted by a build.

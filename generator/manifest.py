@@ -63,6 +63,23 @@ class CertificateRecord:
 
 
 @dataclass(frozen=True)
+class Revoked:
+    """A certificate on the CRL: its serial (hex), whose it was, until when it was valid, when and why it was
+    revoked."""
+
+    serial: str
+    name: str
+    not_after: str  # YYYY-MM-DDTHH:MM:SSZ
+    revoked_at: str
+    reason: str
+
+
+_STAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+_SERIAL = re.compile(r"[0-9a-f]{1,40}")
+_TEXT = re.compile(r"[ -~]{1,200}")  # printable ASCII: a name and a reason, read back from the tree
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A manifest read back. `format` 0 means there was none."""
 
@@ -73,11 +90,12 @@ class Manifest:
     etcd_version: str | None = None
     replaced: Mapping[str, str] = field(default_factory=dict)  # node -> public key its replacement got
     restore_sha256: str | None = None
+    revoked: tuple[Revoked, ...] = ()  # what pki/crl.der lists
 
 
 def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], files: Mapping[str, FileEntry],
                     certs: Mapping[str, x509.Certificate], replaced: Mapping[str, str] | None = None,
-                    restore: Mapping[str, Any] | None = None) -> bytes:
+                    restore: Mapping[str, Any] | None = None, revoked: tuple[Revoked, ...] = ()) -> bytes:
     """The manifest for one cluster: every file's sha256 and mode, and each certificate's facts.
 
     Args:
@@ -88,6 +106,7 @@ def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], 
         certs: the leaf (or CA) certificate of each .crt file, by path.
         replaced: for each node marked replace, the public key sha256 its replacement was given.
         restore: sha256 and size of the snapshot the seeds restore from.
+        revoked: the certificates pki/crl.der lists.
     """
     table = {}
     for path, entry in files.items():
@@ -109,6 +128,8 @@ def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], 
         document["replaced"] = dict(replaced)
     if restore:
         document["restore"] = dict(restore)
+    if revoked:
+        document["revoked"] = [dataclasses.asdict(r) for r in revoked]
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -152,9 +173,24 @@ def parse_manifest(data: bytes | None, source: str = NAME) -> Manifest:
     restore_sha = restore.get("sha256") if isinstance(restore, dict) else None
     if restore is not None and not (isinstance(restore_sha, str) and HEX64.fullmatch(restore_sha)):
         raise OutputError(f"{source}: restore.sha256: must be 64 hex digits")
+    revoked = document.get("revoked", [])
+    if not isinstance(revoked, list):
+        raise OutputError(f"{source}: revoked: must be a list")
     return Manifest(format=fmt, files=entries, certificates=records, bundle_sha256=bundle_sha,
                     etcd_version=version if isinstance(version, str) else None, replaced=replaced,
-                    restore_sha256=restore_sha)
+                    restore_sha256=restore_sha,
+                    revoked=tuple(_revoked(row, f"{source}: revoked.{i}") for i, row in enumerate(revoked)))
+
+
+def _revoked(row: Any, where: str) -> Revoked:
+    fields = {f.name: _TEXT for f in dataclasses.fields(Revoked)} | \
+        {"serial": _SERIAL, "not_after": _STAMP, "revoked_at": _STAMP}
+    if not isinstance(row, dict) or set(row) != set(fields):
+        raise OutputError(f"{where}: must be an object of {', '.join(fields)}")
+    for name, pattern in fields.items():
+        if not (isinstance(row[name], str) and pattern.fullmatch(row[name])):
+            raise OutputError(f"{where}.{name}: {row[name]!r} is not a valid {name.replace('_', ' ')}")
+    return Revoked(**row)
 
 
 def _entry(row: Any, where: str) -> FileEntry:

@@ -25,6 +25,7 @@ class Paths:
     ca: str = "/etc/ssl/etcd/ca.crt"
     cert: str = "/etc/ssl/etcd/etcd.crt"
     key: str = "/etc/ssl/etcd/etcd.key"
+    crl: str = "/etc/ssl/etcd/crl.der"  # the revoked certificates; etcd reads it on every new connection
     options: str = "/etc/etcd/options.env"
     bin: str = "/usr/local/bin"
     member_config: str = "/etc/etcd/member.json"  # what etcd-seed-member needs to know of this node
@@ -46,6 +47,7 @@ class Paths:
     installed: str = "/var/lib/etcd-seed/installed.sha256"
     restoring: str = "/var/lib/etcd-seed/restoring"  # present while a restore moves its files into place
     boot_unit: str = "/etc/systemd/system/etcd-seed-boot.service"  # converges to the seed before etcd starts
+    clock_unit: str = "/etc/systemd/system/etcd-seed-clock.service"  # waits, bounded, for a synchronised clock
     install_bin: str = "/usr/local/sbin/etcd-seed-install"
     flannel_bin: str = "/usr/local/sbin/etcd-flannel-config"
 
@@ -95,6 +97,8 @@ def member_config(spec: Spec, node: Node) -> dict[str, object]:
         "timeout_s": JOIN_TIMEOUT_S, "refused_pause_s": REFUSED_PAUSE_S,
         # A restore seed: etcd must never start on an empty data dir, which would bootstrap an empty cluster.
         "restore": spec.etcd.restore is not None,
+        # `etcd-seed-member clock`: how long etcd waits at boot for a synchronised clock; 0 without network.ntp.
+        "clock_wait_s": spec.network.ntp.wait_seconds if spec.network.ntp else 0,
         # `etcd-seed-member defrag`: when reclaiming the free pages of the database file is worth a pause.
         "defrag": {"min_free_percent": spec.defrag.min_free_percent, "near_quota_percent": NEAR_QUOTA_PERCENT,
                    "quota_bytes": spec.etcd.quota_backend_bytes},
@@ -139,6 +143,8 @@ def options(spec: Spec, node: Node) -> dict[str, str]:
         "ETCD_PEER_CERT_FILE": PATHS.cert,
         "ETCD_PEER_KEY_FILE": PATHS.key,
         "ETCD_PEER_TRUSTED_CA_FILE": PATHS.ca,
+        # Revocation, both ways: a rekeyed node's old certificate is a peer's and a client's.
+        "ETCD_PEER_CRL_FILE": PATHS.crl,
         "ETCD_PEER_CLIENT_CERT_AUTH": "true",
         "ETCD_PEER_AUTO_TLS": "false",
         "ETCD_LISTEN_CLIENT_URLS": ",".join(listen_client),
@@ -146,6 +152,7 @@ def options(spec: Spec, node: Node) -> dict[str, str]:
         "ETCD_CERT_FILE": PATHS.cert,
         "ETCD_KEY_FILE": PATHS.key,
         "ETCD_TRUSTED_CA_FILE": PATHS.ca,
+        "ETCD_CLIENT_CRL_FILE": PATHS.crl,
         "ETCD_CLIENT_CERT_AUTH": "true",
         "ETCD_AUTO_TLS": "false",
         # A member that joins a running cluster learns the membership when it adds itself
@@ -188,8 +195,8 @@ def writes_flannel_config(spec: Spec, node: Node) -> bool:
     return node == spec.nodes[0] and spec.flannel is not None
 
 
-# The sources that are not templates: the node's PEM material and its member.json.
-CA_PEM, KEY_PEM, CHAIN_PEM, MEMBER_JSON = "pem:ca", "pem:key", "pem:chain", "json:member"
+# The sources that are not templates: the node's PEM material, its member.json and the CRL (DER, binary).
+CA_PEM, KEY_PEM, CHAIN_PEM, MEMBER_JSON, CRL_DER = "pem:ca", "pem:key", "pem:chain", "json:member", "der:crl"
 
 
 @dataclass(frozen=True)
@@ -216,12 +223,15 @@ STAGED_FILES = (
     StagedFile("ca.crt", CA_PEM, PATHS.ca, "644", etcd_owned=True, restart=True),
     StagedFile("etcd.key", KEY_PEM, PATHS.key, "600", etcd_owned=True),
     StagedFile("etcd.crt", CHAIN_PEM, PATHS.cert, "644", etcd_owned=True),
+    # Before options.env names it: etcd refuses every client while its CRL file is missing.
+    StagedFile("crl.der", CRL_DER, PATHS.crl, "644", etcd_owned=True),
     StagedFile("options.env", "options.env.j2", PATHS.options, "640", etcd_owned=True, restart=True),
     StagedFile("member.json", MEMBER_JSON, PATHS.member_config, "640", etcd_owned=True),
     StagedFile("etcd-seed-member", "etcd-seed-member.py", PATHS.member_bin, "755"),
     StagedFile("etcd.service", "etcd.service.j2", PATHS.unit, "644", restart=True),
     StagedFile("etcd-seed-promote.service", "etcd-seed-promote.service.j2", PATHS.promote_unit, "644"),
     StagedFile("etcd-seed-boot.service", "etcd-seed-boot.service.j2", PATHS.boot_unit, "644"),
+    StagedFile("etcd-seed-clock.service", "etcd-seed-clock.service.j2", PATHS.clock_unit, "644"),
     StagedFile("etcd-seed-backup", "etcd-backup.sh.j2", PATHS.backup_bin, "755", when=backs_up),
     StagedFile("etcd-backup.service", "etcd-backup.service.j2", PATHS.backup_unit, "644", when=backs_up),
     StagedFile("etcd-backup.timer", "etcd-backup.timer.j2", PATHS.backup_timer, "644", when=backs_up),

@@ -19,7 +19,7 @@ from .spec import Spec
 
 if TYPE_CHECKING:
     from .build import BuildPlan
-    from .manifest import Manifest
+    from .manifest import Manifest, Revoked
 
 _ADMIN = "from pki/, run: set -a && . ./etcdctl.env && set +a &&"
 
@@ -60,17 +60,21 @@ def membership(spec: Spec, previous: Manifest, built: set[str], replacing: froze
         if name not in clients:
             left.setdefault(name, []).append(path)
     for name, paths in left.items():
-        record = previous.certificates.get(layout.cert_file(name))
-        expiry = record.not_after if record else "its notAfter"
-        notes.append(f"client {name} left the spec: its certificate pki/{name}.crt stays valid until it "
-                     f"expires ({expiry}), and anyone holding its key can still use the cluster until then; "
-                     f"rotate the CA (rotate-ca) to cut it off sooner; delete {', '.join(paths)}, pki/{name}.key and "
+        notes.append(f"client {name} is no longer in use: delete {', '.join(paths)}, pki/{name}.key and "
                      f"pki/{name}.crt from the output")
     if spec.etcd.restore is not None:
         notes.append("restore: boot every member on an empty disk from its new seed; each restores the snapshot "
                      "once, then the members form a new cluster (new token and cluster ID); power off every old "
                      "member first, and remove etcd.restore from the spec once the cluster is up")
     return notes
+
+
+def revocation(revoked: tuple[Revoked, ...], before: tuple[Revoked, ...]) -> list[str]:
+    """What a certificate revoked by this build means, and what the operator must do for it to take effect."""
+    listed = {r.serial for r in before}
+    return [f"{r.name}: its certificate (serial {r.serial}, valid until {r.not_after}) is revoked ({r.reason}); "
+            "every member refuses it once it runs a seed of this build (no restart: etcd reads pki/crl.der on each "
+            "new connection), so re-seed every node" for r in revoked if r.serial not in listed]
 
 
 def _previous_ips(previous: Manifest, name: str) -> list[str]:

@@ -79,6 +79,7 @@ class Material:
     leaves: Mapping[str, LeafPem]
     hosts: Mapping[str, HostPem]
     rotation_json: bytes | None  # pki/rotation.json, once a rotation has begun
+    crl: bytes  # pki/crl.der
 
     @property
     def trust_pem(self) -> bytes:
@@ -152,6 +153,7 @@ def output_files(spec: Spec, material: Material, env: jinja2.Environment, bundle
         files.append(_public(layout.CA_BUNDLE, material.trust_pem))
     if material.rotation_json is not None:
         files.append(_public(layout.ROTATION, material.rotation_json))
+    files.append(_public(layout.CRL, material.crl))
     for name, leaf in material.leaves.items():
         files += [_key(layout.key_file(name), leaf.key), _public(layout.cert_file(name), leaf.chain_pem)]
     for node in spec.nodes:
@@ -168,9 +170,11 @@ def output_files(spec: Spec, material: Material, env: jinja2.Environment, bundle
         if node.name not in material.leaves or node.name not in material.hosts:
             continue
         leaf, host = material.leaves[node.name], material.hosts[node.name]
-        public = NodePublic(material.trust_pem, leaf.chain_pem, leaf.key.sha256, host.public_line, host.key.sha256)
+        public = NodePublic(material.trust_pem, leaf.chain_pem, leaf.key.sha256, host.public_line, host.key.sha256,
+                            material.crl)
         if leaf.key.pem is not None and host.key.pem is not None:
-            pem = NodePem(material.trust_pem, leaf.chain_pem, leaf.key.pem, host.key.pem, host.public_line)
+            pem = NodePem(material.trust_pem, leaf.chain_pem, leaf.key.pem, host.key.pem, host.public_line,
+                          material.crl)
             texts = dict(render_node(env, spec, node, pem, bundle_sha).texts)
         else:
             texts = dict(render_public(env, spec, node, public, bundle_sha).texts)

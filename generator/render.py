@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -45,17 +46,18 @@ class SeedFiles:
 @dataclass(frozen=True)
 class NodePem:
     """The secret and public material a node carries: the CAs it trusts, its chain (leaf + CA), its key,
-    and its SSH host key (OpenSSH private key file and public line)."""
+    its SSH host key (OpenSSH private key file and public line), and the cluster's CRL (DER)."""
 
     ca_cert_pem: bytes
     chain_pem: bytes
     key_pem: bytes
     host_key_pem: bytes
     host_public: str
+    crl_der: bytes
 
     def public(self) -> NodePublic:
         return NodePublic(self.ca_cert_pem, self.chain_pem, hashlib.sha256(self.key_pem).hexdigest(),
-                          self.host_public, hashlib.sha256(self.host_key_pem).hexdigest())
+                          self.host_public, hashlib.sha256(self.host_key_pem).hexdigest(), self.crl_der)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class NodePublic:
     key_sha256: str
     host_public: str
     host_key_sha256: str
+    crl_der: bytes
 
 
 # Each client use: the ready-to-use files it gets under clients/, each a template and the file's suffix.
@@ -212,6 +215,10 @@ def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, pem: Node
     for row in STAGED_FILES:
         if not row.when(spec, node):
             continue
+        if row.source == node_facts.CRL_DER:  # binary: base64 in user-data, decoded by cloud-init
+            staged.append(Staged(row.name, base64.b64encode(pem.crl_der).decode(), row.dest, row.mode, row.etcd_owned,
+                                 row.restart, hashlib.sha256(pem.crl_der).hexdigest(), binary=True))
+            continue
         if row.source in sources:
             content = sources[row.source]
         elif row.source.endswith(".j2"):
@@ -239,7 +246,8 @@ class Staged:
     mode: str
     etcd_owned: bool  # owned by etcd (which reads it), else by root
     restart: bool  # etcd must restart to see it; else it reloads it (or its next start reads it)
-    sha256: str  # of the staged file as cloud-init writes it: the block's text and one newline
+    sha256: str  # of the staged file as cloud-init writes it: the block's text and one newline, or the bytes
+    binary: bool = False  # content is base64 (write_files encoding b64), sha256 that of the decoded bytes
 
 
 def _staged(name: str, content: str, dest: str, mode: str, etcd_owned: bool = False, restart: bool = False,

@@ -128,6 +128,16 @@ class Network:
     gateway: ipaddress.IPv4Address | None
     dns: tuple[ipaddress.IPv4Address, ...]
     search: tuple[str, ...]
+    ntp: Ntp | None = None
+
+
+@dataclass(frozen=True)
+class Ntp:
+    """Time servers for the image's time daemon, and how long etcd waits at boot for a synchronised clock."""
+
+    servers: tuple[str, ...]
+    pools: tuple[str, ...]
+    wait_seconds: int
 
 
 @dataclass(frozen=True)
@@ -271,6 +281,7 @@ class Client:
     o: str | None
     validity_days: int
     dir: str
+    revoked: bool = False  # cut off: its last certificate goes on the CRL, and it gets no new one
 
 
 @dataclass(frozen=True)
@@ -296,8 +307,9 @@ class Spec:
     flannel: Flannel | None
     admin: Admin | None
     backup: Backup = Backup()
-    clients: tuple[Client, ...] = ()
+    clients: tuple[Client, ...] = ()  # the consumers in use; a revoked one is only in `revoked`
     defrag: Defrag = Defrag()
+    revoked: tuple[str, ...] = ()  # clients marked revoked: true: no certificate, and the last one on the CRL
 
     def with_snapshot(self, sha256: str) -> Spec:
         """This spec with its restore snapshot's sha256 filled in."""
@@ -416,6 +428,8 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
     backup = _backup(top.get("backup", {}), errs)
     defrag = _defrag(top.get("defrag", {}), len(nodes), errs)
     clients = _clients(top.get("clients", []), nodes, pki, errs)
+    revoked = tuple(c.name for c in clients if c.revoked)
+    clients = [c for c in clients if not c.revoked]
     if network is not None and nodes:
         _check_subnet(network, nodes, errs)
         if flannel is not None and flannel.network.overlaps(_subnet(network, nodes)):
@@ -428,7 +442,8 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
         raise SpecError(errs.items)
     assert name and domain and network and nodes and etcd and pki and backup and defrag  # noqa: S101 - no errs
     spec = Spec(name=name, domain=domain, network=network, nodes=tuple(nodes), etcd=etcd,
-                pki=pki, flannel=flannel, admin=admin, backup=backup, clients=tuple(clients), defrag=defrag)
+                pki=pki, flannel=flannel, admin=admin, backup=backup, clients=tuple(clients), defrag=defrag,
+                revoked=revoked)
     return spec, errs.warnings
 
 
@@ -591,7 +606,7 @@ def _check_fqdn(value: str) -> str | None:
 
 
 def _network(value: Any, errs: _Errors) -> Network | None:
-    data = _mapping(value, "network", errs, required=("prefix",), optional=("gateway", "dns", "search"))
+    data = _mapping(value, "network", errs, required=("prefix",), optional=("gateway", "dns", "search", "ntp"))
     if data is None:
         return None
     prefix = _integer(data, "prefix", "network", errs, default=24, low=8, high=30)
@@ -604,9 +619,46 @@ def _network(value: Any, errs: _Errors) -> Network | None:
             errs.add(f"network.search.{i}", f"{item!r} is not a valid DNS name")
         else:
             search.append(item)
-    if prefix is None or ("gateway" in data and gateway is None):
+    ntp = _ntp(data["ntp"], errs) if "ntp" in data else None
+    if prefix is None or ("gateway" in data and gateway is None) or ("ntp" in data and ntp is None):
         return None
-    return Network(prefix=prefix, gateway=gateway, dns=tuple(dns), search=tuple(search))
+    return Network(prefix=prefix, gateway=gateway, dns=tuple(dns), search=tuple(search), ntp=ntp)
+
+
+def _ntp(value: Any, errs: _Errors) -> Ntp | None:
+    data = _mapping(value, "network.ntp", errs, optional=("servers", "pools", "wait_seconds"))
+    if data is None:
+        return None
+    hosts: dict[str, list[str]] = {"servers": [], "pools": []}
+    seen: set[str] = set()
+    given = 0
+    for key, kept in hosts.items():
+        for i, item in enumerate(_list(data, key, "network.ntp", errs)):
+            given += 1
+            path = f"network.ntp.{key}.{i}"
+            if not isinstance(item, str) or not _is_host(item):
+                errs.add(path, f"{item!r} is not an IPv4 address or a DNS name")
+            elif item.lower() in seen:
+                errs.add(path, f"{item!r} is listed twice")
+            else:
+                seen.add(item.lower())
+                kept.append(item)
+    if not given:
+        errs.add("network.ntp", "needs at least one of servers or pools")
+    # A bound, not a gate: etcd starts after it even unsynchronised, so a dead time server cannot keep it down.
+    wait = _integer(data, "wait_seconds", "network.ntp", errs, default=60, low=1, high=900)
+    if wait is None or not seen:
+        return None
+    return Ntp(servers=tuple(hosts["servers"]), pools=tuple(hosts["pools"]), wait_seconds=wait)
+
+
+def _is_host(value: str) -> bool:
+    """An IPv4 address, or a DNS name whose last label is not all digits (not a mistyped address)."""
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        return _check_domain(value) is None and not value.removesuffix(".").rsplit(".", 1)[-1].isdigit()
+    return True
 
 
 def _list(data: Mapping[str, Any], key: str, parent: str, errs: _Errors) -> list[Any]:
@@ -860,7 +912,8 @@ def _clients(value: Any, nodes: list[Node], pki: Pki | None, errs: _Errors) -> l
     clients = []
     for i, item in enumerate(value):
         path = f"clients.{i}"
-        data = _mapping(item, path, errs, required=("name",), optional=("use", "cn", "o", "validity_days", "dir"))
+        data = _mapping(item, path, errs, required=("name",),
+                        optional=("use", "cn", "o", "validity_days", "dir", "revoked"))
         if data is None:
             continue
         name = _text(data, "name", path, errs, check=_check_label)
@@ -886,12 +939,13 @@ def _clients(value: Any, nodes: list[Node], pki: Pki | None, errs: _Errors) -> l
                      f"({pki.renew_before_days}), or every run would renew it")
             days = None
         directory = _text(data, "dir", path, errs, default=f"/etc/etcd-client/{name}", check=_check_plain_path)
+        revoked = _boolean(data, "revoked", path, errs, default=False)
         if name is None or use not in CLIENT_USES or cn is None or ("o" in data and o is None) or not days \
                 or directory is None:
             continue
         taken[name] = f"clients.{i}"
         clients.append(Client(name=name, use=ClientUse(use), cn=cn, o=o, validity_days=days,
-                              dir=directory.rstrip("/")))
+                              dir=directory.rstrip("/"), revoked=revoked))
     return clients
 
 

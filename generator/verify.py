@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from . import etcd, external, fs, hostkeys, layout, manifest, rotation, sealed
+from . import certs, etcd, external, fs, hostkeys, layout, manifest, rotation, sealed
 from .certs import PrivateKey, cert_fingerprint, check_leaf, load_key, public_der, public_key_sha256, signs
 from .errors import GeneratorError, MaterialError, OutputError
 from .etcd import Bundle
@@ -163,6 +163,7 @@ def verify_tree(spec: Spec, tree: Tree, now: dt.datetime, warn_days: int, fail_d
             return found
         spec = spec.with_snapshot(previous.restore_sha256)
     keys = _check_leaves(spec, tree, previous, trusted, signer, rotating, now, warn_days, fail_days, found)
+    _check_crl(tree, previous, signer, now, found)
     _check_distinct(tree, keys, found)
     hosts = _check_host_keys(spec, tree, previous, found)
     if bundle is not None and previous.bundle_sha256 not in (None, bundle.sha256):
@@ -185,6 +186,26 @@ def verify_tree(spec: Spec, tree: Tree, now: dt.datetime, warn_days: int, fail_d
     for node in spec.nodes:
         _check_node(spec, node.name, tree, previous, by_path, bundle, found)
     return found
+
+
+def _check_crl(tree: Tree, previous: Manifest, signer: x509.Certificate, now: dt.datetime,
+               found: list[Finding]) -> None:
+    """pki/crl.der: signed by the CA that issues leaves, listing exactly the manifest's revoked serials, and current.
+    Every member refuses every client while its CRL is unreadable."""
+    crl = certs.read_crl(tree.files.get(layout.CRL, b""), signer)
+    if crl is None:
+        found.append(Finding(layout.CRL, f"missing, or not a DER CRL signed by {signer.subject.rfc4514_string()}"))
+        return
+    listed = {int(r.serial, 16) for r in previous.revoked}
+    if crl.serials != listed:
+        extra, missing = sorted(crl.serials - listed), sorted(listed - crl.serials)
+        found.append(Finding(layout.CRL, "does not list what manifest.json's revoked lists: "
+                             + "; ".join(part for part in (
+                                 f"extra {', '.join(f'{s:x}' for s in extra)}" if extra else "",
+                                 f"missing {', '.join(f'{s:x}' for s in missing)}" if missing else "") if part)))
+    if crl.next_update is not None and crl.next_update <= now:
+        found.append(Finding(layout.CRL, f"its nextUpdate ({crl.next_update:%Y-%m-%d}) has passed; a build "
+                             "issues a new one"))
 
 
 def _check_leaves(spec: Spec, tree: Tree, previous: Manifest, trusted: list[x509.Certificate],
@@ -234,7 +255,8 @@ def _material(spec: Spec, tree: Tree, previous: Manifest, trusted: list[x509.Cer
         if chain is not None and key is not None:
             leaves[name] = LeafPem(chain, key)
     return Material(ca=ca(CA_NAME, trusted[0]), next_ca=ca(layout.NEXT_CA, trusted[1]) if len(trusted) > 1 else None,
-                    leaves=leaves, hosts=hosts, rotation_json=tree.files.get(layout.ROTATION))
+                    leaves=leaves, hosts=hosts, rotation_json=tree.files.get(layout.ROTATION),
+                    crl=tree.files.get(layout.CRL, b""))
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:

@@ -14,6 +14,8 @@ Generated: do not edit. It reads /etc/etcd/member.json, which the install step p
   defrag   (etcd-defrag.service, as etcd, at this member's own minute) Once: when every member is
            healthy and the free pages inside this member's database file are worth reclaiming,
            `defrag` this member alone; then clear a NOSPACE alarm once every member is well under its quota.
+  clock    (etcd-seed-clock.service, before etcd and the backup) With network.ntp, wait until the
+           kernel reports the clock synchronised, for at most clock_wait_s; succeeds either way.
 
 It talks to the other members over mutual TLS with the node's own certificate, which carries
 clientAuth. Transient failures (no quorum yet, another learner catching up) are retried until a
@@ -25,6 +27,7 @@ https://etcd.io/docs/v3.5/op-guide/runtime-configuration/, .../learning/design-l
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -329,6 +332,56 @@ def defrag_reason(size: int, in_use: int, quota: int, min_free_percent: int, nea
     return None
 
 
+class Timex(ctypes.Structure):
+    """The head of struct timex (linux/timex.h) as adjtimex(2) fills it; the rest is spare room."""
+
+    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
+                ("spare", ctypes.c_char * 512)]
+
+
+# The kernel's maximum error estimate stays at this cap (16 s, in us) until a time daemon sets the clock.
+UNSYNCED_MAXERROR_US = 16_000_000
+
+
+def clock_synchronised() -> bool:
+    """The test timedatectl's NTPSynchronized makes: adjtimex(2) with modes 0 changes nothing and reads the
+    kernel's maximum error, below its 16 s cap only once a time daemon has set the clock.
+    https://man7.org/linux/man-pages/man2/adjtimex.2.html"""
+    timex = Timex()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.adjtimex(ctypes.byref(timex)) < 0:
+        raise OSError(ctypes.get_errno(), "adjtimex")
+    maxerror: int = timex.maxerror
+    return maxerror < UNSYNCED_MAXERROR_US
+
+
+def wait_for_clock(wait_s: int, synchronised: Any = clock_synchronised, pause_s: float = 1.0) -> int:
+    """Wait at most wait_s for a synchronised clock and say how it went; a bound, so 0 either way."""
+    if wait_s <= 0:
+        say("clock: no time servers in the seed (network.ntp); not waiting")
+        return 0
+    start, asked = time.monotonic(), False
+    while True:
+        try:
+            done = synchronised()
+        except OSError as exc:
+            say(f"WARNING: clock: cannot read the kernel's clock state ({exc}); not waiting")
+            return 0
+        waited = time.monotonic() - start
+        if done:
+            say(f"clock: synchronised after {waited:.0f} s; now {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+            return 0
+        if not asked:  # on the console too: why this boot pauses here
+            say(f"clock: not synchronised yet; waiting up to {wait_s} s for the time servers in network.ntp")
+            asked = True
+        if waited >= wait_s:
+            say(f"WARNING: clock: not synchronised after {wait_s} s; starting anyway at "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} (check network.ntp and the time daemon)")
+            return 0
+        time.sleep(pause_s)
+
+
 def mib(size: int) -> str:
     return f"{size / (1 << 20):.1f} MiB" if size >= 1 << 20 else f"{size >> 10} KiB"
 
@@ -353,12 +406,15 @@ def membership_env(name: str, cluster: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[1] not in ("prepare", "promote", "defrag"):
-        print("usage: etcd-seed-member prepare|promote|defrag", file=sys.stderr)
+    if len(argv) != 2 or argv[1] not in ("prepare", "promote", "defrag", "clock"):
+        print("usage: etcd-seed-member prepare|promote|defrag|clock", file=sys.stderr)
         return 2
     try:
         with open(CONFIG, encoding="utf-8") as handle:
-            member = Member(json.load(handle))
+            cfg = json.load(handle)
+        if argv[1] == "clock":
+            return wait_for_clock(int(cfg["clock_wait_s"]))
+        member = Member(cfg)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         say(f"ERROR: cannot read {CONFIG} ({exc}); {argv[1]}: nothing written to the data dir")
         return 1

@@ -27,6 +27,7 @@ def test_build_writes_the_tree_with_modes(workdir: Path) -> None:
     root = workdir / "out" / "demo"
     files = tree(root)
     expected = {".gitignore", "manifest.json", "known_hosts", "pki/ca.crt", "pki/admin.crt", "pki/etcdctl.env",
+                "pki/crl.der",
                 *(f"pki/etcd0{i}.crt" for i in (1, 2, 3)), *SECRETS,
                 *(f"etcd0{i}/{f}" for i in (1, 2, 3) for f in (
                     "user-data.redacted", "meta-data", "network-config", "options.env", "etcd.service"))}
@@ -63,7 +64,7 @@ def test_rerun_changes_nothing(workdir: Path) -> None:
 
     before = files()
     code, out, _ = build(workdir)
-    assert code == 0 and "0 of 38 files written (nothing changed)" in out
+    assert code == 0 and "0 of 39 files written (nothing changed)" in out
     assert files() == before
 
 

@@ -56,12 +56,12 @@ def test_replay_is_what_the_full_run_printed(workdir: Path, taken: list[bool]) -
     full = build(workdir)
     fast = build(workdir)
     assert taken == [False, False, True]
-    assert fast == full and "0 of 38 files written (nothing changed)" in fast[1]
+    assert fast == full and "0 of 39 files written (nothing changed)" in fast[1]
     fast_plan = plan(workdir)
     (workdir / "out/demo" / fastpath.NAME).unlink()
     full_plan = plan(workdir)
     assert taken[3:] == [True, False]
-    assert fast_plan == full_plan and "0 to create, 0 to update, 0 to chmod, 37 unchanged" in full_plan[1]
+    assert fast_plan == full_plan and "0 to create, 0 to update, 0 to chmod, 38 unchanged" in full_plan[1]
 
 
 def test_fast_run_imports_no_heavy_module(recorded: Path) -> None:
@@ -114,7 +114,7 @@ def test_rewritten_iso_falls_back_and_is_rebuilt(recorded: Path, taken: list[boo
     iso.write_bytes(bytes(data))
     os.utime(iso, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and mtime: only its ctime moved
     code, out, _ = build(recorded)
-    assert taken == [False] and code == 0 and "1 of 38 files written" in out
+    assert taken == [False] and code == 0 and "1 of 39 files written" in out
     assert iso.read_bytes() != bytes(data)
 
 
@@ -124,7 +124,7 @@ def test_changed_bundle_falls_back(recorded: Path, taken: list[bool]) -> None:
     assert taken == [False] and code == 0 and "(nothing changed)" in out
     (recorded / "etcd.tar.gz").write_bytes(fake_bundle(version="3.5.1") + b"\0")  # other bytes: a new sha256
     code, out, _ = build(recorded)
-    assert taken[1] is False and code == 0 and "13 of 38 files written" in out  # each seed, and the manifest
+    assert taken[1] is False and code == 0 and "13 of 39 files written" in out  # each seed, and the manifest
 
 
 def test_changed_tool_version_falls_back(recorded: Path, taken: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,7 +188,7 @@ def test_moved_tree_is_not_answered_from_its_record(recorded: Path, taken: list[
     """The tree moved away: its record must not answer for a tree that is no longer there."""
     (recorded / "out/demo").rename(recorded / "out/demo.bak")
     code, out, _ = build(recorded)
-    assert taken == [False] and code == 0 and "38 of 38 files written" in out
+    assert taken == [False] and code == 0 and "39 of 39 files written" in out
     assert (recorded / "out/demo/manifest.json").exists()
 
 

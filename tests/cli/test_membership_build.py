@@ -228,17 +228,20 @@ def test_changed_address_says_what_etcd_needs(workdir: Path) -> None:
            "--peer-urls=https://192.168.0.7:2380" in out
 
 
-def test_removed_client_says_its_certificate_stays_valid(workdir: Path) -> None:
-    """A consumer taken out of clients: gets a note like scale-in's: which files to delete, and that its certificate
-    is valid until it expires."""
+def test_removed_client_is_revoked_and_its_files_named(workdir: Path) -> None:
+    """A consumer taken out of clients: gets its certificate on the CRL, with a note that says so and that every
+    node must be re-seeded, and a note naming the files to delete."""
     set_spec(workdir, "etcd:\n", "clients:\n  - {name: flannel, use: flannel}\netcd:\n")
     assert build(workdir)[0] == 0
+    serial = json.loads((workdir / "out/demo/manifest.json").read_text())["certificates"]["pki/flannel.crt"]["serial"]
     set_spec(workdir, "clients:\n  - {name: flannel, use: flannel}\n", "")
     code, out, err = build(workdir)
     assert code == 0, err
-    note = next(line for line in out.splitlines() if line.startswith("client flannel left the spec"))
-    assert "pki/flannel.crt stays valid until it expires (20" in note
+    note = next(line for line in out.splitlines() if line.startswith("client flannel is no longer in use"))
     assert "delete clients/flannel.flanneld.env, pki/flannel.key and pki/flannel.crt" in note
+    revoked = next(line for line in out.splitlines() if line.startswith("flannel: its certificate"))
+    assert f"(serial {serial}, valid until 20" in revoked and "is revoked (left the spec)" in revoked
+    assert "re-seed every node" in revoked
 
 
 def test_removed_client_with_two_files_gets_one_note(workdir: Path) -> None:
@@ -248,7 +251,7 @@ def test_removed_client_with_two_files_gets_one_note(workdir: Path) -> None:
     set_spec(workdir, "clients:\n  - {name: metrics, use: prometheus}\n", "")
     code, out, err = build(workdir)
     assert code == 0, err
-    notes = [line for line in out.splitlines() if line.startswith("client metrics left the spec")]
+    notes = [line for line in out.splitlines() if line.startswith("client metrics is no longer in use")]
     assert len(notes) == 1, out
     assert "delete clients/metrics.etcd-rules.yml, clients/metrics.prometheus.yml, pki/metrics.key and " \
            "pki/metrics.crt" in notes[0]
@@ -416,3 +419,40 @@ def test_quota_above_8_gib_is_a_warning(workdir: Path) -> None:
     set_spec(workdir, "etcd:\n", "etcd:\n  quota_backend_bytes: 12884901888\n")
     code, _, err = build(workdir)
     assert code == 0 and "warning: etcd.quota_backend_bytes: 12884901888 is above 8 GiB" in err
+
+
+def _with_ntp(ntp: str) -> str:
+    return spec_yaml(ntp=ntp)
+
+
+@pytest.mark.parametrize(("ntp", "field", "expected"), [
+    ("{}", "network.ntp", "needs at least one of servers or pools"),
+    ("{servers: []}", "network.ntp", "needs at least one of servers or pools"),
+    ("{servers: [10.0.0.300]}", "network.ntp.servers.0", "'10.0.0.300' is not an IPv4 address or a DNS name"),
+    ("{servers: ['ntp example.com']}", "network.ntp.servers.0", "is not an IPv4 address or a DNS name"),
+    ("{servers: ['ntp.example.com\\nruncmd: [reboot]']}", "network.ntp.servers.0", "not an IPv4 address"),
+    ("{servers: ['-ntp.example.com']}", "network.ntp.servers.0", "not an IPv4 address"),
+    ("{servers: ['[::1]']}", "network.ntp.servers.0", "not an IPv4 address"),
+    ("{pools: [7]}", "network.ntp.pools.0", "7 is not an IPv4 address or a DNS name"),
+    ("{servers: [a.example.com], pools: [a.example.com]}", "network.ntp.pools.0", "is listed twice"),
+    ("{servers: a.example.com}", "network.ntp.servers", "must be a list"),
+    ("{servers: [a.example.com], wait_seconds: 0}", "network.ntp.wait_seconds", "between 1 and 900"),
+    ("{servers: [a.example.com], wait_seconds: 60s}", "network.ntp.wait_seconds", "must be a whole number"),
+    ("{servers: [a.example.com], prefer: a.example.com}", "network.ntp.prefer", "unknown key"),
+    ("on", "network.ntp", "must be a mapping"),
+], ids=lambda v: str(v)[:32])
+def test_bad_ntp_setting_is_refused(workdir: Path, ntp: str, field: str, expected: str) -> None:
+    (workdir / "cluster.yaml").write_text(_with_ntp(ntp))
+    assert expected in assert_refused(workdir, field)
+
+
+def test_ntp_servers_reach_cloud_init_and_the_wait_reaches_the_node(workdir: Path) -> None:
+    (workdir / "cluster.yaml").write_text(_with_ntp("{servers: [10.0.0.1, ntp.example.com.], pools: [pool.example], "
+                                                    "wait_seconds: 300}"))
+    assert build(workdir)[0] == 0
+    user_data = yaml.safe_load((workdir / "out/demo/etcd02/user-data").read_text())
+    assert user_data["ntp"]["servers"] == ["10.0.0.1", "ntp.example.com."]
+    assert user_data["ntp"]["pools"] == ["pool.example"]
+    written = _written(workdir, "etcd02")
+    assert json.loads(written["/var/lib/etcd-seed/seed/member.json"])["clock_wait_s"] == 300
+    assert "\nTimeoutStartSec=330s\n" in written["/var/lib/etcd-seed/seed/etcd-seed-clock.service"]

@@ -136,6 +136,9 @@ def test_three_phases_end_to_end(workdir: Path) -> None:
     assert all(_openssl_verify(pki / "ca.crt", pki / f"{n}.crt") for n in LEAVES)
     manifest = json.loads((workdir / "out" / "demo" / "manifest.json").read_text())
     assert not any("ca-next" in p or "ca-bundle" in p for p in manifest["files"])
+    # Reissuing every leaf from the new CA kept every key: nothing was revoked, and the CRL is the new CA's.
+    assert "revoked" not in manifest
+    assert x509.load_der_x509_crl((pki / "crl.der").read_bytes()).issuer == _cert(pki / "ca.crt").subject
     code, out, err = verify(workdir)
     assert code == 0 and err == "", err
 

@@ -12,6 +12,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
@@ -52,6 +53,8 @@ from tests.helpers.vm import (
 )
 
 pytestmark = NEEDS
+# Two consumers; the rolling pass revokes `reader`.
+CLIENTS = "clients:\n  - {name: flannel, use: flannel}\n  - {name: reader}\n"
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +62,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """Three Debian 12 nodes on the starting release, booted from their seeds (virtio disks). Each loses power
     5 s after its first install step, as a rack does in an outage, and must come up healthy all the same."""
     assert BUNDLE.exists() and FROM_BUNDLE.exists(), "make e2e builds vendor/ first"
-    with booted_lab(tmp_path_factory.mktemp("e2e"), FROM_BUNDLE, power_cut=True) as booted:
+    with booted_lab(tmp_path_factory.mktemp("e2e"), FROM_BUNDLE, power_cut=True, clients=CLIENTS) as booted:
         yield booted
 
 
@@ -163,20 +166,34 @@ def test_fault_rejoin_and_bad_bundle(lab: Lab) -> None:
     bad.kill()
 
 
+def _wallet(lab: Lab, name: str) -> Path:
+    """A copy of a consumer's certificate and key, under the names lab.etcdctl uses."""
+    where = lab.work / f"wallet-{name}"
+    where.mkdir(exist_ok=True)
+    shutil.copy(lab.pki / f"{name}.crt", where / "admin.crt")
+    shutil.copy(lab.pki / f"{name}.key", where / "admin.key")
+    return where
+
+
 def test_rolling_upgrade_renew_and_setting(lab: Lab) -> None:
-    """One rolling pass: 3.4.23 -> the example's 3.5.16, every leaf renewed and a new heartbeat, one node at a time
-    by re-seeding and rebooting, while a writer keeps writing. Every acknowledged write survives."""
+    """One rolling pass: 3.4.23 -> the example's 3.5.16, every leaf renewed, a new heartbeat and the consumer
+    `reader` revoked, one node at a time by re-seeding and rebooting, while a writer keeps writing. Every
+    acknowledged write survives; afterwards every member refuses `reader` and still serves `flannel`."""
     target = bundle_version(BUNDLE)
     before = lab.spec.etcd.version
     spec_file = lab.work / "cluster.yaml"
     public_key = (lab.work / "id_ed25519.pub").read_text().strip()
     nodes = [(n.name, str(n.ip), n.mac) for n in lab.spec.nodes]
-    spec_file.write_text(spec_text(public_key, nodes, BUNDLE).replace("heartbeat_interval: 250",
-                                                                      "heartbeat_interval: 300"))
+    reader = _wallet(lab, "reader")
+    assert lab.etcdctl("get", "probe", cert_dir=reader).returncode == 0
+    revoked = CLIENTS.replace("{name: reader}", "{name: reader, revoked: true}")
+    spec_file.write_text(spec_text(public_key, nodes, BUNDLE, clients=revoked).replace("heartbeat_interval: 250",
+                                                                                       "heartbeat_interval: 300"))
     out, err = io.StringIO(), io.StringIO()
     code = _cli.main(["build", "--spec", str(spec_file), "--out", str(lab.work / "out"), "--renew"], out, err)
     assert code == 0, err.getvalue()
     assert f"upgrade: etcd {before} -> {target} (one minor step)" in out.getvalue()
+    assert "reader: its certificate (serial " in out.getvalue() and "(revoked in the spec)" in out.getvalue()
     lab.spec, _ = load_spec(spec_file.read_text(), base_dir=lab.work)
 
     writer = lab.writer()
@@ -209,6 +226,14 @@ def test_rolling_upgrade_renew_and_setting(lab: Lab) -> None:
         writer.finish(f"rolling pass over {len(lab.vms)} nodes")
     code, report, text = lab.status()
     assert code == 0 and report["next"] == "nothing to roll", text
+    flannel = _wallet(lab, "flannel")
+    for vm in lab.vms:
+        refused = lab.etcdctl("get", "probe", endpoints=[vm.ip], cert_dir=reader)
+        assert refused.returncode != 0, f"{vm.name} still serves the revoked reader"
+        assert lab.etcdctl("get", "probe", endpoints=[vm.ip], cert_dir=flannel).returncode == 0, vm.name
+        journal = lab.ssh(vm.ip, "sudo journalctl -b -u etcd --no-pager -o cat | grep -c revoked || true").stdout
+        assert int(journal.strip() or 0) > 0, f"{vm.name}: etcd logged no revoked certificate"
+    print(f"e2e: revoked reader refused by every member: {refused.stderr.strip()[-120:]}")
 
     wait_for("the cluster version to reach 3.5", lambda: cluster_version(lab, lab.vms[0].ip).get(
         "etcdcluster", "").startswith(target.rsplit(".", 1)[0]), 120, lab.vms)

@@ -96,7 +96,7 @@ def test_renewed_leaf_is_served_without_a_restart(lab: Lab) -> None:
     calls, pid = lab.calls("etcd02"), lab.pid("etcd02")
     line = lab.converge("etcd02")
     assert line.startswith("etcd-seed: applied etcd 3.5.1: ") and "etcd.crt" in line
-    assert line.endswith("; etcd left running: it reloads its certificate on the next handshake")
+    assert line.endswith("; etcd left running: it reads its certificate and CRL again on the next handshake")
     assert "options.env" not in line and "ca.crt" not in line
     assert lab.pid("etcd02") == pid
     assert not [c for c in lab.calls("etcd02")[len(calls):] if c.startswith(("start", "restart"))]  # no flannel here

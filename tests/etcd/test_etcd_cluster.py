@@ -74,7 +74,7 @@ def relocate(options: dict[str, str], node_dir: Path) -> dict[str, str]:
     host's filesystem, so each cannot have its own /etc/ssl/etcd and /opt/etcd.
     """
     moved = {PATHS.ca: node_dir / "ca.crt", PATHS.cert: node_dir / "etcd.crt",
-             PATHS.key: node_dir / "etcd.key", PATHS.data_dir: node_dir / "data",
+             PATHS.key: node_dir / "etcd.key", PATHS.crl: node_dir / "crl.der", PATHS.data_dir: node_dir / "data",
              PATHS.wal_dir: node_dir / "wal"}
     return {key: str(moved.get(value, value)) for key, value in options.items()}
 
@@ -114,6 +114,7 @@ def start_member(net: netns.TestNet, i: int, root: Path, work: Path,
     shutil.copy(root / "pki" / "ca.crt", node_dir / "ca.crt")
     shutil.copy(root / "pki" / f"{name}.crt", node_dir / "etcd.crt")
     shutil.copy(root / "pki" / f"{name}.key", node_dir / "etcd.key")
+    shutil.copy(root / "pki" / "crl.der", node_dir / "crl.der")
     env = relocate(parse_env((root / name / "options.env").read_text()), node_dir)
     with open(node_dir / "etcd.log", "wb") as log:
         proc = subprocess.Popen(net.command(ns, [str(release.bin_dir / "etcd")]), env=env, stdout=log,

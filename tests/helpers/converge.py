@@ -8,6 +8,7 @@ restarts etcd through helpers/systemctl_shim.py (PID 1 here is not systemd).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -71,7 +72,10 @@ class Lab:
         for entry in user_data["write_files"]:
             path = self.root(name) / entry["path"].lstrip("/")
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(entry["content"])
+            if entry.get("encoding") == "b64":  # as cloud-init decodes it (tests/parsers/test_cloudinit.py)
+                path.write_bytes(base64.b64decode(entry["content"]))
+            else:
+                path.write_text(entry["content"])
             path.chmod(int(entry["permissions"], 8))
 
     def edit_staged(self, name: str, file: str, old: str, new: str) -> None:

@@ -23,7 +23,7 @@ def records(state: PkiState) -> KeyRecords:
 
 SPEC_TEMPLATE = """\
 cluster: {{name: demo, domain: example.com}}
-network: {{prefix: 24, gateway: {gateway}, dns: [{gateway}]}}
+network: {{prefix: 24, gateway: {gateway}, dns: [{gateway}]{ntp}}}
 nodes:
 {nodes}
 etcd:
@@ -37,13 +37,13 @@ flannel: {{network: 10.2.0.0/16, backend: vxlan, subnet_len: 24}}
 
 
 def spec_yaml(base: str = "192.168.0", count: int = 3, bundle: str = "etcd.tar.gz",
-              key_type: str = "rsa2048", gateway: str | None = None) -> str:
-    """The text of a valid spec with `count` nodes at base.1 .. base.count."""
+              key_type: str = "rsa2048", gateway: str | None = None, ntp: str | None = None) -> str:
+    """The text of a valid spec with `count` nodes at base.1 .. base.count; `ntp` is network.ntp's flow text."""
     nodes = "\n".join(
         f'  - {{name: etcd{i:02d}, ip: {base}.{i}, mac: "52:54:00:00:00:{i:02x}"}}'
         for i in range(1, count + 1))
     return SPEC_TEMPLATE.format(nodes=nodes, bundle=bundle, key_type=key_type,
-                                gateway=gateway or f"{base}.254")
+                                gateway=gateway or f"{base}.254", ntp=f", ntp: {ntp}" if ntp else "")
 
 
 def fake_bundle(version: str = "3.5.1", top: str | None = None) -> bytes:
@@ -65,6 +65,7 @@ def parse(text: str, base_dir: Path = ROOT) -> Spec:
 
 # Stand-ins for real PEMs so that golden files stay byte-stable.
 FAKE_CA = b"-----BEGIN CERTIFICATE-----\nFAKE-CA\n-----END CERTIFICATE-----\n"
+FAKE_CRL = b"\x30\x03FAKE-CRL\x00\xff"  # bytes no text file holds: the seed must carry them as they are
 
 
 def fake_pem(name: str) -> NodePem:
@@ -72,4 +73,5 @@ def fake_pem(name: str) -> NodePem:
     leaf = f"-----BEGIN CERTIFICATE-----\nFAKE-{name}\n-----END CERTIFICATE-----\n".encode()
     key = f"-----BEGIN PRIVATE KEY-----\nFAKE-KEY-{name}\n-----END PRIVATE KEY-----\n".encode()
     host = f"-----BEGIN OPENSSH PRIVATE KEY-----\nFAKE-HOST-KEY-{name}\n-----END OPENSSH PRIVATE KEY-----\n".encode()
-    return NodePem(FAKE_CA, leaf + FAKE_CA, key, host, f"ssh-ed25519 AAAAFAKEHOSTKEY{name.replace('-', '')}")
+    return NodePem(FAKE_CA, leaf + FAKE_CA, key, host, f"ssh-ed25519 AAAAFAKEHOSTKEY{name.replace('-', '')}",
+                   FAKE_CRL)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 from cryptography import x509
@@ -69,18 +69,24 @@ NEEDS = [
 
 
 DATA_DEVICE = "/dev/disk/by-id/virtio-etcd-data"  # the virtio serial a VM's data disk gets
+# A lab with a time server: each guest's RTC a day behind, so the build's certificates are not valid yet by it,
+# and the clock step on the console, waiting for the time server in network.ntp.
+CLOCK_BEHIND_S = 86_400
+CLOCK_WAITING = "etcd-seed: clock: not synchronised yet"
+NTP_WAIT_S = 600
 
 
 def spec_text(public_key: str, nodes: list[tuple[str, str, str]], bundle: Path, url: str | None = None,
-              data_disk: bool = False) -> str:
+              data_disk: bool = False, ntp: bool = False, clients: str = "") -> str:
     """The VM test's spec: the bundle on each seed, or with `url`, fetched by each node and checked; with
-    `data_disk`, etcd's data on each VM's second disk."""
+    `data_disk`, etcd's data on each VM's second disk; with `ntp`, the hub as the nodes' time server;
+    `clients`, a clients: section as it is."""
     members = "\n".join(f'  - {{name: {n}, ip: {ip}, mac: "{mac}"}}' for n, ip, mac in nodes)
     sha = hashlib.sha256(bundle.read_bytes()).hexdigest()
     source = f"url: {url}\n  sha256: '{sha}'" if url else f"bundle: {bundle}"
     return f"""\
 cluster: {{name: e2e, domain: example.test}}
-network: {{prefix: 24, gateway: {HUB_IP}}}
+network: {{prefix: 24, gateway: {HUB_IP}{f", ntp: {{servers: [{HUB_IP}], wait_seconds: {NTP_WAIT_S}}}" if ntp else ""}}}
 nodes:
 {members}
 etcd:
@@ -93,7 +99,7 @@ flannel: {{network: 10.2.0.0/16, backend: vxlan, subnet_len: 24}}
 admin:
   name: ops
   ssh_authorized_keys: ["{public_key}"]
-"""
+{clients}"""
 
 
 @dataclass
@@ -114,6 +120,7 @@ class VM:
     boots: list[float] = field(default_factory=list)
     cdrom: bool = False  # the seed as a SATA CD-ROM on a q35 machine, as docs/attaching in the README tells users
     data_disk: Path | None = None  # a second virtio disk, /dev/disk/by-id/virtio-etcd-data in the guest
+    rtc_behind_s: int = 0  # the guest's hardware clock starts this far behind the host's at each power-on
 
     def argv(self, image: Path, accel: str) -> list[str]:
         seed = (["-machine", "q35", "-drive", f"file={self.seed},format=raw,media=cdrom,if=none,id=cd0,readonly=on",
@@ -127,7 +134,12 @@ class VM:
                 "-drive", f"file={self.disk},format=qcow2,if=none,id=root0", "-device", "virtio-blk-pci,drive=root0",
                 *self.data_drive(), *seed,
                 "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no",
-                "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}"]
+                "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}", *self.rtc()]
+
+    def rtc(self) -> list[str]:
+        if not self.rtc_behind_s:
+            return []
+        return ["-rtc", "base=" + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - self.rtc_behind_s))]
 
     def data_drive(self) -> list[str]:
         if self.data_disk is None:
@@ -219,6 +231,15 @@ def wait_for(what: str, check: object, timeout: float, vms: list[VM], step: floa
         time.sleep(step)
 
 
+def time_server(net: netns.TestNet, work: Path, log: BinaryIO) -> subprocess.Popen[bytes]:
+    """chronyd in the hub, serving its own clock to the test subnet; -x: it never sets this host's clock."""
+    conf = work / "chrony.conf"
+    conf.write_text(f"local stratum 8\nallow {SUBNET}.0/24\nbindaddress {HUB_IP}\ncmdport 0\n"
+                    f"pidfile {work / 'chronyd.pid'}\ndriftfile {work / 'chrony.drift'}\n")
+    return subprocess.Popen(net.command(net.hub, ["chronyd", "-d", "-x", "-u", "root", "-f", str(conf)]),
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
 def guest_image(suite: str = "bookworm") -> Path:
     script = ROOT / "tests" / "e2e" / "guest-image.sh"
     result = subprocess.run(["sh", str(script), str(CACHE), suite], capture_output=True, text=True, check=False)
@@ -300,23 +321,27 @@ def etcd_starts_this_boot(lab: Lab, vm: VM) -> int:
 
 @contextlib.contextmanager
 def booted_lab(work: Path, bundle: Path, suite: str = "bookworm", url: str | None = None,
-               cdrom: bool = False, power_cut: bool = False, data_disk: bool = False) -> Iterator[Lab]:
+               cdrom: bool = False, power_cut: bool = False, data_disk: bool = False,
+               ntp: bool = False, clients: str = "") -> Iterator[Lab]:
     """Three nodes of `suite` booted from their seeds; yields once the cluster reports healthy.
 
     With `url`, a web server in the hub serves the bundle there and the seeds carry no tarball.
     With `power_cut`, every node loses power 5 s after its first install step reports, and boots again.
+    With `ntp`, each guest's RTC is a day behind, and the hub's time server starts only once a node's
+    clock step says it is waiting: etcd must not start before the clock is right.
     """
     key = work / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "e2e", "-f", str(key)], check=True)
     public_key = (work / "id_ed25519.pub").read_text().strip()
     nodes = [(f"etcd{i:02d}", f"{SUBNET}.{i}", f"52:54:00:e2:00:{i:02x}") for i in range(1, NODES + 1)]
-    (work / "cluster.yaml").write_text(spec_text(public_key, nodes, bundle, url, data_disk))
+    (work / "cluster.yaml").write_text(spec_text(public_key, nodes, bundle, url, data_disk, ntp, clients))
     assert _cli.main(["build", "--spec", str(work / "cluster.yaml"), "--out", str(work / "out")]) == 0
     spec, _ = load_spec((work / "cluster.yaml").read_text(), base_dir=work)
     root = work / "out" / "e2e"
     image = guest_image(suite)
-    with netns.TestNet("e2e", HUB_IP, 24) as net, open(work / "http.log", "wb") as http_log:
-        server = None
+    with netns.TestNet("e2e", HUB_IP, 24) as net, open(work / "http.log", "wb") as http_log, \
+            open(work / "chronyd.log", "wb") as clock_log:
+        server = clock = None
         if url:
             served = work / "served"
             served.mkdir()
@@ -328,7 +353,8 @@ def booted_lab(work: Path, bundle: Path, suite: str = "bookworm", url: str | Non
         print(f"\ne2e: {suite} guests, accelerator {accel}")
         vms = [VM(name, mac, ip, overlay(image, work / f"{name}.qcow2"), root / name / "seed.iso",
                   work / f"{name}.console", net.add_tap(f"tap{i}"), cdrom=cdrom,
-                  data_disk=blank_disk(work / f"{name}-data.qcow2") if data_disk else None)
+                  data_disk=blank_disk(work / f"{name}-data.qcow2") if data_disk else None,
+                  rtc_behind_s=CLOCK_BEHIND_S if ntp else 0)
                for i, (name, ip, mac) in enumerate(nodes, start=1)]
         lab = Lab(net=net, spec=spec, pki=root / "pki", key=key, image=image, accel=accel, vms=vms,
                   work=work)
@@ -342,6 +368,13 @@ def booted_lab(work: Path, bundle: Path, suite: str = "bookworm", url: str | Non
                       + ", ".join(f"{name} at {at:.0f} s" for name, at in sorted(cut.items())))
                 for vm in vms:
                     vm.start(net, image, accel)
+            if ntp:
+                waiting = wait_for("a node's clock step to wait for the time server",
+                                   lambda: any(CLOCK_WAITING in v.console_text() for v in vms), BOOT_TIMEOUT_S, vms)
+                clock = time_server(net, work, clock_log)
+                print(f"bench: {suite}: time server started {waiting - start:.0f} s after power-on, when "
+                      + ", ".join(v.name for v in vms if CLOCK_WAITING in v.console_text()) + " waited for it")
+
             def is_healthy() -> bool:
                 for vm in vms:
                     vm.poll_finished()
@@ -358,9 +391,10 @@ def booted_lab(work: Path, bundle: Path, suite: str = "bookworm", url: str | Non
         finally:
             for vm in [*vms, *lab.extra]:
                 vm.kill()
-            if server is not None:
-                server.terminate()
-                server.wait(timeout=10)
+            for daemon in (server, clock):
+                if daemon is not None:
+                    daemon.terminate()
+                    daemon.wait(timeout=10)
 
 
 def node_state(lab: Lab, vm: VM) -> dict[str, str]:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from generator import external
 from tests.helpers.cli import build
+from tests.helpers.parsers import SYSTEM_PYTHON
 
 CLOUD_INIT = shutil.which("cloud-init")
 pytestmark = pytest.mark.skipif(CLOUD_INIT is None, reason="cloud-init is missing; make test installs it")
@@ -73,3 +77,20 @@ def test_one_schema_process_agrees_with_the_command(root: Path, tmp_path: Path) 
     batch = external.cloud_init_schema(paths)
     assert [batch[p] is None for p in paths] == [schema(p).returncode == 0 for p in paths] == [True, True, False]
     assert "permissions" in (batch[broken] or "")
+
+
+def test_cloud_init_writes_the_crl_as_its_bytes(root: Path, tmp_path: Path) -> None:
+    """The seed carries pki/crl.der (DER, not text) as base64; Debian's real cloud-init write_files module writes
+    the staged file with exactly the CRL's bytes, whose sha256 the install step checks. Only the paths are moved
+    under tmp_path; the entry is the one user-data carries."""
+    user_data = yaml.safe_load((root / "etcd01" / "user-data").read_text())
+    entry = next(e for e in user_data["write_files"] if e["path"].endswith("/crl.der"))
+    script = ("import json, sys\nfrom cloudinit.config import cc_write_files\n"
+              "cc_write_files.write_files('write_files', json.load(sys.stdin), 'root:root')\n")
+    target = tmp_path / "crl.der"
+    subprocess.run([SYSTEM_PYTHON, "-c", script], input=json.dumps([{**entry, "path": str(target)}]), text=True,
+                   check=True, capture_output=True)
+    expected = (root / "pki" / "crl.der").read_bytes()
+    assert target.read_bytes() == expected
+    install = next(e for e in user_data["write_files"] if e["path"].endswith("/etcd-seed-install"))["content"]
+    assert f"{hashlib.sha256(expected).hexdigest()}  crl.der\n" in install

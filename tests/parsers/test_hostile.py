@@ -32,7 +32,8 @@ HOSTILE = ["\n", "\r", "\x85", "\u2028", "\u2029", "\x0b", "\x0c", "\x00", "\t",
            "$(", ";", "&", "|", "#", "%", "{", "}", "[", "]", ",", ":", "- ", "*", "!", "@", "=", "\ufeff", "\u0661"]
 BASE: dict[str, Any] = {
     "cluster": {"name": "demo", "domain": "example.com"},
-    "network": {"prefix": 24, "gateway": "10.8.0.254", "dns": ["10.8.0.254"], "search": ["example.com"]},
+    "network": {"prefix": 24, "gateway": "10.8.0.254", "dns": ["10.8.0.254"], "search": ["example.com"],
+                "ntp": {"servers": ["10.8.0.254", "ntp1.example.com"], "pools": ["pool.example.com"]}},
     "nodes": [{"name": "etcd01", "ip": "10.8.0.1", "mac": "52:54:00:00:00:01", "fqdn": "etcd01.example.com"},
               {"name": "etcd02", "ip": "10.8.0.2", "mac": "52:54:00:00:00:02"}],
     "etcd": {"version": "3.5.1", "url": "https://dl.example/etcd.tgz?a=1&b=2", "sha256": "a" * 64,
@@ -48,6 +49,7 @@ BASE: dict[str, Any] = {
                 {"name": "metrics", "use": "prometheus", "dir": "/srv/prom-etcd"}],
 }
 FIELDS = ["cluster.name", "cluster.domain", "network.gateway", "network.dns.0", "network.search.0",
+          "network.ntp.servers.0", "network.ntp.servers.1", "network.ntp.pools.0",
           "nodes.0.name", "nodes.0.ip", "nodes.0.mac", "nodes.0.fqdn", "nodes.1.name", "etcd.version", "etcd.url",
           "etcd.sha256", "etcd.token", "etcd.data_device", "flannel.network", "flannel.backend", "admin.name",
           "admin.ssh_authorized_keys.0", "admin.password_hash", "etcd.auto_compaction_retention",
@@ -55,10 +57,11 @@ FIELDS = ["cluster.name", "cluster.domain", "network.gateway", "network.dns.0", 
           "clients.1.o", "clients.3.name", "clients.3.dir",
           "clients.2.name", "clients.2.cn"]
 USER_DATA_KEYS = {"hostname", "fqdn", "manage_etc_hosts", "ssh_pwauth", "ssh_deletekeys", "ssh_keys", "groups",
-                  "users", "write_files", "runcmd"}
+                  "users", "write_files", "runcmd", "ntp"}
 WRITE_FILES = {f"{PATHS.staged}/{name}" for name in (
-    "ca.crt", "etcd.crt", "etcd.key", "options.env", "etcd.service", "member.json", "etcd-seed-promote.service",
-    "etcd-seed-boot.service", "etcd-seed-member", "etcd-backup.service", "etcd-backup.timer",
+    "ca.crt", "etcd.crt", "etcd.key", "crl.der", "options.env", "etcd.service", "member.json",
+    "etcd-seed-promote.service",
+    "etcd-seed-boot.service", "etcd-seed-clock.service", "etcd-seed-member", "etcd-backup.service", "etcd-backup.timer",
     "etcd-seed-backup", "etcd-defrag.service", "etcd-defrag.timer")} | {PATHS.install_bin}
 FLANNEL_FILES = {f"{PATHS.staged}/etcd-flannel-config", f"{PATHS.staged}/etcd-flannel-config.service"}
 
@@ -124,6 +127,9 @@ def check_outputs(spec: Spec, rendered: dict[str, SeedFiles], tmp: Path,
             assert admin.get("ssh_authorized_keys", []) == list(spec.admin.ssh_authorized_keys)
             assert admin.get("passwd") == spec.admin.password_hash
         assert user_data["runcmd"] == [["/usr/local/sbin/etcd-seed-install"]]
+        assert spec.network.ntp is not None
+        assert user_data["ntp"] == {"enabled": True, "ntp_client": "auto", "servers": list(spec.network.ntp.servers),
+                                    "pools": list(spec.network.ntp.pools)}
         meta = yaml.safe_load(texts["meta-data"])
         assert meta == {"instance-id": rendered[node.name].instance_id, "local-hostname": node.name}
         network = yaml.safe_load(texts["network-config"])

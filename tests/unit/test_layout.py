@@ -40,7 +40,7 @@ def test_reserved_names_are_the_stems_of_the_trees_own_files() -> None:
     """A node or client may not take the name of a file the build writes for itself (the drift that reserved
     'known-hosts' while the file is known_hosts cannot come back: the set is derived)."""
     assert {"admin", "ca", "ca-next", "ca-bundle", "rotation", "pending", "sealed", "etcdctl", "manifest",
-            "known_hosts", "pki", "clients"} == layout.RESERVED_NAMES
+            "known_hosts", "pki", "clients", "crl"} == layout.RESERVED_NAMES
     for path in layout.PKI_FILES:
         assert path.rsplit("/", 1)[1].split(".")[0] in layout.RESERVED_NAMES
 
@@ -62,8 +62,8 @@ def test_key_files_are_secret(path: str) -> None:
         assert layout.key_file(layout.key_name(path) or "") == path
 
 
-SECTIONS = ("", "cluster", "network", "nodes.0", "etcd", "etcd.restore", "backup", "pki", "pki.ca", "pki.ca_next",
-            "clients.0", "flannel", "admin")
+SECTIONS = ("", "cluster", "network", "network.ntp", "nodes.0", "etcd", "etcd.restore", "backup", "pki", "pki.ca",
+            "pki.ca_next", "clients.0", "flannel", "admin")
 
 
 def _known_keys() -> dict[str, set[str]]:

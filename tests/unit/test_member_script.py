@@ -12,6 +12,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -157,3 +158,57 @@ def test_an_active_nospace_alarm_makes_any_free_page_worth_it() -> None:
 
 def test_sizes_below_a_mebibyte_read_in_kibibytes() -> None:
     assert [member.mib(n) for n in (20480, MIB, 15 * MIB + MIB // 2)] == ["20 KiB", "1.0 MiB", "15.5 MiB"]
+
+
+def test_clock_wait_ends_when_the_kernel_says_synchronised(capsys: pytest.CaptureFixture[str]) -> None:
+    answers = iter([False, False, True])
+    assert member.wait_for_clock(30, synchronised=lambda: next(answers), pause_s=0.01) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "etcd-seed: clock: not synchronised yet; waiting up to 30 s for the time servers in network.ntp"
+    assert lines[1].startswith("etcd-seed: clock: synchronised after 0 s; now ") and len(lines) == 2
+    with pytest.raises(StopIteration):
+        next(answers)  # asked exactly three times: it stopped at the first yes
+
+
+def test_clock_wait_is_bounded_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    asked: list[float] = []
+
+    def never() -> bool:
+        asked.append(time.monotonic())
+        return False
+
+    assert member.wait_for_clock(1, synchronised=never, pause_s=0.05) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    assert lines[1].startswith("etcd-seed: WARNING: clock: not synchronised after 1 s; starting anyway")
+    assert len(asked) > 2
+
+
+def test_clock_wait_without_time_servers_or_a_readable_clock(capsys: pytest.CaptureFixture[str]) -> None:
+    assert member.wait_for_clock(0, synchronised=lambda: pytest.fail("asked without network.ntp")) == 0
+    assert capsys.readouterr().err == "etcd-seed: clock: no time servers in the seed (network.ntp); not waiting\n"
+
+    def broken() -> bool:
+        raise OSError(1, "Operation not permitted")
+
+    assert member.wait_for_clock(5, synchronised=broken) == 0
+    assert capsys.readouterr().err.startswith("etcd-seed: WARNING: clock: cannot read the kernel's clock state")
+
+
+def test_clock_reads_this_kernel(tmp_path: Path) -> None:
+    """The real adjtimex(2): the maximum error lies within the kernel's 16 s cap, and at the cap the kernel has also
+    set STA_UNSYNC (it sets both together), which a struct laid out wrong would not show. Then the `clock` step as
+    the unit runs it, with a 1 s bound, ends with a line that agrees with this kernel's state."""
+    timex = member.Timex()
+    libc = member.ctypes.CDLL(None, use_errno=True)
+    assert libc.adjtimex(member.ctypes.byref(timex)) >= 0
+    assert 0 <= timex.maxerror <= member.UNSYNCED_MAXERROR_US
+    if timex.maxerror == member.UNSYNCED_MAXERROR_US:
+        assert timex.status & 0x40, hex(timex.status)  # STA_UNSYNC
+    (tmp_path / "etc/etcd").mkdir(parents=True)
+    (tmp_path / "etc/etcd/member.json").write_text('{"name": "etcd01", "clock_wait_s": 1}')
+    done = subprocess.run([sys.executable, str(SCRIPT), "clock"], env={"ETCD_SEED_ROOT": str(tmp_path)},
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    expected = "clock: synchronised" if member.clock_synchronised() else "WARNING: clock: not synchronised after 1 s"
+    assert done.stderr.splitlines()[-1].startswith("etcd-seed: " + expected), done.stderr

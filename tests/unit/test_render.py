@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -40,7 +42,7 @@ def render_all(spec: Spec) -> dict[str, SeedFiles]:
 
 @pytest.fixture(scope="module")
 def example() -> Spec:
-    return parse(spec_yaml() + ADMIN)
+    return parse(spec_yaml(ntp="{servers: [192.168.0.254], pools: [pool.example.com]}") + ADMIN)
 
 
 @pytest.fixture(scope="module")
@@ -84,15 +86,19 @@ def test_seed_files_are_staged_root_only(rendered: dict[str, SeedFiles]) -> None
     files = _files_by_path(data)
     staged = {p for p in files if p.startswith(f"{PATHS.staged}/")}
     assert staged == {f"{PATHS.staged}/{n}" for n in ("ca.crt", "etcd.crt", "etcd.key", "options.env", "etcd.service",
-                                                      "etcd-flannel-config.service", "member.json",
+                                                      "etcd-flannel-config.service", "member.json", "crl.der",
                                                       "etcd-seed-promote.service", "etcd-backup.service",
                                                       "etcd-backup.timer", "etcd-seed-boot.service",
-                                                      "etcd-defrag.service", "etcd-defrag.timer",
+                                                      "etcd-seed-clock.service", "etcd-defrag.service",
+                                                      "etcd-defrag.timer",
                                                       "etcd-seed-member", "etcd-seed-backup", "etcd-flannel-config")}
     assert all(files[p]["owner"] == "root:root" and files[p]["permissions"] == "0600" for p in staged)
     assert set(files) - staged == {PATHS.install_bin}
     assert files[f"{PATHS.staged}/etcd.key"]["content"] == fake_pem("etcd01").key_pem.decode()
     assert files[f"{PATHS.staged}/etcd.crt"]["content"] == fake_pem("etcd01").chain_pem.decode()
+    # The CRL is DER, not text: cloud-init decodes it from base64 and writes its bytes as they are.
+    crl = files[f"{PATHS.staged}/crl.der"]
+    assert crl["encoding"] == "b64" and base64.b64decode(crl["content"]) == fake_pem("etcd01").crl_der
 
 
 def test_install_step_carries_the_sha256_of_every_staged_file(rendered: dict[str, SeedFiles]) -> None:
@@ -105,9 +111,10 @@ def test_install_step_carries_the_sha256_of_every_staged_file(rendered: dict[str
                     script.split("<<'SUMS'\n", 1)[1].split("\nSUMS\n", 1)[0].splitlines())
         assert set(sums) == {p.rsplit("/", 1)[1] for p in files if p.startswith(f"{PATHS.staged}/")}
         for name, digest in sums.items():
-            content = files[f"{PATHS.staged}/{name}"]["content"]
-            if "withheld from review" not in content:
-                assert hashlib.sha256(content.encode()).hexdigest() == digest, name
+            entry = files[f"{PATHS.staged}/{name}"]
+            data = base64.b64decode(entry["content"]) if entry.get("encoding") == "b64" else entry["content"].encode()
+            if b"withheld from review" not in data:
+                assert hashlib.sha256(data).hexdigest() == digest, name
     assert _files_by_path(yaml.safe_load(rendered["etcd01"].texts["user-data"]))[PATHS.install_bin] == \
         _files_by_path(yaml.safe_load(rendered["etcd01"].texts["user-data.redacted"]))[PATHS.install_bin]
 
@@ -133,7 +140,8 @@ def test_unit_and_options_match_the_seed_and_cis(rendered: dict[str, SeedFiles])
     assert env["ETCD_INITIAL_CLUSTER_STATE"] == "new"
     assert all(value.startswith("https://") for key, value in env.items() if key.endswith("_URLS"))
     unit = rendered["etcd01"].texts["etcd.service"]
-    for line in ("Type=notify", "After=network-online.target", "Wants=network-online.target",
+    for line in ("Type=notify", "After=network-online.target time-sync.target etcd-seed-clock.service",
+                 "Wants=network-online.target etcd-seed-clock.service",
                  "Restart=always", "LimitNOFILE=40000", "User=etcd"):
         assert f"\n{line}\n" in unit
 
@@ -238,3 +246,32 @@ def test_units_pass_systemd_verify(rendered: dict[str, SeedFiles], tmp_path: Pat
     boot = (root / "etc/systemd/system/etcd-seed-boot.service").read_text()
     assert "\nBefore=etcd.service " in boot and "\nWantedBy=etcd.service\n" in boot
     assert f"\nExecStart={PATHS.install_bin} --boot\n" in boot
+
+
+def _unit_values(text: str, key: str) -> list[str]:
+    """Every value of `key` in a unit file, split on spaces as systemd splits dependency lists."""
+    return [word for line in text.splitlines() if line.startswith(f"{key}=") for word in line[len(key) + 1:].split()]
+
+
+def test_time_sync_holds_etcd_and_backups_for_a_bounded_wait(rendered: dict[str, SeedFiles]) -> None:
+    """With network.ntp, cloud-init's ntp module gets the servers, and etcd and the backup start only after
+    etcd-seed-clock.service, which waits at most wait_seconds (systemd gives it 30 s more before it kills it)."""
+    texts = rendered["etcd01"].texts
+    data = yaml.safe_load(texts["user-data"])
+    assert data["ntp"] == {"enabled": True, "ntp_client": "auto", "servers": ["192.168.0.254"],
+                           "pools": ["pool.example.com"]}
+    files = _files_by_path(data)
+    clock = files[f"{PATHS.staged}/etcd-seed-clock.service"]["content"]
+    assert _unit_values(clock, "ExecStart") == [PATHS.member_bin, "clock"]
+    assert {"time-sync.target", "etcd.service", "etcd-backup.service"} <= set(_unit_values(clock, "Before"))
+    assert {"systemd-timesyncd.service", "chrony.service"} <= set(_unit_values(clock, "After"))
+    assert _unit_values(clock, "TimeoutStartSec") == ["90s"] and _unit_values(clock, "User") == ["etcd"]
+    for unit in (texts["etcd.service"], files[f"{PATHS.staged}/etcd-backup.service"]["content"]):
+        assert "etcd-seed-clock.service" in _unit_values(unit, "Wants")
+        assert {"etcd-seed-clock.service", "time-sync.target"} <= set(_unit_values(unit, "After"))
+    member = json.loads(files[f"{PATHS.staged}/member.json"]["content"])
+    assert member["clock_wait_s"] == 60
+    without = render_all(parse(spec_yaml()))["etcd01"].texts
+    data = yaml.safe_load(without["user-data"])
+    assert "ntp" not in data
+    assert json.loads(_files_by_path(data)[f"{PATHS.staged}/member.json"]["content"])["clock_wait_s"] == 0

@@ -1,0 +1,162 @@
+"""Revocation as the build writes it: pki/crl.der, read back by a real `openssl crl` and `openssl verify -crl_check`,
+the manifest's record, what revokes and what does not (renewal keeps the key), and verify on a CRL that lies."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from tests.helpers.cli import assert_refused, build, run, set_spec, verify
+
+CLIENTS = "clients:\n  - {name: flannel, use: flannel}\n  - {name: reader}\netcd:\n"
+
+
+def _manifest(workdir: Path) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((workdir / "out/demo/manifest.json").read_text())
+    return document
+
+
+def _serial(workdir: Path, name: str) -> str:
+    serial: str = _manifest(workdir)["certificates"][f"pki/{name}.crt"]["serial"]
+    return serial
+
+
+def _delete_as_told(workdir: Path, name: str) -> None:
+    """What the build's note tells the operator to delete once a client is no longer in use."""
+    for path in [*(workdir / "out/demo/clients").glob(f"{name}.*"), *(workdir / "out/demo/pki").glob(f"{name}.*")]:
+        path.unlink()
+
+
+def _crl_check(workdir: Path, name: str, cert: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`openssl verify -crl_check` of a certificate against the CA and the build's CRL (PEM-converted: -CRLfile reads
+    PEM only)."""
+    pki = workdir / "out/demo/pki"
+    pem = workdir / "crl.pem"
+    subprocess.run(["openssl", "crl", "-inform", "DER", "-in", str(pki / "crl.der"), "-out", str(pem)], check=True)
+    return subprocess.run(["openssl", "verify", "-crl_check", "-CAfile", str(pki / "ca.crt"), "-CRLfile", str(pem),
+                           str(cert or pki / f"{name}.crt")], capture_output=True, text=True, check=False)
+
+
+def test_every_build_writes_a_crl_that_openssl_reads(workdir: Path) -> None:
+    assert build(workdir)[0] == 0
+    text = subprocess.run(["openssl", "crl", "-inform", "DER", "-in", str(workdir / "out/demo/pki/crl.der"), "-noout",
+                           "-text"], capture_output=True, text=True, check=True).stdout
+    assert "Issuer: CN = demo etcd CA, O = example.com" in text and "No Revoked Certificates." in text
+    assert "X509v3 CRL Number:" in text
+    assert _crl_check(workdir, "etcd01").returncode == 0
+    assert "revoked" not in _manifest(workdir)
+
+
+def test_revoked_client_goes_on_the_crl_and_stays_there(workdir: Path) -> None:
+    set_spec(workdir, "etcd:\n", CLIENTS)
+    assert build(workdir)[0] == 0
+    serial = _serial(workdir, "reader")
+    kept = workdir / "reader.crt"
+    kept.write_bytes((workdir / "out/demo/pki/reader.crt").read_bytes())
+    set_spec(workdir, "  - {name: reader}\n", "  - {name: reader, revoked: true}\n")
+    code, out, err = build(workdir)
+    assert code == 0, err
+    assert f"reader: its certificate (serial {serial}, " in out and "is revoked (revoked in the spec)" in out
+    checked = _crl_check(workdir, "reader", kept)
+    assert checked.returncode != 0 and "certificate revoked" in checked.stdout + checked.stderr, checked
+    assert _crl_check(workdir, "flannel").returncode == 0 and _crl_check(workdir, "etcd02").returncode == 0
+    revoked = _manifest(workdir)["revoked"]
+    assert revoked == [{"serial": serial, "name": "reader", "not_after": revoked[0]["not_after"],
+                        "revoked_at": revoked[0]["revoked_at"], "reason": "revoked in the spec"}]
+    assert "pki/reader.crt" not in _manifest(workdir)["certificates"]
+    assert "client reader is no longer in use: delete clients/reader.etcdctl.env, pki/reader.key and " in out
+    _delete_as_told(workdir, "reader")
+    # A later build keeps it on the list and the CRL as it is; verify agrees with the tree.
+    crl = (workdir / "out/demo/pki/crl.der").read_bytes()
+    code, out, _ = build(workdir)
+    assert code == 0 and "(nothing changed)" in out and "is revoked" not in out
+    assert (workdir / "out/demo/pki/crl.der").read_bytes() == crl
+    assert verify(workdir)[0] == 0
+
+
+def test_renewal_revokes_nothing_and_a_new_key_revokes_the_old_certificate(workdir: Path) -> None:
+    assert build(workdir)[0] == 0
+    old = _serial(workdir, "etcd02")
+    code, out, err = run("build", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"), "--renew")
+    assert code == 0 and "revoked" not in out and "revoked" not in _manifest(workdir), out
+    assert _serial(workdir, "etcd02") != old
+    renewed = _serial(workdir, "etcd02")
+    code, out, err = run("build", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"),
+                         "--rekey", "etcd02")
+    assert code == 0, err
+    assert f"etcd02: its certificate (serial {renewed}, " in out and "(replaced by a new key)" in out
+    assert "(1. etcd02; 2. etcd01; 3. etcd03)" in out  # the rekeyed node is rolled first
+    assert [r["serial"] for r in _manifest(workdir)["revoked"]] == [renewed]
+
+
+def test_expired_entries_leave_the_crl(workdir: Path) -> None:
+    """An entry whose certificate has expired is dropped: an expired certificate is refused anyway."""
+    set_spec(workdir, "etcd:\n", CLIENTS)
+    assert build(workdir)[0] == 0
+    set_spec(workdir, "  - {name: reader}\n", "  - {name: reader, revoked: true}\n")
+    assert build(workdir)[0] == 0
+    document = _manifest(workdir)
+    document["revoked"][0]["not_after"] = "2020-01-01T00:00:00Z"
+    (workdir / "out/demo/manifest.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    assert build(workdir)[0] == 0
+    assert "revoked" not in _manifest(workdir)
+    assert "No Revoked Certificates." in subprocess.run(
+        ["openssl", "crl", "-inform", "DER", "-in", str(workdir / "out/demo/pki/crl.der"), "-noout", "-text"],
+        capture_output=True, text=True, check=True).stdout
+
+
+def _resign_crl(workdir: Path, serials: list[int], key_path: Path | None = None) -> None:
+    pki = workdir / "out/demo/pki"
+    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    key = serialization.load_pem_private_key((key_path or pki / "ca.key").read_bytes(), None)
+    now = dt.datetime.now(dt.UTC)
+    builder = x509.CertificateRevocationListBuilder().issuer_name(ca.subject).last_update(now) \
+        .next_update(now + dt.timedelta(days=30)).add_extension(x509.CRLNumber(9), critical=False)
+    for serial in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build())
+    (pki / "crl.der").write_bytes(builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))  # type: ignore[arg-type]
+
+
+def test_verify_finds_a_crl_that_drops_an_entry_or_is_signed_by_another_key(workdir: Path, tmp_path: Path) -> None:
+    """A CRL re-signed by the real CA without the revoked serial (a revoked client let back in) fails verify, as does
+    one signed by another key; a build puts the right one back."""
+    set_spec(workdir, "etcd:\n", CLIENTS)
+    assert build(workdir)[0] == 0
+    set_spec(workdir, "  - {name: reader}\n", "  - {name: reader, revoked: true}\n")
+    assert build(workdir)[0] == 0
+    _delete_as_told(workdir, "reader")
+    assert verify(workdir)[0] == 0
+    _resign_crl(workdir, [])
+    code, _, err = verify(workdir)
+    assert code == 1 and "error: pki/crl.der: does not list what manifest.json's revoked lists: missing " in err, err
+    other = tmp_path / "other.key"
+    other.write_bytes(subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+                                     capture_output=True, check=True).stdout)
+    _resign_crl(workdir, [int(_manifest(workdir)["revoked"][0]["serial"], 16)], other)
+    code, _, err = verify(workdir)
+    assert code == 1 and "error: pki/crl.der: missing, or not a DER CRL signed by O=example.com,CN=demo etcd CA" in err
+    assert build(workdir)[0] == 0
+    code, _, err = verify(workdir)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(("setting", "field", "expected"), [
+    ("  - {name: reader, revoked: 'yes'}\n", "clients.1.revoked", "must be true or false"),
+    ("  - {name: reader, revoked: 1}\n", "clients.1.revoked", "must be true or false"),
+], ids=["string", "number"])
+def test_bad_revoked_is_refused(workdir: Path, setting: str, field: str, expected: str) -> None:
+    set_spec(workdir, "etcd:\n", CLIENTS.replace("  - {name: reader}\n", setting))
+    assert expected in assert_refused(workdir, field)
+
+
+def test_revoked_on_a_node_is_refused(workdir: Path) -> None:
+    set_spec(workdir, "{name: etcd02, ", "{name: etcd02, revoked: true, ")
+    assert "unknown key" in assert_refused(workdir, "nodes.1.revoked")
