@@ -23,7 +23,7 @@ from typing import BinaryIO
 import jinja2
 from cryptography import x509
 
-from . import certs, fastpath, fs, hostkeys, keygen, layout, manifest, notes, revocation, rotation, sealed
+from . import auth, certs, fastpath, fs, hostkeys, keygen, layout, manifest, notes, revocation, rotation, sealed
 from .errors import GeneratorError, MaterialError, OutputError, printable
 from .etcd import Bundle, Version
 from .inputs import (
@@ -358,6 +358,7 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
                     key=lambda name: name not in rekeyed)
     said = notes.membership(spec, inputs.previous, built, replacing)
     said += notes.revocation(revoked, inputs.previous.revoked)
+    said += notes.auth(spec, inputs.previous)
     said += [change] if change else []
     said += [notes.rolling_order(reseed)] if reseed else []
     rotation_note = notes.rotation(phase, phase is not inputs.rotation.phase)
@@ -390,6 +391,7 @@ def _preflight(spec: Spec, inputs: Inputs, epoch: int | None, options: Options) 
     if spec.etcd.restore is not None:
         assert inputs.snapshot is not None  # noqa: S101 - load_sources reads it with the spec
         spec = spec.with_snapshot(inputs.snapshot.sha256)
+    spec = spec.with_auth(auth.decide(spec, inputs.previous.format != 0, inputs.previous.auth_enabled))
     return spec, change
 
 
@@ -420,7 +422,7 @@ def _manifest(spec: Spec, inputs: Inputs, files: list[PlannedFile], pki: PkiStat
         certificates(pki),
         replaced={n.name: public_keys[n.name] for n in spec.nodes if n.replace},
         restore={"sha256": inputs.snapshot.sha256, "size": len(inputs.snapshot.data)} if inputs.snapshot else None,
-        revoked=revoked)
+        revoked=revoked, auth_enabled=spec.auth.enabled)
 
 
 def _const(data: bytes) -> Callable[[], bytes]:

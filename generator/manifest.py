@@ -91,11 +91,13 @@ class Manifest:
     replaced: Mapping[str, str] = field(default_factory=dict)  # node -> public key its replacement got
     restore_sha256: str | None = None
     revoked: tuple[Revoked, ...] = ()  # what pki/crl.der lists
+    auth_enabled: bool | None = None  # whether the build turned etcd's auth on; None before auth was managed
 
 
 def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], files: Mapping[str, FileEntry],
                     certs: Mapping[str, x509.Certificate], replaced: Mapping[str, str] | None = None,
-                    restore: Mapping[str, Any] | None = None, revoked: tuple[Revoked, ...] = ()) -> bytes:
+                    restore: Mapping[str, Any] | None = None, revoked: tuple[Revoked, ...] = (),
+                    auth_enabled: bool | None = None) -> bytes:
     """The manifest for one cluster: every file's sha256 and mode, and each certificate's facts.
 
     Args:
@@ -107,6 +109,7 @@ def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], 
         replaced: for each node marked replace, the public key sha256 its replacement was given.
         restore: sha256 and size of the snapshot the seeds restore from.
         revoked: the certificates pki/crl.der lists.
+        auth_enabled: whether the seeds turn etcd's authentication on.
     """
     table = {}
     for path, entry in files.items():
@@ -130,6 +133,8 @@ def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], 
         document["restore"] = dict(restore)
     if revoked:
         document["revoked"] = [dataclasses.asdict(r) for r in revoked]
+    if auth_enabled is not None:
+        document["auth"] = {"enabled": auth_enabled}
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -176,9 +181,13 @@ def parse_manifest(data: bytes | None, source: str = NAME) -> Manifest:
     revoked = document.get("revoked", [])
     if not isinstance(revoked, list):
         raise OutputError(f"{source}: revoked: must be a list")
+    auth = document.get("auth", {})
+    auth_enabled = auth.get("enabled") if isinstance(auth, dict) else None
+    if not isinstance(auth, dict) or not isinstance(auth_enabled, bool | None):
+        raise OutputError(f"{source}: auth.enabled: must be true or false")
     return Manifest(format=fmt, files=entries, certificates=records, bundle_sha256=bundle_sha,
                     etcd_version=version if isinstance(version, str) else None, replaced=replaced,
-                    restore_sha256=restore_sha,
+                    restore_sha256=restore_sha, auth_enabled=auth_enabled,
                     revoked=tuple(_revoked(row, f"{source}: revoked.{i}") for i, row in enumerate(revoked)))
 
 

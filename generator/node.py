@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import auth
 from .etcd import CLIENT_PORT, PEER_PORT
 
 if TYPE_CHECKING:  # the spec reads PATHS when it checks backup.dir
@@ -48,6 +49,7 @@ class Paths:
     restoring: str = "/var/lib/etcd-seed/restoring"  # present while a restore moves its files into place
     boot_unit: str = "/etc/systemd/system/etcd-seed-boot.service"  # converges to the seed before etcd starts
     clock_unit: str = "/etc/systemd/system/etcd-seed-clock.service"  # waits, bounded, for a synchronised clock
+    auth_unit: str = "/etc/systemd/system/etcd-seed-auth.service"  # the first node: users, roles, auth on
     install_bin: str = "/usr/local/sbin/etcd-seed-install"
     flannel_bin: str = "/usr/local/sbin/etcd-flannel-config"
 
@@ -90,6 +92,8 @@ def member_config(spec: Spec, node: Node) -> dict[str, object]:
         "client_url": client_url(node),
         # Only a joining member asks its peers anything; a founder's seed must not change when one joins.
         "peers": [client_url(n) for n in spec.nodes if n != node] if node.joins else [],
+        # With auth on, a joining member's user must exist before it adds itself: this node creates it.
+        **({"auth_by": spec.nodes[0].name} if node.joins else {}),
         "etcdctl": f"{PATHS.bin}/etcdctl",
         "ca": PATHS.ca, "cert": PATHS.cert, "key": PATHS.key,
         "data_dir": PATHS.data_dir, "wal_dir": PATHS.wal_dir,
@@ -102,6 +106,8 @@ def member_config(spec: Spec, node: Node) -> dict[str, object]:
         # `etcd-seed-member defrag`: when reclaiming the free pages of the database file is worth a pause.
         "defrag": {"min_free_percent": spec.defrag.min_free_percent, "near_quota_percent": NEAR_QUOTA_PERCENT,
                    "quota_bytes": spec.etcd.quota_backend_bytes},
+        # Only the node that applies them: the other founders' seeds do not change when a consumer or node does.
+        **({"auth": auth.grants(spec).to_json()} if applies_auth(spec, node) else {}),
     }
 
 
@@ -190,6 +196,11 @@ def defrags(spec: Spec, node: Node) -> bool:
     return spec.defrag.enabled
 
 
+def applies_auth(spec: Spec, node: Node) -> bool:
+    """The first node applies etcd's users, roles and grants, and turns auth on, once the cluster has quorum."""
+    return node == spec.nodes[0]
+
+
 def writes_flannel_config(spec: Spec, node: Node) -> bool:
     """The first founder writes flannel's network config once the cluster has quorum."""
     return node == spec.nodes[0] and spec.flannel is not None
@@ -237,6 +248,7 @@ STAGED_FILES = (
     StagedFile("etcd-backup.timer", "etcd-backup.timer.j2", PATHS.backup_timer, "644", when=backs_up),
     StagedFile("etcd-defrag.service", "etcd-defrag.service.j2", PATHS.defrag_unit, "644", when=defrags),
     StagedFile("etcd-defrag.timer", "etcd-defrag.timer.j2", PATHS.defrag_timer, "644", when=defrags),
+    StagedFile("etcd-seed-auth.service", "etcd-seed-auth.service.j2", PATHS.auth_unit, "644", when=applies_auth),
     StagedFile("etcd-flannel-config", "flannel-config.sh.j2", PATHS.flannel_bin, "755", when=writes_flannel_config),
     StagedFile("etcd-flannel-config.service", "flannel-config.service.j2", PATHS.flannel_unit, "644",
                when=writes_flannel_config),

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from . import layout
+from .auth import table as auth_table
 from .errors import printable
 from .etcd import Version, VersionChange
 from .node import peer_url
@@ -40,8 +41,10 @@ def membership(spec: Spec, previous: Manifest, built: set[str], replacing: froze
                          f"removes its stale member entry while the others keep quorum, joins as a learner and "
                          f"promotes itself (journalctl -u etcd -u etcd-seed-promote shows each step); {manual}")
         elif node.join and node.name not in built:
-            notes.append(f"{node.name} joins the running cluster by itself: boot it from its seed; it adds itself "
-                         f"as a learner and promotes itself once it has caught up; {manual}")
+            first = (f"re-seed {spec.nodes[0].name} first, which creates {node.name}'s etcd user (it waits for it "
+                     "otherwise); then " if spec.auth.on else "")
+            notes.append(f"{node.name} joins the running cluster by itself: {first}boot it from its seed; it adds "
+                         f"itself as a learner and promotes itself once it has caught up; {manual}")
         old = _previous_ips(previous, node.name)
         if node.name in built and node.name not in replacing and old and str(node.ip) not in old:
             notes.append(f"{node.name}'s address changed from {', '.join(old)} to {node.ip}: etcd keeps a member's "
@@ -67,6 +70,21 @@ def membership(spec: Spec, previous: Manifest, built: set[str], replacing: froze
                      "once, then the members form a new cluster (new token and cluster ID); power off every old "
                      "member first, and remove etcd.restore from the spec once the cluster is up")
     return notes
+
+
+def auth(spec: Spec, previous: Manifest) -> list[str]:
+    """What a change of etcd's authentication means for a running cluster."""
+    if previous.format == 0 or previous.auth_enabled == spec.auth.enabled:
+        return []
+    first = spec.nodes[0].name
+    if not spec.auth.on:
+        if previous.auth_enabled is None:
+            return ["auth: off, as this cluster was built before authentication was managed; set auth.enabled: true "
+                    "to give each consumer its own role and turn it on (docs/operations.md#auth)"]
+        return [f"auth: turned off once {first} runs its new seed; every certificate can then read and write every key"]
+    return [f"auth: turned on by {first} once it runs its new seed (the others' seeds do not change for it); from then "
+            "on each consumer can use only its own keys, as 'plan' lists them: check that every consumer has the "
+            "access it needs before you roll"]
 
 
 def revocation(revoked: tuple[Revoked, ...], before: tuple[Revoked, ...]) -> list[str]:
@@ -202,5 +220,6 @@ def plan_report(plan: BuildPlan, root: str) -> tuple[str, str]:
     out.append(f"{root}: {counts[FileStatus.CREATE]} to create, {counts[FileStatus.UPDATE]} to update, "
                f"{counts[FileStatus.MODE]} to chmod, " + (f"{len(plan.deletes)} to delete, " if plan.deletes else "")
                + f"{len(plan.files) - len(changed)} unchanged\n")
+    out += [line + "\n" for line in auth_table(plan.spec)]
     notes, warnings = _notes(plan)
     return "".join(out) + notes, warnings

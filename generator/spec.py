@@ -268,6 +268,62 @@ class ClientUse(StrEnum):
 CLIENT_USES = tuple(u.value for u in ClientUse)
 
 
+class Mode(StrEnum):
+    """What a role may do on its keys: etcd's permission types."""
+
+    READ = "read"
+    WRITE = "write"
+    READWRITE = "readwrite"
+
+
+@dataclass(frozen=True)
+class Access:
+    """One grant of a consumer's role: a key, or every key under a prefix, and the mode."""
+
+    key: str
+    prefix: bool
+    mode: Mode
+
+    def covers(self, other: Access) -> bool:
+        """Whether this grant's keys include some of `other`'s (ranges that overlap)."""
+        if self.prefix and other.prefix:
+            return self.key.startswith(other.key) or other.key.startswith(self.key)
+        if self.prefix:
+            return other.key.startswith(self.key)
+        if other.prefix:
+            return self.key.startswith(other.key)
+        return self.key == other.key
+
+
+# What each consumer needs, when its spec entry names no access of its own (checked on real etcd,
+# tests/etcd/test_auth.py). flannel reads <prefix>/config and leases subnets under <prefix>/subnets/.
+# kube-apiserver keeps everything under --etcd-prefix (/registry) and compacts through a transaction
+# on the unprefixed key compact_rev_key (k8s.io/apiserver pkg/storage/etcd3/compact.go); compaction
+# itself needs no permission. Prometheus scrapes /metrics, which etcd serves outside authentication.
+DEFAULT_ACCESS: dict[ClientUse, tuple[Access, ...]] = {
+    ClientUse.ETCDCTL: (),
+    ClientUse.FLANNEL: (Access("/coreos.com/network/", True, Mode.READWRITE),),
+    ClientUse.KUBE_APISERVER: (Access("/registry/", True, Mode.READWRITE),
+                               Access("compact_rev_key", False, Mode.READWRITE)),
+    ClientUse.PROMETHEUS: (),
+}
+
+
+@dataclass(frozen=True)
+class Auth:
+    """etcd's authentication: users from the certificates' CNs, a role per consumer.
+
+    `enabled` None: the build decides (on for a new cluster, as the previous build had it otherwise).
+    """
+
+    enabled: bool | None = None
+
+    @property
+    def on(self) -> bool:
+        """Whether the seeds turn auth on; undecided (a spec the build has not seen) counts as a new cluster's."""
+        return self.enabled is not False
+
+
 @dataclass(frozen=True)
 class Client:
     """A consumer of the cluster (flannel, kube-apiserver ...) with a clientAuth-only certificate of its own.
@@ -282,6 +338,7 @@ class Client:
     validity_days: int
     dir: str
     revoked: bool = False  # cut off: its last certificate goes on the CRL, and it gets no new one
+    access: tuple[Access, ...] = ()  # its role's grants, once auth is on
 
 
 @dataclass(frozen=True)
@@ -310,6 +367,11 @@ class Spec:
     clients: tuple[Client, ...] = ()  # the consumers in use; a revoked one is only in `revoked`
     defrag: Defrag = Defrag()
     revoked: tuple[str, ...] = ()  # clients marked revoked: true: no certificate, and the last one on the CRL
+    auth: Auth = Auth()
+
+    def with_auth(self, enabled: bool) -> Spec:
+        """This spec with auth.enabled decided."""
+        return dataclasses.replace(self, auth=Auth(enabled=enabled))
 
     def with_snapshot(self, sha256: str) -> Spec:
         """This spec with its restore snapshot's sha256 filled in."""
@@ -411,7 +473,7 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
         raise SpecError(f"{where}: not valid YAML: {problem}") from None
     errs = _Errors()
     top = _mapping(raw, "", errs, required=("cluster", "network", "nodes", "etcd"),
-                   optional=("pki", "flannel", "admin", "backup", "defrag", "clients"))
+                   optional=("pki", "flannel", "admin", "backup", "defrag", "clients", "auth"))
     if top is None:
         raise SpecError(errs.items)
     cluster = _mapping(top.get("cluster"), "cluster", errs, required=("name", "domain"))
@@ -428,6 +490,7 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
     backup = _backup(top.get("backup", {}), errs)
     defrag = _defrag(top.get("defrag", {}), len(nodes), errs)
     clients = _clients(top.get("clients", []), nodes, pki, errs)
+    auth = _auth(top.get("auth", {}), errs)
     revoked = tuple(c.name for c in clients if c.revoked)
     clients = [c for c in clients if not c.revoked]
     if network is not None and nodes:
@@ -443,7 +506,7 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
     assert name and domain and network and nodes and etcd and pki and backup and defrag  # noqa: S101 - no errs
     spec = Spec(name=name, domain=domain, network=network, nodes=tuple(nodes), etcd=etcd,
                 pki=pki, flannel=flannel, admin=admin, backup=backup, clients=tuple(clients), defrag=defrag,
-                revoked=revoked)
+                revoked=revoked, auth=auth)
     return spec, errs.warnings
 
 
@@ -903,20 +966,72 @@ def _ca_source(data: Mapping[str, Any], key: str, base_dir: Path, errs: _Errors)
     return CASource(cert=base_dir / cert, key=base_dir / key_file) if cert and key_file else None
 
 
+# An etcd key in a grant: printable ASCII without spaces, so that it reads the same in member.json,
+# on etcdctl's command line and in a log line.
+_KEY = re.compile(r"[!-~]{1,1024}")
+
+
+def _access(value: Any, path: str, errs: _Errors) -> tuple[Access, ...] | None:
+    if not isinstance(value, list):
+        errs.add(path, f"must be a list, got {_kind(value)}")
+        return None
+    grants: list[tuple[str, Access]] = []
+    ok = True
+    for i, item in enumerate(value):
+        where = f"{path}.{i}"
+        data = _mapping(item, where, errs, optional=("key", "prefix", "mode"))
+        if data is None:
+            ok = False
+            continue
+        if ("key" in data) == ("prefix" in data):
+            errs.add(where, "needs exactly one of key (one key) or prefix (every key under it)")
+            ok = False
+            continue
+        field = "prefix" if "prefix" in data else "key"
+        text = data[field]
+        mode = data.get("mode", Mode.READ.value)
+        if not isinstance(text, str) or not _KEY.fullmatch(text):
+            errs.add(f"{where}.{field}", f"{text!r} is not 1-1024 printable ASCII characters without spaces")
+            ok = False
+        elif mode not in [m.value for m in Mode]:
+            errs.add(f"{where}.mode", f"{mode!r} is not one of {', '.join(m.value for m in Mode)}")
+            ok = False
+        else:
+            grant = Access(text, field == "prefix", Mode(mode))
+            clash = next((w for w, g in grants if g.covers(grant)), None)
+            if clash is not None:
+                errs.add(f"{where}.{field}", f"{text!r} overlaps {clash}; give each key one grant")
+                ok = False
+            grants.append((where, grant))
+    return tuple(g for _, g in grants) if ok else None
+
+
+def _auth(value: Any, errs: _Errors) -> Auth:
+    data = _mapping(value, "auth", errs, optional=("enabled",))
+    if data is None or "enabled" not in data:
+        return Auth()
+    return Auth(enabled=_boolean(data, "enabled", "auth", errs, default=True))
+
+
 def _clients(value: Any, nodes: list[Node], pki: Pki | None, errs: _Errors) -> list[Client]:
     if not isinstance(value, list):
         errs.add("clients", f"must be a list, got {_kind(value)}")
         return []
     taken = {n.name: f"node {n.name}" for n in nodes}
     node_names = {n.name for n in nodes}
+    cns: dict[str, str] = {}
     clients = []
     for i, item in enumerate(value):
         path = f"clients.{i}"
         data = _mapping(item, path, errs, required=("name",),
-                        optional=("use", "cn", "o", "validity_days", "dir", "revoked"))
+                        optional=("use", "cn", "o", "validity_days", "dir", "revoked", "access"))
         if data is None:
             continue
         name = _text(data, "name", path, errs, check=_check_label)
+        if name == ROOT_USER:
+            errs.add(f"{path}.name", "'root' is etcd's root role, which the admin and the nodes hold; "
+                     "choose another client name")
+            name = None
         if name is not None and (name in RESERVED_NAMES or name in taken):
             errs.add(f"{path}.name", f"'{name}' is taken by {taken.get(name, 'the build (pki/' + name + '.*)')}; "
                      "choose another client name")
@@ -940,12 +1055,19 @@ def _clients(value: Any, nodes: list[Node], pki: Pki | None, errs: _Errors) -> l
             days = None
         directory = _text(data, "dir", path, errs, default=f"/etc/etcd-client/{name}", check=_check_plain_path)
         revoked = _boolean(data, "revoked", path, errs, default=False)
+        access = _access(data["access"], f"{path}.access", errs) if "access" in data else None
+        if cn is not None and cn in cns:
+            errs.add(f"{path}.cn", f"{cn!r} is also {cns[cn]}'s CN; with etcd auth on, a CN is one etcd user, so each "
+                     "consumer needs its own")
+        elif cn is not None:
+            cns[cn] = path
         if name is None or use not in CLIENT_USES or cn is None or ("o" in data and o is None) or not days \
                 or directory is None:
             continue
         taken[name] = f"clients.{i}"
         clients.append(Client(name=name, use=ClientUse(use), cn=cn, o=o, validity_days=days,
-                              dir=directory.rstrip("/"), revoked=revoked))
+                              dir=directory.rstrip("/"), revoked=revoked,
+                              access=DEFAULT_ACCESS[ClientUse(use)] if access is None else access))
     return clients
 
 

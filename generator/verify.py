@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from . import certs, etcd, external, fs, hostkeys, layout, manifest, rotation, sealed
+from . import auth, certs, etcd, external, fs, hostkeys, layout, manifest, rotation, sealed
 from .certs import PrivateKey, cert_fingerprint, check_leaf, load_key, public_der, public_key_sha256, signs
 from .errors import GeneratorError, MaterialError, OutputError
 from .etcd import Bundle
@@ -157,6 +157,8 @@ def verify_tree(spec: Spec, tree: Tree, now: dt.datetime, warn_days: int, fail_d
         return found
     rotating, trusted = state
     signer = trusted[-1] if rotating.phase is Phase.ISSUE else trusted[0]
+    # auth.enabled as the build that wrote this tree decided it (manifest.json records it).
+    spec = spec.with_auth(auth.decide(spec, True, previous.auth_enabled))
     if spec.etcd.restore is not None:
         if previous.restore_sha256 is None:
             found.append(Finding(manifest.NAME, "records no restore snapshot, but the spec has etcd.restore"))

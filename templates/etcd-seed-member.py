@@ -16,6 +16,10 @@ Generated: do not edit. It reads /etc/etcd/member.json, which the install step p
            `defrag` this member alone; then clear a NOSPACE alarm once every member is well under its quota.
   clock    (etcd-seed-clock.service, before etcd and the backup) With network.ntp, wait until the
            kernel reports the clock synchronised, for at most clock_wait_s; succeeds either way.
+  auth     (etcd-seed-auth.service, on the first node, as etcd) Once the cluster has quorum, make etcd's
+           users, roles and grants those of member.json's "auth" (adding, changing and deleting), then
+           turn authentication on (or off). The node's own user holds the root role, so this works
+           before and after auth is on.
 
 It talks to the other members over mutual TLS with the node's own certificate, which carries
 clientAuth. Transient failures (no quorum yet, another learner catching up) are retried until a
@@ -27,6 +31,7 @@ https://etcd.io/docs/v3.5/op-guide/runtime-configuration/, .../learning/design-l
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import json
 import os
@@ -173,6 +178,9 @@ class Member:
         if code != 0:
             if "too many learner" in err:
                 raise Retry("another learner is still catching up; etcd allows one at a time")
+            if "permission denied" in err or "user name not found" in err:
+                raise Retry(f"the cluster has no etcd user {self.name} with the root role yet; re-seed "
+                            f"{self.cfg.get('auth_by', 'the first node')} (it adds the users of its seed) ({err})")
             raise Retry("member add failed (" + err + ")")
         added = parse_json(out, "member add")
         own = added.get("member", {}).get("ID") if isinstance(added, dict) else None
@@ -311,8 +319,85 @@ class Member:
         return "; cleared the NOSPACE alarm: every member is under its quota again"
 
 
+    def ctl(self, *args: str) -> str:
+        """etcdctl against this member; a failure is worth a retry (no quorum yet, a leader election)."""
+        code, out, err = self.etcdctl([self.cfg["client_url"]], *args)
+        if code != 0:
+            raise Retry(f"etcdctl {' '.join(args[:3])} failed ({err})")
+        return out
+
+    def listed(self, kind: str) -> list[str]:
+        answer = parse_json(self.ctl(kind, "list", "-w", "json"), f"{kind} list")
+        names = answer.get(f"{kind}s") or [] if isinstance(answer, dict) else []
+        if not all(isinstance(n, str) for n in names):
+            raise Refused(f"{kind} list gave names that are not text: {names!r}")
+        return list(names)
+
+    def granted(self, role: str) -> set[tuple[str, str, str]]:
+        """A role's permissions as (key, range_end, mode); etcd's JSON leaves out READ, its zero value."""
+        answer = parse_json(self.ctl("role", "get", role, "-w", "json"), f"role get {role}")
+        perms = answer.get("perm") or [] if isinstance(answer, dict) else []
+        have = set()
+        for perm in perms:
+            try:
+                key = base64.b64decode(perm.get("key", "")).decode()
+                end = base64.b64decode(perm.get("range_end", "")).decode()
+                mode = PERM_TYPES[perm.get("permType", 0)]
+            except (ValueError, KeyError, AttributeError, TypeError):
+                raise Refused(f"role get {role} gave a permission this step cannot read: {perm!r}") from None
+            have.add((key, end, mode))
+        return have
+
+    def user_roles(self, user: str) -> set[str]:
+        out = self.ctl("user", "get", user)
+        # "User: <name>\nRoles: a b": the JSON form is not in every release's etcdctl.
+        line = next((ln for ln in out.splitlines() if ln.startswith("Roles:")), "Roles:")
+        return set(line.removeprefix("Roles:").split())
+
+    def auth(self) -> int:
+        want = self.cfg["auth"]
+        done: list[str] = []
+        users, roles = set(self.listed("user")), set(self.listed("role"))
+        for role in sorted({"root", *want["roles"]} - roles):
+            self.ctl("role", "add", role)
+            done.append(f"role {role} added")
+        for role, perms in sorted(want["roles"].items()):
+            have = self.granted(role)
+            wanted = {(g["key"], g["range_end"], g["mode"]) for g in perms}
+            for key, end, mode in sorted(wanted - have):
+                self.ctl("role", "grant-permission", role, mode, key, *([end] if end else []))
+                done.append(f"{role} may {mode} {key}{'*' if end else ''}")
+            for key, end, _ in sorted(have - wanted):
+                if (key, end) not in {(k, e) for k, e, _ in wanted}:  # a changed mode was replaced above
+                    self.ctl("role", "revoke-permission", role, key, *([end] if end else []))
+                    done.append(f"{role} no longer has {key}{'*' if end else ''}")
+        for user, user_roles in sorted(want["users"].items()):
+            if user not in users:
+                self.ctl("user", "add", user, "--no-password")
+                done.append(f"user {user} added")
+            held = self.user_roles(user)
+            for role in sorted(set(user_roles) - held):
+                self.ctl("user", "grant-role", user, role)
+            for role in sorted(held - set(user_roles)):
+                self.ctl("user", "revoke-role", user, role)
+        for user in sorted(users - set(want["users"])):
+            self.ctl("user", "delete", user)
+            done.append(f"user {user} deleted")
+        for role in sorted(roles - set(want["roles"]) - {"root"}):
+            self.ctl("role", "delete", role)
+            done.append(f"role {role} deleted")
+        # Idempotent both ways: etcd ignores enabling what is on and disabling what is off.
+        self.ctl("auth", "enable" if want["enabled"] else "disable")
+        state = "on" if want["enabled"] else "off"
+        say(f"auth: {state}; {len(want['users'])} users and {len(want['roles'])} roles in step"
+            + (f" ({'; '.join(done)})" if done else ""))
+        return 0
+
+
 # etcdserverpb.AlarmType: https://github.com/etcd-io/etcd/blob/v3.5.0/api/etcdserverpb/rpc.proto
 NOSPACE = 1
+# authpb.Permission.Type, by number, as etcdctl names them.
+PERM_TYPES = {0: "read", 1: "write", 2: "readwrite"}
 
 
 def defrag_reason(size: int, in_use: int, quota: int, min_free_percent: int, near_quota_percent: int,
@@ -406,8 +491,8 @@ def membership_env(name: str, cluster: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[1] not in ("prepare", "promote", "defrag", "clock"):
-        print("usage: etcd-seed-member prepare|promote|defrag|clock", file=sys.stderr)
+    if len(argv) != 2 or argv[1] not in ("prepare", "promote", "defrag", "clock", "auth"):
+        print("usage: etcd-seed-member prepare|promote|defrag|clock|auth", file=sys.stderr)
         return 2
     try:
         with open(CONFIG, encoding="utf-8") as handle:
@@ -424,7 +509,7 @@ def main(argv: list[str]) -> int:
         except (Refused, Retry) as exc:
             say(f"ERROR: defrag: {exc}")
             return 1
-    step = member.prepare if argv[1] == "prepare" else member.promote
+    step = {"prepare": member.prepare, "promote": member.promote, "auth": member.auth}[argv[1]]
     deadline = time.monotonic() + member.cfg["timeout_s"]
     delay, last = 2, ""
     while True:

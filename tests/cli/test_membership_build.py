@@ -119,8 +119,9 @@ def test_restore_with_a_join_is_refused(workdir: Path) -> None:
 # --- joins, replacements, scaling in --------------------------------------------------------
 
 
-def test_join_changes_no_founder_seed(workdir: Path) -> None:
-    """A fourth member with join: true: it gets a member.json that names its peers; no founder's file changes."""
+def test_join_changes_no_founder_seed_but_the_first(workdir: Path) -> None:
+    """A fourth member with join: true: it gets a member.json that names its peers; no founder's file changes but
+    the first node's, whose auth step creates the new member's etcd user (and only in its member.json)."""
     assert build(workdir)[0] == 0
     before = _files(workdir / "out/demo")
     set_spec(workdir, '  - {name: etcd03, ip: 192.168.0.3, mac: "52:54:00:00:00:03"}',
@@ -130,8 +131,11 @@ def test_join_changes_no_founder_seed(workdir: Path) -> None:
     assert code == 0, err
     after = _files(workdir / "out/demo")
     changed = sorted(p for p in before if before[p] != after[p])
-    assert changed == ["known_hosts", "manifest.json", "pki/etcdctl.env"], changed
-    assert "etcd04 joins the running cluster by itself" in out
+    assert changed == ["etcd01/meta-data", "etcd01/seed.iso", "etcd01/user-data", "etcd01/user-data.redacted",
+                       "known_hosts", "manifest.json", "pki/etcdctl.env"], changed
+    first = json.loads(_written(workdir, "etcd01")["/var/lib/etcd-seed/seed/member.json"])
+    assert first["auth"]["users"]["etcd04"] == ["root"]
+    assert "etcd04 joins the running cluster by itself: re-seed etcd01 first, which creates etcd04's etcd user" in out
     assert "etcdctl member add etcd04 --peer-urls=https://192.168.0.4:2380 --learner" in out
     config = json.loads(_written(workdir, "etcd04")["/var/lib/etcd-seed/seed/member.json"])
     assert config["mode"] == "join" and config["peers"] == [f"https://192.168.0.{i}:2379" for i in (1, 2, 3)]

@@ -84,7 +84,8 @@ def test_timeout_change_rewrites_three_options_and_isos(workdir: Path) -> None:
 
 def test_added_member(workdir: Path) -> None:
     """A fourth node new to a built cluster needs join: true; without it the build refuses and writes nothing (it would
-    bootstrap a cluster of its own). With it, it gets new files and no founder's seed changes; old certs stay."""
+    bootstrap a cluster of its own). With it, it gets new files and no founder's seed changes but the first node's
+    (which creates the new member's etcd user); old certs stay."""
     assert build(workdir)[0] == 0
     before = snapshot(workdir / "out")
     edit(workdir, "etcd:\n", '  - {name: etcd04, ip: 192.168.0.4, mac: "52:54:00:00:00:04"}\netcd:\n')
@@ -94,6 +95,8 @@ def test_added_member(workdir: Path) -> None:
     edit(workdir, 'mac: "52:54:00:00:00:04"}', 'mac: "52:54:00:00:00:04", join: true}')
     planned = plan(workdir)
     assert {"pki/etcd04.crt", "pki/etcd04.key", "etcd04/seed.iso", "pki/etcdctl.env", "known_hosts"} <= planned
-    assert not {p for p in planned if p.startswith(("etcd01/", "etcd02/", "etcd03/"))}, planned
+    assert not {p for p in planned if p.startswith(("etcd02/", "etcd03/"))}, planned
+    first = {"etcd01/meta-data", "etcd01/seed.iso", "etcd01/user-data", "etcd01/user-data.redacted"}
+    assert {p for p in planned if p.startswith("etcd01/")} == first, planned
     certs_and_keys = {p for p in planned if p.startswith("pki/") and p.endswith((".crt", ".key"))}
     assert certs_and_keys == {"pki/etcd04.crt", "pki/etcd04.key", "pki/etcd04.ssh.key"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -69,6 +70,14 @@ def all_voting(etcdctl: Etcdctl, endpoints: list[str], count: int) -> bool:
     members = json.loads(done.stdout)["members"]
     return len(members) == count and all(m.get("name") and not m.get("isLearner") for m in members) and \
         etcdctl("endpoint", "health", endpoints=endpoints).returncode == 0
+
+
+def wallet(pki: Path, name: str, where: Path) -> Path:
+    """A copy of an identity's certificate and key under the names etcdctl_argv uses (admin.crt, admin.key)."""
+    where.mkdir(parents=True, exist_ok=True)
+    shutil.copy(pki / f"{name}.crt", where / "admin.crt")
+    shutil.copy(pki / f"{name}.key", where / "admin.key")
+    return where
 
 
 class Writer(threading.Thread):

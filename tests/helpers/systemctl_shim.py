@@ -146,7 +146,8 @@ def main(argv: list[str]) -> int:
     with open(state / "calls.log", "a") as log:
         log.write(" ".join(words) + "\n")
     verb, unit = words[0], (words[1] if len(words) > 1 else "")
-    if verb == "start" and unit in ("etcd-backup.service", "etcd-defrag.service", "etcd-seed-promote.service"):
+    if verb == "start" and unit in ("etcd-backup.service", "etcd-defrag.service", "etcd-seed-promote.service",
+                                    "etcd-seed-auth.service"):
         return _oneshot(root, state, unit, wait="--no-block" not in argv)
     if unit != "etcd.service":
         return 0  # timers, the flannel unit and daemon-reload: recorded only

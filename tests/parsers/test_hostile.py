@@ -45,7 +45,8 @@ BASE: dict[str, Any] = {
               "password_hash": "$6$rounds=5000$saltsaltsaltsalt$" + "a" * 86},
     "clients": [{"name": "flannel", "use": "flannel", "dir": "/etc/flannel-etcd"},
                 {"name": "kube", "use": "kube-apiserver", "cn": "kube-apiserver-etcd-client", "o": "system:masters"},
-                {"name": "reader", "cn": "backup reader"},
+                {"name": "reader", "cn": "backup reader", "access": [{"prefix": "/app/", "mode": "read"},
+                                                                     {"key": "motd", "mode": "readwrite"}]},
                 {"name": "metrics", "use": "prometheus", "dir": "/srv/prom-etcd"}],
 }
 FIELDS = ["cluster.name", "cluster.domain", "network.gateway", "network.dns.0", "network.search.0",
@@ -55,7 +56,8 @@ FIELDS = ["cluster.name", "cluster.domain", "network.gateway", "network.dns.0", 
           "admin.ssh_authorized_keys.0", "admin.password_hash", "etcd.auto_compaction_retention",
           "backup.schedule", "backup.dir", "defrag.schedule", "clients.0.name", "clients.0.dir", "clients.1.cn",
           "clients.1.o", "clients.3.name", "clients.3.dir",
-          "clients.2.name", "clients.2.cn"]
+          "clients.2.name", "clients.2.cn", "clients.2.access.0.prefix", "clients.2.access.1.key",
+          "clients.2.access.1.mode"]
 USER_DATA_KEYS = {"hostname", "fqdn", "manage_etc_hosts", "ssh_pwauth", "ssh_deletekeys", "ssh_keys", "groups",
                   "users", "write_files", "runcmd", "ntp"}
 WRITE_FILES = {f"{PATHS.staged}/{name}" for name in (
@@ -64,6 +66,7 @@ WRITE_FILES = {f"{PATHS.staged}/{name}" for name in (
     "etcd-seed-boot.service", "etcd-seed-clock.service", "etcd-seed-member", "etcd-backup.service", "etcd-backup.timer",
     "etcd-seed-backup", "etcd-defrag.service", "etcd-defrag.timer")} | {PATHS.install_bin}
 FLANNEL_FILES = {f"{PATHS.staged}/etcd-flannel-config", f"{PATHS.staged}/etcd-flannel-config.service"}
+FIRST_NODE_FILES = {f"{PATHS.staged}/etcd-seed-auth.service"}  # it applies etcd's users and roles
 
 
 def _get(data: Any, path: str) -> Any:
@@ -120,7 +123,8 @@ def check_outputs(spec: Spec, rendered: dict[str, SeedFiles], tmp: Path,
         assert set(user_data) == USER_DATA_KEYS
         assert user_data["hostname"] == node.name and user_data["fqdn"] == node.fqdn
         paths = {f["path"] for f in user_data["write_files"]}
-        assert paths == WRITE_FILES | (FLANNEL_FILES if node == spec.nodes[0] and spec.flannel else set())
+        assert paths == WRITE_FILES | (FLANNEL_FILES if node == spec.nodes[0] and spec.flannel else set()) \
+            | (FIRST_NODE_FILES if node == spec.nodes[0] else set())
         assert [u["name"] for u in user_data["users"]] == ["etcd"] + ([spec.admin.name] if spec.admin else [])
         if spec.admin:
             admin = user_data["users"][1]

@@ -63,7 +63,7 @@ def test_key_files_are_secret(path: str) -> None:
 
 
 SECTIONS = ("", "cluster", "network", "network.ntp", "nodes.0", "etcd", "etcd.restore", "backup", "pki", "pki.ca",
-            "pki.ca_next", "clients.0", "flannel", "admin")
+            "pki.ca_next", "clients.0", "flannel", "admin", "auth")
 
 
 def _known_keys() -> dict[str, set[str]]:

@@ -87,6 +87,7 @@ def test_seed_files_are_staged_root_only(rendered: dict[str, SeedFiles]) -> None
     staged = {p for p in files if p.startswith(f"{PATHS.staged}/")}
     assert staged == {f"{PATHS.staged}/{n}" for n in ("ca.crt", "etcd.crt", "etcd.key", "options.env", "etcd.service",
                                                       "etcd-flannel-config.service", "member.json", "crl.der",
+                                                      "etcd-seed-auth.service",
                                                       "etcd-seed-promote.service", "etcd-backup.service",
                                                       "etcd-backup.timer", "etcd-seed-boot.service",
                                                       "etcd-seed-clock.service", "etcd-defrag.service",

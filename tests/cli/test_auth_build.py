@@ -1,0 +1,107 @@
+"""etcd's authentication as the build writes it: on by default for a new cluster, off for one built before it was
+managed until the spec turns it on, the first node's member.json carrying every user and grant, `plan` listing them,
+and every bad `access` refused with an error naming the field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.cli import assert_refused, build, run, set_spec, verify
+
+CLIENTS = """\
+clients:
+  - {name: flannel, use: flannel}
+  - {name: kube-apiserver, use: kube-apiserver, cn: kube-apiserver-etcd-client}
+  - {name: reader, access: [{prefix: /app/}, {key: motd, mode: readwrite}]}
+etcd:
+"""
+
+
+def _auth(workdir: Path, node: str = "etcd01") -> dict[str, Any] | None:
+    user_data = (workdir / f"out/demo/{node}/user-data.redacted").read_text()
+    block = user_data.split("path: /var/lib/etcd-seed/seed/member.json", 1)[1].split("content: |\n", 1)[1]
+    text = "\n".join(line[6:] for line in block.splitlines() if line.startswith("      ") or not line)
+    config: dict[str, Any] = json.JSONDecoder().raw_decode(text.strip())[0]
+    return config.get("auth")
+
+
+def test_new_cluster_gets_a_user_per_cn_and_a_role_per_consumer(workdir: Path) -> None:
+    set_spec(workdir, "etcd:\n", CLIENTS)
+    code, out, err = build(workdir)
+    assert code == 0, err
+    assert json.loads((workdir / "out/demo/manifest.json").read_text())["auth"] == {"enabled": True}
+    assert _auth(workdir) == {
+        "enabled": True,
+        "users": {"etcd01": ["root"], "etcd02": ["root"], "etcd03": ["root"], "flannel": ["flannel"],
+                  "kube-apiserver-etcd-client": ["kube-apiserver"], "reader": ["reader"], "root": ["root"]},
+        "roles": {"flannel": [{"key": "/coreos.com/network/", "range_end": "/coreos.com/network0",
+                               "mode": "readwrite"}],
+                  "kube-apiserver": [{"key": "/registry/", "range_end": "/registry0", "mode": "readwrite"},
+                                     {"key": "compact_rev_key", "range_end": "", "mode": "readwrite"}],
+                  "reader": [{"key": "/app/", "range_end": "/app0", "mode": "read"},
+                             {"key": "motd", "range_end": "", "mode": "readwrite"}]}}
+    assert _auth(workdir, "etcd02") is None  # only the first node applies them
+    code, out, _ = run("plan", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"))
+    assert code == 0
+    assert "auth: on (etcd01 applies these etcd users and roles)\n" in out
+    assert "auth: user kube-apiserver-etcd-client: readwrite /registry/*; readwrite compact_rev_key\n" in out
+    assert "auth: user reader: read /app/*; readwrite motd\n" in out
+    assert "auth: user etcd02: root (every key, membership, snapshots, defragmentation)\n" in out
+    assert verify(workdir)[0] == 0
+
+
+def test_cluster_built_before_auth_keeps_it_off_until_the_spec_turns_it_on(workdir: Path) -> None:
+    assert build(workdir)[0] == 0
+    manifest = workdir / "out/demo/manifest.json"
+    document = json.loads(manifest.read_text())
+    del document["auth"]  # as a build before auth was managed wrote it
+    manifest.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    code, out, err = build(workdir)
+    assert code == 0, err
+    assert "auth: off, as this cluster was built before authentication was managed" in out
+    assert _auth(workdir)["enabled"] is False  # type: ignore[index]
+    code, out, _ = build(workdir)
+    assert code == 0 and "auth:" not in out.replace("auth: off (", "").replace("auth: user", "")
+    set_spec(workdir, "etcd:\n", "auth: {enabled: true}\netcd:\n")
+    code, out, err = build(workdir)
+    assert code == 0, err
+    assert "auth: turned on by etcd01 once it runs its new seed (the others' seeds do not change for it)" in out
+    assert _auth(workdir)["enabled"] is True  # type: ignore[index]
+    assert "roll the changed seeds one node at a time" in out and "(1. etcd01)" in out
+
+
+@pytest.mark.parametrize(("access", "field", "expected"), [
+    ("[{prefix: /a/}, {prefix: /a/b/}]", "clients.0.access.1.prefix", "overlaps clients.0.access.0"),
+    ("[{prefix: /a/}, {key: /a/x}]", "clients.0.access.1.key", "overlaps clients.0.access.0"),
+    ("[{key: k}, {key: k, mode: write}]", "clients.0.access.1.key", "overlaps clients.0.access.0"),
+    ("[{prefix: ''}]", "clients.0.access.0.prefix", "is not 1-1024 printable ASCII characters"),
+    ("[{key: 'a b'}]", "clients.0.access.0.key", "is not 1-1024 printable ASCII characters"),
+    ("[{key: \"caf\\xe9\"}]", "clients.0.access.0.key", "is not 1-1024 printable ASCII characters"),
+    ("[{key: \"a\\nb\"}]", "clients.0.access.0.key", "is not 1-1024 printable ASCII characters"),
+    ("[{key: 7}]", "clients.0.access.0.key", "is not 1-1024 printable ASCII characters"),
+    ("[{key: k, prefix: p}]", "clients.0.access.0", "needs exactly one of key"),
+    ("[{mode: read}]", "clients.0.access.0", "needs exactly one of key"),
+    ("[{key: k, mode: admin}]", "clients.0.access.0.mode", "'admin' is not one of read, write, readwrite"),
+    ("[{key: k, range: all}]", "clients.0.access.0.range", "unknown key"),
+    ("/app/", "clients.0.access", "must be a list"),
+], ids=lambda v: str(v)[:30])
+def test_bad_access_is_refused(workdir: Path, access: str, field: str, expected: str) -> None:
+    set_spec(workdir, "etcd:\n", f"clients:\n  - {{name: reader, access: {access}}}\netcd:\n")
+    assert expected in assert_refused(workdir, field)
+
+
+def test_client_named_root_or_sharing_a_cn_is_refused(workdir: Path) -> None:
+    set_spec(workdir, "etcd:\n", "clients:\n  - {name: root}\netcd:\n")
+    assert "'root' is etcd's root role" in assert_refused(workdir, "clients.0.name")
+    set_spec(workdir, "  - {name: root}\n", "  - {name: a, cn: shared}\n  - {name: b, cn: shared}\n")
+    assert "'shared' is also clients.0's CN" in assert_refused(workdir, "clients.1.cn")
+
+
+@pytest.mark.parametrize("value", ["'yes'", "1", "{on: true}"])
+def test_bad_auth_is_refused(workdir: Path, value: str) -> None:
+    set_spec(workdir, "etcd:\n", f"auth: {{enabled: {value}}}\netcd:\n")
+    assert "must be true or false" in assert_refused(workdir, "auth.enabled")
