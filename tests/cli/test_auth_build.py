@@ -105,3 +105,21 @@ def test_client_named_root_or_sharing_a_cn_is_refused(workdir: Path) -> None:
 def test_bad_auth_is_refused(workdir: Path, value: str) -> None:
     set_spec(workdir, "etcd:\n", f"auth: {{enabled: {value}}}\netcd:\n")
     assert "must be true or false" in assert_refused(workdir, "auth.enabled")
+
+
+def test_a_new_first_node_takes_the_auth_step_over(workdir: Path) -> None:
+    """The spec's first node applies etcd's users and roles; when another node comes first, its seed gets the step and
+    the old first node's seed removes the unit, so that no node runs it with a member.json that has no auth."""
+    assert build(workdir)[0] == 0
+    spec = (workdir / "cluster.yaml").read_text()
+    first = '  - {name: etcd01, ip: 192.168.0.1, mac: "52:54:00:00:00:01"}\n'
+    assert first in spec
+    (workdir / "cluster.yaml").write_text(spec.replace(first, "").replace(
+        '  - {name: etcd03, ip: 192.168.0.3, mac: "52:54:00:00:00:03"}\n',
+        '  - {name: etcd03, ip: 192.168.0.3, mac: "52:54:00:00:00:03"}\n' + first))
+    code, _, err = build(workdir)
+    assert code == 0, err
+    assert _auth(workdir, "etcd02") is not None and _auth(workdir, "etcd01") is None
+    install = (workdir / "out/demo/etcd01/user-data.redacted").read_text()
+    assert "systemctl disable --now etcd-seed-auth.service" in install and "auth step handed to etcd02" in install
+    assert "etcd-seed-auth.service" in (workdir / "out/demo/etcd02/user-data.redacted").read_text()

@@ -212,3 +212,17 @@ def test_clock_reads_this_kernel(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     expected = "clock: synchronised" if member.clock_synchronised() else "WARNING: clock: not synchronised after 1 s"
     assert done.stderr.splitlines()[-1].startswith("etcd-seed: " + expected), done.stderr
+
+
+def test_auth_step_without_auth_in_its_config_does_nothing(tmp_path: Path) -> None:
+    """A node that is no longer the spec's first keeps no auth in member.json: the step says so and succeeds, rather
+    than fail and be restarted by systemd for ever (it never calls etcdctl: the path below does not exist)."""
+    (tmp_path / "etc/etcd").mkdir(parents=True)
+    config = {"name": "etcd02", "peer_url": "https://10.0.0.2:2380", "client_url": "https://10.0.0.2:2379",
+              "etcdctl": "/nonexistent/etcdctl", "ca": "/x", "cert": "/x", "key": "/x", "timeout_s": 5,
+              "refused_pause_s": 0}
+    (tmp_path / "etc/etcd/member.json").write_text(json.dumps(config))
+    done = subprocess.run([sys.executable, str(SCRIPT), "auth"], env={"ETCD_SEED_ROOT": str(tmp_path)},
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "etcd-seed: auth: this node's seed leaves etcd's users and roles to the spec's first node\n"
