@@ -94,4 +94,5 @@ def test_debian13_clock_synchronised_before_etcd_started(trixie: Lab) -> None:
         print(f"\nbench: {vm.name}: time server contacted at {synced:.1f} s, clock step done at {said:.1f} s, "
               f"etcd started at {started:.1f} s (seconds since boot); guest clock off by {guest - now:+.0f} s")
         print("\n".join(line for _, line in journal if "etcd-seed: clock" in line or "time server" in line))
+        print("\n".join(line for line in after.splitlines() if "ntp" in line.lower())[:1500])
     assert waited, "no node's clock step waited: the time server was up before any asked"
