@@ -320,7 +320,8 @@ class Member:
 
 
     def ctl(self, *args: str) -> str:
-        """etcdctl against this member; a failure is worth a retry (no quorum yet, a leader election)."""
+        """etcdctl against this member; a failure is worth a retry (no quorum yet, a leader election). Callers put
+        names and keys after "--": a key such as --from-key must stay a key, not become a flag."""
         code, out, err = self.etcdctl([self.cfg["client_url"]], *args)
         if code != 0:
             raise Retry(f"etcdctl {' '.join(args[:3])} failed ({err})")
@@ -335,7 +336,7 @@ class Member:
 
     def granted(self, role: str) -> set[tuple[str, str, str]]:
         """A role's permissions as (key, range_end, mode); etcd's JSON leaves out READ, its zero value."""
-        answer = parse_json(self.ctl("role", "get", role, "-w", "json"), f"role get {role}")
+        answer = parse_json(self.ctl("role", "get", "-w", "json", "--", role), f"role get {role}")
         perms = answer.get("perm") or [] if isinstance(answer, dict) else []
         have = set()
         for perm in perms:
@@ -349,7 +350,7 @@ class Member:
         return have
 
     def user_roles(self, user: str) -> set[str]:
-        out = self.ctl("user", "get", user)
+        out = self.ctl("user", "get", "--", user)
         # "User: <name>\nRoles: a b": the JSON form is not in every release's etcdctl.
         line = next((ln for ln in out.splitlines() if ln.startswith("Roles:")), "Roles:")
         return set(line.removeprefix("Roles:").split())
@@ -362,32 +363,32 @@ class Member:
         done: list[str] = []
         users, roles = set(self.listed("user")), set(self.listed("role"))
         for role in sorted({"root", *want["roles"]} - roles):
-            self.ctl("role", "add", role)
+            self.ctl("role", "add", "--", role)
             done.append(f"role {role} added")
         for role, perms in sorted(want["roles"].items()):
             have = self.granted(role)
             wanted = {(g["key"], g["range_end"], g["mode"]) for g in perms}
             for key, end, mode in sorted(wanted - have):
-                self.ctl("role", "grant-permission", role, mode, key, *([end] if end else []))
+                self.ctl("role", "grant-permission", "--", role, mode, key, *([end] if end else []))
                 done.append(f"{role} may {mode} {key}{'*' if end else ''}")
             for key, end, _ in sorted(have - wanted):
                 if (key, end) not in {(k, e) for k, e, _ in wanted}:  # a changed mode was replaced above
-                    self.ctl("role", "revoke-permission", role, key, *([end] if end else []))
+                    self.ctl("role", "revoke-permission", "--", role, key, *([end] if end else []))
                     done.append(f"{role} no longer has {key}{'*' if end else ''}")
         for user, user_roles in sorted(want["users"].items()):
             if user not in users:
-                self.ctl("user", "add", user, "--no-password")
+                self.ctl("user", "add", "--no-password", "--", user)
                 done.append(f"user {user} added")
             held = self.user_roles(user)
             for role in sorted(set(user_roles) - held):
-                self.ctl("user", "grant-role", user, role)
+                self.ctl("user", "grant-role", "--", user, role)
             for role in sorted(held - set(user_roles)):
-                self.ctl("user", "revoke-role", user, role)
+                self.ctl("user", "revoke-role", "--", user, role)
         for user in sorted(users - set(want["users"])):
-            self.ctl("user", "delete", user)
+            self.ctl("user", "delete", "--", user)
             done.append(f"user {user} deleted")
         for role in sorted(roles - set(want["roles"]) - {"root"}):
-            self.ctl("role", "delete", role)
+            self.ctl("role", "delete", "--", role)
             done.append(f"role {role} deleted")
         # Idempotent both ways: etcd ignores enabling what is on and disabling what is off.
         self.ctl("auth", "enable" if want["enabled"] else "disable")

@@ -23,6 +23,7 @@ clients:
   - {name: kube-apiserver, use: kube-apiserver, cn: kube-apiserver-etcd-client, o: "system:masters"}
   - {name: reader, access: [{prefix: /app/, mode: read}, {key: motd, mode: readwrite}]}
   - {name: metrics, use: prometheus}
+  - {name: dashy, access: [{key: "--from-key"}]}
 """
 AUTH_LOG = "run/shim/etcd-seed-auth.service.log"
 
@@ -80,12 +81,16 @@ MATRIX: list[tuple[str, tuple[str, ...], bool]] = [
     ("reader", ("get", "/registry/", "--prefix"), False),
     ("metrics", ("get", "/", "--prefix"), False),
     ("etcd02", ("user", "list"), True),  # a node holds root: its member steps, backups and defrag need it
+    # A key that looks like an etcdctl flag stays one key: no from-key range (CNs cannot start with "-").
+    ("dashy", ("get", "--", "--from-key"), True),
+    ("dashy", ("get", "/registry/", "--prefix"), False),
+    ("dashy", ("get", "", "--from-key"), False),
 ]
 
 
 def test_each_identity_gets_exactly_its_grant(lab: Lab) -> None:
     line = _auth_line(lab, 1)
-    assert line.startswith("etcd-seed: auth: on; 8 users and 3 roles in step (role flannel added; ") and \
+    assert line.startswith("etcd-seed: auth: on; 9 users and 4 roles in step (role dashy added; ") and \
         "user kube-apiserver-etcd-client added" in line, line
     rows = []
     for who, args, allowed in MATRIX:
@@ -129,7 +134,7 @@ def test_reseed_reconciles_new_removed_and_changed_consumers(lab: Lab) -> None:
     assert "metrics" not in lab.etcdctl("user", "list").stdout.split()
     # The same seed again changes nothing.
     lab.converge("etcd01")
-    assert _auth_line(lab, 3) == "etcd-seed: auth: on; 8 users and 4 roles in step"
+    assert _auth_line(lab, 3) == "etcd-seed: auth: on; 9 users and 5 roles in step"
 
 
 def _writer(lab: Lab, who: str, prefix: str, failed: list[str]) -> Writer:
