@@ -4,6 +4,7 @@ and every bad `access` refused with an error naming the field."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -123,3 +124,24 @@ def test_a_new_first_node_takes_the_auth_step_over(workdir: Path) -> None:
     install = (workdir / "out/demo/etcd01/user-data.redacted").read_text()
     assert "systemctl disable --now etcd-seed-auth.service" in install and "auth step handed to etcd02" in install
     assert "etcd-seed-auth.service" in (workdir / "out/demo/etcd02/user-data.redacted").read_text()
+
+
+def test_verify_finds_a_grant_that_the_spec_does_not_give(workdir: Path) -> None:
+    """A seed whose first node would grant flannel /registry/ (the manifest fixed up to match) fails verify: the
+    grants are rendered from the spec and compared byte for byte."""
+    set_spec(workdir, "etcd:\n", CLIENTS)
+    assert build(workdir)[0] == 0
+    root = workdir / "out/demo"
+    for name in ("user-data", "user-data.redacted"):
+        path = root / "etcd01" / name
+        text = path.read_text()
+        assert text.count('"key": "/coreos.com/network/"') == 1
+        path.write_text(text.replace('"key": "/coreos.com/network/"', '"key": "/registry/"').replace(
+            '"range_end": "/coreos.com/network0"', '"range_end": "/registry0"'))
+        document = json.loads((root / "manifest.json").read_text())
+        data = path.read_bytes()
+        document["files"][f"etcd01/{name}"]["sha256"] = hashlib.sha256(data).hexdigest()
+        document["files"][f"etcd01/{name}"]["size"] = len(data)
+        (root / "manifest.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    code, _, err = verify(workdir)
+    assert code == 1 and "error: etcd01/user-data.redacted:" in err, err
