@@ -160,3 +160,24 @@ def test_bad_revoked_is_refused(workdir: Path, setting: str, field: str, expecte
 def test_revoked_on_a_node_is_refused(workdir: Path) -> None:
     set_spec(workdir, "{name: etcd02, ", "{name: etcd02, revoked: true, ")
     assert "unknown key" in assert_refused(workdir, "nodes.1.revoked")
+
+
+def test_revoked_certificate_stays_on_the_crl_through_a_ca_rotation(workdir: Path) -> None:
+    """A certificate of the old CA revoked before a rotation stays listed in every phase; the CRL is signed by the CA
+    that issues leaves in that phase (etcd matches serials alone, tests/etcd/test_revocation.py), and verify agrees."""
+    set_spec(workdir, "etcd:\n", CLIENTS)
+    assert build(workdir)[0] == 0
+    set_spec(workdir, "  - {name: reader}\n", "  - {name: reader, revoked: true}\n")
+    assert build(workdir)[0] == 0
+    serial = _manifest(workdir)["revoked"][0]["serial"]
+    _delete_as_told(workdir, "reader")
+    pki = workdir / "out/demo/pki"
+    for step, signer in (("begin", "ca.crt"), ("issue", "ca-next.crt"), ("finish", "ca.crt")):
+        code, _, err = run("rotate-ca", step, "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"))
+        assert code == 0, err
+        assert [r["serial"] for r in _manifest(workdir)["revoked"]] == [serial], step
+        issuer = x509.load_pem_x509_certificate((pki / signer).read_bytes())
+        listed = x509.load_der_x509_crl((pki / "crl.der").read_bytes())
+        assert listed.issuer == issuer.subject and [r.serial_number for r in listed] == [int(serial, 16)], step
+        code, _, err = verify(workdir)
+        assert code == 0, (step, err)
