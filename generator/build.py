@@ -320,13 +320,13 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     host_keys = hostkeys.host_keys(spec, inputs.pki_files, records, replacing, pki.events)
     state = _rotation_state(inputs.rotation, phase, pki)
     public_keys = pki.public_keys()
-    revoked = revocation.revocations(spec, inputs.previous, {name: public_keys[name] for name in pki.leaves}, now)
+    revoked = revocation.revocations(spec, inputs.previous, public_keys, now)
     crl = revocation.crl(inputs.pki_files.get(layout.CRL.removeprefix(f"{layout.PKI}/")), revoked, pki.signer, now,
                          spec.pki.validity_days, spec.pki.renew_before_days, options.renew)
     timings["pki"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    material = _material(pki, host_keys, state, crl.der)
+    material = _material(pki, public_keys, host_keys, state, crl.der)
     not_before = {node.name: int(pki.leaves[node.name].cert.not_valid_before_utc.timestamp()) for node in spec.nodes}
     outputs = output_files(spec, material, env, inputs.bundle, inputs.snapshot, epoch, not_before)
     files = [_plan_file(output, inputs.disk.get(output.path)) for output in outputs]
@@ -340,7 +340,7 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
                 and f"{p}.age" not in moved]
     new_keys = {layout.key_name(f.path) or "": f.public_key_sha256 for f in files
                 if f.public_key_sha256 and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
-    manifest_bytes = _manifest(spec, inputs, files, pki, revoked)
+    manifest_bytes = _manifest(spec, inputs, files, pki, public_keys, revoked)
     current = inputs.disk.get(layout.MANIFEST)
     manifest_status = FileStatus.CREATE if current is None else FileStatus.UNCHANGED \
         if current.sha256 == hashlib.sha256(manifest_bytes).hexdigest() and current.mode == layout.PUBLIC_MODE \
@@ -395,10 +395,9 @@ def _preflight(spec: Spec, inputs: Inputs, epoch: int | None, options: Options) 
     return spec, change
 
 
-def _material(pki: PkiState, host_keys: Mapping[str, hostkeys.HostKey], state: Rotation, crl: bytes) -> Material:
-    """What the build writes, as the outputs read it."""
-    public = pki.public_keys()
-
+def _material(pki: PkiState, public: Mapping[str, str], host_keys: Mapping[str, hostkeys.HostKey], state: Rotation,
+              crl: bytes) -> Material:
+    """What the build writes, as the outputs read it; `public` is pki.public_keys()."""
     def ca(name: str, value: certs.CA, imported: bool) -> CaPem:
         return CaPem(value.cert_pem, None if imported else KeyPem.of(value.key_pem, public[name]))
 
@@ -411,9 +410,8 @@ def _material(pki: PkiState, host_keys: Mapping[str, hostkeys.HostKey], state: R
         rotation_json=rotation.render(state) if state.phase is not Phase.NONE else None, crl=crl)
 
 
-def _manifest(spec: Spec, inputs: Inputs, files: list[PlannedFile], pki: PkiState,
+def _manifest(spec: Spec, inputs: Inputs, files: list[PlannedFile], pki: PkiState, public_keys: Mapping[str, str],
               revoked: tuple[Revoked, ...]) -> bytes:
-    public_keys = pki.public_keys()
     return manifest.render_manifest(
         spec.name, spec.etcd.version,
         {"name": inputs.bundle.name, "sha256": inputs.bundle.sha256,

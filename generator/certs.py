@@ -395,9 +395,8 @@ def key_pem(key: PrivateKey) -> bytes:
 
 @dataclass(frozen=True)
 class Crl:
-    """A certificate revocation list as read back: who signed it, what it lists, and until when."""
+    """A certificate revocation list as read back: what it lists, until when, and its number."""
 
-    issuer: x509.Name
     serials: frozenset[int]
     next_update: dt.datetime | None
     number: int
@@ -429,5 +428,5 @@ def read_crl(der: bytes, issuer: x509.Certificate) -> Crl | None:
         number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     except (ValueError, TypeError, x509.ExtensionNotFound):
         return None
-    return Crl(issuer=crl.issuer, serials=frozenset(r.serial_number for r in crl),
+    return Crl(serials=frozenset(r.serial_number for r in crl),
                next_update=crl.next_update_utc, number=number)

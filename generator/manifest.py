@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import re
 from collections.abc import Mapping
@@ -32,6 +33,14 @@ class FileEntry:
     epoch: int | None = None  # ISOs: the time stamped on every date inside
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # every time the manifest records
+
+
+def parse_time(text: str) -> dt.datetime:
+    """A time as the manifest records it (TIME_FORMAT, UTC)."""
+    return dt.datetime.strptime(text, TIME_FORMAT).replace(tzinfo=dt.UTC)
+
+
 @dataclass(frozen=True)
 class CertificateRecord:
     """What the manifest says of one certificate, for a reviewer: names, serial, fingerprint and dates."""
@@ -50,8 +59,8 @@ class CertificateRecord:
         return cls(subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string(),
                    serial=f"{cert.serial_number:x}", sha256_fingerprint=cert_fingerprint(cert),
                    sans=(*sorted(dns), *(str(ip) for ip in sorted(ips))),
-                   not_before=cert.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                   not_after=cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"))
+                   not_before=cert.not_valid_before_utc.strftime(TIME_FORMAT),
+                   not_after=cert.not_valid_after_utc.strftime(TIME_FORMAT))
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "sans": list(self.sans)}

@@ -205,20 +205,18 @@ def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, pem: Node
     if flannel:
         extra |= {"flannel_key": FLANNEL_KEY, "flannel_json": flannel_json(spec),
                   "flannel_attempts": FLANNEL_ATTEMPTS, "flannel_delay": FLANNEL_DELAY_S}
-    sources = {
+    sources: dict[str, str | bytes] = {
         node_facts.CA_PEM: pem.ca_cert_pem.decode(),
         node_facts.KEY_PEM: key_text,
         node_facts.CHAIN_PEM: pem.chain_pem.decode(),
         node_facts.MEMBER_JSON: json.dumps(node_facts.member_config(spec, node), indent=2, sort_keys=True),
+        node_facts.CRL_DER: pem.crl_der,
     }
     staged = []
     for row in STAGED_FILES:
         if not row.when(spec, node):
             continue
-        if row.source == node_facts.CRL_DER:  # binary: base64 in user-data, decoded by cloud-init
-            staged.append(Staged(row.name, base64.b64encode(pem.crl_der).decode(), row.dest, row.mode, row.etcd_owned,
-                                 row.restart, hashlib.sha256(pem.crl_der).hexdigest(), binary=True))
-            continue
+        content: str | bytes
         if row.source in sources:
             content = sources[row.source]
         elif row.source.endswith(".j2"):
@@ -251,8 +249,12 @@ class Staged:
     binary: bool = False  # content is base64 (write_files encoding b64), sha256 that of the decoded bytes
 
 
-def _staged(name: str, content: str, dest: str, mode: str, etcd_owned: bool = False, restart: bool = False,
+def _staged(name: str, content: str | bytes, dest: str, mode: str, etcd_owned: bool = False, restart: bool = False,
             sha256: str | None = None) -> Staged:
+    """A staged file; bytes (the CRL) travel as base64, which cloud-init decodes (write_files encoding b64)."""
+    if isinstance(content, bytes):
+        return Staged(name, base64.b64encode(content).decode(), dest, mode, etcd_owned, restart,
+                      sha256 or hashlib.sha256(content).hexdigest(), binary=True)
     digest = sha256 or hashlib.sha256((content.rstrip("\n") + "\n").encode()).hexdigest()
     return Staged(name, content, dest, mode, etcd_owned, restart, digest)
 

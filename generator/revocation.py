@@ -19,17 +19,12 @@ from dataclasses import dataclass
 
 from . import certs, layout
 from .certs import CA
-from .manifest import Manifest, Revoked
+from .manifest import TIME_FORMAT, Manifest, Revoked, parse_time
 from .spec import Spec
 
 REVOKED = "revoked in the spec"
 LEFT = "left the spec"
 NEW_KEY = "replaced by a new key"
-STAMP = "%Y-%m-%dT%H:%M:%SZ"
-
-
-def _time(text: str) -> dt.datetime:
-    return dt.datetime.strptime(text, STAMP).replace(tzinfo=dt.UTC)
 
 
 def revocations(spec: Spec, previous: Manifest, current: Mapping[str, str], now: dt.datetime) -> tuple[Revoked, ...]:
@@ -39,14 +34,14 @@ def revocations(spec: Spec, previous: Manifest, current: Mapping[str, str], now:
     Args:
         spec: the validated cluster definition.
         previous: the manifest of the previous build.
-        current: the public key sha256 of every leaf this build issues, by name.
+        current: the public key sha256 of every leaf this build issues (and of its CAs), by name.
         now: the build's time.
     """
-    kept = {r.serial: r for r in previous.revoked if _time(r.not_after) > now}
+    kept = {r.serial: r for r in previous.revoked if parse_time(r.not_after) > now}
     for path, record in sorted(previous.certificates.items()):
         name = path.removeprefix(f"{layout.PKI}/").removesuffix(".crt")
         if name in (layout.CA_NAME, layout.NEXT_CA) or record.serial in kept or not record.not_after \
-                or _time(record.not_after) <= now:
+                or parse_time(record.not_after) <= now:
             continue
         old_key = previous.files.get(layout.key_file(name))
         if name in spec.revoked:
@@ -58,7 +53,7 @@ def revocations(spec: Spec, previous: Manifest, current: Mapping[str, str], now:
         else:
             continue
         kept[record.serial] = Revoked(serial=record.serial, name=name, not_after=record.not_after,
-                                      revoked_at=now.strftime(STAMP), reason=reason)
+                                      revoked_at=now.strftime(TIME_FORMAT), reason=reason)
     return tuple(sorted(kept.values(), key=lambda r: int(r.serial, 16)))
 
 
@@ -80,6 +75,6 @@ def crl(existing: bytes | None, revoked: tuple[Revoked, ...], signer: CA, now: d
     if old is not None and existing is not None and not renew and old.serials == wanted \
             and old.next_update is not None and old.next_update - dt.timedelta(days=renew_before_days) > now:
         return CrlFile(existing, issued=False, next_update=old.next_update)
-    entries = [(int(r.serial, 16), _time(r.revoked_at)) for r in revoked]
+    entries = [(int(r.serial, 16), parse_time(r.revoked_at)) for r in revoked]
     return CrlFile(certs.issue_crl(signer, entries, (old.number + 1) if old else 1, now, days), issued=True,
                    next_update=now + dt.timedelta(days=days))
