@@ -384,12 +384,13 @@ class Member:
                 self.ctl("user", "grant-role", "--", user, role)
             for role in sorted(held - set(user_roles)):
                 self.ctl("user", "revoke-role", "--", user, role)
+        # Names etcd lists but the seed does not come from whoever made them: shown so that none forges a line.
         for user in sorted(users - set(want["users"])):
             self.ctl("user", "delete", "--", user)
-            done.append(f"user {user} deleted")
+            done.append(f"user {shown(user)} deleted")
         for role in sorted(roles - set(want["roles"]) - {"root"}):
             self.ctl("role", "delete", "--", role)
-            done.append(f"role {role} deleted")
+            done.append(f"role {shown(role)} deleted")
         # Idempotent both ways: etcd ignores enabling what is on and disabling what is off.
         self.ctl("auth", "enable" if want["enabled"] else "disable")
         state = "on" if want["enabled"] else "off"
@@ -400,6 +401,11 @@ class Member:
 
 # etcdserverpb.AlarmType: https://github.com/etcd-io/etcd/blob/v3.5.0/api/etcdserverpb/rpc.proto
 NOSPACE = 1
+def shown(name: str) -> str:
+    """A name as it goes into a log line: itself when printable, else quoted with its escapes."""
+    return name if name.isprintable() else repr(name)
+
+
 # authpb.Permission.Type, by number, as etcdctl names them.
 PERM_TYPES = {0: "read", 1: "write", 2: "readwrite"}
 
