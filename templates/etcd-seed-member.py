@@ -212,34 +212,47 @@ class Member:
         say(f"{self.name} starts as a learner of {cluster}")
         return 0
 
-    def own_id(self) -> int:
-        """The member ID etcd on this node runs as. Not the peer URL: until prepare has removed it, the
-        stale entry of a replaced node's lost incarnation has the same URL, and is a voting member."""
+    def own_id(self) -> tuple[int, int | None]:
+        """The member ID etcd on this node runs as, and its leader's (None while it has none). Not the peer URL:
+        until prepare has removed it, the stale entry of a replaced node's lost incarnation has the same URL, and
+        is a voting member."""
         code, out, err = self.etcdctl([self.cfg["client_url"]], "endpoint", "status", "-w", "json")
         if code != 0:
             raise Retry(f"etcd on {self.name} does not answer yet ({err})")
         status = parse_json(out, "endpoint status")
         try:
-            own = status[0]["Status"]["header"]["member_id"]
-        except (KeyError, IndexError, TypeError):
-            own = None
+            own, leader = status[0]["Status"]["header"]["member_id"], status[0]["Status"].get("leader")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            own, leader = None, None
         if not isinstance(own, int):
             raise Refused(f"endpoint status gave no member ID: {out[:200]!r}")
-        return own
+        return own, leader if isinstance(leader, int) and leader else None
+
+    def leader_urls(self, members: list[Record], leader: int | None) -> list[str]:
+        """Where `member promote` goes: the leader. A follower forwards it to the leader without the caller's
+        identity, which etcd with auth on refuses ("auth: user name is empty", etcd-io/etcd#20757, fixed only
+        in releases after 3.5.16), so through a follower a promotion would fail until the leader moved."""
+        for m in members:
+            urls = m.get("clientURLs")
+            if m["ID"] == leader and isinstance(urls, list) and urls and \
+                    all(isinstance(u, str) and PEER_URL.fullmatch(u) for u in urls):
+                return urls
+        return list(self.cfg["peers"])
 
     def promote(self) -> int:
         if self.cfg["mode"] == "none":
             return 0
         waiting = False
         while True:
-            own = self.own_id()
-            mine = [m for m in self.members([self.cfg["client_url"], *self.cfg["peers"]]) if m["ID"] == own]
+            own, leader = self.own_id()
+            members = self.members([self.cfg["client_url"], *self.cfg["peers"]])
+            mine = [m for m in members if m["ID"] == own]
             if not mine:
                 raise Retry(f"{self.name} is not a member yet")
             if not mine[0].get("isLearner"):
                 say(f"{self.name} is a voting member")
                 return 0
-            code, _, err = self.etcdctl(self.cfg["peers"], "member", "promote", f"{mine[0]['ID']:x}")
+            code, _, err = self.etcdctl(self.leader_urls(members, leader), "member", "promote", f"{mine[0]['ID']:x}")
             if code == 0:
                 say(f"promoted {self.name} (member {mine[0]['ID']:x}) to a voting member")
                 return 0
