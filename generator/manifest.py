@@ -12,8 +12,9 @@ from typing import Any
 
 from cryptography import x509
 
+from . import provenance
 from .certs import cert_fingerprint, sans_of
-from .errors import OutputError
+from .errors import OutputError, printable
 from .layout import HEX64, MANIFEST
 
 NAME = MANIFEST
@@ -88,6 +89,35 @@ _SERIAL = re.compile(r"[0-9a-f]{1,40}")
 _TEXT = re.compile(r"[ -~]{1,200}")  # printable ASCII: a name and a reason, read back from the tree
 
 
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+!_-]{0,63}")
+
+
+@dataclass(frozen=True)
+class WrittenWith:
+    """What last wrote the tree's files: the spec's sha256, and etcd-seed's, Python's and each library's version.
+
+    The build records it only when it writes a file other than the manifest, so a library update that
+    changes no byte leaves a committed manifest as it was."""
+
+    spec_sha256: str
+    versions: Mapping[str, str]
+
+    @classmethod
+    def now(cls, spec_sha256: str) -> WrittenWith:
+        """This process: the etcd-seed, Python and libraries that run now."""
+        return cls(spec_sha256, provenance.installed())
+
+    def changes(self, now: WrittenWith) -> list[str]:
+        """`name old -> new` for each version that differs from `now`'s, in a stable order."""
+        names = sorted(set(self.versions) | set(now.versions))
+        return [f"{name} {self.versions.get(name, 'none')} -> {now.versions.get(name, 'none')}"
+                for name in names if self.versions.get(name) != now.versions.get(name)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spec_sha256": self.spec_sha256, "versions": dict(sorted(self.versions.items()))}
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A manifest read back. `format` 0 means there was none."""
@@ -101,12 +131,13 @@ class Manifest:
     restore_sha256: str | None = None
     revoked: tuple[Revoked, ...] = ()  # what pki/crl.der lists
     auth_enabled: bool | None = None  # whether the build turned etcd's auth on; None before auth was managed
+    written_with: WrittenWith | None = None  # None in a tree written before it was recorded
 
 
 def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], files: Mapping[str, FileEntry],
                     certs: Mapping[str, x509.Certificate], replaced: Mapping[str, str] | None = None,
                     restore: Mapping[str, Any] | None = None, revoked: tuple[Revoked, ...] = (),
-                    auth_enabled: bool | None = None) -> bytes:
+                    auth_enabled: bool | None = None, written_with: WrittenWith | None = None) -> bytes:
     """The manifest for one cluster: every file's sha256 and mode, and each certificate's facts.
 
     Args:
@@ -119,6 +150,7 @@ def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], 
         restore: sha256 and size of the snapshot the seeds restore from.
         revoked: the certificates pki/crl.der lists.
         auth_enabled: whether the seeds turn etcd's authentication on.
+        written_with: the spec and the versions that wrote the files.
     """
     table = {}
     for path, entry in files.items():
@@ -144,6 +176,8 @@ def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], 
         document["revoked"] = [dataclasses.asdict(r) for r in revoked]
     if auth_enabled is not None:
         document["auth"] = {"enabled": auth_enabled}
+    if written_with is not None:
+        document["written_with"] = written_with.to_json()
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -197,7 +231,24 @@ def parse_manifest(data: bytes | None, source: str = NAME) -> Manifest:
     return Manifest(format=fmt, files=entries, certificates=records, bundle_sha256=bundle_sha,
                     etcd_version=version if isinstance(version, str) else None, replaced=replaced,
                     restore_sha256=restore_sha, auth_enabled=auth_enabled,
+                    written_with=_written_with(document.get("written_with"), f"{source}: written_with"),
                     revoked=tuple(_revoked(row, f"{source}: revoked.{i}") for i, row in enumerate(revoked)))
+
+
+def _written_with(row: Any, where: str) -> WrittenWith | None:
+    if row is None:
+        return None
+    if not isinstance(row, dict) or set(row) != {"spec_sha256", "versions"}:
+        raise OutputError(f"{where}: must be an object of spec_sha256, versions")
+    if not (isinstance(row["spec_sha256"], str) and HEX64.fullmatch(row["spec_sha256"])):
+        raise OutputError(f"{where}.spec_sha256: must be 64 hex digits")
+    versions = row["versions"]
+    if not isinstance(versions, dict) or len(versions) > 32:
+        raise OutputError(f"{where}.versions: must map at most 32 names to versions")
+    for name, version in versions.items():
+        if not (_NAME.fullmatch(name) and isinstance(version, str) and _VERSION.fullmatch(version)):
+            raise OutputError(f"{where}.versions: {printable(name)!r}: must map a package name to a version")
+    return WrittenWith(row["spec_sha256"], dict(versions))
 
 
 def _revoked(row: Any, where: str) -> Revoked:

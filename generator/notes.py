@@ -95,6 +95,15 @@ def revocation(revoked: tuple[Revoked, ...], before: tuple[Revoked, ...]) -> lis
             "new connection), so re-seed every node" for r in revoked if r.serial not in listed]
 
 
+def library_update(updates: Sequence[str], only: bool) -> str:
+    """Which library versions changed since the tree was last written, and whether they alone explain the changes."""
+    since = f"library update since this tree was last written: {', '.join(updates)}"
+    if only:
+        return (f"{since}; the spec, etcd-seed, the bundle and every key and certificate are unchanged, so every "
+                "change above comes from that update alone")
+    return f"{since}; some of the changes above may come from it"
+
+
 def _previous_ips(previous: Manifest, name: str) -> list[str]:
     """The IPv4 addresses the previous build's certificate for a node named."""
     record = previous.certificates.get(layout.cert_file(name))

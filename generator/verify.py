@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from . import auth, certs, etcd, external, fs, hostkeys, layout, manifest, rotation, sealed
+from . import auth, certs, etcd, external, fs, hostkeys, layout, manifest, provenance, rotation, sealed
 from .certs import PrivateKey, cert_fingerprint, check_leaf, load_key, public_der, public_key_sha256, signs
 from .errors import GeneratorError, MaterialError, OutputError
 from .etcd import Bundle
@@ -29,7 +29,7 @@ from .fs import OnDisk
 from .inputs import Snapshot, cluster_root, load_bundle, now, read_spec
 from .iso import VOLUME_LABEL, iso_digest, read_iso, volume_label
 from .layout import CA_NAME, JOURNAL, NODE_FILES, SECRET_DIR_MODE, SEED_ISO, TEMP_PREFIX, is_secret
-from .manifest import Manifest
+from .manifest import Manifest, WrittenWith
 from .node import PATHS
 from .outputs import CaPem, HostPem, KeyPem, LeafPem, Material, OutputFile, output_files, seed_entries
 from .pki import leaf_table
@@ -109,7 +109,8 @@ def check(spec_path: Path, out: Path, warn_days: int, fail_days: int) -> Report:
         tree = Tree(files=fs.read_files(root, small), disk=disk, dirs=dirs, odd=odd,
                     read_large=lambda rel: fs.read_regular(root / rel, fs.LIMITS["bundle"] * 2, rel) or b"",
                     git_tracked=external.git_tracked(root))
-        found = verify_tree(spec, tree, now(), warn_days, fail_days, make_environment(), bundle)
+        found = verify_tree(spec, tree, now(), warn_days, fail_days, make_environment(), bundle,
+                            provenance.installed())
         problems = schema.result()
         found += [Finding(name, problem) for name in names if (problem := problems[root / name])]
     return Report(root, found, len(disk))
@@ -127,7 +128,8 @@ def parse_env(text: str) -> dict[str, str]:
 
 
 def verify_tree(spec: Spec, tree: Tree, now: dt.datetime, warn_days: int, fail_days: int,
-                env: jinja2.Environment, bundle: Bundle | None) -> list[Finding]:
+                env: jinja2.Environment, bundle: Bundle | None,
+                installed: Mapping[str, str] | None = None) -> list[Finding]:
     """Every problem in output/<cluster>/, as findings.
 
     In an operator's tree (any secret present) a missing secret is an error; in a
@@ -142,9 +144,17 @@ def verify_tree(spec: Spec, tree: Tree, now: dt.datetime, warn_days: int, fail_d
         fail_days: closer than this (or expired) is an error.
         env: the templates, to render what the spec asks for.
         bundle: the etcd tarball as loaded, when it is at hand (to rebuild ISOs exactly).
+        installed: the versions of etcd-seed, Python and the libraries that run now, to compare with the
+            manifest's written_with.
     """
     found: list[Finding] = []
     previous = _check_manifest(tree, found)
+    if previous is not None and previous.written_with is not None and installed is not None:
+        updates = previous.written_with.changes(WrittenWith(previous.written_with.spec_sha256, installed))
+        if updates:
+            found.append(Finding(manifest.NAME, "the tree was last written with other versions than the ones "
+                                 f"installed ({', '.join(updates)}): a byte difference below may come from that; "
+                                 "`plan` says which files a build would change", error=False))
     _check_layout(tree, previous, found)
     _check_sealed(tree, previous, found)
     _check_git(tree, found)

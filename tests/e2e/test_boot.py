@@ -115,6 +115,30 @@ def test_node_state_over_ssh(lab: Lab, index: int) -> None:
     assert_node_state(lab, index)
 
 
+# Where a boot spends its time, read on the node: systemd's and cloud-init's own accounts. Printed for
+# docs/testing.md's boot-time summary; the assertions only check that each account covers etcd's start.
+PROFILE = {
+    "systemd": "systemd-analyze time",
+    "critical chain": "systemd-analyze critical-chain etcd.service --no-pager",
+    "units": "systemd-analyze blame --no-pager | head -12",
+    "cloud-init": "sudo cloud-init analyze blame | head -40",
+    "install step": "sudo journalctl -b -o short-monotonic -u etcd-seed-boot -u etcd-seed-clock -u etcd --no-pager"
+                    " | grep -E 'Start|Finished|etcd-seed:|ready to serve' | head -20",
+}
+
+
+def test_where_a_boot_spends_its_time(lab: Lab) -> None:
+    """Each node's boot after the power cut (same seed, cloud-init done): systemd's and cloud-init's timings."""
+    for vm in lab.vms:
+        for what, command in PROFILE.items():
+            done = lab.ssh(vm.ip, command)
+            print(f"boot profile: {vm.name}: {what} (exit {done.returncode}):\n{done.stdout.rstrip()}")
+            if what == "critical chain":
+                assert "etcd.service" in done.stdout, done.stdout + done.stderr
+            if what == "cloud-init":
+                assert "Boot Record" in done.stdout, done.stdout + done.stderr
+
+
 def test_fault_rejoin_and_bad_bundle(lab: Lab) -> None:
     """One member killed: writes still commit; rebooted with its seed, it rejoins with its data and
     cloud-init does not run again. Meanwhile a seed with a corrupt tarball boots without installing etcd."""
