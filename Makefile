@@ -120,9 +120,9 @@ test-lowest: $(UV)
 	rm -rf $(VENV)-lowest
 	$(PYTHON) -m venv $(VENV)-lowest
 	$(UV) pip compile --quiet --python-version 3.11 --resolution lowest-direct --extra test \
-		pyproject.toml tools/build-requirements.in -o $(VENV)-lowest/requirements.txt
+		pyproject.toml -o $(VENV)-lowest/requirements.txt
 	$(call PIP,$(VENV)-lowest) install -r $(VENV)-lowest/requirements.txt
-	$(call PIP,$(VENV)-lowest) install --no-deps --no-build-isolation --no-index -e .
+	$(call PIP,$(VENV)-lowest) install --no-deps -e .
 	$(VENV)-lowest/bin/python tools/deps.py versions
 	$(VENV)-lowest/bin/python -m pytest -p no:cacheprovider -m "$(FAST_TIERS)" -q
 
