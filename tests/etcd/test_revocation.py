@@ -52,8 +52,8 @@ def test_revoked_client_is_refused_without_a_restart(lab: Lab, tmp_path: Path) -
     member refuses both."""
     before_renewal = _wallet(lab, "reader", tmp_path / "reader-before-renewal")
     _cli_build(lab, "--renew")
-    for name in NODES:  # the renewal rolled out: each node's new certificate, etcd left running
-        assert _reseed(lab, name).endswith(f": etcd.crt; {LEFT_RUNNING}"), name
+    for name in NODES:  # the renewal rolled out (--renew reissues the CRL too), etcd left running
+        assert _reseed(lab, name).endswith(f": etcd.crt, crl.der; {LEFT_RUNNING}"), name
     reader, flannel = _wallet(lab, "reader", tmp_path / "reader"), _wallet(lab, "flannel", tmp_path / "flannel")
     assert (before_renewal / "admin.crt").read_bytes() != (reader / "admin.crt").read_bytes()
     ips = [f"{BASE}.{i}" for i in (1, 2, 3)]
