@@ -106,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
                                  "the build: health, versions, certificates served, what to roll next; exit 1 on any "
                                  "problem")
     status.add_argument("--json", action="store_true", help="print the report as JSON, for scripts")
-    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each node (default 5)")
+    status.add_argument("--timeout", type=float, default=5.0,
+                        help="seconds each node has to answer in full, both ports (default 5)")
     status.set_defaults(run=_run_status)
     seal = commands.add_parser("seal", parents=[tree], help="encrypt the private keys with age, for committing")
     seal.add_argument("--recipient", action="append", default=[], required=True,

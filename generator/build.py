@@ -39,7 +39,7 @@ from .inputs import (
 )
 from .iso import iso_digest, write_iso
 from .layout import CA_NAME, DELETABLE, HEX64, JOURNAL
-from .manifest import FileEntry, Manifest, Revoked, WrittenWith
+from .manifest import FileEntry, Issued, Manifest, Revoked, WrittenWith
 from .outputs import CaPem, HostPem, KeyPem, LeafPem, Material, OutputFile, output_files
 from .pki import CaInputs, Change, KeyRecords, PkiState, build_pki, renew_at
 from .render import make_environment
@@ -323,8 +323,15 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     host_keys = hostkeys.host_keys(spec, inputs.pki_files, records, replacing, pki.events)
     state = _rotation_state(inputs.rotation, phase, pki)
     public_keys = pki.public_keys()
+    existing_crl = inputs.pki_files.get(layout.CRL.removeprefix(f"{layout.PKI}/"))
+    lost = revocation.lost(existing_crl, pki.trusted, inputs.previous)
+    if lost:
+        raise OutputError(f"{manifest.NAME}: revoked: lacks {', '.join(lost)}, which {layout.CRL} lists; a build "
+                          "would sign a CRL that takes them back: restore manifest.json's revoked list (git log -p "
+                          "shows it)")
     revoked = revocation.revocations(spec, inputs.previous, public_keys, now)
-    crl = revocation.crl(inputs.pki_files.get(layout.CRL.removeprefix(f"{layout.PKI}/")), revoked, pki.signer, now,
+    issued = revocation.history(inputs.previous, pki.leaves, public_keys, now)
+    crl = revocation.crl(existing_crl, revoked, pki.signer, now,
                          spec.pki.validity_days, spec.pki.renew_before_days, options.renew)
     timings["pki"] = time.perf_counter() - started
 
@@ -344,7 +351,7 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     new_keys = {layout.key_name(f.path) or "": f.public_key_sha256 for f in files
                 if f.public_key_sha256 and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
     written_with, library_note = _written_with(inputs, files, deletes, pki, revoked, options)
-    manifest_bytes = _manifest(spec, inputs, files, pki, public_keys, revoked, written_with)
+    manifest_bytes = _manifest(spec, inputs, files, pki, public_keys, revoked, written_with, issued)
     current = inputs.disk.get(layout.MANIFEST)
     manifest_status = FileStatus.CREATE if current is None else FileStatus.UNCHANGED \
         if current.sha256 == hashlib.sha256(manifest_bytes).hexdigest() and current.mode == layout.PUBLIC_MODE \
@@ -440,7 +447,7 @@ def _written_with(inputs: Inputs, files: list[PlannedFile], deletes: list[str], 
 
 
 def _manifest(spec: Spec, inputs: Inputs, files: list[PlannedFile], pki: PkiState, public_keys: Mapping[str, str],
-              revoked: tuple[Revoked, ...], written_with: WrittenWith | None) -> bytes:
+              revoked: tuple[Revoked, ...], written_with: WrittenWith | None, issued: tuple[Issued, ...]) -> bytes:
     return manifest.render_manifest(
         spec.name, spec.etcd.version,
         {"name": inputs.bundle.name, "sha256": inputs.bundle.sha256,
@@ -449,7 +456,7 @@ def _manifest(spec: Spec, inputs: Inputs, files: list[PlannedFile], pki: PkiStat
         certificates(pki),
         replaced={n.name: public_keys[n.name] for n in spec.nodes if n.replace},
         restore={"sha256": inputs.snapshot.sha256, "size": len(inputs.snapshot.data)} if inputs.snapshot else None,
-        revoked=revoked, auth_enabled=spec.auth.enabled, written_with=written_with)
+        revoked=revoked, auth_enabled=spec.auth.enabled, written_with=written_with, issued=issued)
 
 
 def _const(data: bytes) -> Callable[[], bytes]:

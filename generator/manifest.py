@@ -84,8 +84,20 @@ class Revoked:
     reason: str
 
 
+@dataclass(frozen=True)
+class Issued:
+    """A leaf certificate a build issued, kept until it expires: revoking its name, a new key or a removal
+    reaches every certificate of the key, not only the newest one."""
+
+    serial: str  # hex
+    name: str
+    public_key_sha256: str
+    not_after: str  # YYYY-MM-DDTHH:MM:SSZ
+
+
 _STAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _SERIAL = re.compile(r"[0-9a-f]{1,40}")
+_LEAF = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # a node's or a client's name
 _TEXT = re.compile(r"[ -~]{1,200}")  # printable ASCII: a name and a reason, read back from the tree
 
 
@@ -132,12 +144,14 @@ class Manifest:
     revoked: tuple[Revoked, ...] = ()  # what pki/crl.der lists
     auth_enabled: bool | None = None  # whether the build turned etcd's auth on; None before auth was managed
     written_with: WrittenWith | None = None  # None in a tree written before it was recorded
+    issued: tuple[Issued, ...] = ()  # every unexpired leaf certificate issued; empty before it was kept
 
 
 def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], files: Mapping[str, FileEntry],
                     certs: Mapping[str, x509.Certificate], replaced: Mapping[str, str] | None = None,
                     restore: Mapping[str, Any] | None = None, revoked: tuple[Revoked, ...] = (),
-                    auth_enabled: bool | None = None, written_with: WrittenWith | None = None) -> bytes:
+                    auth_enabled: bool | None = None, written_with: WrittenWith | None = None,
+                    issued: tuple[Issued, ...] = ()) -> bytes:
     """The manifest for one cluster: every file's sha256 and mode, and each certificate's facts.
 
     Args:
@@ -151,6 +165,7 @@ def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], 
         revoked: the certificates pki/crl.der lists.
         auth_enabled: whether the seeds turn etcd's authentication on.
         written_with: the spec and the versions that wrote the files.
+        issued: every unexpired leaf certificate the builds of this tree issued.
     """
     table = {}
     for path, entry in files.items():
@@ -178,6 +193,8 @@ def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], 
         document["auth"] = {"enabled": auth_enabled}
     if written_with is not None:
         document["written_with"] = written_with.to_json()
+    if issued:
+        document["issued"] = [dataclasses.asdict(i) for i in issued]
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -232,6 +249,7 @@ def parse_manifest(data: bytes | None, source: str = NAME) -> Manifest:
                     etcd_version=version if isinstance(version, str) else None, replaced=replaced,
                     restore_sha256=restore_sha, auth_enabled=auth_enabled,
                     written_with=_written_with(document.get("written_with"), f"{source}: written_with"),
+                    issued=_issued(document.get("issued", []), f"{source}: issued"),
                     revoked=tuple(_revoked(row, f"{source}: revoked.{i}") for i, row in enumerate(revoked)))
 
 
@@ -249,6 +267,22 @@ def _written_with(row: Any, where: str) -> WrittenWith | None:
         if not (_NAME.fullmatch(name) and isinstance(version, str) and _VERSION.fullmatch(version)):
             raise OutputError(f"{where}.versions: {printable(name)!r}: must map a package name to a version")
     return WrittenWith(row["spec_sha256"], dict(versions))
+
+
+def _issued(rows: Any, where: str) -> tuple[Issued, ...]:
+    if not isinstance(rows, list):
+        raise OutputError(f"{where}: must be a list")
+    fields = {"serial": _SERIAL, "name": _LEAF, "public_key_sha256": HEX64, "not_after": _STAMP}
+    found = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or set(row) != set(fields):
+            raise OutputError(f"{where}.{i}: must be an object of {', '.join(fields)}")
+        for name, pattern in fields.items():
+            if not (isinstance(row[name], str) and pattern.fullmatch(row[name])):
+                raise OutputError(f"{where}.{i}.{name}: {printable(str(row[name]))!r} is not a valid "
+                                  f"{name.replace('_', ' ')}")
+        found.append(Issued(**row))
+    return tuple(found)
 
 
 def _revoked(row: Any, where: str) -> Revoked:

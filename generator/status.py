@@ -7,6 +7,9 @@ and every certificate this tool issues has one. What does answer over mutual TLS
 the certificate each port serves, /metrics, /health and /version on 2379, and /members on 2380
 (the peer endpoint a joining member reads). https://etcd.io/docs/v3.5/op-guide/monitoring/
 
+Every answer is checked for etcd's shape before it is used, and one deadline bounds each node as a whole:
+a member that lies (NaN metrics, odd JSON) or stalls (a byte at a time) becomes a problem naming it.
+
 A node is in step with the build when both ports serve the certificate the build issued it and it runs
 the build's etcd version and quota. Settings etcd does not expose (its timers, heartbeat, backup or
 defragmentation schedule) cannot be seen from outside: a seed that changes only those shows in step.
@@ -15,11 +18,16 @@ defragmentation schedule) cannot be seen from outside: a seed that changes only 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import http.client
 import json
+import math
 import re
+import socket
 import ssl
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -98,6 +106,14 @@ class Status:
                 "rotation": self.rotation, "unknown_members": self.unknown_members,
                 "missing_members": self.missing_members, "next": self.next, "problems": self.problems,
                 "healthy": not self.problems}
+
+
+# The metrics assess reads; a member that gives any of them a value that is not a finite number is lying.
+READ = ("etcd_server_proposals_committed_total", "etcd_server_proposals_applied_total",
+        "etcd_mvcc_db_total_size_in_bytes", "etcd_server_quota_backend_bytes",
+        "etcd_mvcc_db_total_size_in_use_in_bytes", "etcd_server_is_leader", "etcd_server_is_learner",
+        "etcd_server_has_leader", "etcd_server_version", "etcd_cluster_version")
+MAX_COUNT = float(1 << 63)  # counters and byte sizes beyond this are not etcd's
 
 
 def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -258,7 +274,11 @@ def _get(conn: http.client.HTTPSConnection, path: str, ok: tuple[int, ...] = (20
     conn.request("GET", path)
     response = conn.getresponse()
     body = response.read(MAX_BODY + 1)
-    if response.status not in ok or len(body) > MAX_BODY:
+    if len(body) > MAX_BODY:
+        raise Untrue(f"answers GET {path} with more than {MAX_BODY >> 20} MiB")
+    if response.length:  # a read cut short (by the deadline) returns what came, without an error
+        raise OSError(f"GET {path} ended {response.length} bytes short of its Content-Length")
+    if response.status not in ok:
         raise OSError(f"GET {path} answered {response.status}")
     return body
 
@@ -280,47 +300,156 @@ def _describe_foreign(ip: str, port: int, timeout: float) -> str:
     return f" (it serves {cert.subject.rfc4514_string()}, issued by {cert.issuer.rfc4514_string()})"
 
 
+class Deadline:
+    """One bound on everything asked of a node: a member that answers a byte at a time, or never finishes its
+    headers, is cut off when it passes, however many reads that took. `close` ends its watchdogs."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self.passed = False
+        self._watchdogs: list[threading.Timer] = []
+
+    def connect(self, ip: str, port: int, context: ssl.SSLContext) -> http.client.HTTPSConnection:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            self.passed = True
+            raise TimeoutError
+        conn = http.client.HTTPSConnection(ip, port, timeout=left, context=context)
+        # The socket is held here: http.client drops conn.sock when an HTTP/1.0 answer hands it to the response.
+        held: list[socket.socket] = []
+        watchdog = threading.Timer(left, self._cut, (conn, held))
+        watchdog.daemon = True
+        self._watchdogs.append(watchdog)
+        watchdog.start()
+        conn.connect()
+        held.append(conn.sock)
+        self._bound(conn.sock)
+        return conn
+
+    def _bound(self, sock: socket.socket) -> None:
+        """Each read waits at most until the deadline: a member that keeps sending a byte now and then is cut off
+        too (Linux keeps delivering data to a socket shut down for reading)."""
+        read = sock.recv_into
+
+        def recv_into(buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+            left = self.end - time.monotonic()
+            if left <= 0:
+                self.passed = True
+                raise TimeoutError
+            sock.settimeout(left)
+            return read(buffer, nbytes, flags)
+
+        sock.recv_into = recv_into  # type: ignore[method-assign]
+
+    def _cut(self, conn: http.client.HTTPSConnection, held: list[socket.socket]) -> None:
+        self.passed = True
+        for sock in (*held, conn.sock):  # conn.sock alone while the handshake runs
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        for watchdog in self._watchdogs:
+            watchdog.cancel()
+
+    def reason(self, exc: BaseException) -> str:
+        if self.passed or isinstance(exc, TimeoutError):
+            return f"no complete answer within {self.seconds:g} s"
+        return str(exc) or type(exc).__name__
+
+
+class Untrue(ValueError):
+    """An answer that is not of the shape etcd gives."""
+
+
+def checked_metrics(metrics: Mapping[str, list[tuple[dict[str, str], float]]]) -> None:
+    """Each metric assess reads is a finite number in etcd's range (a lying member may send NaN or +Inf)."""
+    bad = sorted(name for name in READ for _, value in metrics.get(name, [])
+                 if not (math.isfinite(value) and -MAX_COUNT < value < MAX_COUNT))
+    if bad:
+        raise Untrue(f"answers /metrics with values that are not finite numbers in range: {', '.join(bad)}")
+
+
+def checked_health(document: Any) -> Mapping[str, Any]:
+    if not (isinstance(document, dict) and isinstance(document.get("health"), str)
+            and isinstance(document.get("reason", ""), str)):
+        raise Untrue("answers /health with something other than etcd's {\"health\": ..., \"reason\": ...}")
+    return document
+
+
+def checked_members(document: Any) -> list[Mapping[str, Any]]:
+    """/members as etcd gives it: a list of objects, each with a whole-number id, a name and lists of URLs."""
+    if not isinstance(document, list):
+        raise Untrue("answers /members with something other than a list")
+    for m in document:
+        member_id = m.get("id") if isinstance(m, dict) else None
+        if not (isinstance(member_id, int) and not isinstance(member_id, bool) and 0 <= member_id < 1 << 64
+                and isinstance(m.get("name", ""), str) and len(m.get("name", "")) <= 256
+                and all(isinstance(urls, list) and len(urls) <= 16 and all(isinstance(u, str) and len(u) <= 256
+                                                                             for u in urls)
+                        for urls in (m.get("peerURLs", []), m.get("clientURLs", [])))):
+            raise Untrue(f"answers /members with an entry that is not etcd's: {printable(repr(m)[:120])}")
+    return document
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except RecursionError:  # nested deeper than the parser goes: no answer etcd gives
+        raise Untrue("answers with JSON nested too deep to be etcd's") from None
+
+
 def ask(node: Node, context: ssl.SSLContext, timeout: float) -> Answer:
-    """Ask one node over mutual TLS; every failure becomes the answer's error, never an exception."""
+    """Ask one node over mutual TLS, within one deadline for both ports; every failure, and every answer not
+    of etcd's shape, becomes the answer's error, never an exception."""
+    deadline = Deadline(timeout)
+    try:
+        return _ask(node, context, deadline)
+    finally:
+        deadline.close()
+
+
+def _ask(node: Node, context: ssl.SSLContext, deadline: Deadline) -> Answer:
     ip = str(node.ip)
     try:
-        conn = http.client.HTTPSConnection(ip, CLIENT_PORT, timeout=timeout, context=context)
-        conn.connect()
-        client_cert = conn.sock.getpeercert(binary_form=True)
-        metrics = parse_metrics(_get(conn, "/metrics").decode("utf-8", "replace"))
-        health = json.loads(_get(conn, "/health", ok=(200, 503)))  # 503: unhealthy, and the body says why
-        conn.close()
+        conn = deadline.connect(ip, CLIENT_PORT, context)
+        try:
+            client_cert = conn.sock.getpeercert(binary_form=True)
+            metrics = parse_metrics(_get(conn, "/metrics").decode("utf-8", "replace"))
+            checked_metrics(metrics)
+            # 503: unhealthy, and the body says why.
+            health = checked_health(_json(_get(conn, "/health", ok=(200, 503))))
+        finally:
+            conn.close()
     except ssl.SSLCertVerificationError as exc:
-        foreign = _describe_foreign(ip, CLIENT_PORT, timeout)
+        foreign = _describe_foreign(ip, CLIENT_PORT, max(deadline.end - time.monotonic(), 0.1))
         return Answer(node.name, foreign=True, error=f"serves a certificate on {CLIENT_PORT} that this cluster's "
                       f"trusted CAs do not vouch for its address {ip}: {exc.verify_message}{foreign}")
+    except Untrue as exc:
+        return Answer(node.name, error=f"{exc} on {ip}:{CLIENT_PORT}")
     except (OSError, ValueError, http.client.HTTPException) as exc:
-        return Answer(node.name, error=f"does not answer on {ip}:{CLIENT_PORT} ({_reason(exc, timeout)})")
-    if not isinstance(health, dict):
-        health = {}
+        return Answer(node.name, error=f"does not answer on {ip}:{CLIENT_PORT} ({deadline.reason(exc)})")
     try:
-        conn = http.client.HTTPSConnection(ip, PEER_PORT, timeout=timeout, context=context)
-        conn.connect()
-        peer_cert = conn.sock.getpeercert(binary_form=True)
-        members = json.loads(_get(conn, "/members"))
-        conn.close()
+        conn = deadline.connect(ip, PEER_PORT, context)
+        try:
+            peer_cert = conn.sock.getpeercert(binary_form=True)
+            members = checked_members(_json(_get(conn, "/members")))
+        finally:
+            conn.close()
     except ssl.SSLCertVerificationError as exc:
         return Answer(node.name, client_cert=client_cert, metrics=metrics, health=health,
                       peer_error=f"serves a certificate on {PEER_PORT} that this cluster's trusted CAs do not vouch "
-                      f"for: {exc.verify_message}{_describe_foreign(ip, PEER_PORT, timeout)}")
+                      f"for: {exc.verify_message}"
+                      f"{_describe_foreign(ip, PEER_PORT, max(deadline.end - time.monotonic(), 0.1))}")
+    except Untrue as exc:
+        return Answer(node.name, client_cert=client_cert, metrics=metrics, health=health,
+                      peer_error=f"{exc} on {ip}:{PEER_PORT}")
     except (OSError, ValueError, http.client.HTTPException) as exc:
         return Answer(node.name, client_cert=client_cert, metrics=metrics, health=health,
-                      peer_error=f"does not answer on {ip}:{PEER_PORT} ({_reason(exc, timeout)})")
-    if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
-        members = None
+                      peer_error=f"does not answer on {ip}:{PEER_PORT} ({deadline.reason(exc)})")
     return Answer(node.name, client_cert=client_cert, peer_cert=peer_cert, metrics=metrics, health=health,
                   members=members)
-
-
-def _reason(exc: BaseException, timeout: float) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {timeout:g} s"
-    return str(exc) or type(exc).__name__
 
 
 def check(spec_path: Path, out: Path, timeout: float = TIMEOUT_S) -> Status:

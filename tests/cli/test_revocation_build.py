@@ -93,7 +93,117 @@ def test_renewal_revokes_nothing_and_a_new_key_revokes_the_old_certificate(workd
     assert code == 0, err
     assert f"etcd02: its certificate (serial {renewed}, " in out and "(replaced by a new key)" in out
     assert "(1. etcd02; 2. etcd01; 3. etcd03)" in out  # the rekeyed node is rolled first
-    assert [r["serial"] for r in _manifest(workdir)["revoked"]] == [renewed]
+    # The certificate before the renewal has the old key too: it is revoked with the renewed one.
+    assert f"etcd02: its certificate (serial {old}, " in out
+    assert [r["serial"] for r in _manifest(workdir)["revoked"]] == sorted([old, renewed], key=lambda s: int(s, 16))
+
+
+def _keep(workdir: Path, name: str, as_name: str) -> Path:
+    kept = workdir / as_name
+    kept.write_bytes((workdir / f"out/demo/pki/{name}.crt").read_bytes())
+    return kept
+
+
+def _renew(workdir: Path) -> None:
+    code, _, err = run("build", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"), "--renew")
+    assert code == 0, err
+
+
+def _assert_refused_by_openssl(workdir: Path, name: str, *certs: Path) -> None:
+    for cert in certs:
+        checked = _crl_check(workdir, name, cert)
+        assert checked.returncode != 0 and "certificate revoked" in checked.stdout + checked.stderr, (cert, checked)
+
+
+@pytest.mark.parametrize("how", ["revoked", "removed"])
+def test_revoking_a_client_revokes_every_certificate_of_its_key(workdir: Path, how: str) -> None:
+    """Renewal keeps the key and leaves the older certificate valid for its year: revoking the client, or taking it
+    out of the spec, revokes both, and openssl refuses both."""
+    set_spec(workdir, "etcd:\n", CLIENTS)
+    assert build(workdir)[0] == 0
+    first = _keep(workdir, "reader", "reader-1.crt")
+    _renew(workdir)
+    second = _keep(workdir, "reader", "reader-2.crt")
+    assert first.read_bytes() != second.read_bytes()
+    if how == "revoked":
+        set_spec(workdir, "  - {name: reader}\n", "  - {name: reader, revoked: true}\n")
+    else:
+        set_spec(workdir, "  - {name: reader}\n", "")
+    code, out, err = build(workdir)
+    assert code == 0, err
+    serials = {f"{x509.load_pem_x509_certificate(c.read_bytes()).serial_number:x}" for c in (first, second)}
+    assert {r["serial"] for r in _manifest(workdir)["revoked"]} == serials
+    assert all(f"reader: its certificate (serial {serial}, " in out for serial in serials), out
+    _assert_refused_by_openssl(workdir, "reader", first, second)
+    assert _crl_check(workdir, "flannel").returncode == 0 and _crl_check(workdir, "etcd02").returncode == 0
+    _delete_as_told(workdir, "reader")
+    assert verify(workdir)[0] == 0
+
+
+@pytest.mark.parametrize("how", ["rekey", "replace"])
+def test_a_new_key_revokes_every_certificate_of_the_old_key(workdir: Path, how: str) -> None:
+    """A replaced or rekeyed node: its certificates before and after a renewal both carry the old key, and both
+    are refused; the new certificate is not."""
+    assert build(workdir)[0] == 0
+    first = _keep(workdir, "etcd03", "etcd03-1.crt")
+    _renew(workdir)
+    second = _keep(workdir, "etcd03", "etcd03-2.crt")
+    if how == "rekey":
+        code, _, err = run("build", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"),
+                           "--rekey", "etcd03")
+    else:
+        set_spec(workdir, "{name: etcd03, ", "{name: etcd03, replace: true, ")
+        code, _, err = build(workdir)
+    assert code == 0, err
+    _assert_refused_by_openssl(workdir, "etcd03", first, second)
+    assert _crl_check(workdir, "etcd03").returncode == 0
+
+
+def test_a_client_revoked_during_a_ca_rotation_is_revoked_under_both_cas(workdir: Path) -> None:
+    """After `rotate-ca issue` a client holds a certificate of each CA with the same key, and the old CA is still
+    trusted: revoking it lists both serials (etcd matches serials alone, tests/etcd/test_revocation.py)."""
+    set_spec(workdir, "etcd:\n", CLIENTS)
+    assert build(workdir)[0] == 0
+    old_ca = _serial(workdir, "reader")
+    for step in ("begin", "issue"):
+        code, _, err = run("rotate-ca", step, "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"))
+        assert code == 0, err
+    new_ca = _serial(workdir, "reader")
+    assert new_ca != old_ca
+    set_spec(workdir, "  - {name: reader}\n", "  - {name: reader, revoked: true}\n")
+    code, _, err = build(workdir)
+    assert code == 0, err
+    listed = x509.load_der_x509_crl((workdir / "out/demo/pki/crl.der").read_bytes())
+    assert {f"{r.serial_number:x}" for r in listed} == {old_ca, new_ca}
+    _delete_as_told(workdir, "reader")
+    code, _, err = verify(workdir)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("lost", ["every entry", "one entry"])
+def test_a_manifest_that_lost_revoked_entries_is_refused(workdir: Path, lost: str) -> None:
+    """Entries deleted from manifest.json (a merge resolved the wrong way) would let the next CRL take the
+    certificates back: the build refuses, naming each serial the CRL lists, and writes nothing."""
+    set_spec(workdir, "etcd:\n", CLIENTS.replace("  - {name: reader}\n",
+                                                 "  - {name: reader}\n  - {name: writer}\n"))
+    assert build(workdir)[0] == 0
+    set_spec(workdir, "  - {name: reader}\n  - {name: writer}\n",
+             "  - {name: reader, revoked: true}\n  - {name: writer, revoked: true}\n")
+    assert build(workdir)[0] == 0
+    document = _manifest(workdir)
+    gone = document["revoked"] if lost == "every entry" else document["revoked"][:1]
+    document["revoked"] = [r for r in document["revoked"] if r not in gone]
+    if not document["revoked"]:
+        del document["revoked"]
+    (workdir / "out/demo/manifest.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    before = {p: p.read_bytes() for p in (workdir / "out/demo").rglob("*") if p.is_file()}
+    code, _, err = build(workdir)
+    assert code == 1, err
+    first = err.splitlines()[0]
+    assert first.startswith("error: manifest.json: revoked: lacks ") and "which pki/crl.der lists" in first, err
+    assert all(f"{r['serial']} ({r['name']})" in first for r in gone), err
+    assert {p: p.read_bytes() for p in (workdir / "out/demo").rglob("*") if p.is_file()} == before
+    assert verify(workdir)[0] == 1
 
 
 def test_expired_entries_leave_the_crl(workdir: Path) -> None:
@@ -103,7 +213,10 @@ def test_expired_entries_leave_the_crl(workdir: Path) -> None:
     set_spec(workdir, "  - {name: reader}\n", "  - {name: reader, revoked: true}\n")
     assert build(workdir)[0] == 0
     document = _manifest(workdir)
-    document["revoked"][0]["not_after"] = "2020-01-01T00:00:00Z"
+    document["revoked"][0]["not_after"] = "2020-01-01T00:00:00Z"  # as if the build ran after it expired
+    for entry in document["issued"]:
+        if entry["serial"] == document["revoked"][0]["serial"]:
+            entry["not_after"] = "2020-01-01T00:00:00Z"
     (workdir / "out/demo/manifest.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     assert build(workdir)[0] == 0
     assert "revoked" not in _manifest(workdir)
@@ -181,3 +294,21 @@ def test_revoked_certificate_stays_on_the_crl_through_a_ca_rotation(workdir: Pat
         assert listed.issuer == issuer.subject and [r.serial_number for r in listed] == [int(serial, 16)], step
         code, _, err = verify(workdir)
         assert code == 0, (step, err)
+
+
+@pytest.mark.parametrize(("entry", "field"), [
+    ("not a list", "issued"),
+    ([{"serial": "zz", "name": "reader", "public_key_sha256": "0" * 64, "not_after": "2030-01-01T00:00:00Z"}],
+     "issued.0.serial"),
+    ([{"serial": "1a", "name": "Reader\nerror: forged", "public_key_sha256": "0" * 64,
+       "not_after": "2030-01-01T00:00:00Z"}], "issued.0.name"),
+    ([{"serial": "1a", "name": "reader", "public_key_sha256": "0" * 64}], "issued.0"),
+])
+def test_a_malformed_history_is_an_error_naming_its_field(workdir: Path, entry: object, field: str) -> None:
+    assert build(workdir)[0] == 0
+    document = _manifest(workdir)
+    document["issued"] = entry
+    (workdir / "out/demo/manifest.json").write_text(json.dumps(document))
+    code, _, err = build(workdir)
+    assert code == 1 and err.startswith(f"error: manifest.json: {field}: "), err
+    assert not any(line.startswith("error: forged") for line in err.splitlines()), err

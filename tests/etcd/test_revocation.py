@@ -48,9 +48,16 @@ def _reseed(lab: Lab, name: str) -> str:
 
 
 def test_revoked_client_is_refused_without_a_restart(lab: Lab, tmp_path: Path) -> None:
+    """reader's certificate is renewed first (same key, both valid); revoking reader revokes both, and every
+    member refuses both."""
+    before_renewal = _wallet(lab, "reader", tmp_path / "reader-before-renewal")
+    _cli_build(lab, "--renew")
+    for name in NODES:  # the renewal rolled out (--renew reissues the CRL too), etcd left running
+        assert _reseed(lab, name).endswith(f": etcd.crt, crl.der; {LEFT_RUNNING}"), name
     reader, flannel = _wallet(lab, "reader", tmp_path / "reader"), _wallet(lab, "flannel", tmp_path / "flannel")
+    assert (before_renewal / "admin.crt").read_bytes() != (reader / "admin.crt").read_bytes()
     ips = [f"{BASE}.{i}" for i in (1, 2, 3)]
-    assert all(_allowed(lab, reader, ip) and _allowed(lab, flannel, ip) for ip in ips)
+    assert all(_allowed(lab, w, ip) for ip in ips for w in (before_renewal, reader, flannel))
     pids = {name: lab.pid(name) for name in NODES}
     set_spec(lab.work, "  - {name: reader, access: [{key: probe}]}\n",
              "  - {name: reader, access: [{key: probe}], revoked: true}\n")
@@ -64,7 +71,7 @@ def test_revoked_client_is_refused_without_a_restart(lab: Lab, tmp_path: Path) -
         assert _reseed(lab, name).endswith(f": crl.der; {LEFT_RUNNING}"), name
     assert {name: lab.pid(name) for name in NODES} == pids, "no member restarted"
     for ip in ips:
-        assert _handshake_refused(lab, reader, ip), ip
+        assert _handshake_refused(lab, reader, ip) and _handshake_refused(lab, before_renewal, ip), ip
         refused = lab.etcdctl("get", "probe", endpoints=[ip], cert_dir=reader)
         assert _allowed(lab, flannel, ip) and lab.etcdctl("get", "probe", endpoints=[ip]).returncode == 0, ip
     assert "revoked" in lab.logs()
@@ -73,9 +80,14 @@ def test_revoked_client_is_refused_without_a_restart(lab: Lab, tmp_path: Path) -
 
 def test_rekeyed_node_old_certificate_is_refused_as_client_and_peer(lab: Lab, tmp_path: Path) -> None:
     """etcd03 gets a new key (build --rekey etcd03) and is rolled first; once the others run their new seeds, its
-    old certificate is refused on the client port and on the peer port, and the cluster stays healthy."""
+    old certificates, the current one and the one before its renewal, are refused on the client port and on the
+    peer port, and the cluster stays healthy."""
+    before_renewal = _wallet(lab, "etcd03", tmp_path / "etcd03-before-renewal")
+    _cli_build(lab, "--renew")
+    for name in NODES:
+        _reseed(lab, name)
     old = _wallet(lab, "etcd03", tmp_path / "old-etcd03")
-    assert _allowed(lab, old, f"{BASE}.1")
+    assert _allowed(lab, old, f"{BASE}.1") and _allowed(lab, before_renewal, f"{BASE}.1")
     built = _cli_build(lab, "--rekey", "etcd03")
     assert "(1. etcd03; 2. etcd01; 3. etcd02)" in built, built  # the rekeyed node is rolled first
     assert _reseed(lab, "etcd03").endswith(f": etcd.key, etcd.crt, crl.der; {LEFT_RUNNING}")
@@ -85,9 +97,9 @@ def test_rekeyed_node_old_certificate_is_refused_as_client_and_peer(lab: Lab, tm
     lab.wait_healthy()
     new = _wallet(lab, "etcd03", tmp_path / "new-etcd03")
     for ip in (f"{BASE}.1", f"{BASE}.2"):
-        assert not _allowed(lab, old, ip) and _allowed(lab, new, ip), ip
-        peer = {w: _peer_members(lab, w, ip) for w in (old, new)}
-        assert peer[old].returncode != 0 and peer[new].returncode == 0, peer
+        assert not _allowed(lab, old, ip) and not _allowed(lab, before_renewal, ip) and _allowed(lab, new, ip), ip
+        peer = {w: _peer_members(lab, w, ip) for w in (old, before_renewal, new)}
+        assert peer[old].returncode != 0 and peer[before_renewal].returncode != 0 and peer[new].returncode == 0, peer
 
 
 def _cli_build(lab: Lab, *extra: str) -> str:
