@@ -324,6 +324,9 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     state = _rotation_state(inputs.rotation, phase, pki)
     public_keys = pki.public_keys()
     existing_crl = inputs.pki_files.get(layout.CRL.removeprefix(f"{layout.PKI}/"))
+    contradictions = revocation.contradictions(inputs.previous)
+    if contradictions:
+        raise OutputError(f"{manifest.NAME}: {contradictions[0]}; restore manifest.json from git")
     lost = revocation.lost(existing_crl, pki.trusted, inputs.previous)
     if lost:
         raise OutputError(f"{manifest.NAME}: revoked: lacks {', '.join(lost)}, which {layout.CRL} lists; a build "
@@ -436,13 +439,20 @@ def _written_with(inputs: Inputs, files: list[PlannedFile], deletes: list[str], 
     updates = before.changes(now) if before is not None else []
     if not [u for u in updates if not u.startswith(("etcd-seed ", "python "))]:
         return now, None
-    # Nothing else that shapes a byte moved: the same spec, etcd-seed, bundle, keys, certificates and CRL.
+    # Nothing else that shapes a byte moved: the same spec, etcd-seed, bundle, snapshot, keys, certificates and
+    # CRL, and each file to update is on disk as the last build wrote it, with the same ISO dates.
+    previous = inputs.previous
+    recorded = {path: record.serial for path, record in previous.certificates.items()}
     only = (before is not None and before.spec_sha256 == now.spec_sha256
             and before.versions.get("etcd-seed") == now.versions.get("etcd-seed")
-            and inputs.previous.bundle_sha256 == inputs.bundle.sha256 and not deletes and not options.rotate
-            and revoked == inputs.previous.revoked and layout.CRL not in written
-            and all(f.status is FileStatus.UPDATE for f in files if f.path in written)
-            and all(event.change is Change.REUSED for event in pki.events))
+            and previous.bundle_sha256 == inputs.bundle.sha256 and not deletes and not options.rotate
+            and previous.restore_sha256 == (inputs.snapshot.sha256 if inputs.snapshot else None)
+            and revoked == previous.revoked and layout.CRL not in written
+            and all(event.change is Change.REUSED for event in pki.events)
+            and {p: f"{c.serial_number:x}" for p, c in certificates(pki).items()} == recorded
+            and all(f.status is FileStatus.UPDATE and (entry := previous.files.get(f.path)) is not None
+                    and inputs.disk[f.path].sha256 == entry.sha256 and f.epoch == entry.epoch
+                    for f in files if f.path in written))
     return now, notes.library_update(updates, only)
 
 

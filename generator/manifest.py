@@ -6,7 +6,7 @@ import dataclasses
 import datetime as dt
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,7 @@ from cryptography import x509
 from . import provenance
 from .certs import cert_fingerprint, sans_of
 from .errors import OutputError, printable
-from .layout import HEX64, MANIFEST
+from .layout import CA_NAME, HEX64, MANIFEST, NEXT_CA
 
 NAME = MANIFEST
 # 2 adds each key's public_key_sha256 and each ISO's epoch; 1 is still read.
@@ -96,7 +96,38 @@ class Issued:
 
 
 _STAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
-_SERIAL = re.compile(r"[0-9a-f]{1,40}")
+_SERIAL = re.compile(r"[1-9a-f][0-9a-f]{0,39}")  # one spelling per serial: no leading zero
+MAX_ISSUED = 100_000  # years of renewals of hundreds of names; more is not a history this tool wrote
+
+
+def _is_stamp(text: str) -> bool:
+    if not _STAMP.fullmatch(text):
+        return False
+    try:
+        parse_time(text)
+    except ValueError:  # 2030-02-30
+        return False
+    return True
+
+
+def _is_serial(text: str) -> bool:
+    """A serial a certificate may carry: positive, at most 159 bits (RFC 5280 4.1.2.2), in lower-case hex."""
+    return bool(_SERIAL.fullmatch(text)) and int(text, 16) < 1 << 159
+
+
+def _is_leaf(text: str) -> bool:
+    return bool(_LEAF.fullmatch(text)) and text not in (CA_NAME, NEXT_CA)
+
+
+def _checked(row: Any, where: str, fields: Mapping[str, Callable[[str], bool]]) -> dict[str, str]:
+    """A row of string fields, each passing its check; OutputError naming the first that does not."""
+    if not isinstance(row, dict) or set(row) != set(fields):
+        raise OutputError(f"{where}: must be an object of {', '.join(fields)}")
+    for name, ok in fields.items():
+        if not (isinstance(row[name], str) and ok(row[name])):
+            raise OutputError(f"{where}.{name}: {printable(str(row[name]))[:80]!r} is not a valid "
+                              f"{name.replace('_', ' ')}")
+    return row
 _LEAF = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # a node's or a client's name
 _TEXT = re.compile(r"[ -~]{1,200}")  # printable ASCII: a name and a reason, read back from the tree
 
@@ -250,7 +281,7 @@ def parse_manifest(data: bytes | None, source: str = NAME) -> Manifest:
                     restore_sha256=restore_sha, auth_enabled=auth_enabled,
                     written_with=_written_with(document.get("written_with"), f"{source}: written_with"),
                     issued=_issued(document.get("issued", []), f"{source}: issued"),
-                    revoked=tuple(_revoked(row, f"{source}: revoked.{i}") for i, row in enumerate(revoked)))
+                    revoked=_revoked_list(revoked, f"{source}: revoked"))
 
 
 def _written_with(row: Any, where: str) -> WrittenWith | None:
@@ -270,30 +301,39 @@ def _written_with(row: Any, where: str) -> WrittenWith | None:
 
 
 def _issued(rows: Any, where: str) -> tuple[Issued, ...]:
-    if not isinstance(rows, list):
-        raise OutputError(f"{where}: must be a list")
-    fields = {"serial": _SERIAL, "name": _LEAF, "public_key_sha256": HEX64, "not_after": _STAMP}
-    found = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict) or set(row) != set(fields):
-            raise OutputError(f"{where}.{i}: must be an object of {', '.join(fields)}")
-        for name, pattern in fields.items():
-            if not (isinstance(row[name], str) and pattern.fullmatch(row[name])):
-                raise OutputError(f"{where}.{i}.{name}: {printable(str(row[name]))!r} is not a valid "
-                                  f"{name.replace('_', ' ')}")
-        found.append(Issued(**row))
+    if not isinstance(rows, list) or len(rows) > MAX_ISSUED:
+        raise OutputError(f"{where}: must be a list of at most {MAX_ISSUED} certificates")
+    fields = {"serial": _is_serial, "name": _is_leaf, "public_key_sha256": _hex64, "not_after": _is_stamp}
+    found = [Issued(**_checked(row, f"{where}.{i}", fields)) for i, row in enumerate(rows)]
+    serials = [i.serial for i in found]
+    if len(set(serials)) != len(serials):
+        raise OutputError(f"{where}: lists a serial twice")
     return tuple(found)
 
 
 def _revoked(row: Any, where: str) -> Revoked:
-    fields = {f.name: _TEXT for f in dataclasses.fields(Revoked)} | \
-        {"serial": _SERIAL, "not_after": _STAMP, "revoked_at": _STAMP}
-    if not isinstance(row, dict) or set(row) != set(fields):
-        raise OutputError(f"{where}: must be an object of {', '.join(fields)}")
-    for name, pattern in fields.items():
-        if not (isinstance(row[name], str) and pattern.fullmatch(row[name])):
-            raise OutputError(f"{where}.{name}: {row[name]!r} is not a valid {name.replace('_', ' ')}")
-    return Revoked(**row)
+    fields: dict[str, Callable[[str], bool]] = {f.name: _text for f in dataclasses.fields(Revoked)}
+    fields |= {"serial": _is_serial, "not_after": _is_stamp, "revoked_at": _is_stamp}
+    revoked = Revoked(**_checked(row, where, fields))
+    if parse_time(revoked.not_after) <= parse_time(revoked.revoked_at):
+        raise OutputError(f"{where}.not_after: {revoked.not_after} is not after its revoked_at "
+                          f"{revoked.revoked_at}: a certificate is revoked only while it is valid")
+    return revoked
+
+
+def _revoked_list(rows: list[Any], where: str) -> tuple[Revoked, ...]:
+    found = tuple(_revoked(row, f"{where}.{i}") for i, row in enumerate(rows))
+    if len({r.serial for r in found}) != len(found):
+        raise OutputError(f"{where}: lists a serial twice")
+    return found
+
+
+def _hex64(text: str) -> bool:
+    return bool(HEX64.fullmatch(text))
+
+
+def _text(text: str) -> bool:
+    return bool(_TEXT.fullmatch(text))
 
 
 def _entry(row: Any, where: str) -> FileEntry:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from . import certs, layout
 from .certs import CA, Credential
+from .errors import OutputError
 from .manifest import TIME_FORMAT, Issued, Manifest, Revoked, parse_time
 from .spec import Spec
 
@@ -42,6 +43,24 @@ def issued_before(previous: Manifest) -> tuple[Issued, ...]:
             continue
         found.setdefault(record.serial, Issued(record.serial, name, key.public_key_sha256, record.not_after))
     return tuple(found.values())
+
+
+def contradictions(previous: Manifest) -> list[str]:
+    """Where manifest.json's `issued` and `revoked` contradict the certificates it records as in the tree: a
+    history entry under another name or key than the certificate of its serial, or a revoked serial that a
+    certificate in use (or a CA) carries. Each would revoke, or misname, a certificate the cluster runs on."""
+    in_use = {record.serial: path for path, record in previous.certificates.items()}
+    found = []
+    for i, entry in enumerate(previous.issued):
+        path = in_use.get(entry.serial)
+        key = previous.files.get(layout.key_file(entry.name))
+        if path is not None and (path != layout.cert_file(entry.name)
+                                 or (key is not None and key.public_key_sha256 not in (None, entry.public_key_sha256))):
+            found.append(f"issued.{i}: serial {entry.serial} is {path}'s, not {entry.name}'s with that key")
+    for i, revoked in enumerate(previous.revoked):
+        if revoked.serial in in_use:
+            found.append(f"revoked.{i}: serial {revoked.serial} is {in_use[revoked.serial]}'s, a certificate in use")
+    return found
 
 
 def history(previous: Manifest, leaves: Mapping[str, Credential], current: Mapping[str, str],
@@ -90,13 +109,19 @@ def revocations(spec: Spec, previous: Manifest, current: Mapping[str, str], now:
 
 
 def lost(existing: bytes | None, trusted: Sequence[CA], previous: Manifest) -> list[str]:
-    """The serials a CRL in the tree, signed by a CA the cluster trusts, lists while manifest.json's `revoked`
-    does not: the manifest lost them (an edit, a merge resolved the wrong way), and a CRL signed from it
-    would take them back. Each as `serial (name)` where the history knows the name."""
+    """The serials the CRL in the tree lists while manifest.json's `revoked` does not: the manifest lost them
+    (an edit, a merge resolved the wrong way), and a CRL signed from it would take them back. Each as
+    `serial (name)` where the history knows the name.
+
+    Raises:
+        OutputError: the tree's CRL is not one a trusted CA signed: what it lists cannot be known.
+    """
     if existing is None:
         return []
-    listed = next((crl.serials for ca in trusted if (crl := certs.read_crl(existing, ca.cert)) is not None),
-                  frozenset())
+    listed = next((crl.serials for ca in trusted if (crl := certs.read_crl(existing, ca.cert)) is not None), None)
+    if listed is None:
+        raise OutputError(f"{layout.CRL}: not a CRL signed by this cluster's CA, so what it revoked is unknown; "
+                          "restore it from git (git log -p shows it)")
     names = {int(i.serial, 16): i.name for i in issued_before(previous)}
     missing = sorted(listed - {int(r.serial, 16) for r in previous.revoked})
     return [f"{serial:x}" + (f" ({names[serial]})" if serial in names else "") for serial in missing]

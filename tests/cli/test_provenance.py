@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from generator import provenance
-from tests.helpers.cli import build, run, set_spec, verify
+from tests.helpers.cli import build, run, run_subprocess, set_spec, verify
 
 
 def _plan(workdir: Path) -> tuple[int, str, str]:
     return run("plan", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"))
+
+
+def run_env(workdir: Path, env: dict[str, str]) -> tuple[int, str, str]:
+    """plan with extra environment variables, in a process of its own."""
+    done = run_subprocess(workdir, "plan", "--spec", "cluster.yaml", "--out", "out", env=env)
+    return done.returncode, done.stdout, done.stderr
 
 
 def _pretend_written_with(workdir: Path, **versions: str) -> bytes:
@@ -74,13 +81,25 @@ def test_plan_names_a_change_that_only_a_library_update_explains(workdir: Path) 
     assert build(workdir)[0] == 0
     _pretend_written_with(workdir, jinja2="3.0.0")
     service = workdir / "out" / "demo" / "etcd01" / "etcd.service"
+    # A hand edit is not the library's: the note may not claim it.
     service.write_bytes(service.read_bytes() + b"\n")
+    code, out, _ = _plan(workdir)
+    assert code == 0 and "some of the changes above may come from it" in out and "update alone" not in out, out
+    # What the old library wrote is what the manifest recorded.
+    path = workdir / "out" / "demo" / "manifest.json"
+    document = json.loads(path.read_bytes())
+    document["files"]["etcd01/etcd.service"].update(sha256=hashlib.sha256(service.read_bytes()).hexdigest(),
+                                                    size=len(service.read_bytes()))
+    path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     code, out, _ = _plan(workdir)
     assert code == 0
     assert "etcd01/etcd.service  update" in out
     assert (f"library update since this tree was last written: jinja2 3.0.0 -> {provenance.installed()['jinja2']}; "
             "the spec, etcd-seed, the bundle and every key and certificate are unchanged, so every change above "
             "comes from that update alone") in out
+    # Other ISO dates (SOURCE_DATE_EPOCH) change the seeds: not the library's doing either.
+    code, out, _ = run_env(workdir, {"SOURCE_DATE_EPOCH": "1700000000"})
+    assert code == 0 and re.search(r"seed\.iso +update", out) and "update alone" not in out, out
     # With the spec changed too, the update is named but not given every change.
     set_spec(workdir, "heartbeat_interval: 100", "heartbeat_interval: 150")
     code, out, _ = _plan(workdir)

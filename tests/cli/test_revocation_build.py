@@ -214,6 +214,7 @@ def test_expired_entries_leave_the_crl(workdir: Path) -> None:
     assert build(workdir)[0] == 0
     document = _manifest(workdir)
     document["revoked"][0]["not_after"] = "2020-01-01T00:00:00Z"  # as if the build ran after it expired
+    document["revoked"][0]["revoked_at"] = "2019-06-01T00:00:00Z"
     for entry in document["issued"]:
         if entry["serial"] == document["revoked"][0]["serial"]:
             entry["not_after"] = "2020-01-01T00:00:00Z"
@@ -247,6 +248,7 @@ def test_verify_finds_a_crl_that_drops_an_entry_or_is_signed_by_another_key(work
     assert build(workdir)[0] == 0
     _delete_as_told(workdir, "reader")
     assert verify(workdir)[0] == 0
+    good = (workdir / "out/demo/pki/crl.der").read_bytes()
     _resign_crl(workdir, [])
     code, _, err = verify(workdir)
     assert code == 1 and "error: pki/crl.der: does not list what manifest.json's revoked lists: missing " in err, err
@@ -256,6 +258,8 @@ def test_verify_finds_a_crl_that_drops_an_entry_or_is_signed_by_another_key(work
     _resign_crl(workdir, [int(_manifest(workdir)["revoked"][0]["serial"], 16)], other)
     code, _, err = verify(workdir)
     assert code == 1 and "error: pki/crl.der: missing, or not a DER CRL signed by O=example.com,CN=demo etcd CA" in err
+    assert build(workdir)[0] == 1  # what it revoked cannot be known: restored from git, as the build says
+    (workdir / "out/demo/pki/crl.der").write_bytes(good)
     assert build(workdir)[0] == 0
     code, _, err = verify(workdir)
     assert code == 0, err
@@ -296,8 +300,95 @@ def test_revoked_certificate_stays_on_the_crl_through_a_ca_rotation(workdir: Pat
         assert code == 0, (step, err)
 
 
+def _edit_manifest(workdir: Path, edit: Any) -> None:
+    document = _manifest(workdir)
+    edit(document)
+    (workdir / "out/demo/manifest.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def _refused_unchanged(workdir: Path, starts: str) -> str:
+    before = {p: p.read_bytes() for p in (workdir / "out/demo").rglob("*") if p.is_file()}
+    code, _, err = build(workdir)
+    assert code == 1 and err.startswith(starts), err
+    assert {p: p.read_bytes() for p in (workdir / "out/demo").rglob("*") if p.is_file()} == before
+    return err
+
+
+def test_a_history_entry_that_names_a_certificate_in_use_otherwise_is_refused(workdir: Path) -> None:
+    """A history entry carrying etcd01's serial under another name would put etcd01's certificate on the CRL, and
+    one with the CA's serial the CA's; a revoked entry with a serial in use likewise: each is refused."""
+    assert build(workdir)[0] == 0
+    serial, ca = _serial(workdir, "etcd01"), _serial(workdir, "ca")
+    original = _manifest(workdir)
+
+    def rename(document: dict[str, Any]) -> None:
+        for entry in document["issued"]:
+            if entry["serial"] == serial:
+                entry["name"] = "ghost"
+    _edit_manifest(workdir, rename)
+    err = _refused_unchanged(workdir, "error: manifest.json: issued.")
+    assert f"serial {serial} is pki/etcd01.crt's, not ghost's" in err, err
+    entry = {"serial": ca, "name": "etcd02", "public_key_sha256": "0" * 64, "not_after": "2030-01-01T00:00:00Z"}
+    _edit_manifest(workdir, lambda d: d.update(issued=[*original["issued"], entry]))
+    assert "is pki/ca.crt's" in _refused_unchanged(workdir, "error: manifest.json: issued.")
+    _edit_manifest(workdir, lambda d: d.update(issued=original["issued"]))
+    _edit_manifest(workdir, lambda d: d.__setitem__("revoked", [
+        {"serial": serial, "name": "etcd01", "not_after": "2030-01-01T00:00:00Z",
+         "revoked_at": "2026-01-01T00:00:00Z", "reason": "revoked in the spec"}]))
+    assert "a certificate in use" in _refused_unchanged(workdir, "error: manifest.json: revoked.0: ")
+    _edit_manifest(workdir, lambda d: d.pop("revoked"))
+    assert build(workdir)[0] == 0
+
+
+@pytest.mark.parametrize("crl", [b"garbage", "other key"])
+def test_a_crl_not_signed_by_the_cluster_ca_is_refused(workdir: Path, tmp_path: Path, crl: object) -> None:
+    """Garbage or another key's CRL in place of pki/crl.der hides what was revoked: the build stops instead of
+    signing a new one from the manifest alone."""
+    set_spec(workdir, "etcd:\n", CLIENTS)
+    assert build(workdir)[0] == 0
+    set_spec(workdir, "  - {name: reader}\n", "  - {name: reader, revoked: true}\n")
+    assert build(workdir)[0] == 0
+    if crl == "other key":
+        other = tmp_path / "other.key"
+        other.write_bytes(subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                                          "ec_paramgen_curve:P-256"], capture_output=True, check=True).stdout)
+        _resign_crl(workdir, [], other)
+    else:
+        (workdir / "out/demo/pki/crl.der").write_bytes(b"garbage")
+    _refused_unchanged(workdir, "error: pki/crl.der: not a CRL signed by this cluster's CA")
+
+
+def test_backdating_a_revoked_certificate_before_its_revocation_is_refused(workdir: Path) -> None:
+    """A revoked entry that expired before it was revoked is no record this tool wrote (a certificate is revoked
+    only while valid): refused, not dropped from the CRL as expired."""
+    set_spec(workdir, "etcd:\n", CLIENTS)
+    assert build(workdir)[0] == 0
+    set_spec(workdir, "  - {name: reader}\n", "  - {name: reader, revoked: true}\n")
+    assert build(workdir)[0] == 0
+
+    def backdate(document: dict[str, Any]) -> None:
+        document["revoked"][0]["not_after"] = "2020-01-01T00:00:00Z"
+        for entry in document["issued"]:
+            if entry["name"] == "reader":
+                entry["not_after"] = "2020-01-01T00:00:00Z"
+    _edit_manifest(workdir, backdate)
+    assert "is not after its revoked_at" in _refused_unchanged(workdir, "error: manifest.json: revoked.0.not_after: ")
+
+
 @pytest.mark.parametrize(("entry", "field"), [
     ("not a list", "issued"),
+    ([{"serial": "1a", "name": "reader", "public_key_sha256": "0" * 64, "not_after": "2030-02-30T00:00:00Z"}],
+     "issued.0.not_after"),
+    ([{"serial": "0", "name": "reader", "public_key_sha256": "0" * 64, "not_after": "2030-01-01T00:00:00Z"}],
+     "issued.0.serial"),
+    ([{"serial": "f" * 40, "name": "reader", "public_key_sha256": "0" * 64, "not_after": "2030-01-01T00:00:00Z"}],
+     "issued.0.serial"),
+    ([{"serial": "0abc", "name": "reader", "public_key_sha256": "0" * 64, "not_after": "2030-01-01T00:00:00Z"}],
+     "issued.0.serial"),
+    ([{"serial": "abc", "name": "ca", "public_key_sha256": "0" * 64, "not_after": "2030-01-01T00:00:00Z"}],
+     "issued.0.name"),
+    ([{"serial": "abc", "name": "reader", "public_key_sha256": "0" * 64, "not_after": "2030-01-01T00:00:00Z"}] * 2,
+     "issued"),
     ([{"serial": "zz", "name": "reader", "public_key_sha256": "0" * 64, "not_after": "2030-01-01T00:00:00Z"}],
      "issued.0.serial"),
     ([{"serial": "1a", "name": "Reader\nerror: forged", "public_key_sha256": "0" * 64,
@@ -312,3 +403,4 @@ def test_a_malformed_history_is_an_error_naming_its_field(workdir: Path, entry: 
     code, _, err = build(workdir)
     assert code == 1 and err.startswith(f"error: manifest.json: {field}: "), err
     assert not any(line.startswith("error: forged") for line in err.splitlines()), err
+    assert run("plan", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"))[0] == 1
