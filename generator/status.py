@@ -270,10 +270,12 @@ def _size(value: int | None) -> str:
     return f"{value / (1 << 20):.1f}M" if value >= 1 << 20 else f"{value >> 10}K"
 
 
-def _get(conn: http.client.HTTPSConnection, path: str, ok: tuple[int, ...] = (200,)) -> bytes:
+def _get(conn: http.client.HTTPSConnection, path: str, deadline: Deadline, ok: tuple[int, ...] = (200,)) -> bytes:
     conn.request("GET", path)
     response = conn.getresponse()
     body = response.read(MAX_BODY + 1)
+    if deadline.passed:  # the watchdog ended a body with no Content-Length: what came is not all of it
+        raise TimeoutError
     if len(body) > MAX_BODY:
         raise Untrue(f"answers GET {path} with more than {MAX_BODY >> 20} MiB")
     if response.length:  # a read cut short (by the deadline) returns what came, without an error
@@ -296,8 +298,11 @@ def _describe_foreign(ip: str, port: int, timeout: float) -> str:
         return ""
     if not der:
         return ""
-    cert = x509.load_der_x509_certificate(der)
-    return f" (it serves {cert.subject.rfc4514_string()}, issued by {cert.issuer.rfc4514_string()})"
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        return f" (it serves {cert.subject.rfc4514_string()}, issued by {cert.issuer.rfc4514_string()})"
+    except ValueError:  # a certificate openssl took and cryptography will not parse: the message goes without it
+        return ""
 
 
 class Deadline:
@@ -348,6 +353,10 @@ class Deadline:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+    def left(self) -> float:
+        """What remains, for a look outside the bounded reads (a foreign certificate's issuer); a little at least."""
+        return max(self.end - time.monotonic(), 0.1)
 
     def close(self) -> None:
         for watchdog in self._watchdogs:
@@ -416,14 +425,14 @@ def _ask(node: Node, context: ssl.SSLContext, deadline: Deadline) -> Answer:
         conn = deadline.connect(ip, CLIENT_PORT, context)
         try:
             client_cert = conn.sock.getpeercert(binary_form=True)
-            metrics = parse_metrics(_get(conn, "/metrics").decode("utf-8", "replace"))
+            metrics = parse_metrics(_get(conn, "/metrics", deadline).decode("utf-8", "replace"))
             checked_metrics(metrics)
             # 503: unhealthy, and the body says why.
-            health = checked_health(_json(_get(conn, "/health", ok=(200, 503))))
+            health = checked_health(_json(_get(conn, "/health", deadline, ok=(200, 503))))
         finally:
             conn.close()
     except ssl.SSLCertVerificationError as exc:
-        foreign = _describe_foreign(ip, CLIENT_PORT, max(deadline.end - time.monotonic(), 0.1))
+        foreign = _describe_foreign(ip, CLIENT_PORT, deadline.left())
         return Answer(node.name, foreign=True, error=f"serves a certificate on {CLIENT_PORT} that this cluster's "
                       f"trusted CAs do not vouch for its address {ip}: {exc.verify_message}{foreign}")
     except Untrue as exc:
@@ -434,14 +443,14 @@ def _ask(node: Node, context: ssl.SSLContext, deadline: Deadline) -> Answer:
         conn = deadline.connect(ip, PEER_PORT, context)
         try:
             peer_cert = conn.sock.getpeercert(binary_form=True)
-            members = checked_members(_json(_get(conn, "/members")))
+            members = checked_members(_json(_get(conn, "/members", deadline)))
         finally:
             conn.close()
     except ssl.SSLCertVerificationError as exc:
         return Answer(node.name, client_cert=client_cert, metrics=metrics, health=health,
                       peer_error=f"serves a certificate on {PEER_PORT} that this cluster's trusted CAs do not vouch "
                       f"for: {exc.verify_message}"
-                      f"{_describe_foreign(ip, PEER_PORT, max(deadline.end - time.monotonic(), 0.1))}")
+                      f"{_describe_foreign(ip, PEER_PORT, deadline.left())}")
     except Untrue as exc:
         return Answer(node.name, client_cert=client_cert, metrics=metrics, health=health,
                       peer_error=f"{exc} on {ip}:{PEER_PORT}")
