@@ -91,7 +91,8 @@ _ABS_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
 _DN_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 :._@-]{0,63}")
 # Backups hold the whole keyspace: never where any user can write (or swap the files), and never where
 # the etcd user can never write, so that the unit would fail on every run.
-_BACKUP_UNSAFE = (("/var/tmp", "which every user can write"),  # noqa: S108 - a path refused, not used ("/var/lock", "which every user can write"),
+_BACKUP_UNSAFE = (("/var/tmp", "which every user can write"),  # noqa: S108 - a path refused, not used
+                  ("/var/lock", "which every user can write"),
                   ("/var/log", "which the etcd user cannot write"), ("/root", "which the etcd user cannot write"),
                   ("/home", "where the etcd user cannot write"))
 _SYSTEM_TOP_DIRS = frozenset({"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run",
