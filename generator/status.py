@@ -35,7 +35,7 @@ from typing import Any
 
 from cryptography import x509
 
-from . import layout, rotation
+from . import fs, layout, rotation
 from .certs import cert_fingerprint
 from .errors import OutputError, printable
 from .etcd import CLIENT_PORT, PEER_PORT
@@ -475,19 +475,23 @@ def check(spec_path: Path, out: Path, timeout: float = TIMEOUT_S) -> Status:
         if not path.is_file():
             raise OutputError(f"{path}: missing; status compares the cluster with the build's tree: run the build "
                               "first, or pass the --spec and --out it used")
+    # Each tree file is read as a regular file of bounded size first: a FIFO or /dev/zero in its place would
+    # hang or exhaust the reader (OpenSSL reads the admin key and certificate by name after this check).
+    pem = {path: fs.read_regular(path, fs.LIMITS["pem"], str(path.relative_to(root)), error=OutputError) or b""
+           for path in (trust, cert, key, *(root / layout.cert_file(n.name) for n in spec.nodes))}
     issued = {}
     try:
-        context = ssl.create_default_context(cafile=str(trust))
+        context = ssl.create_default_context(cadata=pem[trust].decode("ascii"))
         context.load_cert_chain(str(cert), str(key))
         for node in spec.nodes:
-            leaf = x509.load_pem_x509_certificate((root / layout.cert_file(node.name)).read_bytes())
+            leaf = x509.load_pem_x509_certificate(pem[root / layout.cert_file(node.name)])
             issued[node.name] = cert_fingerprint(leaf)
     except (OSError, ValueError, ssl.SSLError) as exc:
         raise OutputError(f"{root}: cannot read the admin certificate and key, the trusted CAs or a node's "
                           f"certificate ({exc})") from None
     manifest = read_manifest(root)
     recorded = manifest.files.get(layout.ROTATION)
-    state = rotation.parse((root / layout.ROTATION).read_bytes() if (root / layout.ROTATION).exists() else None,
+    state = rotation.parse(fs.read_optional(root / layout.ROTATION, layout.ROTATION),
                            recorded.sha256 if recorded else None)
     step = rotation.describe(state.phase) if state.in_progress else None
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(spec.nodes)) as pool:

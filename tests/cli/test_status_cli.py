@@ -4,6 +4,7 @@ network namespaces: the example's addresses are not to be dialled from here.)"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,25 @@ def test_status_without_the_admin_key_says_so(workdir: Path) -> None:
     (workdir / "out/demo/pki/admin.key").unlink()
     code, _, err = _status(workdir)
     assert code == 1 and err.startswith(f"error: {workdir}/out/demo/pki/admin.key: missing;"), err
+
+
+@pytest.mark.parametrize("name", ["etcd02.crt", "ca.crt", "admin.key"])
+@pytest.mark.parametrize("kind", ["fifo", "huge"])
+def test_status_refuses_a_tree_file_it_cannot_read_safely(workdir: Path, name: str, kind: str) -> None:
+    """A FIFO, or a (sparse) file of 8 GiB, in place of a tree file: status names it at once, before it asks any
+    node, instead of hanging or reading it whole."""
+    assert build(workdir)[0] == 0
+    path = workdir / "out/demo/pki" / name
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        with path.open("wb") as handle:
+            handle.truncate(8 << 30)
+    code, _, err = _status(workdir)
+    assert code == 1 and err.startswith("error: ") and name in err.splitlines()[0], err
+    if kind == "huge":
+        assert "cannot read" not in err, err  # refused by its size, not read and then found unparsable
 
 
 def test_status_timeout_out_of_range_is_refused(workdir: Path) -> None:
