@@ -260,9 +260,9 @@ class Defrag:
 class ClientUse(StrEnum):
     """Which consumer a client certificate is for: it decides the ready-to-use file written beside it."""
 
-    ETCDCTL = "etcdctl"  # pki/<name>.etcdctl.env: ETCDCTL_* variables
-    FLANNEL = "flannel"  # pki/<name>.flanneld.env: FLANNELD_ETCD_* variables
-    KUBE_APISERVER = "kube-apiserver"  # pki/<name>.kube-apiserver.args: the --etcd-* flags
+    ETCDCTL = "etcdctl"  # clients/<name>.etcdctl.env: ETCDCTL_* variables
+    FLANNEL = "flannel"  # clients/<name>.flanneld.env: FLANNELD_ETCD_* variables
+    KUBE_APISERVER = "kube-apiserver"  # clients/<name>.kube-apiserver.args: the --etcd-* flags
     PROMETHEUS = "prometheus"  # clients/<name>.prometheus.yml and .etcd-rules.yml: a scrape job and alert rules
 
 
