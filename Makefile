@@ -38,7 +38,7 @@ seeds: $(SEED_DEPS)
 test: $(STAMP) $(UPSTREAM_BUNDLE)
 	sh tools/system-deps.sh test
 	-$(MAKE) --no-print-directory $(DEBIAN_BUNDLE) $(BUNDLE)
-	$(PY) -m pytest -m "$(if $(TIER),$(TIER),not e2e)"
+	$(PY) -m pytest -m "$(if $(TIER),$(TIER),not e2e)" --durations=15
 
 # Boots the example's seeds in qemu VMs inside private network namespaces (needs root).
 # E2E_K picks scenarios by pytest -k, e.g. `make e2e E2E_K=rolling`.

@@ -270,3 +270,16 @@ TIMERS = (
     Timer("etcd-backup", PATHS.backup_timer, PATHS.backup_unit, "backups", backs_up),
     Timer("etcd-defrag", PATHS.defrag_timer, PATHS.defrag_unit, "defragmentation", defrags),
 )
+
+
+def enabled_units(spec: Spec, node: Node) -> tuple[str, ...]:
+    """The units the install step enables on this node, in one `systemctl enable`."""
+    units = ["etcd.service", "etcd-seed-boot.service"]
+    if node.joins:
+        units.append("etcd-seed-promote.service")
+    units += [f"{t.name}.timer" for t in TIMERS if t.when(spec, node)]
+    if applies_auth(spec, node):
+        units.append("etcd-seed-auth.service")
+    if writes_flannel_config(spec, node):
+        units.append("etcd-flannel-config.service")
+    return tuple(units)

@@ -228,6 +228,7 @@ def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, pem: Node
         staged.append(_staged(row.name, content, row.dest, row.mode, row.etcd_owned, row.restart, digest))
     install_sh = _render(env, "etcd-install.sh.j2", {**context, "staged": staged, "flannel": flannel,
                                                      "auth": node_facts.applies_auth(spec, node),
+                                                     "enabled_units": node_facts.enabled_units(spec, node),
                                                      "restore": _restore_context(spec, node)})
     return _render(env, "user-data.j2", {
         **context, "staged": staged, "install_sh": install_sh,

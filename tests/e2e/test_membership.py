@@ -1,11 +1,18 @@
-"""Proof by boot: backup, replace, join, CA rotation and restore, each by seeds and reboots alone, no etcdctl by hand.
+"""Proof by boot: day 1 the way users boot Debian 13, then backup, replace, join and restore, each by seeds
+and reboots alone, no etcdctl by hand.
 
-Three Debian 12 guests boot on the example's etcd 3.5.16 (restore needs etcdutl --bump-revision).
+Three Debian 13 guests (cloud-init 25, netplan and systemd-networkd, no ifupdown) boot on the example's
+etcd 3.5.16 (restore needs etcdutl --bump-revision): each seed a SATA CD-ROM on a q35 machine, the etcd
+tarball fetched through etcd.url from a web server in the test network, the clock from a time server
+there (network.ntp) with each guest's RTC a day behind, and etcd's data on a second disk.
 The scenarios share that cluster, in this order, and each also runs alone (`make e2e E2E_K=replace`):
-a backup taken by the generated unit; node 3 lost and replaced on a fresh disk; a fourth node that
-joins by itself and is then scaled back in with the command the build prints; a CA rotation through
-its three phases, each rolled by re-seeding; and every node lost, then restored from a snapshot on
-fresh disks. Each prints its time. Every ssh checks host keys against the build's known_hosts.
+the first boot's facts (Debian 13, the clock, the data disk); a backup taken by the generated unit;
+node 3 lost and replaced on a fresh disk; a fourth node that joins by itself and is then scaled back in
+with the command the build prints; and every node lost, then restored from a snapshot on fresh disks.
+Each prints its time. Every ssh checks host keys against the build's known_hosts.
+A CA rotation re-seeds as the rolling pass of test_boot.py does (files changed, a reboot, the boot step,
+etcd started once); its three phases run on real etcd in tests/etcd/test_trust_cluster.py, with each
+check this module made when it rebooted VMs nine times for them.
 """
 
 from __future__ import annotations
@@ -16,7 +23,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,37 +33,41 @@ from cryptography.hazmat.primitives import serialization
 
 from generator import _cli
 from generator.spec import load_spec
-from tests.helpers.etcd_checks import all_voting, assert_all_healthy
+from tests.helpers.etcd_checks import all_voting, assert_all_healthy, assert_members_are_the_spec
 from tests.helpers.specs import ROOT
 from tests.helpers.vm import (
     BOOT_TIMEOUT_S,
     BUNDLE,
+    CLOCK_WAITING,
     ETCDCTL,
+    HUB_IP,
+    NEEDS,
     NODES,
     SUBNET,
     VM,
     Lab,
+    assert_node_state,
     blank_disk,
     boot_step_line,
     booted_lab,
-    etcd_starts_this_boot,
     overlay,
     reseed_reboot,
-    rolling_order,
     served_serial,
     ssh_argv,
     wait_for,
 )
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = NEEDS
 SNAPSHOT_NAME = re.compile(r"etcd0[0-9]-[0-9]{8}T[0-9]{6}Z-rev([0-9]+)\.db")
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """Three Debian 12 nodes on the example's etcd, booted from their seeds."""
+    """Three Debian 13 nodes on the example's etcd, booted from their seeds."""
     assert BUNDLE.exists(), "make e2e builds vendor/ first"
-    with booted_lab(tmp_path_factory.mktemp("e2e-membership"), BUNDLE, data_disk=True) as booted:
+    url = f"http://{HUB_IP}:8081/{BUNDLE.name}"
+    with booted_lab(tmp_path_factory.mktemp("e2e-membership"), BUNDLE, suite="trixie", url=url, cdrom=True,
+                    ntp=True, data_disk=True) as booted:
         yield booted
 
 
@@ -105,6 +115,68 @@ def _fresh_disk(lab: Lab, vm: VM, tag: str) -> None:
 def _data_mount(lab: Lab, vm: VM) -> list[str]:
     """findmnt of /opt/etcd on the node: source, filesystem, label."""
     return lab.ssh(vm.ip, "findmnt -n -o SOURCE,FSTYPE,LABEL /opt/etcd").stdout.split()
+
+
+def test_debian13_cluster_is_healthy(lab: Lab) -> None:
+    """Three Debian 13 members seeded from CD-ROMs form a healthy cluster over mutual TLS."""
+    assert_all_healthy(lab.etcdctl, NODES)
+    assert_members_are_the_spec(lab.etcdctl, lab.spec)
+
+
+@pytest.mark.parametrize("index", range(NODES))
+def test_debian13_node_state(lab: Lab, index: int) -> None:
+    """Each node: the same facts as on Debian 12, a default route through netplan and networkd, the seed
+    found on /dev/sr0, no ifupdown, and the tarball downloaded and checked, not read from the seed."""
+    assert_node_state(lab, index)
+    vm = lab.vms[index]
+    facts = lab.ssh(vm.ip, "sudo blkid -t LABEL=cidata -o device; command -v ifup || echo no-ifupdown; "
+                              "networkctl list --no-legend; cloud-init --version 2>&1; "
+                              "sudo grep 'etcd-seed: applied' /var/log/cloud-init-output.log").stdout
+    assert facts.splitlines()[0] == "/dev/sr0", facts
+    assert "no-ifupdown" in facts and " routable " in facts and "configured" in facts, facts
+    assert "cloud-init 25." in facts, facts
+    assert f"etcd-seed: applied etcd {lab.spec.etcd.version}: etcd (none) -> {lab.spec.etcd.version}" in facts
+    log = (lab.work / "http.log").read_text()
+    assert f'"GET /{lab.spec.etcd.tarball_name} HTTP/1.1" 200' in log and vm.ip in log, log[-2000:]
+
+
+STAMP = re.compile(r"^\[\s*([0-9.]+)\] (.*)$")  # journalctl -o short-monotonic: seconds since this boot
+
+
+def _first(journal: list[tuple[float, str]], text: str) -> float:
+    found = [at for at, line in journal if text in line]
+    assert found, f"no {text!r} in the journal:\n" + "\n".join(line for _, line in journal)
+    return found[0]
+
+
+def test_debian13_clock_synchronised_before_etcd_started(lab: Lab) -> None:
+    """cloud-init's ntp module points systemd-timesyncd at the hub; each node's clock step holds etcd until
+    timesyncd has set the clock from it (the RTC was a day behind, older than the certificates), and says so."""
+    waited = []
+    for vm in lab.vms:
+        done = lab.ssh(vm.ip, "sudo journalctl -b -o short-monotonic --no-pager -u systemd-timesyncd.service "
+                                 "-u etcd-seed-clock.service -u etcd.service; echo; date +%s; "
+                                 "sudo grep -h -e 'NTP client' -e 'cc_ntp' /var/log/cloud-init.log | cut -c1-300; "
+                                 "cat /etc/systemd/timesyncd.conf.d/cloud-init.conf")
+        assert done.returncode == 0, done.stderr
+        now = time.time()
+        text, after = done.stdout.split("\n\n", 1)
+        journal = [(float(m.group(1)), m.group(2)) for m in map(STAMP.match, text.splitlines()) if m]
+        synced = _first(journal, f"Contacted time server {HUB_IP}:123")
+        said = _first(journal, "etcd-seed: clock: synchronised after")
+        started = _first(journal, "Started etcd.service")
+        assert synced <= said <= started, (synced, said, started)
+        assert not [line for _, line in journal if "WARNING: clock" in line]
+        guest = int(after.split("\n", 1)[0])
+        assert abs(guest - now) < 15, f"{vm.name}: guest clock {guest}, host {now:.0f}"
+        assert f"NTP={HUB_IP}" in after, after
+        if any(CLOCK_WAITING in line for _, line in journal):
+            waited.append(vm.name)
+        print(f"\nbench: {vm.name}: time server contacted at {synced:.1f} s, clock step done at {said:.1f} s, "
+              f"etcd started at {started:.1f} s (seconds since boot); guest clock off by {guest - now:+.0f} s")
+        print("\n".join(line for _, line in journal if "etcd-seed: clock" in line or "time server" in line))
+        print("\n".join(line for line in after.splitlines() if "ntp" in line.lower())[:1500])
+    assert waited, "no node's clock step waited: the time server was up before any asked"
 
 
 def test_etcd_data_is_on_the_data_disk(lab: Lab) -> None:
@@ -297,53 +369,6 @@ def test_fourth_node_joins_by_itself_then_scales_in(lab: Lab) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     joiner.kill()
     wait_for("three healthy members", lambda: all_voting(lab.etcdctl, [v.ip for v in lab.vms], 3), 120, lab.vms)
-
-
-def test_ca_rotation_by_reseeding(lab: Lab) -> None:
-    """All three phases of a CA rotation, each by re-seeding and rebooting one node at a time while a writer
-    writes: every node trusts both CAs, then serves a certificate of the new CA, then trusts only the new CA.
-    The old admin certificate works until the last phase and is refused after it; no acknowledged write is lost;
-    ssh checks the nodes' unchanged host keys against the build's known_hosts on every reboot."""
-    old_admin = lab.work / "old-admin"
-    old_admin.mkdir()
-    for name in ("admin.crt", "admin.key"):
-        shutil.copy(lab.pki / name, old_admin / name)
-    known_hosts = (lab.pki.parent / "known_hosts").read_bytes()
-    writer = lab.writer()
-    writer.start()
-    try:
-        for step, phase in (("begin", 1), ("issue", 2), ("finish", 3)):
-            out = _build(lab, step=step)
-            assert f"CA rotation: phase {phase} of 3" in out, out
-            for vm in rolling_order(lab):
-                def ready(vm: VM = vm) -> bool:  # what the operations guide says to wait for: that member healthy
-                    return lab.etcdctl("endpoint", "health", endpoints=[vm.ip]).returncode == 0
-                took = reseed_reboot(lab, vm, "healthy on its new seed", ready)
-                print(f"bench: CA rotation phase {phase}: {vm.name} re-seed reboot to healthy member: {took:.0f} s")
-                # Healthy means on the new seed: the boot step (ssh checks the host key) put it in place first.
-                trusted = lab.ssh(vm.ip, "sudo grep -c 'BEGIN CERTIFICATE' /etc/ssl/etcd/ca.crt").stdout.strip()
-                assert trusted == ("1" if phase == 3 else "2"), (vm.name, trusted)
-                line = boot_step_line(lab, vm)
-                assert line.endswith("; etcd starts next"), line
-                if phase != 2:  # the trusted-CA file changed: etcd reads it only at start
-                    assert "ca.crt" in line, line
-            wait_for("cloud-init to finish everywhere", lambda: all(v.poll_finished() for v in lab.vms),
-                     BOOT_TIMEOUT_S, lab.vms)
-            for vm in lab.vms:  # runcmd found the seed in place: no second etcd start in the rolled boot
-                assert etcd_starts_this_boot(lab, vm) == 1, vm.name
-            trusted = lab.ssh(lab.vms[0].ip, "sudo grep -c 'BEGIN CERTIFICATE' /etc/ssl/etcd/ca.crt").stdout.strip()
-            assert trusted == ("1" if phase == 3 else "2"), trusted
-            old_works = lab.etcdctl("endpoint", "health", cert_dir=old_admin, timeout="3s").returncode == 0
-            assert old_works == (phase < 3), f"phase {phase}: the old admin certificate: accepted {old_works}"
-            if phase == 2:
-                for vm, node in zip(lab.vms, lab.spec.nodes, strict=True):
-                    issued = x509.load_pem_x509_certificates((lab.pki / f"{node.name}.crt").read_bytes())[0]
-                    assert served_serial(lab, vm.ip, 2379, "admin") == issued.serial_number
-    finally:
-        writer.finish("three-phase CA rotation by re-seeding 3 VMs")
-    assert lab.etcdctl("endpoint", "health").returncode == 0
-    writer.assert_all_readable(set(lab.etcdctl("get", "roll/", "--prefix", "--keys-only").stdout.split()))
-    assert (lab.pki.parent / "known_hosts").read_bytes() == known_hosts
 
 
 def test_restore_every_member_from_a_snapshot(lab: Lab) -> None:

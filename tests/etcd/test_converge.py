@@ -49,6 +49,9 @@ def test_first_converge_forms_a_healthy_cluster(lab: Lab) -> None:
     for name in lab.namespaces:
         assert (lab.root(name) / "etc/ssl/etcd/etcd.key").stat().st_mode & 0o777 == 0o600
         assert (lab.root(name) / "var/lib/etcd-seed/version").read_text() == "3.5.1\n"
+        # One `systemctl enable` for every unit (each call reloads systemd: seconds on a small machine).
+        enables = [c for c in lab.calls(name) if c.startswith("enable ")]
+        assert len(enables) == 1 and enables[0].startswith("enable etcd.service etcd-seed-boot.service"), enables
 
 
 def test_same_seed_twice_changes_nothing(lab: Lab) -> None:
@@ -60,8 +63,20 @@ def test_same_seed_twice_changes_nothing(lab: Lab) -> None:
     assert _installed(lab.root("etcd03")) == before
     assert lab.pid("etcd03") == pid
     new_calls = lab.calls("etcd03")[len(calls):]
-    # etcd03 has no flannel unit: no start of any kind.
-    assert not [c for c in new_calls if c.startswith(("start", "restart", "daemon-reload"))], new_calls
+    # etcd03 has no flannel unit: no start of any kind, and no enable or reload of systemd's units.
+    assert [c for c in new_calls if not c.startswith("is-")] == [], new_calls
+
+
+def test_a_unit_disabled_by_hand_is_enabled_again(lab: Lab) -> None:
+    """The seed's units are all enabled after a run, one found disabled included, with one enable."""
+    assert lab.systemctl("etcd02", "disable", "etcd.service").returncode == 0
+    calls = lab.calls("etcd02")
+    assert lab.converge("etcd02") == "etcd-seed: applied etcd 3.5.1: nothing changed; etcd left running"
+    new_calls = lab.calls("etcd02")[len(calls):]
+    changes = [c for c in new_calls if c.startswith(("enable", "daemon-reload"))]
+    assert len(changes) == 2 and changes[0].startswith("enable etcd.service ") and changes[1] == "daemon-reload", \
+        new_calls
+    assert lab.systemctl("etcd02", "is-enabled", "etcd.service").stdout.strip() == "enabled"
 
 
 def test_changed_options_restart_once(lab: Lab) -> None:

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from cryptography import x509
+
 from generator import _cli
 from generator.render import FLANNEL_KEY
 from tests.helpers.converge import BASE, NEEDS, SHIM, UPSTREAM, Lab, converged_lab
@@ -60,6 +62,11 @@ def _accepted(lab: Lab, creds: Path) -> list[bool]:
     """Whether each member, asked alone, serves a client with these credentials."""
     return [_etcdctl(lab, creds, "endpoint", "health", endpoints=[ip], timeout="3s").returncode == 0
             for ip in ENDPOINTS]
+
+
+def _trusted(lab: Lab) -> list[int]:
+    """How many CA certificates each member's installed trusted-CA file holds."""
+    return [(lab.root(name) / "etc/ssl/etcd/ca.crt").read_text().count("BEGIN CERTIFICATE") for name in MEMBERS]
 
 
 def _wait(what: str, check: object, lab: Lab, timeout: float = 60) -> None:
@@ -113,21 +120,28 @@ def test_three_phase_rotation_keeps_every_write(tmp_path: Path) -> None:
             assert all(line.startswith("etcd-seed: applied etcd 3.5.1: ca.crt") and line.endswith("; restarted etcd")
                        for line in lines), lines
             assert _accepted(lab, both) == [True] * 3
+            assert _trusted(lab) == [2] * 3
 
             # Phase 2: issue from the new CA. The new admin is accepted at once (every member trusts both).
             assert "phase 2 of 3" in _step(lab, "issue")
             new = _creds(lab, "new", "ca-bundle.crt")
             assert _accepted(lab, new) == [True] * 3
             creds["now"] = new
-            _roll(lab, new, 2, reboot=True)
+            lines = _roll(lab, new, 2, reboot=True)
+            assert all(line.endswith("; started etcd") and "ca.crt" not in line for line in lines), lines
             assert _accepted(lab, both) == [True] * 3, "the old admin must work until phase 3"
             assert _accepted(lab, new) == [True] * 3
+            assert _trusted(lab) == [2] * 3
+            for name, ip in zip(MEMBERS, ENDPOINTS, strict=True):  # each serves the certificate of the new CA
+                issued = x509.load_pem_x509_certificates((lab.out / "pki" / f"{name}.crt").read_bytes())[0]
+                assert lab.served_serial(ip, 2379, "admin") == issued.serial_number, name
 
             # Phase 3: trust only the new CA. Each restarted member refuses the old admin from then on.
             assert "phase 3 of 3" in _step(lab, "finish")
             lines = _roll(lab, new, 3, reboot=False)
-            assert all(line.endswith("; restarted etcd") for line in lines), lines
+            assert all("ca.crt" in line and line.endswith("; restarted etcd") for line in lines), lines
             assert _accepted(lab, new) == [True] * 3
+            assert _trusted(lab) == [1] * 3
             assert _accepted(lab, both) == [False] * 3, "the old admin must be refused after phase 3"
             refused = _etcdctl(lab, both, "get", "rot/00001", timeout="3s")
             assert refused.returncode != 0 and "certificate" in refused.stderr.lower(), refused.stderr

@@ -10,9 +10,11 @@ later files overriding earlier ones, and runs the real etcd binary in the caller
 network namespace. A oneshot unit (etcd-backup.service, etcd-defrag.service) runs to its end; `start
 --no-block` of etcd-seed-promote.service runs it in the background. File paths
 in the settings are moved under the scratch root, the only change to what the
-script wrote. Every call is logged, so a test can count starts and restarts.
+script wrote. enable and disable are remembered for is-enabled. Every call is logged, so a test can
+count starts, restarts and enables.
 
-usage (as systemctl): start|stop|restart|is-active|enable|disable|daemon-reload [--no-block|--quiet|--now] UNIT
+usage (as systemctl): start|stop|restart|is-active|enable|disable|is-enabled|daemon-reload
+                      [--no-block|--quiet|--now] UNIT...
 """
 
 from __future__ import annotations
@@ -136,6 +138,19 @@ def _oneshot(root: Path, state: Path, unit: str, wait: bool) -> int:
                               check=False).returncode
 
 
+def _enablement(state: Path, verb: str, units: list[str]) -> int:
+    """enable and disable keep a set of unit names; is-enabled prints each one's state as systemctl does,
+    and succeeds when at least one is enabled."""
+    record = state / "enabled"
+    enabled = set(record.read_text().split()) if record.exists() else set()
+    if verb == "is-enabled":
+        print("\n".join("enabled" if u in enabled else "disabled" for u in units))
+        return 0 if enabled & set(units) else 1
+    enabled = enabled | set(units) if verb == "enable" else enabled - set(units)
+    record.write_text("".join(f"{u}\n" for u in sorted(enabled)))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     root = Path(os.environ["ETCD_SEED_ROOT"])
     state = root / "run" / "shim"
@@ -146,6 +161,8 @@ def main(argv: list[str]) -> int:
     with open(state / "calls.log", "a") as log:
         log.write(" ".join(words) + "\n")
     verb, unit = words[0], (words[1] if len(words) > 1 else "")
+    if verb in ("enable", "disable", "is-enabled"):
+        return _enablement(state, verb, words[1:])
     if verb == "start" and unit in ("etcd-backup.service", "etcd-defrag.service", "etcd-seed-promote.service",
                                     "etcd-seed-auth.service"):
         return _oneshot(root, state, unit, wait="--no-block" not in argv)

@@ -496,10 +496,3 @@ def cluster_version(lab: Lab, ip: str) -> dict[str, str]:
     except subprocess.TimeoutExpired:  # a member still booting
         return {}
     return json.loads(done.stdout) if done.returncode == 0 else {}
-
-
-def rolling_order(lab: Lab) -> list[VM]:
-    """The VMs in rolling order: the leader last."""
-    status = json.loads(lab.etcdctl("endpoint", "status", "-w", "json").stdout)
-    leader = next(s["Endpoint"] for s in status if s["Status"]["leader"] == s["Status"]["header"]["member_id"])
-    return sorted(lab.vms, key=lambda vm: f"https://{vm.ip}:2379" == leader)

@@ -69,3 +69,20 @@ def test_newest_names_the_release_that_breaks_the_tests(monkeypatch: pytest.Monk
     err = capsys.readouterr().err
     assert err == ("error: cryptography 52.0.0 (locked 51.0.1) breaks the tests; fix the code, or bound it in "
                    "pyproject.toml with a note in docs/testing.md\n")
+
+
+def test_newest_runs_nothing_when_the_newest_releases_are_the_locked_ones(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The newest releases equal to the lock: the run would repeat `make test`'s, so none is made. A release newer
+    than the lock is tested. pytest is stood in for, as above."""
+    lock = tmp_path / "requirements-test.lock"
+    lock.write_text("cryptography==51.0.1 \\\n    --hash=sha256:aa\n")
+    installed = {"cryptography": "51.0.1"}
+    runs: list[list[str]] = []
+    monkeypatch.setattr(deps, "installed", lambda name: installed.get(name))
+    monkeypatch.setattr(deps, "_pytest", lambda args, *extra: runs.append([*args, *extra]) or True)
+    assert deps.newest(lock, ["-m", "unit"]) == 0
+    assert runs == [] and "nothing more to test" in capsys.readouterr().out
+    installed["cryptography"] = "52.0.0"
+    assert deps.newest(lock, ["-m", "unit"]) == 0
+    assert runs == [["-m", "unit"]]
