@@ -80,7 +80,11 @@ def test_newest_runs_nothing_when_the_newest_releases_are_the_locked_ones(
     installed = {"cryptography": "51.0.1"}
     runs: list[list[str]] = []
     monkeypatch.setattr(deps, "installed", lambda name: installed.get(name))
-    monkeypatch.setattr(deps, "_pytest", lambda args, *extra: runs.append([*args, *extra]) or True)
+
+    def pytest_run(args: list[str], *extra: str) -> bool:
+        runs.append([*args, *extra])
+        return True
+    monkeypatch.setattr(deps, "_pytest", pytest_run)
     assert deps.newest(lock, ["-m", "unit"]) == 0
     assert runs == [] and "nothing more to test" in capsys.readouterr().out
     installed["cryptography"] = "52.0.0"
