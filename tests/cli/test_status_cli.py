@@ -66,7 +66,7 @@ def test_what_members_answer_cannot_forge_a_line(workdir: Path, monkeypatch: pyt
     hostile = [{"id": 1, "name": "evil\nhealthy and in step with the build", "peerURLs": ["https://1.2.3.4:2380"]}]
     answers = [status.Answer(n.name, metrics=status.parse_metrics('etcd_server_version{server_version="3.5.1"} 1\n'),
                              health={"health": "true"}, members=hostile) for n in spec.nodes]
-    monkeypatch.setattr(status, "check", lambda *a: status.assess(spec, {n.name: "0" * 64 for n in spec.nodes},
+    monkeypatch.setattr(status, "check", lambda *a: status.assess(spec, {n.name: "0" * 64 for n in spec.nodes}, {},
                                                                   answers, None))
     code, out, _ = _status(workdir)
     assert code == 1
