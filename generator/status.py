@@ -558,11 +558,7 @@ def check(spec_path: Path, out: Path, timeout: float = TIMEOUT_S) -> Status:
     issued = {}
     seeds = {node.name: _instance_id(root, node) for node in spec.nodes}
     try:
-        context = ssl.create_default_context(cadata=pem[trust].decode("ascii"))
-        context.load_cert_chain(str(cert), str(key))
-        grpc_context = ssl.create_default_context(cadata=pem[trust].decode("ascii"))
-        grpc_context.load_cert_chain(str(cert), str(key))
-        grpc_context.set_alpn_protocols(["h2"])
+        context, grpc_context = (_admin_context(pem[trust], cert, key, alpn) for alpn in ([], ["h2"]))
         for node in spec.nodes:
             leaf = x509.load_pem_x509_certificate(pem[root / layout.cert_file(node.name)])
             issued[node.name] = cert_fingerprint(leaf)
@@ -577,6 +573,15 @@ def check(spec_path: Path, out: Path, timeout: float = TIMEOUT_S) -> Status:
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(spec.nodes)) as pool:
         answers = list(pool.map(lambda n: ask(n, context, grpc_context, timeout), spec.nodes))
     return assess(spec, issued, seeds, answers, step)
+
+
+def _admin_context(trust: bytes, cert: Path, key: Path, alpn: list[str]) -> ssl.SSLContext:
+    """Mutual TLS as the admin, trusting the tree's CAs; `alpn` ["h2"] for gRPC."""
+    context = ssl.create_default_context(cadata=trust.decode("ascii"))
+    context.load_cert_chain(str(cert), str(key))
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    return context
 
 
 def _instance_id(root: Path, node: Node) -> str:
