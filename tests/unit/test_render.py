@@ -90,8 +90,8 @@ def test_seed_files_are_staged_root_only(rendered: dict[str, SeedFiles]) -> None
                                                       "etcd-seed-auth.service",
                                                       "etcd-seed-promote.service", "etcd-backup.service",
                                                       "etcd-backup.timer", "etcd-seed-boot.service",
-                                                      "etcd-seed-clock.service", "etcd-seed-report.service",
-                                                      "etcd-defrag.service", "etcd-defrag.timer",
+                                                      "etcd-seed-clock.service", "etcd-defrag.service",
+                                                      "etcd-defrag.timer",
                                                       "etcd-seed-member", "etcd-seed-backup", "etcd-flannel-config")}
     assert all(files[p]["owner"] == "root:root" and files[p]["permissions"] == "0600" for p in staged)
     assert set(files) - staged == {PATHS.install_bin}
@@ -276,25 +276,3 @@ def test_time_sync_holds_etcd_and_backups_for_a_bounded_wait(rendered: dict[str,
     data = yaml.safe_load(without["user-data"])
     assert "ntp" not in data
     assert json.loads(_files_by_path(data)[f"{PATHS.staged}/member.json"]["content"])["clock_wait_s"] == 0
-
-
-def test_the_install_step_records_the_seed_its_meta_data_names(rendered: dict[str, SeedFiles]) -> None:
-    """The instance-id cloud-init sees is the one the install step records as applied, for `status` to compare with
-    the tree's meta-data: the secret and the reviewed user-data carry the same, and each node its own."""
-    seen = set()
-    for node, files in rendered.items():
-        instance_id = yaml.safe_load(files.texts["meta-data"])["instance-id"]
-        assert instance_id == files.instance_id and instance_id.startswith(f"{node}-")
-        for name in ("user-data", "user-data.redacted"):
-            install = _files_by_path(yaml.safe_load(files.texts[name]))[PATHS.install_bin]["content"]
-            assert f"\nseed={instance_id}\n" in install, (node, name)
-        seen.add(instance_id)
-    assert len(seen) == 3
-
-
-def test_a_changed_setting_changes_the_instance_id(example: Spec) -> None:
-    """The digest is taken over the user-data with the seed line empty: everything else still counts."""
-    before = render_all(example)["etcd02"].instance_id
-    changed = parse(spec_yaml(ntp="{servers: [192.168.0.254], pools: [pool.example.com]}").replace(
-        "heartbeat_interval: 100", "heartbeat_interval: 150") + ADMIN)
-    assert render_all(changed)["etcd02"].instance_id != before
