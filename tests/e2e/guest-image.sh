@@ -1,15 +1,15 @@
 #!/bin/sh
 # Build (or reuse) a minimal Debian guest for the VM test: kernel, initrd and an ext4 root disk.
-# usage: tests/e2e/guest-image.sh CACHE_DIR [bookworm|trixie]   -> prints the directory holding
-#        vmlinuz, initrd.img, root.img
+# usage: tests/e2e/guest-image.sh [bookworm|trixie]   -> prints the directory holding vmlinuz, initrd.img,
+#        root.img, under $XDG_CACHE_HOME/etcd-seed (~/.cache/etcd-seed)
 # bookworm: Debian 12 with ifupdown, as the first VM test used. trixie: Debian 13 the way its cloud
 # images are: cloud-init 25, netplan with systemd-networkd, no ifupdown, curl, a system locale.
 # Both carry systemd-timesyncd, the time daemon cloud-init's ntp module configures when a spec sets network.ntp,
 # and e2fsprogs (the data disk's mkfs.ext4), as Debian's cloud images do: Debian 13's minbase lacks it, 12's has it.
-# Each image is cached under CACHE_DIR, keyed by this script's contents and the suite.
+# Each image is cached, keyed by this script's contents and the suite.
 set -eu
-cache=${1:?usage: guest-image.sh CACHE_DIR [bookworm|trixie]}
-suite=${2:-bookworm}
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/etcd-seed
+suite=${1:-bookworm}
 common=systemd,systemd-sysv,udev,dbus,cloud-init,linux-image-cloud-amd64,iproute2,netbase,ca-certificates,openssl,locales,openssh-server,sudo,systemd-timesyncd,e2fsprogs
 case "$suite" in
   # cloud-init without ifupdown leaves the NIC down on Debian 12.

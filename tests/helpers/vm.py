@@ -48,7 +48,6 @@ def bundle_version(bundle: Path) -> str:
         top = tar.next()
     assert top is not None, f"{bundle} is empty"
     return top.name.split("/")[0].removeprefix("etcd-v").removesuffix("-linux-amd64")
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "etcd-seed"
 SUBNET = "10.233.0"  # exists only inside the namespaces made here
 HUB_IP = f"{SUBNET}.254"
 NODES = 3
@@ -242,7 +241,7 @@ def time_server(net: netns.TestNet, work: Path, log: BinaryIO) -> subprocess.Pop
 
 def guest_image(suite: str = "bookworm") -> Path:
     script = ROOT / "tests" / "e2e" / "guest-image.sh"
-    result = subprocess.run(["sh", str(script), str(CACHE), suite], capture_output=True, text=True, check=False)
+    result = subprocess.run(["sh", str(script), suite], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return Path(result.stdout.strip().splitlines()[-1])
 
