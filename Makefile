@@ -35,24 +35,27 @@ seeds: $(SEED_DEPS)
 	$(PY) -m generator build --spec $(SPEC) --out $(OUT)
 
 # TIER picks one tier of tests/ (unit, cli, parsers, etcd), e.g. `make test TIER=unit`. Without it the etcd
-# tier, which spends most of its time waiting on etcd, runs beside the other tiers in a pytest of its own;
-# each prints its report when it ends, and either one failing fails the target.
+# tier, which spends most of its time waiting on etcd, runs in two halves beside the other tiers, three
+# pytest processes; each prints its report when it ends, and any one failing fails the target.
 test: $(STAMP) $(UPSTREAM_BUNDLE)
 	sh tools/system-deps.sh test
 	-$(MAKE) --no-print-directory $(DEBIAN_BUNDLE) $(BUNDLE)
 ifdef TIER
 	$(PY) -m pytest -m "$(TIER)" --durations=15
 else
-	@echo "make test: the etcd tier and the other tiers run side by side; each report follows when it ends"
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-tiers-etcd test-tiers-others
+	@echo "make test: two halves of the etcd tier and the other tiers run side by side; each report follows when it ends"
+	$(MAKE) --no-print-directory -j3 --output-sync=target $(SIDE_BY_SIDE)
 endif
 
-# The two halves of `make test`; the etcd half keeps a pytest cache of its own.
-.PHONY: test-tiers-etcd test-tiers-others
-test-tiers-etcd:
-	$(PY) -m pytest -m etcd --durations=15 -o cache_dir=.pytest_cache/etcd
-test-tiers-others:
-	$(PY) -m pytest -m "not e2e and not etcd" --durations=15
+# The parts of `make test`, each a pytest process with a cache of its own (tests/conftest.py marks etcd_side).
+SIDE_BY_SIDE := test-part-etcd test-part-etcd_side test-part-others
+.PHONY: $(SIDE_BY_SIDE)
+test-part-etcd:
+	$(PY) -m pytest -m "etcd and not etcd_side" --durations=10 -o cache_dir=.pytest_cache/etcd
+test-part-etcd_side:
+	$(PY) -m pytest -m etcd_side --durations=10 -o cache_dir=.pytest_cache/etcd_side
+test-part-others:
+	$(PY) -m pytest -m "not e2e and not etcd" --durations=10
 
 # Boots the example's seeds in qemu VMs inside private network namespaces (needs root).
 # E2E_K picks scenarios by pytest -k, e.g. `make e2e E2E_K=rolling`.

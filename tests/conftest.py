@@ -12,6 +12,11 @@ from generator.spec import Spec
 from .helpers.specs import NO_RECORDS, NOW, fake_bundle, parse, spec_yaml
 
 TIERS = ("unit", "cli", "parsers", "etcd", "e2e")
+# `make test` runs the etcd tier as two pytest processes side by side, and these modules, about half its
+# time, are marked etcd_side to form the second: each test network is a set of namespaces named after
+# its process, so the halves never meet.
+ETCD_SIDE = frozenset({"test_membership.py", "test_revocation.py", "test_auth.py", "test_status.py",
+                       "test_status_hostile.py"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -21,6 +26,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = item.path.relative_to(here).parts[0]
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+        if tier == "etcd" and item.path.name in ETCD_SIDE:
+            item.add_marker(pytest.mark.etcd_side)
 
 
 @pytest.fixture(scope="session")

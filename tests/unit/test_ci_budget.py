@@ -1,4 +1,5 @@
-"""tools/ci_budget.py: a run over its budget fails with a line naming the slowest scenarios; one within passes."""
+"""tools/ci_budget.py: a run over its budget fails with a line naming the slowest scenarios; one within passes.
+And the split of the etcd tier that `make test` runs side by side names only modules that exist."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import ETCD_SIDE
 from tests.helpers.specs import ROOT
 
 SCRIPT = ROOT / "tools" / "ci_budget.py"
@@ -41,3 +43,10 @@ def test_a_run_within_budget_passes() -> None:
 
 def test_bad_arguments_print_the_usage() -> None:
     assert _run("soon", "60").returncode == 2
+
+
+def test_the_side_half_of_the_etcd_tier_names_its_modules() -> None:
+    """A renamed module would silently move to the other half; both halves must hold tests."""
+    modules = {p.name for p in (ROOT / "tests" / "etcd").glob("test_*.py")}
+    assert modules >= ETCD_SIDE, sorted(ETCD_SIDE - modules)
+    assert ETCD_SIDE and modules - ETCD_SIDE
