@@ -60,16 +60,28 @@ def grants(spec: Spec) -> Grants:
     return Grants(enabled=spec.auth.on, users=dict(sorted(users.items())), roles=dict(sorted(roles.items())))
 
 
-def decide(spec: Spec, built_before: bool, was_enabled: bool | None) -> bool:
-    """auth.enabled as the spec says; unset, on for a new cluster and as the previous build left it otherwise (a
-    cluster built before auth was managed keeps it off until the spec turns it on)."""
+# A cluster built before auth was managed: the build leaves its users, roles and auth alone.
+UNMANAGED = ("auth: left as it is on the cluster, which was built before authentication was managed (no user or role "
+             "is changed, and auth stays on or off); set auth.enabled to manage it (docs/operations.md#auth)")
+
+
+def decide(spec: Spec, built_before: bool, was_enabled: bool | None) -> spec_module.Auth:
+    """auth.enabled as the spec says; unset, on for a new cluster and as the previous build left it otherwise. A
+    cluster built before auth was managed is left as it is (users and roles made by hand stay, and so does whether
+    auth is on) until the spec sets auth.enabled."""
     if spec.auth.enabled is not None:
-        return spec.auth.enabled
-    return bool(was_enabled) if built_before else True
+        return spec_module.Auth(enabled=spec.auth.enabled)
+    if not built_before:
+        return spec_module.Auth(enabled=True)
+    if was_enabled is None:
+        return spec_module.Auth(enabled=None, managed=False)
+    return spec_module.Auth(enabled=was_enabled)
 
 
 def table(spec: Spec) -> list[str]:
     """What each identity may do, one line each, for `plan`."""
+    if not spec.auth.managed:
+        return [UNMANAGED]
     table = grants(spec)
     lines = [f"auth: {'on' if table.enabled else 'off'} ({spec.nodes[0].name} applies these etcd users and roles)"]
     for user, roles in table.users.items():

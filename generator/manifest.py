@@ -173,7 +173,7 @@ class Manifest:
     replaced: Mapping[str, str] = field(default_factory=dict)  # node -> public key its replacement got
     restore_sha256: str | None = None
     revoked: tuple[Revoked, ...] = ()  # what pki/crl.der lists
-    auth_enabled: bool | None = None  # whether the build turned etcd's auth on; None before auth was managed
+    auth_enabled: bool | None = None  # None: left to the cluster (built before auth was managed)
     written_with: WrittenWith | None = None  # None in a tree written before it was recorded
     issued: tuple[Issued, ...] = ()  # every unexpired leaf certificate issued; empty before it was kept
 

@@ -197,8 +197,9 @@ def defrags(spec: Spec, node: Node) -> bool:
 
 
 def applies_auth(spec: Spec, node: Node) -> bool:
-    """The first node applies etcd's users, roles and grants, and turns auth on, once the cluster has quorum."""
-    return node == spec.nodes[0]
+    """The first node applies etcd's users, roles and grants, and turns auth on or off, once the cluster has quorum;
+    no node does while the build leaves auth to the cluster."""
+    return spec.auth.managed and node == spec.nodes[0]
 
 
 def writes_flannel_config(spec: Spec, node: Node) -> bool:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from . import layout
+from .auth import UNMANAGED as auth_unmanaged
 from .auth import table as auth_table
 from .errors import printable
 from .etcd import Version, VersionChange
@@ -74,13 +75,17 @@ def membership(spec: Spec, previous: Manifest, built: set[str], replacing: froze
 
 def auth(spec: Spec, previous: Manifest) -> list[str]:
     """What a change of etcd's authentication means for a running cluster."""
+    if not spec.auth.managed:
+        return [auth_unmanaged]
     if previous.format == 0 or previous.auth_enabled == spec.auth.enabled:
         return []
     first = spec.nodes[0].name
+    if previous.auth_enabled is None:
+        state = "on" if spec.auth.on else "off"
+        return [f"auth: now managed: once {first} runs its new seed, it deletes the etcd users and roles the spec does "
+                f"not name (those made by hand too), applies the spec's, and turns auth {state}; 'plan' lists each "
+                "consumer's access: check it before you roll"]
     if not spec.auth.on:
-        if previous.auth_enabled is None:
-            return ["auth: off, as this cluster was built before authentication was managed; set auth.enabled: true "
-                    "to give each consumer its own role and turn it on (docs/operations.md#auth)"]
         return [f"auth: turned off once {first} runs its new seed; every certificate can then read and write every key"]
     return [f"auth: turned on by {first} once it runs its new seed (the others' seeds do not change for it); from then "
             "on each consumer can use only its own keys, as 'plan' lists them: check that every consumer has the "

@@ -315,14 +315,17 @@ class Auth:
     """etcd's authentication: users from the certificates' CNs, a role per consumer.
 
     `enabled` None: the build decides (on for a new cluster, as the previous build had it otherwise).
+    `managed` False: the build leaves etcd's users, roles and auth as the cluster has them (a cluster built before
+    authentication was managed, whose spec does not set auth.enabled).
     """
 
     enabled: bool | None = None
+    managed: bool = True
 
     @property
     def on(self) -> bool:
         """Whether the seeds turn auth on; undecided (a spec the build has not seen) counts as a new cluster's."""
-        return self.enabled is not False
+        return self.managed and self.enabled is not False
 
 
 @dataclass(frozen=True)
@@ -370,9 +373,9 @@ class Spec:
     revoked: tuple[str, ...] = ()  # clients marked revoked: true: no certificate, and the last one on the CRL
     auth: Auth = Auth()
 
-    def with_auth(self, enabled: bool) -> Spec:
+    def with_auth(self, decided: Auth) -> Spec:
         """This spec with auth.enabled decided."""
-        return dataclasses.replace(self, auth=Auth(enabled=enabled))
+        return dataclasses.replace(self, auth=decided)
 
     def with_snapshot(self, sha256: str) -> Spec:
         """This spec with its restore snapshot's sha256 filled in."""

@@ -209,6 +209,7 @@ class Member:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(target + ".tmp", target)
+        fsync_dir(os.path.dirname(target))  # the rename itself survives a power cut
         say(f"{self.name} starts as a learner of {cluster}")
         return 0
 
@@ -501,6 +502,15 @@ def initial_cluster(members: list[Record], own: int, name: str) -> str:
         label = name if m["ID"] == own else (m["name"] or f"unstarted-{m['ID']:x}")
         cluster += [f"{label}={url}" for url in m["peerURLs"]]
     return ",".join(cluster)
+
+
+def fsync_dir(path: str) -> None:
+    """Flush a directory's entries to disk."""
+    handle = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def membership_env(name: str, cluster: str) -> str:

@@ -1,6 +1,6 @@
-"""etcd's authentication as the build writes it: on by default for a new cluster, off for one built before it was
-managed until the spec turns it on, the first node's member.json carrying every user and grant, `plan` listing them,
-and every bad `access` refused with an error naming the field."""
+"""etcd's authentication as the build writes it: on by default for a new cluster, left to the cluster for one
+built before it was managed until the spec sets auth.enabled, the first node's member.json carrying every user and
+grant, `plan` listing them, and every bad `access` refused with an error naming the field."""
 
 from __future__ import annotations
 
@@ -55,24 +55,49 @@ def test_new_cluster_gets_a_user_per_cn_and_a_role_per_consumer(workdir: Path) -
     assert verify(workdir)[0] == 0
 
 
-def test_cluster_built_before_auth_keeps_it_off_until_the_spec_turns_it_on(workdir: Path) -> None:
+def test_cluster_built_before_auth_is_left_alone_until_the_spec_sets_it(workdir: Path) -> None:
+    # Its users, roles and auth state were made by hand: a seed that applied the spec's would delete them.
     assert build(workdir)[0] == 0
     manifest = workdir / "out/demo/manifest.json"
     document = json.loads(manifest.read_text())
     del document["auth"]  # as a build before auth was managed wrote it
     manifest.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-    code, out, err = build(workdir)
-    assert code == 0, err
-    assert "auth: off, as this cluster was built before authentication was managed" in out
-    assert _auth(workdir)["enabled"] is False  # type: ignore[index]
-    code, out, _ = build(workdir)
-    assert code == 0 and "auth:" not in out.replace("auth: off (", "").replace("auth: user", "")
+    for _ in range(2):
+        code, out, err = build(workdir)
+        assert code == 0, err
+        assert "auth: left as it is on the cluster, which was built before authentication was managed" in out
+        assert _auth(workdir) is None
+        user_data = (workdir / "out/demo/etcd01/user-data.redacted").read_text()
+        assert "path: /var/lib/etcd-seed/seed/etcd-seed-auth.service" not in user_data
+        steps = [line for line in user_data.splitlines() if "systemctl start" in line or "enable=" in line]
+        assert not [line for line in steps if "etcd-seed-auth" in line]
+        assert "auth" not in json.loads(manifest.read_text())  # still unmanaged for the next build
+        assert verify(workdir)[0] == 0
+    code, out, _ = run("plan", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"))
+    assert code == 0 and "auth: left as it is on the cluster" in out and "auth: user" not in out
     set_spec(workdir, "etcd:\n", "auth: {enabled: true}\netcd:\n")
     code, out, err = build(workdir)
     assert code == 0, err
-    assert "auth: turned on by etcd01 once it runs its new seed (the others' seeds do not change for it)" in out
+    assert "auth: now managed: once etcd01 runs its new seed, it deletes the etcd users and roles the spec does not " \
+           "name (those made by hand too), applies the spec's, and turns auth on" in out
     assert _auth(workdir)["enabled"] is True  # type: ignore[index]
     assert "roll the changed seeds one node at a time" in out and "(1. etcd01)" in out
+    code, out, err = build(workdir)
+    assert code == 0 and "auth:" not in out, out
+
+
+def test_cluster_built_before_auth_can_be_turned_off_by_the_spec(workdir: Path) -> None:
+    assert build(workdir)[0] == 0
+    manifest = workdir / "out/demo/manifest.json"
+    document = json.loads(manifest.read_text())
+    del document["auth"]
+    manifest.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    set_spec(workdir, "etcd:\n", "auth: {enabled: false}\netcd:\n")
+    code, out, err = build(workdir)
+    assert code == 0, err
+    assert "and turns auth off" in out
+    assert _auth(workdir)["enabled"] is False  # type: ignore[index]
+    assert json.loads(manifest.read_text())["auth"] == {"enabled": False}
 
 
 @pytest.mark.parametrize(("access", "field", "expected"), [

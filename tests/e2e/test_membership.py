@@ -58,7 +58,7 @@ from tests.helpers.vm import (
 )
 
 pytestmark = NEEDS
-SNAPSHOT_NAME = re.compile(r"etcd0[0-9]-[0-9]{8}T[0-9]{6}Z-rev([0-9]+)\.db")
+SNAPSHOT_NAME = re.compile(r"etcd0[0-9]-[0-9]{8}T[0-9]{6}Z-rev([0-9]+)-c([0-9]+)\.db")
 
 
 @pytest.fixture(scope="module")
@@ -232,8 +232,8 @@ def _public_key(cert_pem: bytes) -> bytes:
 
 
 def test_backup_unit_takes_a_checked_snapshot(lab: Lab) -> None:
-    """`systemctl start etcd-backup.service` on a node writes <time>-rev<revision>.db, 0600 and owned by etcd,
-    at or past the last write; the timer is enabled."""
+    """`systemctl start etcd-backup.service` on a node writes <time>-rev<revision>-c<cluster ID>.db, 0600 and owned
+    by etcd, at or past the last write; the timer is enabled."""
     vm = lab.vms[0]
     for i in range(5):
         assert lab.etcdctl("put", f"backup/{i}", str(i)).returncode == 0

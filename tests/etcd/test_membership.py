@@ -38,7 +38,7 @@ from tests.helpers.specs import ROOT
 pytestmark = NEEDS
 
 TRIXIE = ROOT / "vendor" / "etcd-v3.5.16-linux-amd64.tar.gz"  # `make test` builds it (Debian trixie's 3.5.16)
-SNAPSHOT_NAME = re.compile(r"etcd0[0-9]-[0-9]{8}T[0-9]{6}Z-rev([0-9]+)\.db")
+SNAPSHOT_NAME = re.compile(r"etcd0[0-9]-[0-9]{8}T[0-9]{6}Z-rev([0-9]+)-c([0-9]+)\.db")
 
 
 def _members(lab: Lab, endpoints: list[str] | None = None) -> list[dict[str, object]]:
@@ -295,8 +295,9 @@ def _backup(lab: Lab, name: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_backup_unit_keeps_the_newest_checked_snapshots(trixie_lab: Lab) -> None:
-    """The generated backup unit writes <member>-<time>-rev<revision>.db, 0600, checked by etcdutl, keeps the newest
-    two (backup.keep) of its own member by revision, and when etcd is down it fails and leaves no partial file."""
+    """The generated backup unit writes <member>-<time>-rev<revision>-c<cluster ID>.db, 0600, checked by etcdutl,
+    keeps the newest two (backup.keep) of its own member by revision, those of another cluster last, removes what a
+    killed run left, and when etcd is down it fails and leaves no partial file."""
     lab = trixie_lab
     for i in range(10):
         assert lab.etcdctl("put", f"backup/{i}", str(i)).returncode == 0
@@ -320,12 +321,18 @@ def test_backup_unit_keeps_the_newest_checked_snapshots(trixie_lab: Lab) -> None
     # One taken while the clock was far ahead (the timer fires at boot, before NTP): ranked by its revision, it is
     # pruned at the next run instead of staying "newest" for ever. Another member's backups, and files of other
     # names, in the same directory are not this member's to prune.
-    ahead, other, foreign = "etcd01-29991231T235959Z-rev1.db", "etcd02-20200101T000000Z-rev2.db", "notes.db"
-    for name in (ahead, other, foreign):
+    cluster = SNAPSHOT_NAME.fullmatch(newest.name).group(2)  # type: ignore[union-attr]
+    ahead, other, foreign = f"etcd01-29991231T235959Z-rev1-c{cluster}.db", "etcd02-20200101T000000Z-rev2.db", "notes.db"
+    # From before a restore (another cluster ID, or a name without one): revisions higher than this cluster's.
+    restored_over = ["etcd01-20200101T000000Z-rev999999997-c1.db", "etcd01-20200101T000000Z-rev999999996.db"]
+    # What a run killed in snapshot save (SIGKILL, a power cut) leaves; a signal it can catch leaves nothing.
+    leftovers = [".snapshot.AbC123", ".snapshot.AbC123.part", ".snapshot.AbC123.err"]
+    for name in (ahead, other, foreign, *restored_over, *leftovers):
         (backups / name).write_bytes(b"x")
     assert _backup(lab, "etcd01").returncode == 0
     kept = sorted(p.name for p in backups.iterdir())
     assert ahead not in kept and other in kept and foreign in kept, kept
+    assert not set(restored_over) & set(kept) and not set(leftovers) & set(kept), kept
     assert len([n for n in kept if n.startswith("etcd01-")]) == 2, kept
     # Two that claim higher revisions than the cluster has: the snapshot just taken is never pruned.
     for name in ("etcd01-20200101T000000Z-rev999999999.db", "etcd01-20200101T000001Z-rev999999998.db"):
@@ -348,7 +355,7 @@ def test_backup_unit_keeps_the_newest_checked_snapshots(trixie_lab: Lab) -> None
     failed = _backup(lab, "etcd02")
     assert lab.systemctl("etcd02", "start", "etcd.service").returncode == 0
     assert failed.returncode != 0
-    assert "ERROR: backup: the member is not healthy: " in \
+    assert "ERROR: backup: the member does not answer: " in \
         (lab.root("etcd02") / "run/shim/etcd-backup.service.log").read_text()
     assert list((lab.root("etcd02") / "var/backups/etcd").iterdir()) == []
     lab.wait_healthy()
@@ -412,16 +419,40 @@ def test_restore_bumps_revisions_under_a_new_cluster_id(trixie_lab: Lab) -> None
 
 
 def test_restore_without_a_bump_keeps_the_revision(trixie_lab: Lab) -> None:
-    """bump_revision: 0 restores the snapshot's own revision (etcd's behaviour before 3.5.10)."""
+    """bump_revision: 0 restores the snapshot's own revision (etcd's behaviour before 3.5.10). The backups taken
+    before the restore, kept off the lost disk and put back, have higher revisions than the restored cluster's:
+    the newest two taken after it are kept, and those go."""
     lab = trixie_lab
     assert lab.etcdctl("put", "plain", "1").returncode == 0
     snapshot = lab.work / "plain.db"
     revision = _take_snapshot(lab, snapshot)
+    for i in range(20):
+        assert lab.etcdctl("put", f"lost/{i}", str(i)).returncode == 0
+    backups = lab.root("etcd01") / "var/backups/etcd"
+    for path in backups.iterdir():
+        path.unlink()
+    for _ in range(2):
+        assert _backup(lab, "etcd01").returncode == 0
+        time.sleep(1.1)  # names are to the second
+    kept_off = lab.work / "kept-off"
+    shutil.copytree(backups, kept_off)
     _, lines = _restore(lab, snapshot, 0)
     assert all("restored snapshot " in line and "revision +" not in line for line in lines.values()), lines
     status = _status(lab)
     assert all(revision <= int(s["header"]["revision"]) < revision + 1000 for s in status)  # type: ignore[index]
     assert lab.etcdctl("get", "--print-value-only", "plain").stdout.strip() == "1"
+    before = sorted(p.name for p in kept_off.iterdir())
+    for name in before:
+        shutil.copy2(kept_off / name, backups / name)
+    taken = []
+    for _ in range(3):
+        assert _backup(lab, "etcd01").returncode == 0
+        log = (lab.root("etcd01") / "run/shim/etcd-backup.service.log").read_text().splitlines()[-1]
+        taken.append(log.split(f"{backups}/", 1)[1].split(" (", 1)[0])
+        time.sleep(1.1)
+    revisions = [int(re.findall(r"-rev([0-9]+)", n)[0]) for n in before + taken]
+    assert min(revisions[:2]) > max(revisions[2:]), revisions  # the restored cluster is behind the lost one
+    assert sorted(p.name for p in backups.iterdir()) == sorted(taken[1:]), (before, taken)
 
 
 def _member_step(lab: Lab, ns: str, step: str, etcdctl: Path | None = None, config: dict[str, object] | None = None,

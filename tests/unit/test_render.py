@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -276,3 +277,19 @@ def test_time_sync_holds_etcd_and_backups_for_a_bounded_wait(rendered: dict[str,
     data = yaml.safe_load(without["user-data"])
     assert "ntp" not in data
     assert json.loads(_files_by_path(data)[f"{PATHS.staged}/member.json"]["content"])["clock_wait_s"] == 0
+
+
+def test_every_rename_on_the_node_is_followed_by_a_sync_of_its_directory() -> None:
+    """A rename reaches the disk only with its directory: after a power cut the old name would be back. Each `mv`
+    in a node script and each os.replace in the member script is followed, within three lines, by a sync."""
+    templates = Path(__file__).resolve().parents[2] / "templates"
+    unsynced = []
+    for path in [*sorted(templates.glob("*.sh.j2")), templates / "etcd-seed-member.py"]:
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            code = line.split("#", 1)[0]
+            if re.search(r"(^|[\s;{(])mv\s", code) or "os.replace(" in code:
+                after = " ".join(lines[i + 1:i + 4])
+                if not re.search(r"(^|\s)sync(\s|$)|sync \"|fsync_dir\(", after):
+                    unsynced.append(f"{path.name}:{i + 1}: {line.strip()}")
+    assert not unsynced, unsynced
