@@ -195,7 +195,9 @@ def test_etcd_data_is_on_the_data_disk(lab: Lab) -> None:
 
 def test_missing_data_disk_keeps_etcd_off_and_says_why(lab: Lab) -> None:
     """A node rebooted without its data disk does not start etcd on the root disk, and its boot step says why;
-    with the disk back it rejoins with its data, not formatted again."""
+    with the disk back it rejoins with its data, not formatted again, even on a boot where systemd gave up on the
+    disk (here: an fstab line naming another device) and failed etcd's start with it: the boot step mounts the
+    disk and queues etcd's start again."""
     vm = lab.vms[1]
     assert lab.etcdctl("put", "disk/kept", "yes").returncode == 0
     vm.kill()
@@ -215,6 +217,10 @@ def test_missing_data_disk_keeps_etcd_off_and_says_why(lab: Lab) -> None:
     assert facts.stdout.splitlines()[0] != "active" and "ROOT-DATA" not in facts.stdout, facts.stdout
     assert "etcd-seed: ERROR: the data device /dev/disk/by-id/virtio-etcd-data is missing" in facts.stdout
     assert "Dependency failed" in facts.stdout, facts.stdout
+    # systemd's mount of the next boot waits for a device that never comes, gives up, and fails etcd's start.
+    bent = lab.ssh(vm.ip, "sudo sed -i 's|^/dev/disk/by-id/virtio-etcd-data |/dev/disk/by-id/virtio-no-such-disk |' "
+                          "/etc/fstab && sync && grep -c no-such-disk /etc/fstab")
+    assert bent.stdout.strip() == "1", bent.stdout + bent.stderr
     vm.kill()
     vm.data_disk = disk
     vm.start(lab.net, lab.image, lab.accel)
@@ -222,7 +228,13 @@ def test_missing_data_disk_keeps_etcd_off_and_says_why(lab: Lab) -> None:
         "endpoint", "health", endpoints=[vm.ip]).returncode == 0, BOOT_TIMEOUT_S, [vm])
     got = lab.etcdctl("get", "--consistency=s", "--print-value-only", "disk/kept", endpoints=[vm.ip])
     assert got.stdout.strip() == "yes", got.stderr
-    assert "formatted" not in boot_step_line(lab, vm)
+    line = boot_step_line(lab, vm)
+    print(f"e2e: {vm.name} after systemd gave up on its data disk: {line}")
+    assert "formatted" not in line and "fstab" in line, line
+    assert line.endswith("etcd starts next (queued again: systemd had given up on /dev/disk/by-id/virtio-etcd-data "
+                         "before this step mounted it)"), line
+    journal = lab.ssh(vm.ip, "sudo journalctl -b -u etcd.service --no-pager -o cat").stdout
+    assert "Dependency failed" in journal, journal[-2000:]
     assert _data_mount(lab, vm) == ["/dev/vdb", "ext4", "etcd-data"]
 
 
