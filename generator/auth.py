@@ -81,7 +81,7 @@ def decide(spec: Spec, built_before: bool, was_enabled: bool | None) -> spec_mod
 def table(spec: Spec) -> list[str]:
     """What each identity may do, one line each, for `plan`."""
     if not spec.auth.managed:
-        return [UNMANAGED]
+        return []  # the build's notes say so
     table = grants(spec)
     lines = [f"auth: {'on' if table.enabled else 'off'} ({spec.nodes[0].name} applies these etcd users and roles)"]
     for user, roles in table.users.items():

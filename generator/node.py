@@ -93,7 +93,7 @@ def member_config(spec: Spec, node: Node) -> dict[str, object]:
         # Only a joining member asks its peers anything; a founder's seed must not change when one joins.
         "peers": [client_url(n) for n in spec.nodes if n != node] if node.joins else [],
         # With auth on, a joining member's user must exist before it adds itself: this node creates it.
-        **({"auth_by": spec.nodes[0].name} if node.joins else {}),
+        **({"auth_by": spec.nodes[0].name} if node.joins and spec.auth.managed else {}),
         "etcdctl": f"{PATHS.bin}/etcdctl",
         "ca": PATHS.ca, "cert": PATHS.cert, "key": PATHS.key,
         "data_dir": PATHS.data_dir, "wal_dir": PATHS.wal_dir,

@@ -43,7 +43,10 @@ def membership(spec: Spec, previous: Manifest, built: set[str], replacing: froze
                          f"promotes itself (journalctl -u etcd -u etcd-seed-promote shows each step); {manual}")
         elif node.join and node.name not in built:
             first = (f"re-seed {spec.nodes[0].name} first, which creates {node.name}'s etcd user (it waits for it "
-                     "otherwise); then " if spec.auth.on else "")
+                     "otherwise); then " if spec.auth.on else
+                     f"if auth is on in the cluster (the build leaves it as the cluster has it), create the etcd user "
+                     f"{node.name} with the root role by hand first (it waits for it otherwise); then "
+                     if not spec.auth.managed else "")
             notes.append(f"{node.name} joins the running cluster by itself: {first}boot it from its seed; it adds "
                          f"itself as a learner and promotes itself once it has caught up; {manual}")
         old = _previous_ips(previous, node.name)

@@ -179,8 +179,9 @@ class Member:
             if "too many learner" in err:
                 raise Retry("another learner is still catching up; etcd allows one at a time")
             if "permission denied" in err or "user name not found" in err:
-                raise Retry(f"the cluster has no etcd user {self.name} with the root role yet; re-seed "
-                            f"{self.cfg.get('auth_by', 'the first node')} (it adds the users of its seed) ({err})")
+                how = (f"re-seed {self.cfg['auth_by']} (it adds the users of its seed)" if "auth_by" in self.cfg
+                       else "create it by hand (the build leaves this cluster's users as they are)")
+                raise Retry(f"the cluster has no etcd user {self.name} with the root role yet; {how} ({err})")
             raise Retry("member add failed (" + err + ")")
         added = parse_json(out, "member add")
         own = added.get("member", {}).get("ID") if isinstance(added, dict) else None

@@ -18,6 +18,7 @@ losetup            mount               test
 mount              mount               test
 umount             mount               test
 mkfs.ext4          e2fsprogs           test e2e
+debugfs            e2fsprogs           test
 isoinfo            genisoimage         test
 cloud-init         cloud-init          test
 systemd-analyze    systemd             test

@@ -22,12 +22,16 @@ etcd:
 """
 
 
-def _auth(workdir: Path, node: str = "etcd01") -> dict[str, Any] | None:
+def _member_json(workdir: Path, node: str = "etcd01") -> dict[str, Any]:
     user_data = (workdir / f"out/demo/{node}/user-data.redacted").read_text()
     block = user_data.split("path: /var/lib/etcd-seed/seed/member.json", 1)[1].split("content: |\n", 1)[1]
     text = "\n".join(line[6:] for line in block.splitlines() if line.startswith("      ") or not line)
     config: dict[str, Any] = json.JSONDecoder().raw_decode(text.strip())[0]
-    return config.get("auth")
+    return config
+
+
+def _auth(workdir: Path, node: str = "etcd01") -> dict[str, Any] | None:
+    return _member_json(workdir, node).get("auth")
 
 
 def test_new_cluster_gets_a_user_per_cn_and_a_role_per_consumer(workdir: Path) -> None:
@@ -74,7 +78,7 @@ def test_cluster_built_before_auth_is_left_alone_until_the_spec_sets_it(workdir:
         assert "auth" not in json.loads(manifest.read_text())  # still unmanaged for the next build
         assert verify(workdir)[0] == 0
     code, out, _ = run("plan", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"))
-    assert code == 0 and "auth: left as it is on the cluster" in out and "auth: user" not in out
+    assert code == 0 and out.count("auth: left as it is on the cluster") == 1 and "auth: user" not in out, out
     set_spec(workdir, "etcd:\n", "auth: {enabled: true}\netcd:\n")
     code, out, err = build(workdir)
     assert code == 0, err
@@ -84,6 +88,23 @@ def test_cluster_built_before_auth_is_left_alone_until_the_spec_sets_it(workdir:
     assert "roll the changed seeds one node at a time" in out and "(1. etcd01)" in out
     code, out, err = build(workdir)
     assert code == 0 and "auth:" not in out, out
+
+
+def test_node_joining_a_cluster_whose_auth_is_left_alone_is_told_to_have_its_user_made_by_hand(
+        workdir: Path) -> None:
+    # No seed adds users to such a cluster: pointing at the first node's seed would leave the joiner waiting.
+    assert build(workdir)[0] == 0
+    manifest = workdir / "out/demo/manifest.json"
+    document = json.loads(manifest.read_text())
+    del document["auth"]
+    manifest.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    set_spec(workdir, "etcd:\n", '  - {name: etcd04, ip: 192.168.0.4, mac: "52:54:00:00:00:04", join: true}\netcd:\n')
+    code, out, err = build(workdir)
+    assert code == 0, err
+    assert "etcd04 joins the running cluster by itself: if auth is on in the cluster (the build leaves it as the " \
+           "cluster has it), create the etcd user etcd04 with the root role by hand first" in out, out
+    config = _member_json(workdir, "etcd04")
+    assert config["mode"] == "join" and "auth_by" not in config, config
 
 
 def test_cluster_built_before_auth_can_be_turned_off_by_the_spec(workdir: Path) -> None:

@@ -231,8 +231,8 @@ def test_missing_data_disk_keeps_etcd_off_and_says_why(lab: Lab) -> None:
     line = boot_step_line(lab, vm)
     print(f"e2e: {vm.name} after systemd gave up on its data disk: {line}")
     assert "formatted" not in line and "fstab" in line, line
-    assert line.endswith("etcd starts next (queued again: systemd had given up on /dev/disk/by-id/virtio-etcd-data "
-                         "before this step mounted it)"), line
+    assert line.endswith("etcd starts next (queued again: systemd's mount of /dev/disk/by-id/virtio-etcd-data had "
+                         "failed before this step checked and mounted it)"), line
     journal = lab.ssh(vm.ip, "sudo journalctl -b -u etcd.service --no-pager -o cat").stdout
     assert "Dependency failed" in journal, journal[-2000:]
     assert _data_mount(lab, vm) == ["/dev/vdb", "ext4", "etcd-data"]

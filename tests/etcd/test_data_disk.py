@@ -116,8 +116,8 @@ def test_the_same_seed_and_a_reboot_keep_the_disk(lab: tuple[Lab, Disks]) -> Non
     # Each run here has a mount namespace of its own: as on a boot where systemd gave up on the disk (a device that
     # came up late) and failed etcd's start with it, the step mounts the disk, and must queue etcd's start again.
     assert "formatted" not in done.stderr and done.stderr.splitlines()[-1].endswith(
-        "nothing changed; etcd starts next (queued again: systemd had given up on /dev/vdb before this step mounted "
-        "it)"), done.stderr
+        "nothing changed; etcd starts next (queued again: systemd's mount of /dev/vdb had failed before this step "
+        "checked and mounted it)"), done.stderr
     members.wait_healthy()  # nothing else started it
     read = members.etcdctl("get", "--consistency=s", "--print-value-only", "on-the-disk", endpoints=["10.234.0.2"])
     assert read.stdout.strip() == "1", read.stderr
@@ -168,4 +168,30 @@ def test_a_disk_that_is_not_blank_or_ours_is_never_formatted(lab: tuple[Lab, Dis
         assert started.returncode == 1
         assert "shim: dependency failed: cannot mount /dev/vdb at /opt/etcd for /opt/etcd/data" in \
             (members.root("etcd03") / "run/shim/etcd.log").read_text()
+    members.wait_healthy()
+
+
+def test_a_damaged_filesystem_that_systemd_refused_is_not_mounted_at_boot(lab: tuple[Lab, Disks]) -> None:
+    """At boot, systemd's fsck refuses a filesystem with errors `fsck -p` does not repair, and its mount fails: the
+    boot step, which then mounts the disk itself, must check it the same way and leave etcd off."""
+    members, disks = lab
+    disks.attach("damaged")
+    device = disks.loops["damaged"]
+    subprocess.run(["mkfs.ext4", "-q", "-L", "etcd-data", device], check=True)
+    for request in ("mkdir junk", "sif junk mode 0", "ssv state 2"):  # an inode of no type: fsck -p stops there
+        subprocess.run(["debugfs", "-w", "-R", request, device], capture_output=True, check=True)
+    _stop(members, "etcd03")
+    calls = len(members.calls("etcd03"))
+    try:
+        disks.plug(members, "etcd03", "damaged")
+        done = members.install("etcd03", None, "--boot")
+    finally:
+        disks.plug(members, "etcd03", "etcd03")
+        assert members.install("etcd03", None, "--boot").returncode == 0
+    assert done.returncode == 1, done.stderr
+    assert "etcd-seed: ERROR: fsck -p found errors on /dev/vdb that it does not repair (exit 4" in done.stderr
+    assert "repair the filesystem by hand, or mark etcd03 replace: true on a new disk; nothing installed or changed" \
+        in done.stderr, done.stderr
+    started = [c for c in members.calls("etcd03")[calls:] if c.startswith("start etcd.service")]
+    assert len(started) == 1, members.calls("etcd03")[calls:]  # only by the boot with its own disk back
     members.wait_healthy()

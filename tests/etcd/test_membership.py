@@ -326,13 +326,15 @@ def test_backup_unit_keeps_the_newest_checked_snapshots(trixie_lab: Lab) -> None
     # From before a restore (another cluster ID, or a name without one): revisions higher than this cluster's.
     restored_over = ["etcd01-20200101T000000Z-rev999999997-c1.db", "etcd01-20200101T000000Z-rev999999996.db"]
     # What a run killed in snapshot save (SIGKILL, a power cut) leaves; a signal it can catch leaves nothing.
-    leftovers = [".snapshot.AbC123", ".snapshot.AbC123.part", ".snapshot.AbC123.err"]
-    for name in (ahead, other, foreign, *restored_over, *leftovers):
+    leftovers = [".snapshot.etcd01.AbC123", ".snapshot.etcd01.AbC123.part", ".snapshot.etcd01.AbC123.err"]
+    running = ".snapshot.etcd02.XyZ789.part"  # another member's, in a shared directory: not this run's to remove
+    for name in (ahead, other, foreign, *restored_over, *leftovers, running):
         (backups / name).write_bytes(b"x")
     assert _backup(lab, "etcd01").returncode == 0
     kept = sorted(p.name for p in backups.iterdir())
-    assert ahead not in kept and other in kept and foreign in kept, kept
+    assert ahead not in kept and other in kept and foreign in kept and running in kept, kept
     assert not set(restored_over) & set(kept) and not set(leftovers) & set(kept), kept
+    (backups / running).unlink()
     assert len([n for n in kept if n.startswith("etcd01-")]) == 2, kept
     # Two that claim higher revisions than the cluster has: the snapshot just taken is never pruned.
     for name in ("etcd01-20200101T000000Z-rev999999999.db", "etcd01-20200101T000001Z-rev999999998.db"):
