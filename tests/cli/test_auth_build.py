@@ -30,6 +30,16 @@ def _member_json(workdir: Path, node: str = "etcd01") -> dict[str, Any]:
     return config
 
 
+def _built_before_auth(workdir: Path) -> Path:
+    """A built tree whose manifest.json has no auth entry, as a build before auth was managed wrote it."""
+    assert build(workdir)[0] == 0
+    manifest = workdir / "out/demo/manifest.json"
+    document = json.loads(manifest.read_text())
+    del document["auth"]
+    manifest.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
 def _auth(workdir: Path, node: str = "etcd01") -> dict[str, Any] | None:
     return _member_json(workdir, node).get("auth")
 
@@ -61,11 +71,7 @@ def test_new_cluster_gets_a_user_per_cn_and_a_role_per_consumer(workdir: Path) -
 
 def test_cluster_built_before_auth_is_left_alone_until_the_spec_sets_it(workdir: Path) -> None:
     # Its users, roles and auth state were made by hand: a seed that applied the spec's would delete them.
-    assert build(workdir)[0] == 0
-    manifest = workdir / "out/demo/manifest.json"
-    document = json.loads(manifest.read_text())
-    del document["auth"]  # as a build before auth was managed wrote it
-    manifest.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    manifest = _built_before_auth(workdir)
     for _ in range(2):
         code, out, err = build(workdir)
         assert code == 0, err
@@ -93,11 +99,7 @@ def test_cluster_built_before_auth_is_left_alone_until_the_spec_sets_it(workdir:
 def test_node_joining_a_cluster_whose_auth_is_left_alone_is_told_to_have_its_user_made_by_hand(
         workdir: Path) -> None:
     # No seed adds users to such a cluster: pointing at the first node's seed would leave the joiner waiting.
-    assert build(workdir)[0] == 0
-    manifest = workdir / "out/demo/manifest.json"
-    document = json.loads(manifest.read_text())
-    del document["auth"]
-    manifest.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    _built_before_auth(workdir)
     set_spec(workdir, "etcd:\n", '  - {name: etcd04, ip: 192.168.0.4, mac: "52:54:00:00:00:04", join: true}\netcd:\n')
     code, out, err = build(workdir)
     assert code == 0, err
@@ -108,11 +110,7 @@ def test_node_joining_a_cluster_whose_auth_is_left_alone_is_told_to_have_its_use
 
 
 def test_cluster_built_before_auth_can_be_turned_off_by_the_spec(workdir: Path) -> None:
-    assert build(workdir)[0] == 0
-    manifest = workdir / "out/demo/manifest.json"
-    document = json.loads(manifest.read_text())
-    del document["auth"]
-    manifest.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    manifest = _built_before_auth(workdir)
     set_spec(workdir, "etcd:\n", "auth: {enabled: false}\netcd:\n")
     code, out, err = build(workdir)
     assert code == 0, err
