@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import getpass
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -96,7 +97,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="begin: trust a new CA beside the old; issue: issue every certificate from it; "
                              "finish: trust only the new CA")
     rotate.add_argument("--dry-run", action="store_true", help="show what the step would change; write nothing")
-    rotate.set_defaults(run=lambda args, out, err: (_run_plan if args.dry_run else _run_build)(args, out, err))
+    rotate.add_argument("--force", action="store_true",
+                        help="issue, finish: go on without asking the cluster whether every node runs the seed of "
+                             "the phase before")
+    rotate.set_defaults(run=_run_rotate)
     verify = commands.add_parser("verify", parents=[tree], help="check output/ against the spec, the CA, the "
                                  "manifest and CIS 2; exit 1 on any failure")
     verify.add_argument("--warn-days", type=int, default=30, help="warn when a certificate expires sooner")
@@ -174,6 +178,22 @@ def _run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     out.write(result.out)
     err.write(result.err)
     return EXIT_OK
+
+
+def _run_rotate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """A rotation step; issue and finish only once every node runs the seed of the phase before (status)."""
+    if args.dry_run or args.step == "begin":
+        return (_run_plan if args.dry_run else _run_build)(args, out, err)
+    from . import status
+
+    if not args.force:
+        _run_plan(args, io.StringIO(), io.StringIO())  # the step's own refusals (a phase skipped) come first
+        status.confirm_rolled(args.spec, args.out, args.step)
+    code = _run_build(args, out, err)
+    if args.force:
+        print(f"warning: rotate-ca {args.step} --force: the cluster was not asked whether every node runs the seed "
+              f"of the phase before; if one does not, {status.ROTATION_RISK[args.step]}", file=err)
+    return code
 
 
 def _run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -46,7 +46,12 @@ class Paths:
     # sha256 of the tarball and of each binary it installed: a boot with the same seed checks these
     # instead of unpacking the tarball again, and repairs a binary that a power loss left damaged.
     installed: str = "/var/lib/etcd-seed/installed.sha256"
+    # The instance-id of the seed the install step last put in place; etcd-seed-report.service puts it into etcd.
+    applied: str = "/var/lib/etcd-seed/applied"
+    report_unit: str = "/etc/systemd/system/etcd-seed-report.service"
     restoring: str = "/var/lib/etcd-seed/restoring"  # present while a restore moves its files into place
+    # Present from the first file put in place that etcd reads only at start until etcd's (re)start is queued.
+    restart_pending: str = "/var/lib/etcd-seed/restart-pending"
     boot_unit: str = "/etc/systemd/system/etcd-seed-boot.service"  # converges to the seed before etcd starts
     clock_unit: str = "/etc/systemd/system/etcd-seed-clock.service"  # waits, bounded, for a synchronised clock
     auth_unit: str = "/etc/systemd/system/etcd-seed-auth.service"  # the first node: users, roles, auth on
@@ -77,6 +82,15 @@ def client_endpoints(spec: Spec, founders_only: bool = False) -> str:
     return ",".join(client_url(node) for node in (spec.founders if founders_only else spec.nodes))
 
 
+# Where each node tells `etcd-seed status` which seed it runs: the instance-id of the seed it has applied, put
+# there with the node's own certificate once etcd runs that seed (etcd-seed-member report).
+SEED_KEY_PREFIX = "/etcd-seed/seed/"
+
+
+def seed_key(node: Node) -> str:
+    return SEED_KEY_PREFIX + node.name
+
+
 # How long etcd-seed-member keeps retrying a step that may yet succeed, and how long it pauses
 # after one that cannot before systemd starts it again.
 JOIN_TIMEOUT_S = 900
@@ -98,6 +112,7 @@ def member_config(spec: Spec, node: Node) -> dict[str, object]:
         "ca": PATHS.ca, "cert": PATHS.cert, "key": PATHS.key,
         "data_dir": PATHS.data_dir, "wal_dir": PATHS.wal_dir,
         "membership_env": PATHS.membership_env,
+        "applied": PATHS.applied, "seed_key": seed_key(node),
         "timeout_s": JOIN_TIMEOUT_S, "refused_pause_s": REFUSED_PAUSE_S,
         # A restore seed: etcd must never start on an empty data dir, which would bootstrap an empty cluster.
         "restore": spec.etcd.restore is not None,
@@ -244,6 +259,7 @@ STAGED_FILES = (
     StagedFile("etcd-seed-promote.service", "etcd-seed-promote.service.j2", PATHS.promote_unit, "644"),
     StagedFile("etcd-seed-boot.service", "etcd-seed-boot.service.j2", PATHS.boot_unit, "644"),
     StagedFile("etcd-seed-clock.service", "etcd-seed-clock.service.j2", PATHS.clock_unit, "644"),
+    StagedFile("etcd-seed-report.service", "etcd-seed-report.service.j2", PATHS.report_unit, "644"),
     StagedFile("etcd-seed-backup", "etcd-backup.sh.j2", PATHS.backup_bin, "755", when=backs_up),
     StagedFile("etcd-backup.service", "etcd-backup.service.j2", PATHS.backup_unit, "644", when=backs_up),
     StagedFile("etcd-backup.timer", "etcd-backup.timer.j2", PATHS.backup_timer, "644", when=backs_up),
@@ -275,7 +291,7 @@ TIMERS = (
 
 def enabled_units(spec: Spec, node: Node) -> tuple[str, ...]:
     """The units the install step enables on this node, in one `systemctl enable`."""
-    units = ["etcd.service", "etcd-seed-boot.service"]
+    units = ["etcd.service", "etcd-seed-boot.service", "etcd-seed-report.service"]
     if node.joins:
         units.append("etcd-seed-promote.service")
     units += [f"{t.name}.timer" for t in TIMERS if t.when(spec, node)]

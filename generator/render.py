@@ -157,7 +157,8 @@ def render_node(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePem,
     """
     public = render_public(env, spec, node, pem.public(), tarball_sha256)
     user_data = _render_user_data(env, spec, node, pem.public(), tarball_sha256, pem.key_pem.decode(),
-                                  pem.host_key_pem.decode(), spec.admin.password_hash if spec.admin else None)
+                                  pem.host_key_pem.decode(), spec.admin.password_hash if spec.admin else None,
+                                  public.instance_id)
     return SeedFiles(texts={"user-data": user_data, **public.texts}, instance_id=public.instance_id)
 
 
@@ -169,13 +170,15 @@ def render_public(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePubl
     """
     context = _context(spec, node, tarball_sha256)
     password = password_marker(spec.admin.password_hash) if spec.admin and spec.admin.password_hash else None
-    redacted = _render_user_data(env, spec, node, pem, tarball_sha256, redaction_marker(pem.key_sha256),
-                                 redaction_marker(pem.host_key_sha256), password)
+    markers = (redaction_marker(pem.key_sha256), redaction_marker(pem.host_key_sha256), password)
     network_config = _render(env, "network-config.j2", context)
     # The instance-id changes whenever anything on this node's seed changes, and only
-    # then: the redacted user-data names the key and password by their sha256.
-    digest = hashlib.sha256(f"{node.name}\0{redacted}\0{network_config}".encode()).hexdigest()
+    # then: the redacted user-data names the key and password by their sha256. The install step carries
+    # it too (it records the seed it applied), so it is taken over the user-data without it.
+    unnamed = _render_user_data(env, spec, node, pem, tarball_sha256, *markers, seed_id="")
+    digest = hashlib.sha256(f"{node.name}\0{unnamed}\0{network_config}".encode()).hexdigest()
     instance_id = f"{node.name}-{digest[:16]}"
+    redacted = _render_user_data(env, spec, node, pem, tarball_sha256, *markers, seed_id=instance_id)
     texts = {
         "user-data.redacted": redacted,
         "meta-data": _render(env, "meta-data.j2", {**context, "instance_id": instance_id}),
@@ -197,7 +200,7 @@ def _context(spec: Spec, node: Node, tarball_sha256: str) -> dict[str, Any]:
 
 
 def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePublic, tarball_sha256: str,
-                      key_text: str, host_key_text: str, password_hash: str | None) -> str:
+                      key_text: str, host_key_text: str, password_hash: str | None, seed_id: str) -> str:
     context = _context(spec, node, tarball_sha256)
     flannel = node_facts.writes_flannel_config(spec, node)
     extra: dict[str, object] = {"client_url": node_facts.client_url(node),
@@ -229,7 +232,8 @@ def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, pem: Node
     install_sh = _render(env, "etcd-install.sh.j2", {**context, "staged": staged, "flannel": flannel,
                                                      "auth": node_facts.applies_auth(spec, node),
                                                      "enabled_units": node_facts.enabled_units(spec, node),
-                                                     "restore": _restore_context(spec, node)})
+                                                     "restore": _restore_context(spec, node),
+                                                     "seed_id": seed_id})
     return _render(env, "user-data.j2", {
         **context, "staged": staged, "install_sh": install_sh,
         "host_key": host_key_text, "host_public": pem.host_public, "password_hash": password_hash})

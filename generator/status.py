@@ -7,12 +7,18 @@ and every certificate this tool issues has one. What does answer over mutual TLS
 the certificate each port serves, /metrics, /health and /version on 2379, and /members on 2380
 (the peer endpoint a joining member reads). https://etcd.io/docs/v3.5/op-guide/monitoring/
 
-Every answer is checked for etcd's shape before it is used, and one deadline bounds each node as a whole:
-a member that lies (NaN metrics, odd JSON) or stalls (a byte at a time) becomes a problem naming it.
+Which seed a node runs is read over gRPC (generator/kvread.py): each node's etcd-seed-report.service puts the
+instance-id of the seed its install step applied under /etcd-seed/seed/<node>, with the node's own certificate,
+once etcd runs it; status reads it from that node's etcd with the admin certificate.
 
-A node is in step with the build when both ports serve the certificate the build issued it and it runs
-the build's etcd version and quota. Settings etcd does not expose (its timers, heartbeat, backup or
-defragmentation schedule) cannot be seen from outside: a seed that changes only those shows in step.
+Every answer is checked for etcd's shape before it is used, and one deadline bounds each node as a whole:
+a member that lies (NaN metrics, odd JSON, a broken HTTP/2 frame) or stalls (a byte at a time) becomes a
+problem naming it.
+
+A node is in step with the build only when its record names the seed the build made for it (the instance-id
+in the tree's meta-data), both ports serve the certificate the build issued it, and it runs the build's etcd
+version and quota. It is behind when any of those says otherwise, and unknown (never in step) when it
+answers but its record cannot be read: a seed older than the record, a report not yet written, no quorum.
 """
 
 from __future__ import annotations
@@ -29,17 +35,18 @@ import ssl
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
-from . import fs, layout, rotation
+from . import fs, kvread, layout, rotation
 from .certs import cert_fingerprint
-from .errors import OutputError, printable
+from .errors import MaterialError, OutputError, printable
 from .etcd import CLIENT_PORT, PEER_PORT
 from .inputs import cluster_root, read_manifest, read_spec
+from .node import seed_key
 from .spec import Node, Spec
 
 TIMEOUT_S = 5.0
@@ -61,6 +68,8 @@ class Answer:
     members: Sequence[Mapping[str, Any]] | None = None
     peer_error: str | None = None
     foreign: bool = False  # 2379 serves a certificate the trusted CAs do not vouch for: nothing it says is used
+    seed: str | None = None  # the instance-id its record in etcd names: the seed it runs
+    seed_error: str | None = None  # why there is no record to go by
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,9 @@ class Row:
     client_cert: str = "unknown"  # current, older (this CA, not the build's), foreign
     peer_cert: str = "unknown"
     expires: str | None = None  # of the certificate served on 2379
+    seed: str = "unknown"  # current (this build's), older (another's), unknown (no record to go by)
     in_step: bool = False
+    state: str = "unknown"  # in step; behind (what it serves or its record says so); unknown (never in step)
 
 
 @dataclass(frozen=True)
@@ -149,8 +160,10 @@ def _cert_state(served: bytes | None, issued: str) -> str:
     return "current" if hashlib.sha256(served).hexdigest() == issued else "older"
 
 
-def assess(spec: Spec, issued: Mapping[str, str], answers: Sequence[Answer], rotation_step: str | None) -> Status:
-    """Set the answers against the spec and the certificates the build issued (node -> sha256 of its DER)."""
+def assess(spec: Spec, issued: Mapping[str, str], seeds: Mapping[str, str], answers: Sequence[Answer],
+           rotation_step: str | None) -> Status:
+    """Set the answers against the spec, the certificates the build issued (node -> sha256 of its DER) and the
+    seeds it made (node -> instance-id)."""
     committed = [v for a in answers if (v := _value(a, "etcd_server_proposals_committed_total")) is not None]
     rows, problems = [], []
     for node, answer in zip(spec.nodes, answers, strict=True):
@@ -166,6 +179,7 @@ def assess(spec: Spec, issued: Mapping[str, str], answers: Sequence[Answer], rot
                        _value(answer, "etcd_server_quota_backend_bytes"))
         in_use = _value(answer, "etcd_mvcc_db_total_size_in_use_in_bytes")
         version = _label(answer, "etcd_server_version", "server_version")
+        seed = "unknown" if answer.seed is None else "current" if answer.seed == seeds[node.name] else "older"
         expires = None
         if answer.client_cert is not None:
             expires = x509.load_der_x509_certificate(answer.client_cert).not_valid_after_utc.strftime("%Y-%m-%d")
@@ -177,9 +191,11 @@ def assess(spec: Spec, issued: Mapping[str, str], answers: Sequence[Answer], rot
                   raft_lag=int(max(committed) - applied) if committed and applied is not None else None,
                   db_size=None if size is None else int(size), db_in_use=None if in_use is None else int(in_use),
                   quota=None if quota is None else int(quota), alarms=reason if "ALARM" in reason.upper() else "",
-                  client_cert=client, peer_cert=peer, expires=expires,
-                  in_step=(client == peer == "current" and version == spec.etcd.version
+                  client_cert=client, peer_cert=peer, expires=expires, seed=seed,
+                  in_step=(client == peer == seed == "current" and version == spec.etcd.version
                            and quota == spec.etcd.quota_backend_bytes))
+        drift = _drift(spec, row)
+        row = replace(row, state="in step" if row.in_step else "behind" if drift or seed == "older" else "unknown")
         rows.append(row)
         if answer.peer_error:
             problems.append(f"{node.name}: {answer.peer_error}")
@@ -189,7 +205,15 @@ def assess(spec: Spec, issued: Mapping[str, str], answers: Sequence[Answer], rot
             problems.append(f"{node.name}: has no leader")
         if row.learner:
             problems.append(f"{node.name}: still a learner (not yet promoted to a voting member)")
-        problems += [f"{node.name}: {why}" for why in _drift(spec, row)]
+        problems += [f"{node.name}: {why}" for why in drift]
+        if version is None or quota is None:
+            problems.append(f"{node.name}: shows no etcd version or quota in /metrics: cannot tell whether it runs "
+                            "the build's")
+        if seed == "older":
+            problems.append(f"{node.name}: runs seed {answer.seed}, the build's is {seeds[node.name]}: roll it")
+        elif seed == "unknown":
+            problems.append(f"{node.name}: cannot tell which seed it runs ({answer.seed_error}); roll it, or see "
+                            "docs/operations.md")
     members = next((a.members for a in answers if a.members is not None), None)
     names = {n.name for n in spec.nodes}
     unknown = [f"{m.get('name') or 'unstarted'} ({int(m.get('id', 0)):x}) at {','.join(m.get('peerURLs') or [])}"
@@ -230,9 +254,9 @@ def _next(rows: Sequence[Row]) -> str:
     if not behind:
         return "nothing to roll"
     follower = next((r for r in behind if not r.leader), None)
-    if follower is not None:
-        return f"{follower.node} (a follower)"
-    return f"{behind[0].node} (the leader, last)"
+    row = follower or behind[0]
+    unknown = "; which seed it runs is unknown" if row.seed == "unknown" else ""
+    return f"{row.node} (a follower{unknown})" if follower else f"{row.node} (the leader, last{unknown})"
 
 
 def render(status: Status) -> str:
@@ -248,7 +272,7 @@ def render(status: Status) -> str:
         table.append((r.node, r.ip, r.version or "?", role + (f" {r.alarms}" if r.alarms else ""),
                       "?" if r.raft_lag is None else str(r.raft_lag), _size(r.db_size), _size(r.db_in_use),
                       _size(r.quota), r.client_cert, r.peer_cert, r.expires or "?",
-                      "in step" if r.in_step else "behind"))
+                      r.state))
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
     lines.append(f"cluster version: {status.cluster_version or 'unknown'}")
@@ -316,21 +340,39 @@ class Deadline:
         self._watchdogs: list[threading.Timer] = []
 
     def connect(self, ip: str, port: int, context: ssl.SSLContext) -> http.client.HTTPSConnection:
-        left = self.end - time.monotonic()
-        if left <= 0:
-            self.passed = True
-            raise TimeoutError
-        conn = http.client.HTTPSConnection(ip, port, timeout=left, context=context)
+        conn = http.client.HTTPSConnection(ip, port, timeout=self._left(), context=context)
         # The socket is held here: http.client drops conn.sock when an HTTP/1.0 answer hands it to the response.
-        held: list[socket.socket] = []
-        watchdog = threading.Timer(left, self._cut, (conn, held))
-        watchdog.daemon = True
-        self._watchdogs.append(watchdog)
-        watchdog.start()
+        held = self._watch(conn)
         conn.connect()
         held.append(conn.sock)
         self._bound(conn.sock)
         return conn
+
+    def tls(self, ip: str, port: int, context: ssl.SSLContext) -> ssl.SSLSocket:
+        """A TLS socket under the same deadline, for a protocol http.client does not speak (gRPC)."""
+        raw = socket.create_connection((ip, port), timeout=self._left())
+        held = self._watch(None)
+        held.append(raw)
+        sock = context.wrap_socket(raw, server_hostname=ip)
+        held.append(sock)
+        self._bound(sock)
+        return sock
+
+    def _left(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            self.passed = True
+            raise TimeoutError
+        return left
+
+    def _watch(self, conn: http.client.HTTPSConnection | None) -> list[socket.socket]:
+        """A watchdog that shuts down, at the deadline, the sockets put into the list it returns (and conn's)."""
+        held: list[socket.socket] = []
+        watchdog = threading.Timer(self._left(), self._cut, (conn, held))
+        watchdog.daemon = True
+        self._watchdogs.append(watchdog)
+        watchdog.start()
+        return held
 
     def _bound(self, sock: socket.socket) -> None:
         """Each read waits at most until the deadline: a member that keeps sending a byte now and then is cut off
@@ -347,9 +389,9 @@ class Deadline:
 
         sock.recv_into = recv_into  # type: ignore[method-assign]
 
-    def _cut(self, conn: http.client.HTTPSConnection, held: list[socket.socket]) -> None:
+    def _cut(self, conn: http.client.HTTPSConnection | None, held: list[socket.socket]) -> None:
         self.passed = True
-        for sock in (*held, conn.sock):  # conn.sock alone while the handshake runs
+        for sock in (*held, conn.sock if conn is not None else None):  # conn.sock alone while the handshake runs
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
@@ -409,14 +451,48 @@ def _json(body: bytes) -> Any:
         raise Untrue("answers with JSON nested too deep to be etcd's") from None
 
 
-def ask(node: Node, context: ssl.SSLContext, timeout: float) -> Answer:
+def ask(node: Node, context: ssl.SSLContext, grpc_context: ssl.SSLContext, timeout: float) -> Answer:
     """Ask one node over mutual TLS, within one deadline for both ports; every failure, and every answer not
-    of etcd's shape, becomes the answer's error, never an exception."""
+    of etcd's shape, becomes the answer's error, never an exception. `grpc_context` is `context` offering
+    HTTP/2 (ALPN h2), for the seed record."""
     deadline = Deadline(timeout)
     try:
-        return _ask(node, context, deadline)
+        answer = _ask(node, context, deadline)
+        if answer.error is not None:
+            return answer
+        seed, why = _seed(node, grpc_context, deadline)
+        return replace(answer, seed=seed, seed_error=why)
     finally:
         deadline.close()
+
+
+SEED_ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?-[0-9a-f]{16}")  # as render makes it
+
+
+def _seed(node: Node, context: ssl.SSLContext, deadline: Deadline) -> tuple[str | None, str | None]:
+    """The instance-id the node's record in etcd names (its own etcd, a linearizable read), or why there is
+    none to go by."""
+    ip, key = str(node.ip), seed_key(node)
+    try:
+        sock = deadline.tls(ip, CLIENT_PORT, context)
+        try:
+            if sock.selected_alpn_protocol() != "h2":
+                return None, f"{ip}:{CLIENT_PORT} does not offer HTTP/2, which etcd's gRPC needs"
+            value = kvread.get(sock, f"{ip}:{CLIENT_PORT}", key.encode())
+        finally:
+            sock.close()
+    except kvread.NoValue:
+        return None, f"etcd refused the read of {key}: no quorum, or the admin certificate may not read it"
+    except kvread.Malformed as exc:
+        return None, f"{exc} on {ip}:{CLIENT_PORT}"
+    except (OSError, ValueError) as exc:
+        return None, f"no answer to the read of {key} ({deadline.reason(exc)})"
+    if value is None:
+        return None, f"etcd holds no {key}: its seed predates the record, or etcd-seed-report has not run yet"
+    text = value.decode("ascii", "replace")
+    if not (SEED_ID.fullmatch(text) and text[:-17] == node.name):
+        return None, f"{key} holds '{printable(text[:80])}', not an instance-id of {node.name}"
+    return text, None
 
 
 def _ask(node: Node, context: ssl.SSLContext, deadline: Deadline) -> Answer:
@@ -480,9 +556,9 @@ def check(spec_path: Path, out: Path, timeout: float = TIMEOUT_S) -> Status:
     pem = {path: fs.read_regular(path, fs.LIMITS["pem"], str(path.relative_to(root)), error=OutputError) or b""
            for path in (trust, cert, key, *(root / layout.cert_file(n.name) for n in spec.nodes))}
     issued = {}
+    seeds = {node.name: _instance_id(root, node) for node in spec.nodes}
     try:
-        context = ssl.create_default_context(cadata=pem[trust].decode("ascii"))
-        context.load_cert_chain(str(cert), str(key))
+        context, grpc_context = (_admin_context(pem[trust], cert, key, alpn) for alpn in ([], ["h2"]))
         for node in spec.nodes:
             leaf = x509.load_pem_x509_certificate(pem[root / layout.cert_file(node.name)])
             issued[node.name] = cert_fingerprint(leaf)
@@ -495,5 +571,50 @@ def check(spec_path: Path, out: Path, timeout: float = TIMEOUT_S) -> Status:
                            recorded.sha256 if recorded else None)
     step = rotation.describe(state.phase) if state.in_progress else None
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(spec.nodes)) as pool:
-        answers = list(pool.map(lambda n: ask(n, context, timeout), spec.nodes))
-    return assess(spec, issued, answers, step)
+        answers = list(pool.map(lambda n: ask(n, context, grpc_context, timeout), spec.nodes))
+    return assess(spec, issued, seeds, answers, step)
+
+
+def _admin_context(trust: bytes, cert: Path, key: Path, alpn: list[str]) -> ssl.SSLContext:
+    """Mutual TLS as the admin, trusting the tree's CAs; `alpn` ["h2"] for gRPC."""
+    context = ssl.create_default_context(cadata=trust.decode("ascii"))
+    context.load_cert_chain(str(cert), str(key))
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    return context
+
+
+def _instance_id(root: Path, node: Node) -> str:
+    """The instance-id of the seed the build made for `node`, from its meta-data in the tree."""
+    name = layout.node_file(node.name, "meta-data")
+    text = fs.read_regular(root / name, fs.LIMITS["pem"], name, error=OutputError) or b""
+    found = re.fullmatch(rb'instance-id: "([a-z0-9-]{1,80})"\n(?s:.*)', text)
+    if not found or not SEED_ID.fullmatch(found.group(1).decode()):
+        raise OutputError(f"{root / name}: holds no instance-id of the shape the build writes: run the build")
+    return found.group(1).decode()
+
+
+# What a rotation step breaks when a node has not rolled the phase before it.
+ROTATION_RISK = {"issue": "a node that does not trust the new CA yet refuses every certificate issued from it, and the "
+                  "cluster splits",
+         "finish": "a node still serving a certificate of the old CA is refused by every node that trusts only the "
+                   "new one"}
+
+
+def confirm_rolled(spec_path: Path, out: Path, step: str, timeout: float = TIMEOUT_S) -> None:
+    """Before `rotate-ca issue|finish`: every node confirms that it runs the seed of the phase before.
+
+    Raises:
+        MaterialError: naming each node that is not in step, and why.
+        OutputError: the tree lacks what status needs.
+    """
+    report = check(spec_path, out, timeout)
+    pending = [r for r in report.rows if r.state != "in step"]
+    if not pending:
+        return
+    why = {r.node: ", ".join(p.split(": ", 1)[1] for p in report.problems if p.startswith(f"{r.node}: "))
+           for r in pending}
+    nodes = "; ".join(f"{r.node} {'down' if not r.reachable else r.state} ({why[r.node]})" for r in pending)
+    phase = report.rotation or "no rotation"
+    raise MaterialError(f"rotate-ca {step}: not every node runs the seed of the phase before ({phase}): {nodes}; "
+                        f"roll them first (etcd-seed status names the next), or pass --force: {ROTATION_RISK[step]}")

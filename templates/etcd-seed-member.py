@@ -20,6 +20,9 @@ Generated: do not edit. It reads /etc/etcd/member.json, which the install step p
            users, roles and grants those of member.json's "auth" (adding, changing and deleting), then
            turn authentication on (or off). The node's own user holds the root role, so this works
            before and after auth is on.
+  report   (etcd-seed-report.service, after etcd, as etcd) Put the instance-id of the seed the install step
+           last applied under member.json's "seed_key", through this node's own etcd, where
+           `etcd-seed status` reads it: the node runs that seed once its etcd answers.
 
 It talks to the other members over mutual TLS with the node's own certificate, which carries
 clientAuth. Transient failures (no quorum yet, another learner catching up) are retried until a
@@ -49,6 +52,7 @@ CONFIG = ROOT + "/etc/etcd/member.json"
 # What etcd tells us goes into membership.env, which systemd reads after options.env: only values of
 # the spec's own shapes may pass (a node name is a DNS label; a peer URL is https://<IPv4>:<port>).
 NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+SEED_ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?-[0-9a-f]{16}")  # a node name and a digest
 PEER_URL = re.compile(r"https://((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
                       r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]):[0-9]{1,5}")
 
@@ -413,9 +417,33 @@ class Member:
             + (f" ({'; '.join(done)})" if done else ""))
         return 0
 
+    def report(self) -> int:
+        """The seed's instance-id under this node's key, written only when the key says otherwise."""
+        try:
+            with open(ROOT + self.cfg["applied"], encoding="ascii") as handle:
+                seed = handle.read(200).strip()
+        except (OSError, ValueError) as exc:
+            raise Refused(f"no record of an applied seed ({exc}); the install step writes it") from None
+        if not SEED_ID.fullmatch(seed):
+            raise Refused(f"{self.cfg['applied']} holds {seed[:80]!r}, not an instance-id")
+        own, key = [self.cfg["client_url"]], self.cfg["seed_key"]
+        code, out, err = self.etcdctl(own, "get", key, "--print-value-only")
+        if code != 0:
+            raise Retry(f"etcd on {self.name} does not answer a read of {key} ({err})")
+        if out.strip() == seed:
+            say(f"report: {self.name} runs seed {seed} (as recorded)")
+            return 0
+        code, _, err = self.etcdctl(own, "put", key, seed)
+        if code != 0:
+            raise Retry(f"put {key} failed ({err})")
+        say(f"report: {self.name} runs seed {seed}")
+        return 0
+
 
 # etcdserverpb.AlarmType: https://github.com/etcd-io/etcd/blob/v3.5.0/api/etcdserverpb/rpc.proto
 NOSPACE = 1
+
+
 def shown(name: str) -> str:
     """A name as it goes into a log line: itself when printable, else quoted with its escapes."""
     return name if name.isprintable() else repr(name)
@@ -525,8 +553,8 @@ def membership_env(name: str, cluster: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[1] not in ("prepare", "promote", "defrag", "clock", "auth"):
-        print("usage: etcd-seed-member prepare|promote|defrag|clock|auth", file=sys.stderr)
+    if len(argv) != 2 or argv[1] not in ("prepare", "promote", "defrag", "clock", "auth", "report"):
+        print("usage: etcd-seed-member prepare|promote|defrag|clock|auth|report", file=sys.stderr)
         return 2
     try:
         with open(CONFIG, encoding="utf-8") as handle:
@@ -543,7 +571,8 @@ def main(argv: list[str]) -> int:
         except (Refused, Retry) as exc:
             say(f"ERROR: defrag: {exc}")
             return 1
-    step = {"prepare": member.prepare, "promote": member.promote, "auth": member.auth}[argv[1]]
+    step = {"prepare": member.prepare, "promote": member.promote, "auth": member.auth,
+            "report": member.report}[argv[1]]
     deadline = time.monotonic() + member.cfg["timeout_s"]
     delay, last = 2, ""
     while True:

@@ -63,15 +63,21 @@ def test_no_change_plans_nothing(workdir: Path) -> None:
 
 
 def test_one_node_change_touches_only_that_node(workdir: Path) -> None:
-    """A new MAC for etcd02 changes etcd02's network-config, meta-data (instance-id) and ISO only."""
+    """A new MAC for etcd02 changes etcd02's network-config, its instance-id (meta-data, and the line of the install
+    step that records it as applied) and ISO only."""
     assert build(workdir)[0] == 0
     edit(workdir, '"52:54:00:00:00:02"', '"52:54:00:00:00:22"')
-    assert plan(workdir) == {"etcd02/network-config", "etcd02/meta-data", "etcd02/seed.iso", "manifest.json"}
+    node_files = {"etcd02/network-config", "etcd02/meta-data", "etcd02/user-data", "etcd02/user-data.redacted",
+                  "etcd02/seed.iso"}
+    assert plan(workdir) == node_files | {"manifest.json"}
     before = snapshot(workdir / "out" / "demo")
+    redacted = (workdir / "out/demo/etcd02/user-data.redacted").read_text().splitlines()
     assert build(workdir)[0] == 0
     after = snapshot(workdir / "out" / "demo")
-    assert {p for p in before if before[p] != after[p]} == {
-        "etcd02/network-config", "etcd02/meta-data", "etcd02/seed.iso", "manifest.json"}
+    assert {p for p in before if before[p] != after[p]} == node_files | {"manifest.json"}
+    now = (workdir / "out/demo/etcd02/user-data.redacted").read_text().splitlines()
+    differ = [(a, b) for a, b in zip(redacted, now, strict=True) if a != b]
+    assert len(differ) == 1 and all(line.startswith("      seed=etcd02-") for line in differ[0]), differ
 
 
 def test_timeout_change_rewrites_three_options_and_isos(workdir: Path) -> None:

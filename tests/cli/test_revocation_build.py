@@ -166,7 +166,8 @@ def test_a_client_revoked_during_a_ca_rotation_is_revoked_under_both_cas(workdir
     assert build(workdir)[0] == 0
     old_ca = _serial(workdir, "reader")
     for step in ("begin", "issue"):
-        code, _, err = run("rotate-ca", step, "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"))
+        code, _, err = run("rotate-ca", step, "--force", "--spec", str(workdir / "cluster.yaml"),
+                           "--out", str(workdir / "out"))
         assert code == 0, err
     new_ca = _serial(workdir, "reader")
     assert new_ca != old_ca
@@ -290,7 +291,8 @@ def test_revoked_certificate_stays_on_the_crl_through_a_ca_rotation(workdir: Pat
     _delete_as_told(workdir, "reader")
     pki = workdir / "out/demo/pki"
     for step, signer in (("begin", "ca.crt"), ("issue", "ca-next.crt"), ("finish", "ca.crt")):
-        code, _, err = run("rotate-ca", step, "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"))
+        code, _, err = run("rotate-ca", step, "--force", "--spec", str(workdir / "cluster.yaml"),
+                           "--out", str(workdir / "out"))
         assert code == 0, err
         assert [r["serial"] for r in _manifest(workdir)["revoked"]] == [serial], step
         issuer = x509.load_pem_x509_certificate((pki / signer).read_bytes())

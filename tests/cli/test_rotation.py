@@ -23,7 +23,9 @@ LEAVES = ("etcd01", "etcd02", "etcd03", "admin")
 
 
 def rotate(workdir: Path, step: str, *extra: str) -> tuple[int, str, str]:
-    return run("rotate-ca", step, "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"), *extra)
+    """A rotation step without asking the cluster (--force): the example's addresses are not to be dialled."""
+    return run("rotate-ca", step, "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"),
+               *(("--force",) if step != "begin" and "--dry-run" not in extra else ()), *extra)
 
 
 def _pki(workdir: Path) -> Path:
@@ -366,15 +368,60 @@ def test_a_rotation_step_killed_at_any_rename_is_continued(workdir: Path, step: 
     shutil.copytree(workdir / "out", base)
     counted = workdir / "counted"
     shutil.copytree(base, counted)
-    code, renames = _killed_at(workdir, counted, ["rotate-ca", step], 0)
+    code, renames = _killed_at(workdir, counted, ["rotate-ca", step, "--force"], 0)
     assert code == 0 and renames > 3, renames
     for n in range(1, renames + 1):
         out = workdir / f"out{n}"
         shutil.copytree(base, out)
-        code, _ = _killed_at(workdir, out, ["rotate-ca", step], n)
+        code, _ = _killed_at(workdir, out, ["rotate-ca", step, "--force"], n)
         assert code == 9, n
-        code, _, err = run("rotate-ca", step, "--spec", str(workdir / "cluster.yaml"), "--out", str(out))
+        code, _, err = run("rotate-ca", step, "--force", "--spec", str(workdir / "cluster.yaml"), "--out", str(out))
         assert code == 0, f"{step} killed at rename {n} of {renames}: {err}"
         code, stdout, err = run("verify", "--spec", str(workdir / "cluster.yaml"), "--out", str(out))
         assert code == 0, f"{step} killed at rename {n} of {renames}: {stdout}{err}"
         shutil.rmtree(out)
+
+
+def test_issue_and_finish_wait_until_every_node_confirms(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rotate-ca issue` (and finish) asks the cluster first, and refuses with one line naming each node that does not
+    run the seed of the phase before, writing nothing; --force goes on and says what may break. The cluster's answer
+    is replaced here because the example's addresses are not to be dialled; the real one, on real etcd, is in
+    tests/etcd/test_trust_cluster.py."""
+    from generator import status
+
+    assert build(workdir)[0] == 0 and rotate(workdir, "begin")[0] == 0
+    asked: list[str] = []
+    rows = [status.Row("etcd01", "192.168.0.1", True, state="in step", in_step=True),
+            status.Row("etcd02", "192.168.0.2", True, state="behind"),
+            status.Row("etcd03", "192.168.0.3", False, error="does not answer on 192.168.0.3:2379 (refused)")]
+    problems = ["etcd02: runs seed etcd02-aaaaaaaaaaaaaaaa, the build's is etcd02-bbbbbbbbbbbbbbbb: roll it",
+                "etcd03: does not answer on 192.168.0.3:2379 (refused)"]
+
+    def check(spec: Path, out: Path, timeout: float) -> status.Status:
+        asked.append(str(out))
+        return status.Status(rows, "3.5", "trust both CAs", [], [], "wait", problems)
+
+    monkeypatch.setattr(status, "check", check)
+    before = {p: p.read_bytes() for p in (workdir / "out").rglob("*") if p.is_file()}
+    code, out, err = run("rotate-ca", "issue", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"))
+    assert code == 1 and out == "" and asked == [str(workdir / "out")]
+    assert err.splitlines() == [
+        "error: rotate-ca issue: not every node runs the seed of the phase before (trust both CAs): etcd02 behind "
+        "(runs seed etcd02-aaaaaaaaaaaaaaaa, the build's is etcd02-bbbbbbbbbbbbbbbb: roll it); etcd03 down (does not "
+        "answer on 192.168.0.3:2379 (refused)); roll them first (etcd-seed status names the next), or pass --force: "
+        "a node that does not trust the new CA yet refuses every certificate issued from it, and the cluster splits"]
+    assert {p: p.read_bytes() for p in (workdir / "out").rglob("*") if p.is_file()} == before
+    # A step out of order is refused as before, without asking the cluster.
+    code, _, err = run("rotate-ca", "finish", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"))
+    assert code == 1 and "the next step is 'rotate-ca issue'" in err and len(asked) == 1
+    # Every node in step: the step is taken.
+    rows[1:] = [status.Row(n, f"192.168.0.{i}", True, state="in step", in_step=True) for i, n in ((2, "etcd02"),
+                                                                                                  (3, "etcd03"))]
+    problems.clear()
+    code, out, err = run("rotate-ca", "issue", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"))
+    assert code == 0 and "phase 2 of 3" in out and len(asked) == 2, err
+    code, out, err = rotate(workdir, "finish")  # --force: not asked, and told what may break
+    assert code == 0 and len(asked) == 2
+    assert "warning: rotate-ca finish --force: the cluster was not asked whether every node runs the seed of the " \
+           "phase before; if one does not, a node still serving a certificate of the old CA is refused by every " \
+           "node that trusts only the new one" in err.splitlines()

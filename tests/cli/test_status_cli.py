@@ -66,10 +66,31 @@ def test_what_members_answer_cannot_forge_a_line(workdir: Path, monkeypatch: pyt
     hostile = [{"id": 1, "name": "evil\nhealthy and in step with the build", "peerURLs": ["https://1.2.3.4:2380"]}]
     answers = [status.Answer(n.name, metrics=status.parse_metrics('etcd_server_version{server_version="3.5.1"} 1\n'),
                              health={"health": "true"}, members=hostile) for n in spec.nodes]
-    monkeypatch.setattr(status, "check", lambda *a: status.assess(spec, {n.name: "0" * 64 for n in spec.nodes},
+    monkeypatch.setattr(status, "check", lambda *a: status.assess(spec, {n.name: "0" * 64 for n in spec.nodes}, {},
                                                                   answers, None))
     code, out, _ = _status(workdir)
     assert code == 1
     assert "problem: member evil\\nhealthy and in step with the build (1) at https://1.2.3.4:2380 is not in the " \
            "spec; remove it (docs/operations.md)" in out.splitlines()
     assert "healthy and in step with the build" not in out.splitlines()
+
+
+@pytest.mark.parametrize("content", [
+    "fifo", "huge", 'instance-id: "etcd02-0123"\n', 'instance-id: "etcd02-0123456789abcdef\\nx"\n',
+    'instance-id: "../../etc-0123456789abcdef"\n', "local-hostname: etcd02\n"])
+def test_status_refuses_a_meta_data_without_an_instance_id(workdir: Path, content: str) -> None:
+    """status compares each node's record with the instance-id in its meta-data: a meta-data that holds none of the
+    build's shape (or is a FIFO, or 8 GiB) is named in one error line before any node is asked."""
+    assert build(workdir)[0] == 0
+    path = workdir / "out/demo/etcd02/meta-data"
+    path.unlink()
+    if content == "fifo":
+        os.mkfifo(path)
+    elif content == "huge":
+        with path.open("wb") as handle:
+            handle.truncate(8 << 30)
+    else:
+        path.write_text(content)
+    code, out, err = _status(workdir)
+    assert code == 1 and out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and "etcd02/meta-data" in err, err

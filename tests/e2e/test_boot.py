@@ -75,9 +75,13 @@ def test_every_member_healthy_over_mutual_tls(lab: Lab) -> None:
 
 
 def test_status_of_the_booted_cluster_is_healthy_and_in_step(lab: Lab) -> None:
-    """`etcd-seed status` from the operator's side: every row in step with the build, exit 0."""
+    """`etcd-seed status` from the operator's side: every row in step with the build, exit 0, once each node's
+    etcd-seed-report.service has put the seed it runs into etcd (it runs after etcd, at boot)."""
+    wait_for("every node's seed record", lambda: lab.status()[0] == 0, 180, lab.vms, step=5)
     code, report, text = lab.status()
     assert code == 0, text
+    assert [(r["node"], r["seed"], r["state"]) for r in report["rows"]] == \
+        [(n.name, "current", "in step") for n in lab.spec.nodes]
     assert report["next"] == "nothing to roll" and report["problems"] == []
     assert [(r["node"], r["version"], r["client_cert"], r["peer_cert"]) for r in report["rows"]] == \
         [(n.name, lab.spec.etcd.version, "current", "current") for n in lab.spec.nodes]
@@ -284,6 +288,11 @@ def test_rolling_upgrade_renew_and_setting(lab: Lab) -> None:
             assert expected in line and line.endswith("; etcd starts next"), line
             print(f"bench: {vm.name} re-seed reboot to healthy member on {target}: {took:.0f} s")
             rolled.append(name)
+            # status says in step once the node's report has put its new seed into etcd.
+            healthy_at = time.monotonic()
+            reported = wait_for(f"{name} in step in status", lambda name=name: any(
+                r["node"] == name and r["in_step"] for r in lab.status()[1]["rows"]), 180, lab.vms, step=5)
+            print(f"bench: {vm.name} healthy to in step in status: {reported - healthy_at:.0f} s")
     finally:
         writer.finish(f"rolling pass over {len(lab.vms)} nodes")
     code, report, text = lab.status()

@@ -135,6 +135,14 @@ def test_reseed_reconciles_new_removed_and_changed_consumers(lab: Lab) -> None:
     # The same seed again changes nothing.
     lab.converge("etcd01")
     assert _auth_line(lab, 3) == "etcd-seed: auth: on; 9 users and 5 roles in step"
+    # With auth on, etcd01 reports its new seed as its own user and status reads it as the admin; the others have
+    # not rolled the new CRL, which nothing but their records shows. A consumer cannot forge a record.
+    lab.wait_reported("etcd01")
+    status = lab.status().stdout
+    assert [(line.split()[0], line.endswith(" in step")) for line in status.splitlines()[1:4]] == \
+        [("etcd01", True), ("etcd02", False), ("etcd03", False)], status
+    assert "next: etcd0" in status and " behind\n" in status, status
+    assert not _can(lab, "reader", "put", "/etcd-seed/seed/etcd02", "etcd02-0123456789abcdef")
 
 
 def _writer(lab: Lab, who: str, prefix: str, failed: list[str]) -> Writer:

@@ -79,10 +79,25 @@ def fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fakes]:
                 lab.stop(name)
 
 
+# The fakes speak HTTP/1.1 only, so no fake has a seed record to show (status reads it over gRPC): each row is
+# `unknown` for that alone, and says so. Lying gRPC answers are in tests/unit/test_kvread.py; the honest read, on
+# real etcd, in tests/etcd/test_status.py.
+def _no_grpc(name: str) -> str:
+    return (f"{name}: cannot tell which seed it runs ({BASE}.{NAMES.index(name) + 1}:2379 does not offer HTTP/2, "
+            "which etcd's gRPC needs); roll it, or see docs/operations.md")
+
+
+def _besides_the_seed(problems: object) -> list[str]:
+    assert isinstance(problems, list)
+    return [p for p in problems if p not in {_no_grpc(n) for n in NAMES}]
+
+
 def test_honest_fakes_are_healthy(fakes: Fakes) -> None:
-    """The fakes' honest answers pass: what the lying cases change is the only difference."""
+    """The fakes' honest answers pass but for their seed record: what the lying cases change is the only difference."""
     code, report, _ = fakes.status()
-    assert (code, report["problems"]) == (0, []), report
+    assert (code, report["problems"]) == (1, [_no_grpc(n) for n in NAMES]), report
+    rows = report["rows"]
+    assert isinstance(rows, list) and [r["state"] for r in rows] == ["unknown"] * 3
 
 
 @pytest.mark.parametrize(("mode", "port", "says"), [
@@ -103,8 +118,7 @@ def test_a_lying_or_stalling_member_is_one_problem(fakes: Fakes, mode: str, port
         code, report, took = fakes.status()
     finally:
         fakes.start("etcd02", "honest")
-    problems = report["problems"]
-    assert isinstance(problems, list)
+    problems = _besides_the_seed(report["problems"])
     print(f"\n{mode}: {problems} in {took:.1f} s")
     assert code == 1
     assert len(problems) == 1 and problems[0].startswith("etcd02: ") and says in problems[0], problems

@@ -15,7 +15,6 @@ what flannel (v0.18+, etcd v3 API) does: read <prefix>/config, and lease a subne
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess
@@ -25,7 +24,6 @@ from pathlib import Path
 
 from cryptography import x509
 
-from generator import _cli
 from generator.render import FLANNEL_KEY
 from tests.helpers.converge import BASE, NEEDS, SHIM, UPSTREAM, Lab, converged_lab
 from tests.helpers.etcd_checks import ETCDCTL_ENV, Writer
@@ -94,14 +92,33 @@ def _roll(lab: Lab, creds: Path, phase: int, reboot: bool) -> list[str]:
         lines.append(lab.converge(name))
         _wait(f"{name} healthy again in phase {phase}", lambda: _etcdctl(
             lab, creds, "endpoint", "health", timeout="3s").returncode == 0, lab)
+        lab.wait_reported(name)
     return lines
 
 
 def _step(lab: Lab, step: str) -> str:
-    out, err = io.StringIO(), io.StringIO()
-    code = _cli.main(["rotate-ca", step, "--spec", str(lab.spec), "--out", str(lab.work / "out")], out, err)
-    assert code == 0, err.getvalue()
-    return out.getvalue()
+    """The rotation step as an operator takes it, from the hub: issue and finish ask the cluster first."""
+    done = lab.cli("rotate-ca", step)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _refused_until_rolled(lab: Lab, step: str, phase: str) -> None:
+    """Before a phase's seeds are rolled, status names a node to roll and the next step is refused, naming every
+    node and writing nothing; both passed before each node reported the seed it runs."""
+    status = lab.status()
+    print(f"status after the {phase} build, before any roll:\n{status.stdout}")
+    assert status.returncode == 1 and "next: nothing to roll" not in status.stdout, status.stdout
+    assert [line.split()[-1] for line in status.stdout.splitlines()[1:4]] == ["behind"] * 3, status.stdout
+    before = {p: p.read_bytes() for p in lab.out.rglob("*") if p.is_file()}
+    done = lab.cli("rotate-ca", step)
+    print(done.stderr)
+    assert done.returncode == 1 and done.stderr.startswith(f"error: rotate-ca {step}: not every node runs the seed "
+                                                           f"of the phase before ({phase}): "), done.stderr
+    assert all(f"{name} behind (" in done.stderr and f"runs seed {name}-" in done.stderr for name in MEMBERS), \
+        done.stderr
+    assert len(done.stderr.splitlines()) == 1
+    assert {p: p.read_bytes() for p in lab.out.rglob("*") if p.is_file()} == before
 
 
 def test_three_phase_rotation_keeps_every_write(tmp_path: Path) -> None:
@@ -113,6 +130,7 @@ def test_three_phase_rotation_keeps_every_write(tmp_path: Path) -> None:
         try:
             # Phase 1: trust both. The old admin keeps working everywhere, before and after each restart.
             assert "phase 1 of 3" in _step(lab, "begin")
+            _refused_until_rolled(lab, "issue", "trust both CAs")
             both = _creds(lab, "old-trusting-both", "ca-bundle.crt")  # the old admin, trusting both CAs
             creds["now"] = both
             # The install script alone restarts etcd: the trusted-CA file changed, and etcd reads it only at start.
@@ -124,6 +142,7 @@ def test_three_phase_rotation_keeps_every_write(tmp_path: Path) -> None:
 
             # Phase 2: issue from the new CA. The new admin is accepted at once (every member trusts both).
             assert "phase 2 of 3" in _step(lab, "issue")
+            _refused_until_rolled(lab, "finish", "issue from the new CA")
             new = _creds(lab, "new", "ca-bundle.crt")
             assert _accepted(lab, new) == [True] * 3
             creds["now"] = new
@@ -137,6 +156,7 @@ def test_three_phase_rotation_keeps_every_write(tmp_path: Path) -> None:
                 assert lab.served_serial(ip, 2379, "admin") == issued.serial_number, name
 
             # Phase 3: trust only the new CA. Each restarted member refuses the old admin from then on.
+            assert lab.status().stdout.count(" in step\n") == 3
             assert "phase 3 of 3" in _step(lab, "finish")
             lines = _roll(lab, new, 3, reboot=False)
             assert all("ca.crt" in line and line.endswith("; restarted etcd") for line in lines), lines

@@ -131,6 +131,24 @@ class Lab:
         return subprocess.run(self.net.command(self.net.hub, argv), capture_output=True, text=True, timeout=120,
                               check=False, cwd=ROOT)
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Another command of the operator's (rotate-ca asks the cluster too), run from the hub."""
+        argv = [sys.executable, "-m", "generator", *args, "--spec", str(self.spec), "--out", str(self.out.parent)]
+        return subprocess.run(self.net.command(self.net.hub, argv), capture_output=True, text=True, timeout=300,
+                              check=False, cwd=ROOT)
+
+    def wait_reported(self, *names: str, timeout: float = 90) -> None:
+        """Until each node's etcd-seed-report (started in the background by its install step) has put the seed
+        that node applied into etcd."""
+        deadline = time.monotonic() + timeout
+        for name in names:
+            seed = (self.root(name) / "var/lib/etcd-seed/applied").read_text().strip()
+            log = self.root(name) / "run/shim/etcd-seed-report.service.log"
+            while f"report: {name} runs seed {seed}" not in (log.read_text() if log.exists() else ""):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{name} has not reported seed {seed}:\n{self.logs()}")
+                time.sleep(0.2)
+
     def systemctl(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
         """systemctl (the stand-in) on a node, as an operator would run it there."""
         env = {"ETCD_SEED_ROOT": str(self.root(name)), "PATH": f"{self.shim_dir}:/usr/bin:/bin"}
@@ -223,6 +241,7 @@ def converged_lab(work: Path, tarball: Path, version: str, tag: str, extra: str 
             assert all(line.startswith(f"etcd-seed: applied etcd {version}: etcd (none) -> {version}, ")
                        and line.endswith("; started etcd") for line in lines.values()), lines
             state.wait_healthy()
+            state.wait_reported(*founders)
             yield state
         finally:
             _kill_all(work)

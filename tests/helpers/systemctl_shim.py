@@ -164,7 +164,7 @@ def main(argv: list[str]) -> int:
     if verb in ("enable", "disable", "is-enabled"):
         return _enablement(state, verb, words[1:])
     if verb == "start" and unit in ("etcd-backup.service", "etcd-defrag.service", "etcd-seed-promote.service",
-                                    "etcd-seed-auth.service"):
+                                    "etcd-seed-auth.service", "etcd-seed-report.service"):
         return _oneshot(root, state, unit, wait="--no-block" not in argv)
     if unit != "etcd.service":
         return 0  # timers, the flannel unit and daemon-reload: recorded only

@@ -62,7 +62,7 @@ USER_DATA_KEYS = {"hostname", "fqdn", "manage_etc_hosts", "ssh_pwauth", "ssh_del
                   "users", "write_files", "runcmd", "ntp"}
 WRITE_FILES = {f"{PATHS.staged}/{name}" for name in (
     "ca.crt", "etcd.crt", "etcd.key", "crl.der", "options.env", "etcd.service", "member.json",
-    "etcd-seed-promote.service",
+    "etcd-seed-promote.service", "etcd-seed-report.service",
     "etcd-seed-boot.service", "etcd-seed-clock.service", "etcd-seed-member", "etcd-backup.service", "etcd-backup.timer",
     "etcd-seed-backup", "etcd-defrag.service", "etcd-defrag.timer")} | {PATHS.install_bin}
 FLANNEL_FILES = {f"{PATHS.staged}/etcd-flannel-config", f"{PATHS.staged}/etcd-flannel-config.service"}

@@ -267,3 +267,22 @@ def test_auth_step_names_a_hostile_user_on_one_line(capsys: pytest.CaptureFixtur
     assert ("user", "delete", "--", evil) in etcd.calls
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("etcd-seed: auth: on; 1 users and 0 roles in step (user 'evil\\n")
+
+
+@pytest.mark.parametrize("applied", ["", "etcd01-0123", "etcd01-0123456789abcdef; rm -rf /", "ETCD01-0123456789abcdef",
+                                     "etcd01-0123456789abcdeg"])
+def test_report_refuses_a_record_that_is_not_an_instance_id(tmp_path: Path, applied: str) -> None:
+    """The report puts into etcd only a value of the shape render makes: anything else in the applied file is
+    refused before etcdctl is run (it would fail: there is no etcdctl at this path)."""
+    (tmp_path / "applied").write_text(applied + "\n")
+    node = member.Member({"name": "etcd01", "peer_url": "https://10.0.0.1:2380", "client_url": "https://10.0.0.1:2379",
+                          "applied": str(tmp_path / "applied"), "seed_key": "/etcd-seed/seed/etcd01",
+                          "etcdctl": str(tmp_path / "no-etcdctl"), "ca": "", "cert": "", "key": ""})
+    with pytest.raises(member.Refused, match="not an instance-id"):
+        node.report()
+
+
+def test_report_without_a_record_is_refused(tmp_path: Path) -> None:
+    node = member.Member({"name": "etcd01", "peer_url": "https://10.0.0.1:2380", "applied": str(tmp_path / "none")})
+    with pytest.raises(member.Refused, match="no record of an applied seed"):
+        node.report()

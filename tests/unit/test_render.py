@@ -91,8 +91,8 @@ def test_seed_files_are_staged_root_only(rendered: dict[str, SeedFiles]) -> None
                                                       "etcd-seed-auth.service",
                                                       "etcd-seed-promote.service", "etcd-backup.service",
                                                       "etcd-backup.timer", "etcd-seed-boot.service",
-                                                      "etcd-seed-clock.service", "etcd-defrag.service",
-                                                      "etcd-defrag.timer",
+                                                      "etcd-seed-clock.service", "etcd-seed-report.service",
+                                                      "etcd-defrag.service", "etcd-defrag.timer",
                                                       "etcd-seed-member", "etcd-seed-backup", "etcd-flannel-config")}
     assert all(files[p]["owner"] == "root:root" and files[p]["permissions"] == "0600" for p in staged)
     assert set(files) - staged == {PATHS.install_bin}
@@ -293,3 +293,44 @@ def test_every_rename_on_the_node_is_followed_by_a_sync_of_its_directory() -> No
                 if not re.search(r"(^|\s)sync(\s|$)|sync \"|fsync_dir\(", after):
                     unsynced.append(f"{path.name}:{i + 1}: {line.strip()}")
     assert not unsynced, unsynced
+
+
+def test_the_install_step_records_the_seed_its_meta_data_names(rendered: dict[str, SeedFiles]) -> None:
+    """The instance-id cloud-init sees is the one the install step records as applied, for `status` to compare with
+    the tree's meta-data: the secret and the reviewed user-data carry the same, and each node its own."""
+    seen = set()
+    for node, files in rendered.items():
+        instance_id = yaml.safe_load(files.texts["meta-data"])["instance-id"]
+        assert instance_id == files.instance_id and instance_id.startswith(f"{node}-")
+        for name in ("user-data", "user-data.redacted"):
+            install = _files_by_path(yaml.safe_load(files.texts[name]))[PATHS.install_bin]["content"]
+            assert f"\nseed={instance_id}\n" in install, (node, name)
+        seen.add(instance_id)
+    assert len(seen) == 3
+
+
+def test_a_changed_setting_changes_the_instance_id(example: Spec) -> None:
+    """The digest is taken over the user-data with the seed line empty: everything else still counts."""
+    before = render_all(example)["etcd02"].instance_id
+    changed = parse(spec_yaml(ntp="{servers: [192.168.0.254], pools: [pool.example.com]}").replace(
+        "heartbeat_interval: 100", "heartbeat_interval: 150") + ADMIN)
+    assert render_all(changed)["etcd02"].instance_id != before
+
+
+def test_no_unit_that_waits_for_quorum_holds_the_boot(rendered: dict[str, SeedFiles]) -> None:
+    """A unit multi-user.target wants is waited for by the boot, and by cloud-final.service after it on Debian 13:
+    one that retries until the cluster has quorum (promote, auth, report) must count as started once its process
+    runs (Type=exec). As a oneshot, systemd 254 and newer keep its start job, and the boot, waiting through every
+    Restart=, so a member alone never reaches cloud-init's final stage."""
+    checked = set()
+    for files in rendered.values():
+        data = yaml.safe_load(files.texts["user-data"])
+        for path, entry in _files_by_path(data).items():
+            text = entry.get("content", "")
+            if "ExecStart=/usr/local/sbin/etcd-seed-member " not in text or "WantedBy=multi-user.target" not in text:
+                continue  # etcd.service itself is ready when it serves, which the boot may wait for
+            if re.search(r"^Restart=", text, re.M):
+                assert re.search(r"^Type=exec$", text, re.M), path
+                assert "TimeoutStartSec=infinity" not in text, path
+                checked.add(path.rsplit("/", 1)[1])
+    assert {"etcd-seed-promote.service", "etcd-seed-report.service", "etcd-seed-auth.service"} <= checked
