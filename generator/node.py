@@ -48,6 +48,9 @@ class Paths:
     installed: str = "/var/lib/etcd-seed/installed.sha256"
     # The instance-id of the seed the install step last put in place; etcd-seed-report.service puts it into etcd.
     applied: str = "/var/lib/etcd-seed/applied"
+    # Names the data device while the install step formats it: a cut mkfs leaves a disk that only this proves ours.
+    formatting: str = "/var/lib/etcd-seed/formatting"
+    cloud: str = "/var/lib/cloud"  # cloud-init's state: instances/<instance-id>/sem/ and scripts/runcmd
     report_unit: str = "/etc/systemd/system/etcd-seed-report.service"
     restoring: str = "/var/lib/etcd-seed/restoring"  # present while a restore moves its files into place
     # Present from the first file put in place that etcd reads only at start until etcd's (re)start is queued.

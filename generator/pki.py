@@ -93,10 +93,6 @@ class PkiState:
         return [self.ca] + ([self.next_ca] if self.next_ca is not None else [])
 
     @property
-    def trust_pem(self) -> bytes:
-        return b"".join(ca.cert_pem for ca in self.trusted)
-
-    @property
     def nodes(self) -> dict[str, Credential]:
         return {name: c for name, c in self.leaves.items() if self.identities[name].kind is LeafKind.NODE}
 

@@ -236,6 +236,7 @@ def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, pem: Node
                                                      "seed_id": seed_id})
     return _render(env, "user-data.j2", {
         **context, "staged": staged, "install_sh": install_sh,
+        "rearm_sh": _render(env, "etcd-seed-rearm.sh.j2", context),
         "host_key": host_key_text, "host_public": pem.host_public, "password_hash": password_hash})
 
 

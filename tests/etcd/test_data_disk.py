@@ -20,6 +20,8 @@ from tests.helpers.specs import ROOT
 pytestmark = NEEDS
 TRIXIE = ROOT / "vendor" / "etcd-v3.5.16-linux-amd64.tar.gz"  # `make test` builds it (Debian trixie's 3.5.16)
 DEVICE = "/dev/vdb"
+HIDES = ("etcd-seed: ERROR: etcd's data is on the root disk under /opt/etcd, which /dev/vdb would hide: a member is "
+         "not moved between disks; mark etcd03 replace: true in cluster.yaml to rebuild it on the new disk")
 
 
 class Disks:
@@ -123,14 +125,27 @@ def test_the_same_seed_and_a_reboot_keep_the_disk(lab: tuple[Lab, Disks]) -> Non
     assert read.stdout.strip() == "1", read.stderr
 
 
-@pytest.mark.parametrize("case", ["missing", "other-fs", "data", "member-on-root"])
+@pytest.mark.parametrize("case", ["missing", "other-fs", "data", "member-on-root", "ours-over-member-on-root",
+                                  "swapped"])
 def test_a_disk_that_is_not_blank_or_ours_is_never_formatted(lab: tuple[Lab, Disks], case: str) -> None:
+    """Refused, with neither the disk nor fstab written. `ours-over-member-on-root`: a disk already formatted
+    etcd-data would hide the member on the root disk (fstab was written before the refusal, and the next boot
+    mounted it over the member). `swapped`: the kernel's names moved, /dev/vdb is now a blank disk while the
+    member's own disk is mounted (it was formatted, then refused)."""
     members, disks = lab
     spare = f"spare-{case}"
     disks.attach(spare)
     image = disks.work / f"{spare}.img"
+    fstab = members.root("etcd03") / "etc/fstab"
+    kept = fstab.read_bytes()
+    if case == "ours-over-member-on-root":  # a member on the root disk has no line for /opt/etcd
+        fstab.write_text("/dev/vda / ext4 defaults 0 1\n")
+    fstab_before = fstab.read_bytes()
+    home = members.root("etcd03") / "opt/etcd"
     if case == "other-fs":
         subprocess.run(["mkfs.ext4", "-q", "-L", "photos", disks.loops[spare]], check=True)
+    elif case == "ours-over-member-on-root":
+        subprocess.run(["mkfs.ext4", "-q", "-L", "etcd-data", disks.loops[spare]], check=True)
     elif case == "data":
         with open(image, "r+b") as handle:
             handle.seek(4096)
@@ -140,13 +155,19 @@ def test_a_disk_that_is_not_blank_or_ours_is_never_formatted(lab: tuple[Lab, Dis
     hidden = members.root("etcd03") / "opt/etcd/data/member"
     try:
         disks.plug(members, "etcd03", None if case == "missing" else spare)
-        if case == "member-on-root":
+        if case in ("member-on-root", "ours-over-member-on-root"):
             hidden.mkdir(parents=True)
+        if case == "swapped":  # the member's own disk stays mounted, as it is on the running node
+            subprocess.run(["mount", disks.loops["etcd03"], str(home)], check=True)
         done = members.install("etcd03", None, "--boot")
         # etcd.service requires the mount: systemd (here the stand-in) does not start etcd on the root disk.
         started = members.systemctl("etcd03", "start", "etcd.service") if case == "missing" else None
     finally:
-        if case == "member-on-root":
+        written = fstab.read_bytes()
+        fstab.write_bytes(kept)
+        if case == "swapped":
+            subprocess.run(["umount", str(home)], check=True)
+        if case in ("member-on-root", "ours-over-member-on-root"):
             hidden.rmdir()
         disks.plug(members, "etcd03", "etcd03")
         assert members.install("etcd03", None, "--boot").returncode == 0
@@ -157,13 +178,16 @@ def test_a_disk_that_is_not_blank_or_ours_is_never_formatted(lab: tuple[Lab, Dis
         "other-fs": "etcd-seed: ERROR: the data device /dev/vdb holds a ext4 filesystem labelled 'photos', not the "
                     "ext4 filesystem etcd-data this tool makes; refusing to format it",
         "data": "etcd-seed: ERROR: the data device /dev/vdb holds data but no filesystem; refusing to format it",
-        "member-on-root": "etcd-seed: ERROR: etcd's data is on the root disk under /opt/etcd and /dev/vdb is blank: "
-                          "a member is not moved between disks; mark etcd03 replace: true in cluster.yaml to "
-                          "rebuild it on the new disk",
+        "member-on-root": HIDES,
+        "ours-over-member-on-root": HIDES,
+        "swapped": f"etcd-seed: ERROR: /opt/etcd is mounted from another device than /dev/vdb "
+                   f"({disks.loops['etcd03']}); etcd's data stays where it is: mark etcd03 replace: true in "
+                   "cluster.yaml to rebuild it on the new disk",
     }[case]
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == expected + "; nothing installed or " \
         "changed", done.stderr
     assert image.read_bytes()[:1 << 20] == before  # not a byte written
+    assert written == fstab_before
     if started is not None:
         assert started.returncode == 1
         assert "shim: dependency failed: cannot mount /dev/vdb at /opt/etcd for /opt/etcd/data" in \
@@ -194,4 +218,45 @@ def test_a_damaged_filesystem_that_systemd_refused_is_not_mounted_at_boot(lab: t
         in done.stderr, done.stderr
     started = [c for c in members.calls("etcd03")[calls:] if c.startswith("start etcd.service")]
     assert len(started) == 1, members.calls("etcd03")[calls:]  # only by the boot with its own disk back
+    members.wait_healthy()
+
+
+def test_a_mkfs_cut_short_is_made_again(lab: tuple[Lab, Disks]) -> None:
+    """A power cut during mkfs (here mkfs writes a few bytes, then the step is killed as a cut would) leaves a disk
+    that is neither blank nor a filesystem. The record the step wrote before mkfs says it is its own: the next run
+    formats it again. Before, every later run refused the disk ("holds data but no filesystem") for good."""
+    members, disks = lab
+    disks.attach("cut")
+    device = disks.loops["cut"]
+    tools = members.work / "cut-mkfs"
+    tools.mkdir()
+    (tools / "mkfs.ext4").write_text(
+        '#!/bin/sh\nfor last; do :; done\nprintf half-made | dd of="$last" bs=1 seek=4096 conv=notrunc 2>/dev/null\n'
+        'pkill -KILL -f "$ETCD_SEED_ROOT/usr/local/sbin/etcd-seed-install"; exit 137\n')
+    held = members.work / "held"
+    held.mkdir()
+    # etcd stays off on the new disk: this is etcd03's own member, whose disk comes back below.
+    (held / "systemctl").write_text(
+        f'#!/bin/sh\ncase "$*" in *etcd.service*) [ "$1" = start ] || [ "$1" = restart ] && exit 0;; esac\n'
+        f'exec {members.shim_dir}/systemctl "$@"\n')
+    for tool in (tools / "mkfs.ext4", held / "systemctl"):
+        tool.chmod(0o755)
+    marker = members.root("etcd03") / "var/lib/etcd-seed/formatting"
+    _stop(members, "etcd03")
+    try:
+        disks.plug(members, "etcd03", "cut")
+        killed = members.install("etcd03", None, "--boot", path=str(tools))
+        assert killed.returncode != 0 and "etcd-seed: formatting /dev/vdb (ext4)\n" in killed.stderr, killed.stderr
+        assert marker.read_text().split()[0] == DEVICE
+        assert subprocess.run(["blkid", "-p", device], capture_output=True, check=False).returncode == 2  # no fs
+        again = members.install("etcd03", None, "--boot", path=str(held))
+        probe = subprocess.run(["blkid", "-p", "-o", "export", device], capture_output=True, text=True, check=False)
+    finally:
+        disks.plug(members, "etcd03", "etcd03")
+        assert members.install("etcd03", None, "--boot").returncode == 0
+        assert members.systemctl("etcd03", "start", "etcd.service").returncode == 0
+    assert again.returncode == 0, again.stderr
+    assert "etcd-seed: formatting /dev/vdb (ext4) again: a power cut stopped the last mkfs\n" in again.stderr
+    assert "TYPE=ext4" in probe.stdout and "LABEL=etcd-data" in probe.stdout, probe.stdout
+    assert not marker.exists()
     members.wait_healthy()

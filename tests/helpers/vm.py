@@ -294,24 +294,49 @@ def choose_accel(net: netns.TestNet, image: Path, work: Path) -> str:
 APPLIED = "etcd-seed: applied etcd "  # the install step's report, on the console (cloud-final and the boot step)
 
 
-def power_cut_after_install(vms: list[VM], after_s: float = 5.0) -> dict[str, float]:
-    """Kill each VM (qemu SIGKILL: a power cut, no flush) `after_s` seconds after its install step reports on the
-    console; returns, per VM, the seconds from power-on to the cut."""
+@dataclass(frozen=True)
+class Moment:
+    """A moment of a boot, found on the console: `after_s` seconds after the first line holding `mark`."""
+
+    what: str
+    mark: str
+    after_s: float
+
+
+# Where the e2e cuts power. cloud-init prints "Cloud-init v. N running '<stage>' at ..." as each stage starts; the
+# install step prints a line before each slow part, and its report at the end.
+MOMENTS = {
+    "init": Moment("during cloud-init's init stage (bootcmd, the seed's files)", "running 'init' at", 1.0),
+    "config": Moment("during cloud-init's config stage (runcmd's script written)", "running 'modules:config' at", 0.5),
+    "final": Moment("at the start of cloud-init's final stage", "running 'modules:final' at", 0.5),
+    "copy": Moment("during the install step's tarball copy from the seed", "etcd-seed: copying ", 0.5),
+    "mkfs": Moment("during the install step's mkfs of the data disk", "etcd-seed: formatting ", 0.1),
+    "applied": Moment("5 s after the install step reported", APPLIED, 5.0),
+}
+
+
+def power_cut_at(plan: list[tuple[VM, Moment]]) -> dict[str, str]:
+    """Kill each VM (qemu SIGKILL: a power cut, no flush) at its moment of the current boot; returns, per VM, the
+    moment, the seconds from power-on and the console's last line before the cut."""
     seen: dict[str, float] = {}
-    cut: dict[str, float] = {}
+    cut: dict[str, str] = {}
     deadline = time.monotonic() + BOOT_TIMEOUT_S
-    while len(cut) < len(vms):
+    while len(cut) < len(plan):
         now = time.monotonic()
-        for vm in vms:
-            if vm.name not in seen and APPLIED in vm.console_text():
+        for vm, moment in plan:
+            if vm.name in cut:
+                continue
+            if vm.name not in seen and moment.mark in vm.console_text():
                 seen[vm.name] = now
-            if vm.name in seen and vm.name not in cut and now - seen[vm.name] >= after_s:
+            if vm.name in seen and now - seen[vm.name] >= moment.after_s:
                 vm.kill()
-                cut[vm.name] = now - vm.powered_on
+                lines = vm.console_text().rstrip().splitlines()
+                cut[vm.name] = f"{moment.what}, {now - vm.powered_on:.0f} s after power-on, the console's last " \
+                               f"line {(lines[-1] if lines else '')[-100:]!r}"
         if now > deadline:
-            tails = "\n".join(f"--- {v.name} console ---\n{v.console_text()[-2500:]}" for v in vms)
-            pytest.fail(f"timed out waiting for the install step to report (cut so far: {sorted(cut)})\n{tails}")
-        time.sleep(0.5)
+            tails = "\n".join(f"--- {v.name} console ---\n{v.console_text()[-2500:]}" for v, _ in plan)
+            pytest.fail(f"timed out waiting for the moments to cut power (cut so far: {sorted(cut)})\n{tails}")
+        time.sleep(0.1)
     return cut
 
 
@@ -329,12 +354,13 @@ def etcd_starts_this_boot(lab: Lab, vm: VM) -> int:
 
 @contextlib.contextmanager
 def booted_lab(work: Path, bundle: Path, suite: str = "bookworm", url: str | None = None,
-               cdrom: bool = False, power_cut: bool = False, data_disk: bool = False,
+               cdrom: bool = False, cuts: tuple[str, ...] = (), data_disk: bool = False,
                ntp: bool = False, clients: str = "") -> Iterator[Lab]:
     """Three nodes of `suite` booted from their seeds; yields once the cluster reports healthy.
 
     With `url`, a web server in the hub serves the bundle there and the seeds carry no tarball.
-    With `power_cut`, every node loses power 5 s after its first install step reports, and boots again.
+    With `cuts` (MOMENTS names, one per node), each node loses power at that moment of its first boot, and boots
+    again: a first boot cut anywhere must end in a healthy member after the next.
     With `ntp`, each guest's RTC is a day behind, and the hub's time server starts only once a node's
     clock step says it is waiting: etcd must not start before the clock is right.
     """
@@ -370,10 +396,9 @@ def booted_lab(work: Path, bundle: Path, suite: str = "bookworm", url: str | Non
             for vm in vms:
                 vm.start(net, image, accel)
             start = min(v.powered_on for v in vms)
-            if power_cut:
-                cut = power_cut_after_install(vms)
-                print("bench: power cut 5 s after the first install step: "
-                      + ", ".join(f"{name} at {at:.0f} s" for name, at in sorted(cut.items())))
+            if cuts:
+                cut = power_cut_at([(vm, MOMENTS[name]) for vm, name in zip(vms, cuts, strict=True)])
+                print("\n".join(f"e2e: {suite}: {name} lost power {at}" for name, at in sorted(cut.items())))
                 for vm in vms:
                     vm.start(net, image, accel)
             if ntp:
@@ -475,12 +500,13 @@ def reseed_reboot(lab: Lab, vm: VM, what: str, ready: Callable[[], bool], powere
     return wait_for(f"{vm.name} {what}", ready, BOOT_TIMEOUT_S, lab.vms) - down
 
 
-def power_cut_during_reseed(lab: Lab, vm: VM) -> None:
-    """Power the node off, boot it from its new seed, and cut its power 1 s after the boot step reports."""
+def power_cut_during_reseed(lab: Lab, vm: VM, moment: Moment) -> str:
+    """Power the node off, boot it from its new seed, and cut its power at `moment`; returns the console."""
     power_off(lab, vm)
     vm.start(lab.net, lab.image, lab.accel)
-    cut = power_cut_after_install([vm], after_s=1.0)
-    print(f"bench: {vm.name} power cut 1 s after its boot step applied the new seed, {cut[vm.name]:.0f} s in")
+    cut = power_cut_at([(vm, moment)])
+    print(f"e2e: {vm.name} lost power in its re-seed boot {cut[vm.name]}")
+    return vm.console_text()
 
 
 def served_serial(lab: Lab, ip: str, port: int, client: str) -> int:

@@ -59,7 +59,9 @@ FIELDS = ["cluster.name", "cluster.domain", "network.gateway", "network.dns.0", 
           "clients.2.name", "clients.2.cn", "clients.2.access.0.prefix", "clients.2.access.1.key",
           "clients.2.access.1.mode"]
 USER_DATA_KEYS = {"hostname", "fqdn", "manage_etc_hosts", "ssh_pwauth", "ssh_deletekeys", "ssh_keys", "groups",
-                  "users", "write_files", "runcmd", "ntp"}
+                  "users", "write_files", "runcmd", "ntp", "bootcmd"}
+# The bootcmd holds no spec value: every spec, hostile or not, gets this one script.
+REARM = make_environment().get_template("etcd-seed-rearm.sh.j2").render(paths=PATHS)
 WRITE_FILES = {f"{PATHS.staged}/{name}" for name in (
     "ca.crt", "etcd.crt", "etcd.key", "crl.der", "options.env", "etcd.service", "member.json",
     "etcd-seed-promote.service", "etcd-seed-report.service",
@@ -131,6 +133,7 @@ def check_outputs(spec: Spec, rendered: dict[str, SeedFiles], tmp: Path,
             assert admin.get("ssh_authorized_keys", []) == list(spec.admin.ssh_authorized_keys)
             assert admin.get("passwd") == spec.admin.password_hash
         assert user_data["runcmd"] == [["/usr/local/sbin/etcd-seed-install"]]
+        assert user_data["bootcmd"] == [REARM]
         assert spec.network.ntp is not None
         assert user_data["ntp"] == {"enabled": True, "ntp_client": "auto", "servers": list(spec.network.ntp.servers),
                                     "pools": list(spec.network.ntp.pools)}
