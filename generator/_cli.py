@@ -186,7 +186,7 @@ def _run_rotate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return (_run_plan if args.dry_run else _run_build)(args, out, err)
     from . import status
 
-    if not args.force:
+    if not args.force and not status.resumes(args.spec, args.out, args.step):
         _run_plan(args, io.StringIO(), io.StringIO())  # the step's own refusals (a phase skipped) come first
         status.confirm_rolled(args.spec, args.out, args.step)
     code = _run_build(args, out, err)

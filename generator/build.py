@@ -623,6 +623,14 @@ _MOVES = [(f"{layout.NEXT_CA}.key", f"{CA_NAME}.key")]
 _DELETES = DELETABLE | {f"{p}.age" for p in DELETABLE if p.endswith(".key")}
 
 
+def interrupted_step(root: Path) -> str | None:
+    """The rotation step a run killed among its renames was taking (None: no such run, or a plain build). Its gate
+    was passed, or forced, before the run began, so running the same step again completes it without asking."""
+    document = _journal_document(fs.read_optional(root / JOURNAL, JOURNAL))
+    step = document.get("step") if document is not None and "renames" in document else None
+    return step if step in rotation.STEPS else None
+
+
 def recover(root: Path) -> tuple[bool, str | None]:
     """Complete a run that was killed among its renames, as its journal lists them.
 

@@ -601,6 +601,14 @@ ROTATION_RISK = {"issue": "a node that does not trust the new CA yet refuses eve
                    "new one"}
 
 
+def resumes(spec_path: Path, out: Path, step: str) -> bool:
+    """Whether `rotate-ca <step>` continues a run of the same step that was killed among its renames."""
+    from .build import interrupted_step  # the journal's reader; build is heavy and status needs it only here
+
+    spec, _ = read_spec(spec_path)
+    return interrupted_step(cluster_root(out, spec)) == step
+
+
 def confirm_rolled(spec_path: Path, out: Path, step: str, timeout: float = TIMEOUT_S) -> None:
     """Before `rotate-ca issue|finish`: every node confirms that it runs the seed of the phase before.
 

@@ -14,6 +14,8 @@ ip                 iproute2            test e2e
 nsenter            util-linux          test
 blkid              util-linux          test
 mountpoint         util-linux          test
+blockdev           util-linux          test
+lsblk              util-linux          test
 losetup            mount               test
 mount              mount               test
 umount             mount               test

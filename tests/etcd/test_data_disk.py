@@ -260,3 +260,42 @@ def test_a_mkfs_cut_short_is_made_again(lab: tuple[Lab, Disks]) -> None:
     assert "TYPE=ext4" in probe.stdout and "LABEL=etcd-data" in probe.stdout, probe.stdout
     assert not marker.exists()
     members.wait_healthy()
+
+
+def test_the_formatting_record_never_formats_a_filesystem_and_a_failed_mkfs_drops_it(lab: tuple[Lab, Disks]) -> None:
+    """The record of a cut mkfs matches the member's own disk (same path, size and serial), which holds its data:
+    the disk shows a filesystem, so it is mounted, not formatted, and the record goes. A mkfs that fails (not a cut)
+    leaves no record, so the next run refuses what it left instead of formatting whatever is there."""
+    members, disks = lab
+    marker = members.root("etcd03") / "var/lib/etcd-seed/formatting"
+    device = members.root("etcd03") / DEVICE.lstrip("/")
+    assert members.etcdctl("put", "kept-through-the-record", "1").returncode == 0
+    size = subprocess.run(["blockdev", "--getsize64", str(device)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    _stop(members, "etcd03")
+    marker.write_text(f"{DEVICE} {size}\n")  # a loop device has no serial
+    done = members.install("etcd03", None, "--boot")
+    assert done.returncode == 0, done.stderr
+    assert "formatting" not in done.stderr and not marker.exists(), done.stderr
+    members.wait_healthy()
+    read = members.etcdctl("get", "--consistency=s", "--print-value-only", "kept-through-the-record",
+                           endpoints=["10.234.0.3"])
+    assert read.stdout.strip() == "1", read.stderr
+
+    disks.attach("failing")
+    tools = members.work / "failing-mkfs"
+    tools.mkdir()
+    (tools / "mkfs.ext4").write_text("#!/bin/sh\necho 'mkfs.ext4: no space left on device' >&2\nexit 1\n")
+    (tools / "mkfs.ext4").chmod(0o755)
+    _stop(members, "etcd03")
+    try:
+        disks.plug(members, "etcd03", "failing")
+        failed = members.install("etcd03", None, "--boot", path=str(tools))
+    finally:
+        disks.plug(members, "etcd03", "etcd03")
+        assert members.install("etcd03", None, "--boot").returncode == 0
+        assert members.systemctl("etcd03", "start", "etcd.service").returncode == 0
+    assert failed.returncode == 1 and "ERROR: mkfs.ext4 on /dev/vdb failed: mkfs.ext4: no space left on device" in \
+        failed.stderr, failed.stderr
+    assert not marker.exists()
+    members.wait_healthy()

@@ -54,13 +54,17 @@ def bootcmd(tmp_path_factory: pytest.TempPathFactory, fake_bundle_bytes: bytes) 
 
 
 def _boot(root: Path, bootcmd: list[str], iid: str, ran: tuple[str, ...], applied: str | None = None,
-          runcmd: bytes | None = None) -> tuple[list[str], str]:
+          runcmd: bytes | None = None, on_disk: str | None = None) -> tuple[list[str], str]:
     """One boot's bootcmd over the semaphores of modules that an earlier boot marked as run; returns those still
-    marked, and what it said."""
+    marked, and what it said. on_disk: the seed whose install step write_files last put in place (default: the
+    applied one)."""
     cloud = root / "var/lib/cloud/instances" / iid
     if applied is not None:
         (root / "var/lib/etcd-seed").mkdir(parents=True, exist_ok=True)
         (root / "var/lib/etcd-seed/applied").write_text(applied + "\n")
+        (root / "usr/local/sbin").mkdir(parents=True, exist_ok=True)
+        (root / "usr/local/sbin/etcd-seed-install").write_text(
+            f"#!/bin/sh\nset -eu\nwant=abc\nseed={on_disk or applied}\nversion=3.5.16\n")
     if runcmd is not None:
         (cloud / "scripts").mkdir(parents=True, exist_ok=True)
         (cloud / "scripts/runcmd").write_bytes(runcmd)
@@ -92,6 +96,19 @@ def test_a_node_still_on_its_last_seed_runs_the_new_one_again(tmp_path: Path, bo
     commands, iid = bootcmd
     left, _ = _boot(tmp_path, commands, iid, SEEDED, applied="etcd02-0123456789abcdef")
     assert left == []
+
+
+def test_a_seed_attached_again_after_a_later_one_failed_runs_again(tmp_path: Path,
+                                                                    bootcmd: tuple[list[str], str]) -> None:
+    """The node applied this seed, then a later seed's boot wrote that seed's files and failed; the operator attaches
+    this one again. cloud-init keeps this instance's marks from its first boot: without running write_files again,
+    every boot would run the later seed's install step."""
+    commands, iid = bootcmd
+    left, said = _boot(tmp_path, commands, iid, SEEDED, applied=iid, on_disk="etcd02-fedcba9876543210",
+                       runcmd=b"#!/bin/sh\n")
+    assert left == []
+    assert f"etcd-seed: seed {iid} was applied, but another seed's install step is on disk: cloud-init writes its " \
+           "files and runs its install step again" in said
 
 
 def test_an_applied_seed_is_left_alone(tmp_path: Path, bootcmd: tuple[list[str], str]) -> None:
