@@ -374,48 +374,59 @@ class Member:
         line = next((ln for ln in out.splitlines() if ln.startswith("Roles:")), "Roles:")
         return set(line.removeprefix("Roles:").split())
 
+    def auth_plan(self, want: dict[str, Any]) -> list[tuple[tuple[str, ...], str | None]]:
+        """The etcdctl calls, in order, that bring etcd's users, roles and grants to `want`, each with what the
+        step reports of it (None: not news). Empty when they are as the seed has them."""
+        steps: list[tuple[tuple[str, ...], str | None]] = []
+        users, roles = set(self.listed("user")), set(self.listed("role"))
+        for role in sorted({"root", *want["roles"]} - roles):
+            steps.append((("role", "add", "--", role), f"role {role} added"))
+        for role, perms in sorted(want["roles"].items()):
+            have = self.granted(role) if role in roles else set()
+            wanted = {(g["key"], g["range_end"], g["mode"]) for g in perms}
+            for key, end, mode in sorted(wanted - have):
+                steps.append((("role", "grant-permission", "--", role, mode, key, *([end] if end else [])),
+                              f"{role} may {mode} {key}{'*' if end else ''}"))
+            for key, end, _ in sorted(have - wanted):
+                if (key, end) not in {(k, e) for k, e, _ in wanted}:  # a changed mode was replaced above
+                    steps.append((("role", "revoke-permission", "--", role, key, *([end] if end else [])),
+                                  f"{role} no longer has {key}{'*' if end else ''}"))
+        for user, user_roles in sorted(want["users"].items()):
+            if user not in users:
+                steps.append((("user", "add", "--no-password", "--", user), f"user {user} added"))
+            held = self.user_roles(user) if user in users else set()
+            steps += [(("user", "grant-role", "--", user, role), None) for role in sorted(set(user_roles) - held)]
+            steps += [(("user", "revoke-role", "--", user, role), None) for role in sorted(held - set(user_roles))]
+        # Names etcd lists but the seed does not come from whoever made them: shown so that none forges a line.
+        steps += [(("user", "delete", "--", user), f"user {shown(user)} deleted")
+                  for user in sorted(users - set(want["users"]))]
+        steps += [(("role", "delete", "--", role), f"role {shown(role)} deleted")
+                  for role in sorted(roles - set(want["roles"]) - {"root"})]
+        return steps
+
     def auth(self) -> int:
         want = self.cfg.get("auth")
         if want is None:  # this seed hands the step to another node: nothing to do here
             say("auth: this node's seed leaves etcd's users and roles to the spec's first node")
             return 0
         done: list[str] = []
-        users, roles = set(self.listed("user")), set(self.listed("role"))
-        for role in sorted({"root", *want["roles"]} - roles):
-            self.ctl("role", "add", "--", role)
-            done.append(f"role {role} added")
-        for role, perms in sorted(want["roles"].items()):
-            have = self.granted(role)
-            wanted = {(g["key"], g["range_end"], g["mode"]) for g in perms}
-            for key, end, mode in sorted(wanted - have):
-                self.ctl("role", "grant-permission", "--", role, mode, key, *([end] if end else []))
-                done.append(f"{role} may {mode} {key}{'*' if end else ''}")
-            for key, end, _ in sorted(have - wanted):
-                if (key, end) not in {(k, e) for k, e, _ in wanted}:  # a changed mode was replaced above
-                    self.ctl("role", "revoke-permission", "--", role, key, *([end] if end else []))
-                    done.append(f"{role} no longer has {key}{'*' if end else ''}")
-        for user, user_roles in sorted(want["users"].items()):
-            if user not in users:
-                self.ctl("user", "add", "--no-password", "--", user)
-                done.append(f"user {user} added")
-            held = self.user_roles(user)
-            for role in sorted(set(user_roles) - held):
-                self.ctl("user", "grant-role", "--", user, role)
-            for role in sorted(held - set(user_roles)):
-                self.ctl("user", "revoke-role", "--", user, role)
-        # Names etcd lists but the seed does not come from whoever made them: shown so that none forges a line.
-        for user in sorted(users - set(want["users"])):
-            self.ctl("user", "delete", "--", user)
-            done.append(f"user {shown(user)} deleted")
-        for role in sorted(roles - set(want["roles"]) - {"root"}):
-            self.ctl("role", "delete", "--", role)
-            done.append(f"role {shown(role)} deleted")
+        for argv, news in self.auth_plan(want):
+            self.ctl(*argv)
+            if news:
+                done.append(news)
         # Idempotent both ways: etcd ignores enabling what is on and disabling what is off.
         self.ctl("auth", "enable" if want["enabled"] else "disable")
         state = "on" if want["enabled"] else "off"
         say(f"auth: {state}; {len(want['users'])} users and {len(want['roles'])} roles in step"
             + (f" ({'; '.join(done)})" if done else ""))
         return 0
+
+    def auth_on(self) -> bool | None:
+        """Whether etcd's auth is on (None: this etcdctl has no `auth status`, before 3.5)."""
+        code, out, _ = self.etcdctl([self.cfg["client_url"]], "auth", "status")
+        if code != 0 or "Authentication Status:" not in out:
+            return None
+        return "Authentication Status: true" in out
 
     def report(self) -> int:
         """The seed's instance-id under this node's key, written only when the key says otherwise."""
@@ -427,6 +438,12 @@ class Member:
         if not SEED_ID.fullmatch(seed):
             raise Refused(f"{self.cfg['applied']} holds {seed[:80]!r}, not an instance-id")
         own, key = [self.cfg["client_url"]], self.cfg["seed_key"]
+        want = self.cfg.get("auth")
+        if want is not None:  # on the node that applies auth, the seed runs only once etcd's auth is as it says
+            pending = len(self.auth_plan(want))
+            if pending or self.auth_on() not in (None, want["enabled"]):
+                raise Retry(f"etcd's users, roles and auth are not yet as seed {seed} has them ({pending} changes "
+                            "to make): etcd-seed-auth.service makes them")
         code, out, err = self.etcdctl(own, "get", key, "--print-value-only")
         if code != 0:
             raise Retry(f"etcd on {self.name} does not answer a read of {key} ({err})")
