@@ -618,11 +618,15 @@ def confirm_rolled(spec_path: Path, out: Path, step: str, timeout: float = TIMEO
     """
     report = check(spec_path, out, timeout)
     pending = [r for r in report.rows if r.state != "in step"]
-    if not pending:
+    # A member the spec no longer names (scaled in, not yet removed) still takes part, and has no row to confirm.
+    others = [f"member {m} is not in the spec" for m in report.unknown_members] + \
+        [p for p in report.problems if p.startswith("no member answered /members")]
+    if not pending and not others:
         return
     why = {r.node: ", ".join(p.split(": ", 1)[1] for p in report.problems if p.startswith(f"{r.node}: "))
            for r in pending}
-    nodes = "; ".join(f"{r.node} {'down' if not r.reachable else r.state} ({why[r.node]})" for r in pending)
+    nodes = "; ".join([f"{r.node} {'down' if not r.reachable else r.state} ({why[r.node]})" for r in pending]
+                      + others)
     phase = report.rotation or "no rotation"
     raise MaterialError(f"rotate-ca {step}: not every node runs the seed of the phase before ({phase}): {nodes}; "
                         f"roll them first (etcd-seed status names the next), or pass --force: {ROTATION_RISK[step]}")

@@ -408,9 +408,11 @@ def test_issue_and_finish_wait_until_every_node_confirms(workdir: Path, monkeypa
     problems = ["etcd02: runs seed etcd02-aaaaaaaaaaaaaaaa, the build's is etcd02-bbbbbbbbbbbbbbbb: roll it",
                 "etcd03: does not answer on 192.168.0.3:2379 (refused)"]
 
+    unknown: list[str] = []
+
     def check(spec: Path, out: Path, timeout: float) -> status.Status:
         asked.append(str(out))
-        return status.Status(rows, "3.5", "trust both CAs", [], [], "wait", problems)
+        return status.Status(rows, "3.5", "trust both CAs", unknown, [], "wait", problems)
 
     monkeypatch.setattr(status, "check", check)
     before = {p: p.read_bytes() for p in (workdir / "out").rglob("*") if p.is_file()}
@@ -425,14 +427,22 @@ def test_issue_and_finish_wait_until_every_node_confirms(workdir: Path, monkeypa
     # A step out of order is refused as before, without asking the cluster.
     code, _, err = run("rotate-ca", "finish", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"))
     assert code == 1 and "the next step is 'rotate-ca issue'" in err and len(asked) == 1
-    # Every node in step: the step is taken.
+    # Every spec node in step, but a member the spec no longer names is still in the cluster: refused.
     rows[1:] = [status.Row(n, f"192.168.0.{i}", True, state="in step", in_step=True) for i, n in ((2, "etcd02"),
                                                                                                   (3, "etcd03"))]
+    problems[:] = ["member etcd04 (4d2) at https://192.168.0.4:2380 is not in the spec; remove it (docs/operations.md)"]
+    unknown.append("etcd04 (4d2) at https://192.168.0.4:2380")
+    code, out, err = run("rotate-ca", "issue", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"))
+    assert code == 1 and err.startswith("error: rotate-ca issue: not every node runs the seed of the phase before "
+                                        "(trust both CAs): member etcd04 (4d2) at https://192.168.0.4:2380 is not in "
+                                        "the spec; roll them first"), err
+    # Every node in step: the step is taken.
+    unknown.clear()
     problems.clear()
     code, out, err = run("rotate-ca", "issue", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"))
-    assert code == 0 and "phase 2 of 3" in out and len(asked) == 2, err
+    assert code == 0 and "phase 2 of 3" in out and len(asked) == 3, err
     code, out, err = rotate(workdir, "finish")  # --force: not asked, and told what may break
-    assert code == 0 and len(asked) == 2
+    assert code == 0 and len(asked) == 3
     assert "warning: rotate-ca finish --force: the cluster was not asked whether every node runs the seed of the " \
            "phase before; if one does not, a node still serving a certificate of the old CA is refused by every " \
            "node that trusts only the new one" in err.splitlines()
