@@ -297,6 +297,33 @@ def test_a_restart_owed_by_a_killed_run_is_made_by_the_next(lab: Lab) -> None:
         lab.wait_healthy()
 
 
+def test_a_restart_owed_while_etcd_is_still_starting_is_made(lab: Lab) -> None:
+    """A new heartbeat (read only at start) while systemd says etcd is activating, as when a member waits for its
+    peers: the step must restart etcd. A start merges into the start under way, whose process read the old
+    options.env, and the node then recorded the new seed as applied (status: in step)."""
+    spec = lab.spec.read_text()
+    old = re.search(r"heartbeat_interval: (\d+)", spec)
+    assert old is not None
+    new = str(int(old.group(1)) + 10)
+    lab.spec.write_text(spec.replace(old.group(0), f"heartbeat_interval: {new}"))
+    lab.build()
+    tools = lab.work / "activating"
+    tools.mkdir(exist_ok=True)
+    (tools / "systemctl").write_text(
+        '#!/bin/sh\ncase "$1 $*" in "is-active "*etcd.service) echo activating; exit 3;; esac\n'
+        f'exec {lab.shim_dir}/systemctl "$@"\n')
+    (tools / "systemctl").chmod(0o755)
+    for name in ("etcd02", "etcd01", "etcd03"):  # the lab stays one cluster on one seed
+        lab.stage(name)
+        pid = lab.pid(name)
+        done = lab.install(name, None, path=str(tools))
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.splitlines()[-1].endswith("; started etcd"), done.stderr
+        assert lab.pid(name) != pid, f"{name}: etcd kept the process that read the old options.env"
+        assert f"ETCD_HEARTBEAT_INTERVAL={new}".encode() in Path(f"/proc/{lab.pid(name)}/environ").read_bytes()
+        lab.wait_healthy()
+
+
 def _note_command(lab: Lab, note: str, start: str, end: str) -> subprocess.CompletedProcess[str]:
     """The command a build note prints between `start` and `end`, run as written from pki/ in the hub."""
     command = note.split(start, 1)[1].split(end, 1)[0]
