@@ -165,7 +165,7 @@ def test_fault_rejoin_and_bad_bundle(lab: Lab) -> None:
     mtimes_before = lab.ssh(victim.ip, INSTALLED_MTIMES).stdout.splitlines()
     assert len(mtimes_before) == len(INSTALLED)
     version = lab.spec.etcd.version
-    count = f"sudo grep -c 'etcd-seed: applied etcd {version}:' /var/log/cloud-init-output.log"
+    count = f"sudo grep -ac 'etcd-seed: applied etcd {version}:' /var/log/cloud-init-output.log"
     installs_before = lab.ssh(victim.ip, count).stdout.strip()
     ids_before = json.loads(lab.etcdctl("member", "list", "-w", "json").stdout)["members"]
     victim.kill()
@@ -201,7 +201,7 @@ def test_fault_rejoin_and_bad_bundle(lab: Lab) -> None:
 
     wait_for("the bad-bundle node's cloud-init to finish", bad.poll_finished, BOOT_TIMEOUT_S, [bad])
     report = lab.ssh(bad.ip, "cloud-init status; test -e /usr/local/bin/etcd && echo INSTALLED; "
-                             "systemctl is-active etcd; sudo grep 'etcd-seed: ERROR' /var/log/cloud-init-output.log",
+                             "systemctl is-active etcd; sudo grep -a 'etcd-seed: ERROR' /var/log/cloud-init-output.log",
                      known_hosts=lab.work / "bad" / "out" / "e2e" / "known_hosts")
     assert "status: error" in report.stdout, report.stdout + report.stderr
     assert "INSTALLED" not in report.stdout
@@ -328,7 +328,8 @@ def test_rolling_upgrade_renew_and_setting(lab: Lab) -> None:
         environ = lab.ssh(vm.ip, "sudo cat /proc/$(pidof etcd)/environ | tr '\\0' '\\n' | grep '^ETCD_'")
         assert dict(line.split("=", 1) for line in environ.stdout.splitlines()) == etcd_options(lab.spec, node)
         # runcmd, later in the same boot, found the seed in place: etcd was started once in this boot, not again.
-        runcmd = lab.ssh(vm.ip, f"sudo grep 'etcd-seed: applied etcd {target}:' /var/log/cloud-init-output.log")
+        # -a: a power cut leaves zeros where cloud-init's unflushed log lines were, and grep calls the file binary.
+        runcmd = lab.ssh(vm.ip, f"sudo grep -a 'etcd-seed: applied etcd {target}:' /var/log/cloud-init-output.log")
         assert runcmd.stdout.strip().splitlines()[-1].endswith("nothing changed; etcd left running"), runcmd.stdout
         assert etcd_starts_this_boot(lab, vm) == 1
         # cloud-init itself says done: a cut in its final stage left runcmd's script empty, which it would run
