@@ -260,16 +260,22 @@ def test_install_killed_before_any_rename_is_continued(lab: Lab) -> None:
     assert_all_healthy(lab.etcdctl, 3)
 
 
-def test_a_restart_owed_by_a_killed_run_is_made_by_the_next(lab: Lab) -> None:
-    """A run killed after it put a new options.env in place and before it restarted etcd: the next run finds every
-    file as the seed has it, and restarts etcd all the same. Before, it said "etcd left running", etcd kept the old
-    heartbeat, and the node recorded the new seed as applied (status: in step)."""
+def _raise_heartbeat(lab: Lab) -> str:
+    """Build the lab's spec with a heartbeat 10 ms longer (a setting etcd reads only at start); returns it."""
     spec = lab.spec.read_text()
     old = re.search(r"heartbeat_interval: (\d+)", spec)
     assert old is not None
     new = str(int(old.group(1)) + 10)
     lab.spec.write_text(spec.replace(old.group(0), f"heartbeat_interval: {new}"))
     lab.build()
+    return new
+
+
+def test_a_restart_owed_by_a_killed_run_is_made_by_the_next(lab: Lab) -> None:
+    """A run killed after it put a new options.env in place and before it restarted etcd: the next run finds every
+    file as the seed has it, and restarts etcd all the same. Before, it said "etcd left running", etcd kept the old
+    heartbeat, and the node recorded the new seed as applied (status: in step)."""
+    new = _raise_heartbeat(lab)
     lab.stage("etcd02")
     tools = lab.work / "kill-on-enable"
     tools.mkdir()
@@ -301,12 +307,7 @@ def test_a_restart_owed_while_etcd_is_still_starting_is_made(lab: Lab) -> None:
     """A new heartbeat (read only at start) while systemd says etcd is activating, as when a member waits for its
     peers: the step must restart etcd. A start merges into the start under way, whose process read the old
     options.env, and the node then recorded the new seed as applied (status: in step)."""
-    spec = lab.spec.read_text()
-    old = re.search(r"heartbeat_interval: (\d+)", spec)
-    assert old is not None
-    new = str(int(old.group(1)) + 10)
-    lab.spec.write_text(spec.replace(old.group(0), f"heartbeat_interval: {new}"))
-    lab.build()
+    new = _raise_heartbeat(lab)
     tools = lab.work / "activating"
     tools.mkdir(exist_ok=True)
     (tools / "systemctl").write_text(
