@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -315,29 +316,50 @@ MOMENTS = {
 }
 
 
-def power_cut_at(plan: list[tuple[VM, Moment]]) -> dict[str, str]:
-    """Kill each VM (qemu SIGKILL: a power cut, no flush) at its moment of the current boot; returns, per VM, the
-    moment, the seconds from power-on and the console's last line before the cut."""
+def moment(name: str) -> Moment:
+    """The MOMENTS entry; "install" (tarball from the seed) and "install-url" (downloaded) are a cut drawn anew at
+    each call, and printed with it: 1-20 s after the tarball's copy or download began, through its check,
+    unpacking, the files and units, and etcd's start."""
+    marks = {"install": ("copy", "etcd-seed: copying "), "install-url": ("download", "etcd-seed: downloading ")}
+    if name not in marks:
+        return MOMENTS[name]
+    after = round(random.uniform(1.0, 20.0), 1)  # noqa: S311 - a test moment, not a secret
+    what, mark = marks[name]
+    return Moment(f"{after} s into the install step, from its tarball's {what} on", mark, after)
+
+
+def power_cut_at(plan: list[tuple[VM, list[Moment]]], restart: Callable[[VM], None] = lambda vm: None
+                 ) -> dict[str, list[str]]:
+    """Kill each VM (qemu SIGKILL: a power cut, no flush) at its first moment, `restart` it, kill it at its next
+    moment of that boot, and so on: each VM at its own pace. A VM is left off after its last cut. Returns, per VM,
+    each cut's moment, its seconds from power-on and the console's last line before it."""
     seen: dict[str, float] = {}
-    cut: dict[str, str] = {}
-    deadline = time.monotonic() + BOOT_TIMEOUT_S
-    while len(cut) < len(plan):
+    cuts: dict[str, list[str]] = {vm.name: [] for vm, _ in plan}
+    deadline = {vm.name: time.monotonic() + BOOT_TIMEOUT_S for vm, _ in plan}
+    while any(len(cuts[vm.name]) < len(moments) for vm, moments in plan):
         now = time.monotonic()
-        for vm, moment in plan:
-            if vm.name in cut:
+        for vm, moments in plan:
+            done = len(cuts[vm.name])
+            if done == len(moments):
                 continue
+            moment = moments[done]
             if vm.name not in seen and moment.mark in vm.console_text():
                 seen[vm.name] = now
             if vm.name in seen and now - seen[vm.name] >= moment.after_s:
                 vm.kill()
                 lines = vm.console_text().rstrip().splitlines()
-                cut[vm.name] = f"{moment.what}, {now - vm.powered_on:.0f} s after power-on, the console's last " \
-                               f"line {(lines[-1] if lines else '')[-100:]!r}"
-        if now > deadline:
-            tails = "\n".join(f"--- {v.name} console ---\n{v.console_text()[-2500:]}" for v, _ in plan)
-            pytest.fail(f"timed out waiting for the moments to cut power (cut so far: {sorted(cut)})\n{tails}")
+                cuts[vm.name].append(f"{moment.what}, {now - vm.powered_on:.0f} s after power-on, the console's "
+                                     f"last line {(lines[-1] if lines else '')[-100:]!r}")
+                del seen[vm.name]
+                if done + 1 < len(moments):
+                    restart(vm)
+                    deadline[vm.name] = time.monotonic() + BOOT_TIMEOUT_S
+            elif now > deadline[vm.name]:
+                tails = "\n".join(f"--- {v.name} console ---\n{v.console_text()[-2500:]}" for v, _ in plan)
+                pytest.fail(f"timed out waiting for {vm.name}'s moment to cut power: {moment.what} (cut so far: "
+                            f"{cuts})\n{tails}")
         time.sleep(0.1)
-    return cut
+    return cuts
 
 
 def boot_step_line(lab: Lab, vm: VM) -> str:
@@ -359,8 +381,9 @@ def booted_lab(work: Path, bundle: Path, suite: str = "bookworm", url: str | Non
     """Three nodes of `suite` booted from their seeds; yields once the cluster reports healthy.
 
     With `url`, a web server in the hub serves the bundle there and the seeds carry no tarball.
-    With `cuts` (MOMENTS names, one per node), each node loses power at that moment of its first boot, and boots
-    again: a first boot cut anywhere must end in a healthy member after the next.
+    With `cuts` (one per node: MOMENTS names joined by "+"), each node loses power at the first moment in its
+    first boot, boots again, loses power at the next in that boot, and so on, then boots once more: a first
+    install cut anywhere, even twice, must end in a healthy member after the next boot.
     With `ntp`, each guest's RTC is a day behind, and the hub's time server starts only once a node's
     clock step says it is waiting: etcd must not start before the clock is right.
     """
@@ -397,8 +420,10 @@ def booted_lab(work: Path, bundle: Path, suite: str = "bookworm", url: str | Non
                 vm.start(net, image, accel)
             start = min(v.powered_on for v in vms)
             if cuts:
-                cut = power_cut_at([(vm, MOMENTS[name]) for vm, name in zip(vms, cuts, strict=True)])
-                print("\n".join(f"e2e: {suite}: {name} lost power {at}" for name, at in sorted(cut.items())))
+                plan = [(vm, [moment(name) for name in names.split("+")]) for vm, names in zip(vms, cuts, strict=True)]
+                cut = power_cut_at(plan, restart=lambda vm: vm.start(net, image, accel))
+                print("\n".join(f"e2e: {suite}: {name} lost power in boot {boot}: {at}"
+                                 for name, ats in sorted(cut.items()) for boot, at in enumerate(ats, start=1)))
                 for vm in vms:
                     vm.start(net, image, accel)
             if ntp:
@@ -504,8 +529,8 @@ def power_cut_during_reseed(lab: Lab, vm: VM, moment: Moment) -> str:
     """Power the node off, boot it from its new seed, and cut its power at `moment`; returns the console."""
     power_off(lab, vm)
     vm.start(lab.net, lab.image, lab.accel)
-    cut = power_cut_at([(vm, moment)])
-    print(f"e2e: {vm.name} lost power in its re-seed boot {cut[vm.name]}")
+    cut = power_cut_at([(vm, [moment])])
+    print(f"e2e: {vm.name} lost power in its re-seed boot {cut[vm.name][0]}")
     return vm.console_text()
 
 
