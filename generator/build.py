@@ -24,6 +24,7 @@ import jinja2
 from cryptography import x509
 
 from . import auth, certs, fastpath, fs, hostkeys, keygen, layout, manifest, notes, revocation, rotation, sealed
+from . import node as node_facts
 from .errors import GeneratorError, MaterialError, OutputError, printable
 from .etcd import Bundle, Version
 from .inputs import (
@@ -44,7 +45,7 @@ from .outputs import CaPem, HostPem, KeyPem, LeafPem, Material, OutputFile, outp
 from .pki import CaInputs, Change, KeyRecords, PkiState, build_pki, renew_at
 from .render import make_environment
 from .rotation import Phase, Rotation
-from .spec import Spec
+from .spec import Node, Spec
 
 _JOURNAL_NAME = re.compile(r"[a-z0-9-]{1,63}(\.ssh)?")  # a leaf or CA, or a node's host key
 
@@ -317,6 +318,7 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     spec, change = _preflight(spec, inputs, epoch, options)
     records = key_records(inputs.previous, inputs.pending)
     replacing = _replacing(spec, inputs.previous, records)
+    _check_data_disks(spec, inputs.previous, replacing)
     phase = rotation.target(inputs.rotation, options.rotate)
     pki = build_pki(spec, inputs.pki_files, inputs.imported, now, records, options.rekey, options.renew, replacing,
                     CaInputs(inputs.imported, inputs.imported_next, inputs.rotation, phase))
@@ -466,7 +468,8 @@ def _manifest(spec: Spec, inputs: Inputs, files: list[PlannedFile], pki: PkiStat
         certificates(pki),
         replaced={n.name: public_keys[n.name] for n in spec.nodes if n.replace},
         restore={"sha256": inputs.snapshot.sha256, "size": len(inputs.snapshot.data)} if inputs.snapshot else None,
-        revoked=revoked, auth_enabled=spec.auth.enabled, written_with=written_with, issued=issued)
+        revoked=revoked, auth_enabled=spec.auth.enabled, written_with=written_with, issued=issued,
+        data_disks={n.name: _disk_of(spec, n) for n in spec.nodes})
 
 
 def _const(data: bytes) -> Callable[[], bytes]:
@@ -550,6 +553,40 @@ def _replacing(spec: Spec, previous: Manifest, records: KeyRecords) -> frozenset
         raise MaterialError(problems)
     return frozenset(n.name for n in spec.nodes if n.replace and (
         previous.replaced.get(n.name) is None or previous.replaced.get(n.name) != records.recorded.get(n.name)))
+
+
+def _disk_of(spec: Spec, node: Node) -> tuple[str, str] | None:
+    disk = node_facts.data_disk(spec, node)
+    return (disk.device, disk.fs) if disk else None
+
+
+def _check_data_disks(spec: Spec, previous: Manifest, replacing: frozenset[str]) -> None:
+    """A built member stays on the disk that holds its data: its install step refuses to move it (the seed would
+    never apply), so the build refuses first. A node replaced in this build starts afresh on whatever disk.
+
+    Raises:
+        MaterialError: a built node whose data disk or its filesystem the spec changes.
+    """
+    if previous.data_disks is None:  # a tree built before the disks were recorded: they are from now on
+        return
+    changes: dict[tuple[str, str, str], list[str]] = {}  # (field, was, now) -> nodes: one line per change
+    for i, node in enumerate(spec.nodes):
+        if node.name not in previous.data_disks or node.name in replacing:
+            continue
+        before, after = previous.data_disks[node.name], _disk_of(spec, node)
+        if after == before:
+            continue
+        own = f"nodes.{i}" if node.data_device or node.data_fs else "etcd"
+        field = f"{own}.data_device" if (before and before[0]) != (after and after[0]) else f"{own}.data_fs"
+        was = f"{before[0]} ({before[1]})" if before else "its root disk"
+        now = f"{after[0]} ({after[1]})" if after else "its root disk"
+        changes.setdefault((field, was, now), []).append(node.name)
+    problems = [f"{field}: the data of {', '.join(names)} is on {was}, and this spec puts it on {now}; a member is "
+                "never moved between disks (its install step refuses, so the seed would never apply): keep "
+                f"{was} (nodes[].data_device and .data_fs set one node's disk), or rebuild each node on the new "
+                "disk with replace: true, one node at a time" for (field, was, now), names in changes.items()]
+    if problems:
+        raise MaterialError(problems)
 
 
 def previous_nodes(previous: Manifest) -> set[str]:

@@ -21,6 +21,7 @@ NAME = MANIFEST
 # 2 adds each key's public_key_sha256 and each ISO's epoch; 1 is still read.
 FORMAT = 2
 _MODE = re.compile(r"0[0-7]{3}")
+_DISK_WORD = re.compile(r"[A-Za-z0-9/:._+@-]{1,200}")  # a device path or a filesystem type, as the spec admits
 
 
 @dataclass(frozen=True)
@@ -176,13 +177,16 @@ class Manifest:
     auth_enabled: bool | None = None  # None: left to the cluster (built before auth was managed)
     written_with: WrittenWith | None = None  # None in a tree written before it was recorded
     issued: tuple[Issued, ...] = ()  # every unexpired leaf certificate issued; empty before it was kept
+    # Each built node's data disk (device, filesystem), None for one on its root disk; None before it was kept.
+    data_disks: Mapping[str, tuple[str, str] | None] | None = None
 
 
 def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], files: Mapping[str, FileEntry],
                     certs: Mapping[str, x509.Certificate], replaced: Mapping[str, str] | None = None,
                     restore: Mapping[str, Any] | None = None, revoked: tuple[Revoked, ...] = (),
                     auth_enabled: bool | None = None, written_with: WrittenWith | None = None,
-                    issued: tuple[Issued, ...] = ()) -> bytes:
+                    issued: tuple[Issued, ...] = (),
+                    data_disks: Mapping[str, tuple[str, str] | None] | None = None) -> bytes:
     """The manifest for one cluster: every file's sha256 and mode, and each certificate's facts.
 
     Args:
@@ -197,6 +201,7 @@ def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], 
         auth_enabled: whether the seeds turn etcd's authentication on.
         written_with: the spec and the versions that wrote the files.
         issued: every unexpired leaf certificate the builds of this tree issued.
+        data_disks: each node's data disk (device, filesystem), or None for the root disk.
     """
     table = {}
     for path, entry in files.items():
@@ -226,6 +231,9 @@ def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], 
         document["written_with"] = written_with.to_json()
     if issued:
         document["issued"] = [dataclasses.asdict(i) for i in issued]
+    if data_disks is not None:
+        document["data_disks"] = {name: None if disk is None else {"device": disk[0], "fs": disk[1]}
+                                  for name, disk in sorted(data_disks.items())}
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -281,7 +289,25 @@ def parse_manifest(data: bytes | None, source: str = NAME) -> Manifest:
                     restore_sha256=restore_sha, auth_enabled=auth_enabled,
                     written_with=_written_with(document.get("written_with"), f"{source}: written_with"),
                     issued=_issued(document.get("issued", []), f"{source}: issued"),
+                    data_disks=_data_disks(document.get("data_disks"), f"{source}: data_disks"),
                     revoked=_revoked_list(revoked, f"{source}: revoked"))
+
+
+def _data_disks(table: Any, where: str) -> dict[str, tuple[str, str] | None] | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict) or len(table) > 1000:
+        raise OutputError(f"{where}: must map at most 1000 node names to a disk or null")
+    disks: dict[str, tuple[str, str] | None] = {}
+    for name, row in table.items():
+        if row is None:
+            disks[name] = None
+            continue
+        if not (isinstance(row, dict) and set(row) == {"device", "fs"}
+                and all(isinstance(v, str) and _DISK_WORD.fullmatch(v) for v in row.values())):
+            raise OutputError(f"{where}.{printable(str(name))}: must be null or an object of device, fs")
+        disks[name] = (row["device"], row["fs"])
+    return disks
 
 
 def _written_with(row: Any, where: str) -> WrittenWith | None:

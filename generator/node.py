@@ -50,6 +50,11 @@ class Paths:
     applied: str = "/var/lib/etcd-seed/applied"
     # Names the data device while the install step formats it: a cut mkfs leaves a disk that only this proves ours.
     formatting: str = "/var/lib/etcd-seed/formatting"
+    # The filesystem UUID of the data disk that holds this member: a blank disk or another one under the device's
+    # name (kernel names move between boots) is then refused, not formatted into an empty member.
+    data_claim: str = "/var/lib/etcd-seed/data-disk"
+    # On the data disk itself: the cluster token and member name it holds, so that no other member uses it.
+    disk_owner: str = "/opt/etcd/.etcd-seed-member"
     cloud: str = "/var/lib/cloud"  # cloud-init's state: instances/<instance-id>/sem/ and scripts/runcmd
     report_unit: str = "/etc/systemd/system/etcd-seed-report.service"
     restoring: str = "/var/lib/etcd-seed/restoring"  # present while a restore moves its files into place
@@ -124,9 +129,32 @@ def member_config(spec: Spec, node: Node) -> dict[str, object]:
         # `etcd-seed-member defrag`: when reclaiming the free pages of the database file is worth a pause.
         "defrag": {"min_free_percent": spec.defrag.min_free_percent, "near_quota_percent": NEAR_QUOTA_PERCENT,
                    "quota_bytes": spec.etcd.quota_backend_bytes},
+        # etcd starts only on this member's own data disk: the install step wrote its owner file.
+        **({"disk_owner": {"path": PATHS.disk_owner, "want": disk_owner(spec, node)}}
+           if data_disk(spec, node) else {}),
         # Only the node that applies them: the other founders' seeds do not change when a consumer or node does.
         **({"auth": auth.grants(spec).to_json()} if applies_auth(spec, node) else {}),
     }
+
+
+@dataclass(frozen=True)
+class DataDisk:
+    """The disk a node keeps etcd's data and WAL on, and the filesystem it carries."""
+
+    device: str
+    fs: str
+
+
+def data_disk(spec: Spec, node: Node) -> DataDisk | None:
+    """The node's own data disk, or the cluster's (etcd.data_device); None: etcd's data is on the root disk."""
+    device = node.data_device or spec.etcd.data_device
+    return DataDisk(device, node.data_fs or spec.etcd.data_fs) if device else None
+
+
+def disk_owner(spec: Spec, node: Node) -> str:
+    """What a member's data disk says of whose data it holds: the cluster's token (not a restore's, which keeps
+    the disk) and the member's name."""
+    return f"{spec.etcd.token} {node.name}"
 
 
 def restore_argv(spec: Spec, node: Node) -> list[str]:

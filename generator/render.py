@@ -196,6 +196,7 @@ def _context(spec: Spec, node: Node, tarball_sha256: str) -> dict[str, Any]:
         raise TemplateError(str(exc)) from None
     timers = [(t, t.when(spec, node)) for t in node_facts.TIMERS]
     return {"spec": spec, "node": node, "paths": PATHS, "sha256": tarball_sha256, "options": options,
+            "disk": node_facts.data_disk(spec, node), "disk_owner": node_facts.disk_owner(spec, node),
             "timers": timers, "defrag_calendar": spec.defrag.on_calendar(spec.nodes.index(node))}
 
 

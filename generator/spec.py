@@ -114,6 +114,8 @@ class Node:
     mac: str
     join: bool = False
     replace: bool = False
+    data_device: str | None = None  # this node's data disk, over etcd.data_device (a by-id name is per machine)
+    data_fs: str | None = None  # over etcd.data_fs
 
     @property
     def joins(self) -> bool:
@@ -515,7 +517,10 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
 
 
 def _check_membership(nodes: list[Node], etcd: Etcd | None, errs: _Errors) -> None:
-    """Joins, replacements and a restore that etcd could not carry out."""
+    """Joins, replacements and a restore that etcd could not carry out; a node's data filesystem with no disk."""
+    for i, node in enumerate(nodes):
+        if node.data_fs and not node.data_device and (etcd is None or not etcd.data_device):
+            errs.add(f"nodes.{i}.data_fs", "is set without a data disk (nodes[].data_device or etcd.data_device)")
     founders = [n for n in nodes if not n.join]
     replaced = [i for i, n in enumerate(nodes) if n.replace]
     for i, node in enumerate(nodes):
@@ -751,7 +756,8 @@ def _nodes(value: Any, domain: str | None, errs: _Errors) -> list[Node]:
     seen: dict[str, dict[str, int]] = {"name": {}, "ip": {}, "mac": {}, "fqdn": {}}
     for i, item in enumerate(value):
         path = f"nodes.{i}"
-        data = _mapping(item, path, errs, required=("name", "ip", "mac"), optional=("fqdn", "join", "replace"))
+        data = _mapping(item, path, errs, required=("name", "ip", "mac"),
+                        optional=("fqdn", "join", "replace", "data_device", "data_fs"))
         if data is None:
             continue
         name = _text(data, "name", path, errs, check=_check_node_name)
@@ -768,10 +774,16 @@ def _nodes(value: Any, domain: str | None, errs: _Errors) -> list[Node]:
                 errs.add(f"{path}.{field}", f"'{key}' is already used by nodes.{seen[field][key]}")
             else:
                 seen[field][key] = i
+        device = _text(data, "data_device", path, errs, check=_check_data_device)
+        data_fs = data.get("data_fs")
+        if data_fs is not None and data_fs not in DATA_FILESYSTEMS:
+            errs.add(f"{path}.data_fs", f"{data_fs!r} is not one of {', '.join(DATA_FILESYSTEMS)}")
+            data_fs = None
         if name and ip and mac and fqdn:
             nodes.append(Node(name=name, fqdn=fqdn, ip=ip, mac=mac,
                               join=_boolean(data, "join", path, errs, default=False),
-                              replace=_boolean(data, "replace", path, errs, default=False)))
+                              replace=_boolean(data, "replace", path, errs, default=False),
+                              data_device=device, data_fs=data_fs))
     return nodes
 
 

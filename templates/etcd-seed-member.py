@@ -195,6 +195,17 @@ class Member:
         return own, checked_members(added, "member add")
 
     def prepare(self) -> int:
+        owner = self.cfg.get("disk_owner")
+        if owner:
+            try:
+                with open(ROOT + owner["path"], encoding="ascii", errors="replace") as handle:
+                    found = handle.read(200).split("\n", 1)[0]
+            except OSError:
+                found = "(no owner file)"
+            if found != owner["want"]:
+                raise Refused(f"the disk at {owner['path'].rsplit('/', 1)[0]} is not this member's data disk: its "
+                              f"owner file says {found!r}, this member is {owner['want']!r}; the install step's log "
+                              "says why")
         if self.cfg.get("restore") and not os.path.isdir(ROOT + self.cfg["data_dir"] + "/member"):
             raise Refused(f"this seed restores a snapshot, and {self.cfg['data_dir']} holds no restored member: "
                           "etcd would start an empty cluster; the install step's log says why the restore did not "

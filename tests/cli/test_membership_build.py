@@ -341,11 +341,80 @@ def test_data_device_puts_etcd_on_its_own_disk(workdir: Path) -> None:
     assert subprocess.run(["sh", "-n", "-c", install], check=False).returncode == 0
     assert "RequiresMountsFor=/opt/etcd/data /opt/etcd/wal\n" in written["/var/lib/etcd-seed/seed/etcd.service"]
     assert (workdir / "out/demo/etcd01/etcd.service").read_text() == written["/var/lib/etcd-seed/seed/etcd.service"]
-    (workdir / "cluster.yaml").write_text(spec_yaml())
+    # etcd's start step checks the disk's owner file: the cluster's default token and the member's name.
+    token = "demo-" + hashlib.sha256(b"demo.example.com").hexdigest()[:12]
+    assert json.loads(written["/var/lib/etcd-seed/seed/member.json"])["disk_owner"] == {
+        "path": "/opt/etcd/.etcd-seed-member", "want": f"{token} etcd01"}
+
+
+def test_a_cluster_without_a_data_disk_has_no_disk_steps(workdir: Path) -> None:
     assert build(workdir)[0] == 0
     written = _written(workdir, "etcd01")
     assert "data_dev=" not in written["/usr/local/sbin/etcd-seed-install"]
     assert "RequiresMountsFor" not in written["/var/lib/etcd-seed/seed/etcd.service"]
+    assert "disk_owner" not in json.loads(written["/var/lib/etcd-seed/seed/member.json"])
+
+
+def _refused_on_a_built_tree(workdir: Path, field: str) -> str:
+    """The build exits 1 with one error line naming `field`, and the built tree is left as it was."""
+    before = _files(workdir / "out")
+    code, _, err = build(workdir)
+    assert code == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {field}: "), err
+    assert all(line.startswith(("error: ", "hint: ", "warning: ")) for line in err.splitlines()), err
+    assert _files(workdir / "out") == before
+    return err
+
+
+def test_a_built_members_data_disk_does_not_change(workdir: Path) -> None:
+    """A member's data stays on the disk it was built on: its install step refuses a seed that moves it (fstab, a
+    blank disk formatted, an empty member at the next boot, before that step refused it), so the build refuses
+    first, naming the node and what to do. A replaced node takes a new disk; a node may name its own."""
+    spec = workdir / "cluster.yaml"
+    spec.write_text(_with_etcd("data_device: /dev/vdb"))
+    assert build(workdir)[0] == 0
+    recorded = json.loads((workdir / "out/demo/manifest.json").read_text())["data_disks"]
+    assert recorded == {f"etcd0{i}": {"device": "/dev/vdb", "fs": "ext4"} for i in (1, 2, 3)}
+    spec.write_text(_with_etcd("data_device: /dev/vdc"))
+    err = _refused_on_a_built_tree(workdir, "etcd.data_device")
+    assert err == "error: etcd.data_device: the data of etcd01, etcd02, etcd03 is on /dev/vdb (ext4), and this " \
+        "spec puts it on /dev/vdc (ext4); a member is never moved between disks (its install step refuses, so the " \
+        "seed would never apply): keep /dev/vdb (ext4) (nodes[].data_device and .data_fs set one node's disk), or " \
+        "rebuild each node on the new disk with replace: true, one node at a time\n", err
+    spec.write_text(_with_etcd("data_device: /dev/vdb\n  data_fs: xfs"))
+    assert "the data of etcd01, etcd02, etcd03 is on /dev/vdb (ext4), and this spec puts it on /dev/vdb (xfs)" in \
+        _refused_on_a_built_tree(workdir, "etcd.data_fs")
+    spec.write_text(spec_yaml())
+    assert "the data of etcd01, etcd02, etcd03 is on /dev/vdb (ext4), and this spec puts it on its root disk" in \
+        _refused_on_a_built_tree(workdir, "etcd.data_device")
+    # etcd02 rebuilt on a disk of its own; the others keep theirs.
+    moved = _with_etcd("data_device: /dev/vdb").replace('mac: "52:54:00:00:00:02"}',
+                                                       'mac: "52:54:00:00:00:02", data_device: /dev/sdc}')
+    spec.write_text(moved)
+    assert "error: nodes.1.data_device: the data of etcd02 is on /dev/vdb (ext4), and this spec puts it on /dev/sdc " \
+           "(ext4)" in _refused_on_a_built_tree(workdir, "nodes.1.data_device")
+    spec.write_text(moved.replace("data_device: /dev/sdc}", "data_device: /dev/sdc, replace: true}"))
+    code, _, err = build(workdir)
+    assert code == 0, err
+    assert "data_dev=/dev/sdc\n" in _written(workdir, "etcd02")["/usr/local/sbin/etcd-seed-install"]
+    assert "data_dev=/dev/vdb\n" in _written(workdir, "etcd01")["/usr/local/sbin/etcd-seed-install"]
+    recorded = json.loads((workdir / "out/demo/manifest.json").read_text())["data_disks"]
+    assert recorded["etcd02"] == {"device": "/dev/sdc", "fs": "ext4"}
+    assert build(workdir)[0] == 0  # replace: true left in the spec: the replacement is done, its disk kept
+
+
+def test_a_tree_built_before_disks_were_recorded_records_them(workdir: Path) -> None:
+    spec = workdir / "cluster.yaml"
+    spec.write_text(_with_etcd("data_device: /dev/vdb"))
+    assert build(workdir)[0] == 0
+    manifest_path = workdir / "out/demo/manifest.json"
+    document = json.loads(manifest_path.read_text())
+    del document["data_disks"]
+    manifest_path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    spec.write_text(_with_etcd("data_device: /dev/vdc"))  # not known to be a change: accepted, and recorded
+    assert build(workdir)[0] == 0
+    assert json.loads(manifest_path.read_text())["data_disks"]["etcd01"] == {"device": "/dev/vdc", "fs": "ext4"}
 
 
 @pytest.mark.parametrize(("line", "field", "expected"), [
@@ -358,9 +427,18 @@ def test_data_device_puts_etcd_on_its_own_disk(workdir: Path) -> None:
     ("data_device: 7", "etcd.data_device", "was read as the number 7"),
     ("data_fs: xfs", "etcd.data_fs", "is set without etcd.data_device"),
     ("data_fs: btrfs", "etcd.data_fs", "'btrfs' is not one of ext4, xfs"),
+    ("node: data_device: /dev/vdb1", "nodes.1.data_device", "not a block device path"),
+    ("node: data_device: '/dev/vdb\n/dev/sda / ext4'", "nodes.1.data_device", "not a block device path"),
+    ("node: data_fs: xfs", "nodes.1.data_fs", "is set without a data disk (nodes[].data_device or etcd.data_device)"),
+    ("node: data_fs: [xfs]", "nodes.1.data_fs", "['xfs'] is not one of ext4, xfs"),
 ], ids=lambda v: str(v)[:40])
 def test_bad_data_device_is_refused(workdir: Path, line: str, field: str, expected: str) -> None:
-    (workdir / "cluster.yaml").write_text(_with_etcd(line))
+    if line.startswith("node: "):
+        key, value = line.removeprefix("node: ").split(": ", 1)
+        spec = spec_yaml().replace('mac: "52:54:00:00:00:02"}', f'mac: "52:54:00:00:00:02", {key}: {value}}}')
+        (workdir / "cluster.yaml").write_text(spec)
+    else:
+        (workdir / "cluster.yaml").write_text(_with_etcd(line))
     assert expected in assert_refused(workdir, field)
 
 

@@ -6,14 +6,17 @@ install runs in a mount namespace of its own (ip netns exec), so etcd's view is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from generator.spec import load_spec
 from tests.helpers.converge import NEEDS, Lab, converged_lab
 from tests.helpers.specs import ROOT
 
@@ -51,6 +54,43 @@ class Disks:
     def close(self) -> None:
         for loop in self.loops.values():
             subprocess.run(["losetup", "-d", loop], check=False)
+
+
+def _claim(lab: Lab, name: str) -> Path:
+    """The node's record of the filesystem UUID that holds its member (written once the disk is in use)."""
+    return lab.root(name) / "var/lib/etcd-seed/data-disk"
+
+
+@contextlib.contextmanager
+def _claim_as(lab: Lab, name: str, text: str | None) -> Iterator[None]:
+    """The node's claim replaced for a while: None as on a first install (no member on a disk yet), or a text."""
+    claim = _claim(lab, name)
+    kept = claim.read_bytes()
+    claim.unlink()
+    if text is not None:
+        claim.write_text(text)
+    try:
+        yield
+    finally:
+        claim.write_bytes(kept)
+
+
+def _format_as(device: str, owner: str | None) -> None:
+    """An etcd-data filesystem as this tool makes one, with an owner file naming a member when given."""
+    subprocess.run(["mkfs.ext4", "-q", "-L", "etcd-data", device], check=True)
+    if owner is None:
+        return
+    with tempfile.TemporaryDirectory() as where:
+        subprocess.run(["mount", device, where], check=True)
+        try:
+            Path(where, ".etcd-seed-member").write_text(owner + "\n")
+        finally:
+            subprocess.run(["umount", where], check=True)
+
+
+def _uuid(device: str) -> str:
+    return subprocess.run(["blkid", "-p", "-o", "value", "-s", "UUID", device], capture_output=True, text=True,
+                          check=True).stdout.strip()
 
 
 def _loop_available() -> bool:
@@ -106,6 +146,13 @@ def test_a_blank_disk_is_formatted_and_etcd_runs_on_it(lab: tuple[Lab, Disks]) -
         assert os.stat(device).st_rdev == os.stat(disks.loops[name]).st_rdev
         unit = (members.root(name) / "etc/systemd/system/etcd.service").read_text()
         assert "RequiresMountsFor=/opt/etcd/data /opt/etcd/wal\n" in unit
+        # The node names the disk its member is on, and the disk the member it holds.
+        assert _claim(members, name).read_text() == f"UUID={_uuid(disks.loops[name])}\n"
+        owner = subprocess.run(["nsenter", "-t", str(members.pid(name)), "-m", "cat",
+                                str(members.root(name) / "opt/etcd/.etcd-seed-member")], capture_output=True,
+                               text=True, check=True).stdout
+        token = load_spec(members.spec.read_text(), base_dir=members.work)[0].etcd.token
+        assert owner == f"{token} {name}\n"
     assert members.etcdctl("put", "on-the-disk", "1").returncode == 0
 
 
@@ -125,13 +172,20 @@ def test_the_same_seed_and_a_reboot_keep_the_disk(lab: tuple[Lab, Disks]) -> Non
     assert read.stdout.strip() == "1", read.stderr
 
 
+# Cases of a first install, before any member data was on a disk: the node has no claim yet.
+FIRST_INSTALL = ("other-fs", "data", "another-member", "another-cluster")
+
+
 @pytest.mark.parametrize("case", ["missing", "other-fs", "data", "member-on-root", "ours-over-member-on-root",
-                                  "swapped"])
+                                  "swapped", "renamed-blank", "another-member", "another-cluster"])
 def test_a_disk_that_is_not_blank_or_ours_is_never_formatted(lab: tuple[Lab, Disks], case: str) -> None:
     """Refused, with neither the disk nor fstab written. `ours-over-member-on-root`: a disk already formatted
     etcd-data would hide the member on the root disk (fstab was written before the refusal, and the next boot
     mounted it over the member). `swapped`: the kernel's names moved, /dev/vdb is now a blank disk while the
-    member's own disk is mounted (it was formatted, then refused)."""
+    member's own disk is mounted (it was formatted, then refused). `renamed-blank`: the same at a boot, with the
+    member's disk not mounted: it was formatted, and etcd started an empty member. `another-member` and
+    `another-cluster`: an etcd-data disk whose owner file names another member or another cluster's token; etcd
+    does not start on it either, should systemd mount it."""
     members, disks = lab
     spare = f"spare-{case}"
     disks.attach(spare)
@@ -142,15 +196,19 @@ def test_a_disk_that_is_not_blank_or_ours_is_never_formatted(lab: tuple[Lab, Dis
         fstab.write_text("/dev/vda / ext4 defaults 0 1\n")
     fstab_before = fstab.read_bytes()
     home = members.root("etcd03") / "opt/etcd"
+    token = load_spec(members.spec.read_text(), base_dir=members.work)[0].etcd.token
+    owner = {"another-member": f"{token} etcd01", "another-cluster": "tok-of-another-cluster etcd03"}.get(case)
     if case == "other-fs":
         subprocess.run(["mkfs.ext4", "-q", "-L", "photos", disks.loops[spare]], check=True)
-    elif case == "ours-over-member-on-root":
-        subprocess.run(["mkfs.ext4", "-q", "-L", "etcd-data", disks.loops[spare]], check=True)
+    elif case in ("ours-over-member-on-root", "another-member", "another-cluster"):
+        _format_as(disks.loops[spare], owner)
     elif case == "data":
         with open(image, "r+b") as handle:
             handle.seek(4096)
             handle.write(b"someone's data")
     before = image.read_bytes()[:1 << 20]
+    claimed = _claim(members, "etcd03").read_text().strip().removeprefix("UUID=")
+    assert claimed == _uuid(disks.loops["etcd03"])
     _stop(members, "etcd03")
     hidden = members.root("etcd03") / "opt/etcd/data/member"
     try:
@@ -159,9 +217,22 @@ def test_a_disk_that_is_not_blank_or_ours_is_never_formatted(lab: tuple[Lab, Dis
             hidden.mkdir(parents=True)
         if case == "swapped":  # the member's own disk stays mounted, as it is on the running node
             subprocess.run(["mount", disks.loops["etcd03"], str(home)], check=True)
-        done = members.install("etcd03", None, "--boot")
-        # etcd.service requires the mount: systemd (here the stand-in) does not start etcd on the root disk.
-        started = members.systemctl("etcd03", "start", "etcd.service") if case == "missing" else None
+        with _claim_as(members, "etcd03", None) if case in FIRST_INSTALL else contextlib.nullcontext():
+            done = members.install("etcd03", None, "--boot")
+            after = image.read_bytes()[:1 << 20]  # before systemd (the stand-in) mounts what fstab names
+            # etcd.service requires the mount: systemd (here the stand-in) does not start etcd on the root disk,
+            # and its start step refuses a disk of another member, which systemd's mount would give it.
+            shim_log = members.root("etcd03") / "run/shim/etcd.log"
+            logged = shim_log.stat().st_size
+            started = members.systemctl("etcd03", "start", "etcd.service") \
+                if case in ("missing", "another-member", "another-cluster") else None
+            if started is not None and case != "missing":  # mounted: etcd's start step answers, then pauses
+                deadline = time.monotonic() + 60
+                while "etcd-seed: ERROR: the disk at" not in shim_log.read_text()[logged:] and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.2)
+                members.systemctl("etcd03", "stop", "etcd.service")
+            start_log = shim_log.read_text()[logged:]
     finally:
         written = fstab.read_bytes()
         fstab.write_bytes(kept)
@@ -183,15 +254,27 @@ def test_a_disk_that_is_not_blank_or_ours_is_never_formatted(lab: tuple[Lab, Dis
         "swapped": f"etcd-seed: ERROR: /opt/etcd is mounted from another device than /dev/vdb "
                    f"({disks.loops['etcd03']}); etcd's data stays where it is: mark etcd03 replace: true in "
                    "cluster.yaml to rebuild it on the new disk",
+        "renamed-blank": f"etcd-seed: ERROR: the data device /dev/vdb is not the disk that holds etcd03's data (the "
+                         f"filesystem with UUID {claimed}) but no filesystem: a disk renamed at boot, or lost; "
+                         f"attach the member's disk as /dev/vdb (/dev/disk/by-uuid/{claimed} names it for good), "
+                         "or mark etcd03 replace: true in cluster.yaml to rebuild it on a new disk",
+        "another-member": f"etcd-seed: ERROR: the data device /dev/vdb holds the data of another member (cluster "
+                          f"token and member: {owner}), not of etcd03 ({token} etcd03); attach etcd03's own disk, "
+                          "or a blank one and mark etcd03 replace: true in cluster.yaml",
+        "another-cluster": f"etcd-seed: ERROR: the data device /dev/vdb holds the data of another member (cluster "
+                           f"token and member: {owner}), not of etcd03 ({token} etcd03); attach etcd03's own "
+                           "disk, or a blank one and mark etcd03 replace: true in cluster.yaml",
     }[case]
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == expected + "; nothing installed or " \
         "changed", done.stderr
-    assert image.read_bytes()[:1 << 20] == before  # not a byte written
+    assert after == before  # not a byte written
     assert written == fstab_before
-    if started is not None:
-        assert started.returncode == 1
-        assert "shim: dependency failed: cannot mount /dev/vdb at /opt/etcd for /opt/etcd/data" in \
-            (members.root("etcd03") / "run/shim/etcd.log").read_text()
+    if case == "missing":
+        assert started is not None and started.returncode == 1
+        assert "shim: dependency failed: cannot mount /dev/vdb at /opt/etcd for /opt/etcd/data" in start_log
+    elif started is not None:  # mounted, and refused by etcd's start step: etcd never ran on it
+        assert f"etcd-seed: ERROR: the disk at /opt/etcd is not this member's data disk: its owner file " \
+               f"says {owner!r}, this member is '{token} etcd03'" in start_log, start_log
     members.wait_healthy()
 
 
@@ -208,7 +291,8 @@ def test_a_damaged_filesystem_that_systemd_refused_is_not_mounted_at_boot(lab: t
     calls = len(members.calls("etcd03"))
     try:
         disks.plug(members, "etcd03", "damaged")
-        done = members.install("etcd03", None, "--boot")
+        with _claim_as(members, "etcd03", f"UUID={_uuid(device)}\n"):  # the member's own disk, damaged
+            done = members.install("etcd03", None, "--boot")
     finally:
         disks.plug(members, "etcd03", "etcd03")
         assert members.install("etcd03", None, "--boot").returncode == 0
@@ -245,12 +329,16 @@ def test_a_mkfs_cut_short_is_made_again(lab: tuple[Lab, Disks]) -> None:
     _stop(members, "etcd03")
     try:
         disks.plug(members, "etcd03", "cut")
-        killed = members.install("etcd03", None, "--boot", path=str(tools))
-        assert killed.returncode != 0 and "etcd-seed: formatting /dev/vdb (ext4)\n" in killed.stderr, killed.stderr
-        assert marker.read_text().split()[0] == DEVICE
-        assert subprocess.run(["blkid", "-p", device], capture_output=True, check=False).returncode == 2  # no fs
-        again = members.install("etcd03", None, "--boot", path=str(held))
-        probe = subprocess.run(["blkid", "-p", "-o", "export", device], capture_output=True, text=True, check=False)
+        with _claim_as(members, "etcd03", None):  # a first install
+            killed = members.install("etcd03", None, "--boot", path=str(tools))
+            assert killed.returncode != 0 and "etcd-seed: formatting /dev/vdb (ext4)\n" in killed.stderr, \
+                killed.stderr
+            assert marker.read_text().split()[0] == DEVICE
+            assert subprocess.run(["blkid", "-p", device], capture_output=True, check=False).returncode == 2  # no fs
+            again = members.install("etcd03", None, "--boot", path=str(held))
+            probe = subprocess.run(["blkid", "-p", "-o", "export", device], capture_output=True, text=True,
+                                   check=False)
+            claimed = _claim(members, "etcd03").read_text()
     finally:
         disks.plug(members, "etcd03", "etcd03")
         assert members.install("etcd03", None, "--boot").returncode == 0
@@ -258,6 +346,7 @@ def test_a_mkfs_cut_short_is_made_again(lab: tuple[Lab, Disks]) -> None:
     assert again.returncode == 0, again.stderr
     assert "etcd-seed: formatting /dev/vdb (ext4) again: a power cut stopped the last mkfs\n" in again.stderr
     assert "TYPE=ext4" in probe.stdout and "LABEL=etcd-data" in probe.stdout, probe.stdout
+    assert claimed == f"UUID={_uuid(device)}\n"  # from now on, the node's member is on that disk
     assert not marker.exists()
     members.wait_healthy()
 
@@ -290,7 +379,8 @@ def test_the_formatting_record_never_formats_a_filesystem_and_a_failed_mkfs_drop
     _stop(members, "etcd03")
     try:
         disks.plug(members, "etcd03", "failing")
-        failed = members.install("etcd03", None, "--boot", path=str(tools))
+        with _claim_as(members, "etcd03", None):  # a first install
+            failed = members.install("etcd03", None, "--boot", path=str(tools))
     finally:
         disks.plug(members, "etcd03", "etcd03")
         assert members.install("etcd03", None, "--boot").returncode == 0

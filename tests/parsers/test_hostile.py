@@ -35,7 +35,8 @@ BASE: dict[str, Any] = {
     "network": {"prefix": 24, "gateway": "10.8.0.254", "dns": ["10.8.0.254"], "search": ["example.com"],
                 "ntp": {"servers": ["10.8.0.254", "ntp1.example.com"], "pools": ["pool.example.com"]}},
     "nodes": [{"name": "etcd01", "ip": "10.8.0.1", "mac": "52:54:00:00:00:01", "fqdn": "etcd01.example.com"},
-              {"name": "etcd02", "ip": "10.8.0.2", "mac": "52:54:00:00:00:02"}],
+              {"name": "etcd02", "ip": "10.8.0.2", "mac": "52:54:00:00:00:02",
+               "data_device": "/dev/disk/by-path/pci-0000:00:05.0", "data_fs": "xfs"}],
     "etcd": {"version": "3.5.1", "url": "https://dl.example/etcd.tgz?a=1&b=2", "sha256": "a" * 64,
              "token": "tok-1", "auto_compaction_retention": "2h", "data_device": "/dev/disk/by-id/virtio-etcd_1"},
     "backup": {"schedule": "Mon..Fri *-*-* 02:30", "dir": "/srv/etcd-backup", "keep": 5},
@@ -51,7 +52,8 @@ BASE: dict[str, Any] = {
 }
 FIELDS = ["cluster.name", "cluster.domain", "network.gateway", "network.dns.0", "network.search.0",
           "network.ntp.servers.0", "network.ntp.servers.1", "network.ntp.pools.0",
-          "nodes.0.name", "nodes.0.ip", "nodes.0.mac", "nodes.0.fqdn", "nodes.1.name", "etcd.version", "etcd.url",
+          "nodes.0.name", "nodes.0.ip", "nodes.0.mac", "nodes.0.fqdn", "nodes.1.name", "nodes.1.data_device",
+          "nodes.1.data_fs", "etcd.version", "etcd.url",
           "etcd.sha256", "etcd.token", "etcd.data_device", "flannel.network", "flannel.backend", "admin.name",
           "admin.ssh_authorized_keys.0", "admin.password_hash", "etcd.auto_compaction_retention",
           "backup.schedule", "backup.dir", "defrag.schedule", "clients.0.name", "clients.0.dir", "clients.1.cn",
@@ -156,11 +158,13 @@ def check_outputs(spec: Spec, rendered: dict[str, SeedFiles], tmp: Path,
         done = subprocess.run(["sh", "-euc", f'{url_line}\nprintf %s "$url"'], capture_output=True, text=True,
                               check=True)
         assert done.stdout == spec.etcd.url
-        if spec.etcd.data_device:  # the device reaches the install script, and /etc/fstab through it, as one word
-            dev_line = next(line for line in script.splitlines() if line.startswith("data_dev="))
-            done = subprocess.run(["sh", "-euc", f'{dev_line}\nprintf %s "$data_dev"'], capture_output=True,
-                                  text=True, check=True)
-            assert done.stdout == spec.etcd.data_device and len(done.stdout.split()) == 1
+        disk = node_facts.data_disk(spec, node)
+        if disk:  # the device reaches the install script, and /etc/fstab through it, as one word
+            lines = [line for line in script.splitlines() if line.startswith(("data_dev=", "data_fs=", "holder_want="))]
+            done = subprocess.run(["sh", "-euc", "\n".join(lines) + '\nprintf "%s\\n" "$data_dev" "$data_fs" '
+                                   '"$holder_want"'], capture_output=True, text=True, check=True)
+            assert done.stdout.split("\n")[:3] == [disk.device, disk.fs, node_facts.disk_owner(spec, node)]
+            assert len(disk.device.split()) == 1
         files = {f["path"]: f["content"] for f in user_data["write_files"]}
         assert json.loads(files[f"{PATHS.staged}/member.json"]) == node_facts.member_config(spec, node)
         backup = files[f"{PATHS.staged}/etcd-seed-backup"]
