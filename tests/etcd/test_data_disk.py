@@ -389,3 +389,26 @@ def test_the_formatting_record_never_formats_a_filesystem_and_a_failed_mkfs_drop
         failed.stderr, failed.stderr
     assert not marker.exists()
     members.wait_healthy()
+
+
+def test_a_disk_formatted_by_an_earlier_seed_is_adopted(lab: tuple[Lab, Disks]) -> None:
+    """A member's disk from before disks carried their owner (and the node its UUID record): the next run of the
+    step writes both for the disk it mounts, and the member runs on with its data."""
+    members, disks = lab
+    assert members.etcdctl("put", "before-adoption", "1").returncode == 0
+    _stop(members, "etcd03")
+    with tempfile.TemporaryDirectory() as where:
+        subprocess.run(["mount", disks.loops["etcd03"], where], check=True)
+        try:
+            Path(where, ".etcd-seed-member").unlink()
+        finally:
+            subprocess.run(["umount", where], check=True)
+    _claim(members, "etcd03").unlink()
+    done = members.install("etcd03", None, "--boot")
+    assert done.returncode == 0, done.stderr
+    assert _claim(members, "etcd03").read_text() == f"UUID={_uuid(disks.loops['etcd03'])}\n"
+    assert members.systemctl("etcd03", "start", "etcd.service").returncode == 0
+    members.wait_healthy()
+    read = members.etcdctl("get", "--consistency=s", "--print-value-only", "before-adoption",
+                           endpoints=["10.234.0.3"])
+    assert read.stdout.strip() == "1", read.stderr
