@@ -102,6 +102,9 @@ admin:
 {clients}"""
 
 
+LAZY_WRITEBACK = " rootflags=commit=1 sysctl.vm.dirty_expire_centisecs=6000 sysctl.vm.dirty_writeback_centisecs=6000"
+
+
 @dataclass
 class VM:
     """One qemu guest on a tap of the test bridge; its serial console goes to a file."""
@@ -121,8 +124,9 @@ class VM:
     cdrom: bool = False  # the seed as a SATA CD-ROM on a q35 machine, as docs/attaching in the README tells users
     data_disk: Path | None = None  # a second virtio disk, /dev/disk/by-id/virtio-etcd-data in the guest
     rtc_behind_s: int = 0  # the guest's hardware clock starts this far behind the host's at each power-on
-    # The root filesystem commits its journal once a minute, not every 5 s: a cut then loses every write of the
-    # last minute that was not fsynced, as a disk with a volatile write cache may, and not only those of the last 5 s.
+    # The root filesystem commits its journal every second and the kernel writes a file's data back after a
+    # minute, not 5 and 30 s: a cut then leaves every file written in the last minute without an fsync empty
+    # (its creation and size were committed, its data never written), not only those of a narrow window.
     lazy_writeback: bool = False
 
     def argv(self, image: Path, accel: str) -> list[str]:
@@ -134,7 +138,7 @@ class VM:
                 "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
                 # A guest kernel that panics under TCG (a double fault in a Debian 13 guest, once) reboots: to
                 # the node that is one more power cut, which it must survive anyway; the console keeps the panic.
-                "-append", "root=/dev/vda rw console=ttyS0 panic=5" + (" rootflags=commit=60" if self.lazy_writeback
+                "-append", "root=/dev/vda rw console=ttyS0 panic=5" + (LAZY_WRITEBACK if self.lazy_writeback
                                                                        else ""),
                 # Explicit devices, in this order: the root disk is vda, the data disk vdb.
                 "-drive", f"file={self.disk},format=qcow2,if=none,id=root0", "-device", "virtio-blk-pci,drive=root0",
