@@ -54,7 +54,7 @@ def bootcmd(tmp_path_factory: pytest.TempPathFactory, fake_bundle_bytes: bytes) 
 
 
 def _boot(root: Path, bootcmd: list[str], iid: str, ran: tuple[str, ...], applied: str | None = None,
-          runcmd: bytes | None = None, on_disk: str | None = None) -> tuple[list[str], str]:
+          runcmd: bytes | None = None, on_disk: str | None = None, path: str = "") -> tuple[list[str], str]:
     """One boot's bootcmd over the semaphores of modules that an earlier boot marked as run; returns those still
     marked, and what it said. on_disk: the seed whose install step write_files last put in place (default: the
     applied one)."""
@@ -70,7 +70,8 @@ def _boot(root: Path, bootcmd: list[str], iid: str, ran: tuple[str, ...], applie
         (cloud / "scripts/runcmd").write_bytes(runcmd)
     given = {"sem": str(cloud / "sem"), "ran": list(ran), "iid": iid, "bootcmd": bootcmd}
     done = subprocess.run([SYSTEM_PYTHON, "-c", RUN], input=json.dumps(given), capture_output=True, text=True,
-                          check=False, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "ETCD_SEED_ROOT": str(root)})
+                          check=False,
+                          env={"PATH": f"{path}/usr/sbin:/usr/bin:/sbin:/bin", "ETCD_SEED_ROOT": str(root)})
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout), done.stderr
 
@@ -136,3 +137,45 @@ def test_a_strange_instance_id_touches_nothing(tmp_path: Path, bootcmd: tuple[li
     directory or is not a word removes nothing, wherever it points."""
     commands, _ = bootcmd
     assert _boot(tmp_path, commands, iid, SEEDED) == (list(SEEDED), "")
+
+
+def _network(tmp_path: Path, iid: str, rendered: bytes) -> tuple[Path, Path, str]:
+    """A node's rendered network config, cloud-init's record of the instance-id, and a systemctl stand-in that logs
+    its calls (PID 1 here is not systemd, and the test must not reboot anything)."""
+    net = tmp_path / "root/etc/netplan/50-cloud-init.yaml"
+    net.parent.mkdir(parents=True)
+    net.write_bytes(rendered)
+    record = tmp_path / "root/var/lib/cloud/data/instance-id"
+    record.parent.mkdir(parents=True)
+    record.write_text(iid + "\n")
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "systemctl").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/systemctl.log\n')
+    (shim / "systemctl").chmod(0o755)
+    return net, record, f"{shim}:"
+
+
+def test_a_network_config_the_cut_left_empty_is_rendered_again_after_a_reboot(tmp_path: Path,
+                                                                            bootcmd: tuple[list[str], str]) -> None:
+    """A cut in a first boot's init stage kept cloud-init's rendered netplan file but not its content, and the
+    instance-id record: cloud-init never rendered it again, and the node never had its address (seen on Debian 13).
+    Until the seed is applied, the bootcmd removes both and reboots: the next boot is a new instance's."""
+    commands, iid = bootcmd
+    net, record, path = _network(tmp_path, iid, b"")
+    left, said = _boot(tmp_path / "root", commands, iid, SEEDED, path=path)
+    assert left == []
+    assert "etcd-seed: /etc/netplan/50-cloud-init.yaml was left empty by a power cut: rebooting, so that cloud-init " \
+           "renders it again" in said
+    assert not net.exists() and not record.exists()
+    assert (tmp_path / "systemctl.log").read_text() == "reboot\n"
+
+
+@pytest.mark.parametrize("case", ["rendered", "applied"])
+def test_a_network_config_is_left_alone_when_it_has_content_or_the_seed_is_applied(
+        tmp_path: Path, bootcmd: tuple[list[str], str], case: str) -> None:
+    commands, iid = bootcmd
+    net, record, path = _network(tmp_path, iid, b"network: {version: 2}\n" if case == "rendered" else b"")
+    _boot(tmp_path / "root", commands, iid, SEEDED, applied=iid if case == "applied" else None,
+          runcmd=b"#!/bin/sh\n" if case == "applied" else None, path=path)
+    assert net.exists() and record.exists()
+    assert not (tmp_path / "systemctl.log").exists()
