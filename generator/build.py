@@ -23,7 +23,7 @@ from typing import BinaryIO
 import jinja2
 from cryptography import x509
 
-from . import auth, certs, fastpath, fs, hostkeys, keygen, layout, manifest, notes, revocation, rotation, sealed
+from . import auth, certs, fastpath, fields, fs, hostkeys, keygen, layout, manifest, notes, revocation, rotation, sealed
 from . import node as node_facts
 from .errors import GeneratorError, MaterialError, OutputError, printable
 from .etcd import Bundle, Version
@@ -126,6 +126,8 @@ class BuildPlan:
     sealed_moves: list[tuple[str, str]] = field(default_factory=list)
     step: str | None = None  # the rotation step taken, for the journal
     crl_next_update: dt.datetime | None = None  # pki/crl.der's nextUpdate
+    # The spec fields changed since the last build, each with how such a change reaches the nodes.
+    field_changes: list[tuple[str, fields.Reach]] = field(default_factory=list)
 
     @property
     def changed(self) -> list[PlannedFile]:
@@ -387,7 +389,9 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     return BuildPlan(spec=spec, pki=pki, files=files, manifest_bytes=manifest_bytes,
                      manifest_status=manifest_status, new_keys=new_keys, notes=said,
                      warnings=warnings + sealed_warnings + ([floor] if floor else []), reseed=reseed,
-                     deletes=deletes, sealed_moves=sealed_moves, step=options.rotate, crl_next_update=crl.next_update)
+                     deletes=deletes, sealed_moves=sealed_moves, step=options.rotate, crl_next_update=crl.next_update,
+                     field_changes=([] if inputs.previous.fields is None
+                                    else fields.changes(inputs.previous.fields, spec.field_digests)))
 
 
 def _previous_version(previous: Manifest) -> Version | None:
@@ -469,7 +473,7 @@ def _manifest(spec: Spec, inputs: Inputs, files: list[PlannedFile], pki: PkiStat
         replaced={n.name: public_keys[n.name] for n in spec.nodes if n.replace},
         restore={"sha256": inputs.snapshot.sha256, "size": len(inputs.snapshot.data)} if inputs.snapshot else None,
         revoked=revoked, auth_enabled=spec.auth.enabled, written_with=written_with, issued=issued,
-        data_disks={n.name: _disk_of(spec, n) for n in spec.nodes})
+        data_disks={n.name: _disk_of(spec, n) for n in spec.nodes}, fields=spec.field_digests)
 
 
 def _const(data: bytes) -> Callable[[], bytes]:

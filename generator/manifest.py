@@ -22,6 +22,9 @@ NAME = MANIFEST
 FORMAT = 2
 _MODE = re.compile(r"0[0-7]{3}")
 _DISK_WORD = re.compile(r"[A-Za-z0-9/:._+@-]{1,200}")  # a device path or a filesystem type, as the spec admits
+_FIELD_PATH = re.compile(r"[a-z0-9_]+(\.[A-Za-z0-9_-]{1,64}){0,6}")  # keys, node and client names, list indices
+_DIGEST16 = re.compile(r"[0-9a-f]{16}")
+MAX_FIELDS = 100_000
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,8 @@ class Manifest:
     issued: tuple[Issued, ...] = ()  # every unexpired leaf certificate issued; empty before it was kept
     # Each built node's data disk (device, filesystem), None for one on its root disk; None before it was kept.
     data_disks: Mapping[str, tuple[str, str] | None] | None = None
+    # Each spec field's value as a short sha256 (fields.digests); None before it was kept.
+    fields: Mapping[str, str] | None = None
 
 
 def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], files: Mapping[str, FileEntry],
@@ -186,7 +191,8 @@ def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], 
                     restore: Mapping[str, Any] | None = None, revoked: tuple[Revoked, ...] = (),
                     auth_enabled: bool | None = None, written_with: WrittenWith | None = None,
                     issued: tuple[Issued, ...] = (),
-                    data_disks: Mapping[str, tuple[str, str] | None] | None = None) -> bytes:
+                    data_disks: Mapping[str, tuple[str, str] | None] | None = None,
+                    fields: Mapping[str, str] | None = None) -> bytes:
     """The manifest for one cluster: every file's sha256 and mode, and each certificate's facts.
 
     Args:
@@ -202,6 +208,7 @@ def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], 
         written_with: the spec and the versions that wrote the files.
         issued: every unexpired leaf certificate the builds of this tree issued.
         data_disks: each node's data disk (device, filesystem), or None for the root disk.
+        fields: each spec field's value digest, by its path with list items named.
     """
     table = {}
     for path, entry in files.items():
@@ -234,6 +241,8 @@ def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], 
     if data_disks is not None:
         document["data_disks"] = {name: None if disk is None else {"device": disk[0], "fs": disk[1]}
                                   for name, disk in sorted(data_disks.items())}
+    if fields is not None:
+        document["fields"] = dict(sorted(fields.items()))
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -290,6 +299,7 @@ def parse_manifest(data: bytes | None, source: str = NAME) -> Manifest:
                     written_with=_written_with(document.get("written_with"), f"{source}: written_with"),
                     issued=_issued(document.get("issued", []), f"{source}: issued"),
                     data_disks=_data_disks(document.get("data_disks"), f"{source}: data_disks"),
+                    fields=_fields(document.get("fields"), f"{source}: fields"),
                     revoked=_revoked_list(revoked, f"{source}: revoked"))
 
 
@@ -308,6 +318,16 @@ def _data_disks(table: Any, where: str) -> dict[str, tuple[str, str] | None] | N
             raise OutputError(f"{where}.{printable(str(name))}: must be null or an object of device, fs")
         disks[name] = (row["device"], row["fs"])
     return disks
+
+
+def _fields(table: Any, where: str) -> dict[str, str] | None:
+    if table is None:
+        return None
+    if not (isinstance(table, dict) and len(table) <= MAX_FIELDS
+            and all(isinstance(k, str) and _FIELD_PATH.fullmatch(k) and isinstance(v, str) and _DIGEST16.fullmatch(v)
+                    for k, v in table.items())):
+        raise OutputError(f"{where}: must map at most {MAX_FIELDS} field paths to 16 hex digits")
+    return dict(table)
 
 
 def _written_with(row: Any, where: str) -> WrittenWith | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from . import layout
+from . import fields, layout
 from .auth import UNMANAGED as auth_unmanaged
 from .auth import table as auth_table
 from .errors import printable
@@ -237,6 +237,16 @@ def plan_report(plan: BuildPlan, root: str) -> tuple[str, str]:
     out.append(f"{root}: {counts[FileStatus.CREATE]} to create, {counts[FileStatus.UPDATE]} to update, "
                f"{counts[FileStatus.MODE]} to chmod, " + (f"{len(plan.deletes)} to delete, " if plan.deletes else "")
                + f"{len(plan.files) - len(changed)} unchanged\n")
+    out += field_changes(plan.field_changes)
     out += [line + "\n" for line in auth_table(plan.spec)]
     notes, warnings = _notes(plan)
     return "".join(out) + notes, warnings
+
+
+def field_changes(changes: Sequence[tuple[str, fields.Reach]]) -> list[str]:
+    """The spec fields changed since the last build, each with how such a change reaches the nodes."""
+    if not changes:
+        return []
+    width = max(len(path) for path, _ in changes)
+    return (["spec fields changed since the last build, and how such a change reaches the nodes:\n"]
+            + [f"  {path.ljust(width)}  {reach}: {fields.REACH_MEANING[reach]}\n" for path, reach in changes])

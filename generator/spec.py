@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from . import fields
 from .errors import SpecError
 from .etcd import BUMP_REVISION_SINCE, Version
 from .layout import HEX64, RESERVED_NAMES
@@ -374,6 +375,8 @@ class Spec:
     defrag: Defrag = Defrag()
     revoked: tuple[str, ...] = ()  # clients marked revoked: true: no certificate, and the last one on the CRL
     auth: Auth = Auth()
+    # Each set field's value as a short sha256 (fields.digests), for the manifest: what the next plan compares.
+    field_digests: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def with_auth(self, decided: Auth) -> Spec:
         """This spec with auth.enabled decided."""
@@ -478,11 +481,10 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(f"{where}: not valid YAML: {problem}") from None
     errs = _Errors()
-    top = _mapping(raw, "", errs, required=("cluster", "network", "nodes", "etcd"),
-                   optional=("pki", "flannel", "admin", "backup", "defrag", "clients", "auth"))
+    top = _mapping(raw, "", errs, "")
     if top is None:
         raise SpecError(errs.items)
-    cluster = _mapping(top.get("cluster"), "cluster", errs, required=("name", "domain"))
+    cluster = _mapping(top.get("cluster"), "cluster", errs, "cluster")
     name = domain = None
     if cluster is not None:
         name = _text(cluster, "name", "cluster", errs, check=_check_cluster_name)
@@ -512,7 +514,7 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
     assert name and domain and network and nodes and etcd and pki and backup and defrag  # noqa: S101 - no errs
     spec = Spec(name=name, domain=domain, network=network, nodes=tuple(nodes), etcd=etcd,
                 pki=pki, flannel=flannel, admin=admin, backup=backup, clients=tuple(clients), defrag=defrag,
-                revoked=revoked, auth=auth)
+                revoked=revoked, auth=auth, field_digests=fields.digests(top))
     return spec, errs.warnings
 
 
@@ -545,9 +547,10 @@ def _join(parent: str, key: str | int) -> str:
     return f"{parent}.{key}" if parent else str(key)
 
 
-def _mapping(value: Any, path: str, errs: _Errors, required: tuple[str, ...] = (),
-             optional: tuple[str, ...] = ()) -> dict[str, Any] | None:
+def _mapping(value: Any, path: str, errs: _Errors, section: str) -> dict[str, Any] | None:
+    """`value` as a mapping whose keys are those of `section`'s rows in the field table."""
     where = path or "spec"
+    required, optional = fields.keys(section)
     if not isinstance(value, Mapping):
         errs.add(where, f"must be a mapping, got {_kind(value)}")
         return None
@@ -678,7 +681,7 @@ def _check_fqdn(value: str) -> str | None:
 
 
 def _network(value: Any, errs: _Errors) -> Network | None:
-    data = _mapping(value, "network", errs, required=("prefix",), optional=("gateway", "dns", "search", "ntp"))
+    data = _mapping(value, "network", errs, "network")
     if data is None:
         return None
     prefix = _integer(data, "prefix", "network", errs, default=24, low=8, high=30)
@@ -698,7 +701,7 @@ def _network(value: Any, errs: _Errors) -> Network | None:
 
 
 def _ntp(value: Any, errs: _Errors) -> Ntp | None:
-    data = _mapping(value, "network.ntp", errs, optional=("servers", "pools", "wait_seconds"))
+    data = _mapping(value, "network.ntp", errs, "network.ntp")
     if data is None:
         return None
     hosts: dict[str, list[str]] = {"servers": [], "pools": []}
@@ -756,8 +759,7 @@ def _nodes(value: Any, domain: str | None, errs: _Errors) -> list[Node]:
     seen: dict[str, dict[str, int]] = {"name": {}, "ip": {}, "mac": {}, "fqdn": {}}
     for i, item in enumerate(value):
         path = f"nodes.{i}"
-        data = _mapping(item, path, errs, required=("name", "ip", "mac"),
-                        optional=("fqdn", "join", "replace", "data_device", "data_fs"))
+        data = _mapping(item, path, errs, "nodes[]")
         if data is None:
             continue
         name = _text(data, "name", path, errs, check=_check_node_name)
@@ -838,11 +840,7 @@ def _check_subnet(network: Network, nodes: list[Node], errs: _Errors) -> None:
 
 def _etcd(value: Any, name: str | None, domain: str | None, base_dir: Path,
           errs: _Errors) -> Etcd | None:
-    data = _mapping(value, "etcd", errs, required=("version",),
-                    optional=("bundle", "url", "sha256", "heartbeat_interval", "election_timeout",
-                              "token", "plaintext_localhost", "auto_compaction_mode",
-                              "auto_compaction_retention", "quota_backend_bytes", "restore",
-                              "data_device", "data_fs"))
+    data = _mapping(value, "etcd", errs, "etcd")
     if data is None:
         return None
     version = data.get("version")
@@ -930,7 +928,7 @@ def _compaction(data: Mapping[str, Any], errs: _Errors) -> tuple[str | None, str
 
 
 def _restore(value: Any, version: str | None, base_dir: Path, errs: _Errors) -> Restore | None:
-    data = _mapping(value, "etcd.restore", errs, required=("snapshot",), optional=("bump_revision",))
+    data = _mapping(value, "etcd.restore", errs, "etcd.restore")
     if data is None:
         return None
     snapshot = _text(data, "snapshot", "etcd.restore", errs)
@@ -950,8 +948,7 @@ def _restore(value: Any, version: str | None, base_dir: Path, errs: _Errors) -> 
 
 
 def _pki(value: Any, base_dir: Path, errs: _Errors) -> Pki | None:
-    data = _mapping(value, "pki", errs, optional=("key_type", "validity_days", "ca_validity_days",
-                                                  "renew_before_days", "ca", "ca_next"))
+    data = _mapping(value, "pki", errs, "pki")
     if data is None:
         return None
     key_type = data.get("key_type", KeyType.RSA2048.value)
@@ -974,7 +971,7 @@ def _pki(value: Any, base_dir: Path, errs: _Errors) -> Pki | None:
 def _ca_source(data: Mapping[str, Any], key: str, base_dir: Path, errs: _Errors) -> CASource | None:
     if key not in data:
         return None
-    ca_data = _mapping(data[key], f"pki.{key}", errs, required=("cert", "key"))
+    ca_data = _mapping(data[key], f"pki.{key}", errs, f"pki.{key}")
     if ca_data is None:
         return None
     cert = _text(ca_data, "cert", f"pki.{key}", errs)
@@ -995,7 +992,7 @@ def _access(value: Any, path: str, errs: _Errors) -> tuple[Access, ...] | None:
     ok = True
     for i, item in enumerate(value):
         where = f"{path}.{i}"
-        data = _mapping(item, where, errs, optional=("key", "prefix", "mode"))
+        data = _mapping(item, where, errs, "clients[].access[]")
         if data is None:
             ok = False
             continue
@@ -1023,7 +1020,7 @@ def _access(value: Any, path: str, errs: _Errors) -> tuple[Access, ...] | None:
 
 
 def _auth(value: Any, errs: _Errors) -> Auth:
-    data = _mapping(value, "auth", errs, optional=("enabled",))
+    data = _mapping(value, "auth", errs, "auth")
     if data is None or "enabled" not in data:
         return Auth()
     return Auth(enabled=_boolean(data, "enabled", "auth", errs, default=True))
@@ -1039,8 +1036,7 @@ def _clients(value: Any, nodes: list[Node], pki: Pki | None, errs: _Errors) -> l
     clients = []
     for i, item in enumerate(value):
         path = f"clients.{i}"
-        data = _mapping(item, path, errs, required=("name",),
-                        optional=("use", "cn", "o", "validity_days", "dir", "revoked", "access"))
+        data = _mapping(item, path, errs, "clients[]")
         if data is None:
             continue
         name = _text(data, "name", path, errs, check=_check_label)
@@ -1103,7 +1099,7 @@ def _check_plain_path(value: str) -> str | None:
 
 
 def _flannel(value: Any, errs: _Errors) -> Flannel | None:
-    data = _mapping(value, "flannel", errs, required=("network",), optional=("backend", "subnet_len"))
+    data = _mapping(value, "flannel", errs, "flannel")
     if data is None:
         return None
     network = None
@@ -1126,8 +1122,7 @@ def _flannel(value: Any, errs: _Errors) -> Flannel | None:
 
 
 def _admin(value: Any, errs: _Errors) -> Admin | None:
-    data = _mapping(value, "admin", errs,
-                    optional=("name", "ssh_authorized_keys", "password_hash", "sudo"))
+    data = _mapping(value, "admin", errs, "admin")
     if data is None:
         return None
     name = _text(data, "name", "admin", errs, default="ops", check=_check_label)
@@ -1151,7 +1146,7 @@ def _admin(value: Any, errs: _Errors) -> Admin | None:
 
 
 def _backup(value: Any, errs: _Errors) -> Backup | None:
-    data = _mapping(value, "backup", errs, optional=("enabled", "schedule", "keep", "dir"))
+    data = _mapping(value, "backup", errs, "backup")
     if data is None:
         return None
     enabled = _boolean(data, "enabled", "backup", errs, default=True)
@@ -1164,8 +1159,7 @@ def _backup(value: Any, errs: _Errors) -> Backup | None:
 
 
 def _defrag(value: Any, nodes: int, errs: _Errors) -> Defrag | None:
-    data = _mapping(value, "defrag", errs,
-                    optional=("enabled", "schedule", "stagger_minutes", "min_free_percent"))
+    data = _mapping(value, "defrag", errs, "defrag")
     if data is None:
         return None
     enabled = _boolean(data, "enabled", "defrag", errs, default=True)

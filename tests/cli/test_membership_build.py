@@ -17,18 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from generator.etcd import BOLT_MAGIC, Version, check_snapshot
+from generator.etcd import Version, check_snapshot
 from generator.iso import read_iso
 from tests.helpers.cli import assert_refused, build, run, set_spec
-from tests.helpers.specs import spec_yaml
-
-
-def fake_snapshot(body: bytes = b"keys") -> bytes:
-    """Bytes shaped as `etcdctl snapshot save` writes: bbolt meta pages, then the sha256 of the rest."""
-    page = bytearray(4096)
-    page[16:20] = BOLT_MAGIC.to_bytes(4, "little")
-    data = bytes(page) + body.ljust(4096, b"\0")
-    return data + hashlib.sha256(data).digest()
+from tests.helpers.specs import fake_snapshot, spec_yaml
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,9 +12,23 @@ from tests.helpers.cli import build, run
 
 
 def plan(workdir: Path) -> set[str]:
+    """The files `plan` lists."""
+    return {line.split()[0] for line in _plan(workdir).split(FIELDS_HEADER)[0].splitlines() if line.startswith("  ")}
+
+
+def planned_fields(workdir: Path) -> list[str]:
+    """The spec fields `plan` names as changed, each with its reach."""
+    _, _, fields = _plan(workdir).partition(FIELDS_HEADER)
+    return [" ".join(line.split(":")[0].split()) for line in fields.splitlines() if line.startswith("  ")]
+
+
+FIELDS_HEADER = "spec fields changed since the last build, and how such a change reaches the nodes:\n"
+
+
+def _plan(workdir: Path) -> str:
     code, out, err = run("plan", "--spec", str(workdir / "cluster.yaml"), "--out", str(workdir / "out"))
     assert code == 0, err
-    return {line.split()[0] for line in out.splitlines() if line.startswith("  ")}
+    return out
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -70,6 +85,7 @@ def test_one_node_change_touches_only_that_node(workdir: Path) -> None:
     node_files = {"etcd02/network-config", "etcd02/meta-data", "etcd02/user-data", "etcd02/user-data.redacted",
                   "etcd02/seed.iso"}
     assert plan(workdir) == node_files | {"manifest.json"}
+    assert planned_fields(workdir) == ["nodes.etcd02.mac cloud-init"]
     before = snapshot(workdir / "out" / "demo")
     redacted = (workdir / "out/demo/etcd02/user-data.redacted").read_text().splitlines()
     assert build(workdir)[0] == 0
@@ -86,6 +102,7 @@ def test_timeout_change_rewrites_three_options_and_isos(workdir: Path) -> None:
     edit(workdir, "heartbeat_interval: 100", "heartbeat_interval: 150")
     per_node = ("options.env", "user-data", "user-data.redacted", "meta-data", "seed.iso")
     assert plan(workdir) == {f"etcd0{i}/{f}" for i in (1, 2, 3) for f in per_node} | {"manifest.json"}
+    assert planned_fields(workdir) == ["etcd.heartbeat_interval restart"]
 
 
 def test_added_member(workdir: Path) -> None:
@@ -106,3 +123,18 @@ def test_added_member(workdir: Path) -> None:
     assert {p for p in planned if p.startswith("etcd01/")} == first, planned
     certs_and_keys = {p for p in planned if p.startswith("pki/") and p.endswith((".crt", ".key"))}
     assert certs_and_keys == {"pki/etcd04.crt", "pki/etcd04.key", "pki/etcd04.ssh.key"}
+
+
+def test_plan_names_no_field_for_a_tree_written_before_fields_were_kept(workdir: Path) -> None:
+    """A manifest without `fields` gives nothing to compare: the files are listed, no field is guessed; the next
+    build records the fields, and a change after it is named."""
+    assert build(workdir)[0] == 0
+    manifest = workdir / "out/demo/manifest.json"
+    document = json.loads(manifest.read_text())
+    del document["fields"]
+    manifest.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    edit(workdir, "heartbeat_interval: 100", "heartbeat_interval: 150")
+    assert "etcd01/options.env" in plan(workdir) and planned_fields(workdir) == []
+    assert build(workdir)[0] == 0
+    edit(workdir, "heartbeat_interval: 150", "heartbeat_interval: 200")
+    assert planned_fields(workdir) == ["etcd.heartbeat_interval restart"]

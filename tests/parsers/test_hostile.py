@@ -19,12 +19,13 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from generator import fields as spec_fields
 from generator import node as node_facts
 from generator.errors import SpecError
 from generator.render import PATHS, SeedFiles, client_files, make_environment, render_client, render_node
 from generator.spec import ClientUse, Spec, load_spec
 from tests.helpers.parsers import cloud_init_available, cloud_init_load, sh_env, systemd_available, systemd_env
-from tests.helpers.specs import ROOT, fake_pem
+from tests.helpers.specs import ROOT, fake_pem, put
 
 # Every character that ends a line for YAML, sh or systemd, plus what quotes, escapes,
 # comments, expands or separates in any of them.
@@ -38,7 +39,9 @@ BASE: dict[str, Any] = {
               {"name": "etcd02", "ip": "10.8.0.2", "mac": "52:54:00:00:00:02",
                "data_device": "/dev/disk/by-path/pci-0000:00:05.0", "data_fs": "xfs"}],
     "etcd": {"version": "3.5.1", "url": "https://dl.example/etcd.tgz?a=1&b=2", "sha256": "a" * 64,
-             "token": "tok-1", "auto_compaction_retention": "2h", "data_device": "/dev/disk/by-id/virtio-etcd_1"},
+             "token": "tok-1", "auto_compaction_mode": "periodic", "auto_compaction_retention": "2h",
+             "data_device": "/dev/disk/by-id/virtio-etcd_1", "data_fs": "ext4"},
+    "pki": {"key_type": "ecdsa-p256"},
     "backup": {"schedule": "Mon..Fri *-*-* 02:30", "dir": "/srv/etcd-backup", "keep": 5},
     "defrag": {"schedule": "Sat,Sun 23:40", "stagger_minutes": 9},
     "flannel": {"network": "10.2.0.0/16", "backend": "vxlan"},
@@ -50,16 +53,26 @@ BASE: dict[str, Any] = {
                                                                      {"key": "motd", "mode": "readwrite"}]},
                 {"name": "metrics", "use": "prometheus", "dir": "/srv/prom-etcd"}],
 }
-FIELDS = ["cluster.name", "cluster.domain", "network.gateway", "network.dns.0", "network.search.0",
-          "network.ntp.servers.0", "network.ntp.servers.1", "network.ntp.pools.0",
-          "nodes.0.name", "nodes.0.ip", "nodes.0.mac", "nodes.0.fqdn", "nodes.1.name", "nodes.1.data_device",
-          "nodes.1.data_fs", "etcd.version", "etcd.url",
-          "etcd.sha256", "etcd.token", "etcd.data_device", "flannel.network", "flannel.backend", "admin.name",
-          "admin.ssh_authorized_keys.0", "admin.password_hash", "etcd.auto_compaction_retention",
-          "backup.schedule", "backup.dir", "defrag.schedule", "clients.0.name", "clients.0.dir", "clients.1.cn",
-          "clients.1.o", "clients.3.name", "clients.3.dir",
-          "clients.2.name", "clients.2.cn", "clients.2.access.0.prefix", "clients.2.access.1.key",
-          "clients.2.access.1.mode"]
+
+
+def _instances(data: Any, path: str) -> list[str]:
+    """Where a table path ("nodes[].name", "network.dns") is set in `data`, as dotted paths; a list of
+    strings gives one path per item."""
+    head, _, rest = path.partition(".")
+    name, many = head.removesuffix("[]"), head.endswith("[]")
+    if not isinstance(data, dict) or name not in data:
+        return []
+    value = data[name]
+    if many:
+        return [f"{name}.{i}.{inner}" for i, item in enumerate(value) for inner in _instances(item, rest)]
+    if rest:
+        return [f"{name}.{inner}" for inner in _instances(value, rest)]
+    return [f"{name}.{i}" for i in range(len(value))] if isinstance(value, list) else [name]
+
+
+# Every string field the table says this test feeds, wherever BASE sets it.
+FIELDS = [where for row in spec_fields.FIELDS if not row.hostile for path in row.paths
+          for where in _instances(BASE, path)]
 USER_DATA_KEYS = {"hostname", "fqdn", "manage_etc_hosts", "ssh_pwauth", "ssh_deletekeys", "ssh_keys", "groups",
                   "users", "write_files", "runcmd", "ntp", "bootcmd"}
 # The bootcmd holds no spec value: every spec, hostile or not, gets this one script.
@@ -79,16 +92,6 @@ def _get(data: Any, path: str) -> Any:
     return data
 
 
-def _set(data: Any, path: str, value: str) -> None:
-    *parents, last = path.split(".")
-    for part in parents:
-        data = data[int(part)] if isinstance(data, list) else data[part]
-    if isinstance(data, list):
-        data[int(last)] = value
-    else:
-        data[last] = value
-
-
 @st.composite
 def hostile_specs(draw: st.DrawFn) -> tuple[str, str]:
     """A spec with one field made hostile: its valid value with hostile pieces put in, or hostile text alone."""
@@ -102,7 +105,7 @@ def hostile_specs(draw: st.DrawFn) -> tuple[str, str]:
         st.lists(pieces, min_size=1, max_size=5).map("".join),
     ))
     data = yaml.safe_load(yaml.safe_dump(BASE))
-    _set(data, field, value)
+    put(data, field, value)
     return field, yaml.safe_dump(data, allow_unicode=True)
 
 
@@ -236,6 +239,15 @@ def test_hostile_field_is_refused_or_inert(tmp_path: Path, case: tuple[str, str]
     event(f"accepted {field}")
     parser = systemd_env if systemd_available() is None else None
     check_outputs(spec, _render(spec), tmp_path, parser)
+
+
+def test_every_string_field_of_the_table_is_fed() -> None:
+    """A field the table says this test feeds is set in BASE, so the property draws it."""
+    missing = [path for row in spec_fields.FIELDS if not row.hostile for path in row.paths
+               if not _instances(BASE, path)]
+    assert not missing, f"set these in BASE, or give their rows a reason in generator/fields.py: {missing}"
+    assert {"nodes.0.name", "clients.2.access.1.key", "network.ntp.servers.1",
+            "admin.ssh_authorized_keys.0"} <= set(FIELDS)
 
 
 def test_base_spec_renders_and_parses(tmp_path: Path) -> None:

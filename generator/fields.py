@@ -1,0 +1,284 @@
+"""Fields: every key of cluster.yaml in one table, with what it means and how a change of it reaches a
+built cluster.
+
+The spec's loader takes each section's keys from here (a key missing here is an unknown key), docs/spec.md's
+field table and the hostile-input test's list of fields are made from it, and `plan` names the reach of each
+field that changed since the last build (the manifest keeps a digest of each field's value). A field is
+one row here plus the code that reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Reach(StrEnum):
+    """How a changed field reaches the nodes of a built cluster (the strongest way it can)."""
+
+    RESTART = "restart"
+    RELOAD = "reload"
+    FIRST_NODE = "first node"
+    CLOUD_INIT = "cloud-init"
+    TREE = "tree"
+    STEP = "step"
+    REPLACE = "replace"
+    REFUSED = "refused"
+    NEW_CLUSTER = "new cluster"
+
+
+# What each reach means, as docs/spec.md and `plan` say it.
+REACH_MEANING: Mapping[Reach, str] = {
+    Reach.RESTART: "re-seed each node, one at a time: etcd restarts to read it",
+    Reach.RELOAD: "re-seed each node: applied without restarting etcd",
+    Reach.FIRST_NODE: "re-seed the first node: its auth or flannel step applies it",
+    Reach.CLOUD_INIT: "re-seed each node: cloud-init applies it (a re-seed is a new instance)",
+    Reach.TREE: "no seed changes: at most the output tree's own files (client certificates and files, the manifest)",
+    Reach.STEP: "a membership step or restore: `plan` and `build` print its order",
+    Reach.REPLACE: "refused on a built member unless it has replace: true (a new disk or machine)",
+    Reach.REFUSED: "refused on a built cluster: the error says what to do instead",
+    Reach.NEW_CLUSTER: "another output tree: a new cluster",
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One row: keys of one section that share a meaning and a reach.
+
+    `section` is a dotted path with `[]` for a list's items ("nodes[]", "clients[].access[]"), "" for the
+    top level. `hostile` is empty when the hostile-input test feeds these keys strings, else why not.
+    """
+
+    section: str
+    keys: tuple[str, ...]
+    reach: Reach
+    doc: str
+    required: bool = False
+    hostile: str = ""
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(f"{self.section}.{key}" if self.section else key for key in self.keys)
+
+
+NUMBER = "a number"
+BOOLEAN = "a boolean"
+READ_PATH = "a path the build reads; no node gets it"
+
+FIELDS: tuple[Field, ...] = (
+    Field("cluster", ("name",), Reach.NEW_CLUSTER, "the cluster's name (a DNS label, at most 56 characters): the "
+          "output directory and the default etcd token", required=True),
+    Field("cluster", ("domain",), Reach.RESTART, "DNS domain; a node's FQDN defaults to `name.domain`",
+          required=True),
+    Field("network", ("prefix",), Reach.CLOUD_INIT, "prefix length of the node network (the first node's IP under "
+          "this prefix)", required=True, hostile=NUMBER),
+    Field("network", ("gateway",), Reach.CLOUD_INIT, "optional default gateway, inside the node network"),
+    Field("network", ("dns", "search"), Reach.CLOUD_INIT, "optional nameservers and search domains"),
+    Field("network.ntp", ("servers", "pools"), Reach.CLOUD_INIT, "optional time servers (IPv4 addresses or DNS "
+          "names; at least one when `ntp` is set): cloud-init's `ntp` module configures the image's time daemon "
+          "(chrony or systemd-timesyncd) with them"),
+    Field("network.ntp", ("wait_seconds",), Reach.RELOAD, "how long etcd and the backup wait at boot for a "
+          "synchronised clock, 1-900 (default 60); they start after it either way (see "
+          "[operations](operations.md#time-sync))", hostile=NUMBER),
+    Field("nodes[]", ("name",), Reach.REFUSED, "short host name, etcd member name and certificate CN: a DNS label, "
+          "not `admin`, `ca`, `ca-bundle`, `ca-next`, `clients`, `crl`, `etcdctl`, `known_hosts`, `manifest`, "
+          "`pending`, `pki`, `rotation` or `sealed` (the build's own files; `layout.RESERVED_NAMES`, checked by "
+          "`tests/unit/test_layout.py`); a new name is a new member (`join: true`)", required=True),
+    Field("nodes[]", ("ip",), Reach.STEP, "static unicast IPv4 address (not loopback, multicast, link-local or "
+          "reserved), in the certificate's SAN", required=True),
+    Field("nodes[]", ("mac",), Reach.CLOUD_INIT, "MAC of the NIC that gets the address (quote it in YAML)",
+          required=True),
+    Field("nodes[]", ("fqdn",), Reach.RELOAD, "optional, defaults to `name.domain`; in the certificate's SAN"),
+    Field("nodes[]", ("join",), Reach.STEP, "`true` for a member added to a running cluster: it adds itself as a "
+          "learner (see [operations](operations.md))", hostile=BOOLEAN),
+    Field("nodes[]", ("replace",), Reach.STEP, "`true` for a member whose machine or disk was lost: new key, stale "
+          "entry removed, rejoins", hostile=BOOLEAN),
+    Field("nodes[]", ("data_device", "data_fs"), Reach.REPLACE, "this node's data disk and its filesystem, over "
+          "`etcd.data_device` and `.data_fs` (a `/dev/disk/by-id/` name differs from machine to machine) (see "
+          "[operations](operations.md#data-disk))"),
+    Field("etcd", ("version",), Reach.RESTART, "etcd release, 3.4.x to 3.6.x (quote it)", required=True),
+    Field("etcd", ("bundle",), Reach.RESTART, "path to the release tarball (relative to the spec); carried on "
+          "every seed", hostile=READ_PATH),
+    Field("etcd", ("url",), Reach.RELOAD, "instead of `bundle`, with `sha256`: each node downloads the tarball "
+          "and checks it (URL characters only: no space, quote, backslash or backtick); a new URL alone is used at "
+          "the next download"),
+    Field("etcd", ("sha256",), Reach.RESTART, "the tarball's checksum: required with `url`; with `bundle`, "
+          "optional, and the build refuses a tarball with another"),
+    Field("etcd", ("heartbeat_interval", "election_timeout"), Reach.RESTART, "milliseconds (defaults 100 and 1000; "
+          "timeout at least 5 times the heartbeat)", hostile=NUMBER),
+    Field("etcd", ("token",), Reach.RESTART, "initial cluster token (letters, digits, `.`, `_`, `-`); defaults to "
+          "one derived from name and domain; a built member keeps the cluster it has"),
+    Field("etcd", ("auto_compaction_mode", "auto_compaction_retention"), Reach.RESTART, "`periodic` and `1h` by "
+          "default"),
+    Field("etcd", ("quota_backend_bytes",), Reach.RESTART, "backend quota, default 2 GiB; above 8 GiB is a warning",
+          hostile=NUMBER),
+    Field("etcd", ("data_device", "data_fs"), Reach.REPLACE, "a disk of its own for etcd's data and WAL, mounted "
+          "at `/opt/etcd`: `/dev/disk/by-id/<id>` (stable across reboots), `/dev/disk/by-path/...`, `/dev/vdb`, "
+          "`/dev/sdb` or `/dev/nvme1n1`; `ext4` (default) or `xfs` (see [operations](operations.md#data-disk))"),
+    Field("etcd.restore", ("snapshot",), Reach.STEP, "restore every member from a snapshot (see "
+          "[operations](operations.md))", required=True, hostile=READ_PATH),
+    Field("etcd.restore", ("bump_revision",), Reach.STEP, "how far the restore raises the revision (default "
+          "1000000000)", hostile=NUMBER),
+    Field("etcd", ("plaintext_localhost",), Reach.RESTART, "`true` adds the guide's `http://127.0.0.1:2379` "
+          "listener (off: it bypasses client-cert auth for every local user)", hostile=BOOLEAN),
+    Field("backup", ("enabled", "keep"), Reach.RELOAD, "scheduled snapshots: on (default), and how many are kept "
+          "(default 7)", hostile=NUMBER),
+    Field("backup", ("schedule", "dir"), Reach.RELOAD, "when (a systemd calendar, default `daily`) and where "
+          "(default `/var/backups/etcd`)"),
+    Field("defrag", ("enabled", "stagger_minutes", "min_free_percent"), Reach.RELOAD, "scheduled "
+          "defragmentation: on, 10 minutes between nodes, 50% of the file free (see "
+          "[operations](operations.md#defragmentation))", hostile=NUMBER),
+    Field("defrag", ("schedule",), Reach.RELOAD, "`'03:30'` by default (`[weekdays] HH:MM`, the first node's time; "
+          "quote it)"),
+    Field("pki", ("key_type",), Reach.RELOAD, "`rsa2048` (default), `rsa3072`, `rsa4096`, `ecdsa-p256`, "
+          "`ecdsa-p384`; a change gives every leaf a new key"),
+    Field("pki", ("validity_days",), Reach.RELOAD, "leaf certificate lifetime (default 365)", hostile=NUMBER),
+    Field("pki", ("ca_validity_days",), Reach.TREE, "lifetime of a generated CA (default 3650)", hostile=NUMBER),
+    Field("pki", ("renew_before_days",), Reach.TREE, "a run renews leaves this close to expiry (default 30)",
+          hostile=NUMBER),
+    Field("pki.ca", ("cert", "key"), Reach.REFUSED, "import an existing CA instead of generating one; another CA "
+          "on a built cluster is a rotation (`ca_next`)", required=True, hostile=READ_PATH),
+    Field("pki.ca_next", ("cert", "key"), Reach.STEP, "the imported CA a rotation moves to, during its phases 1 "
+          "and 2 (see [operations](operations.md#rotate-the-ca))", required=True, hostile=READ_PATH),
+    Field("clients[]", ("name",), Reach.RELOAD, "a consumer's client certificate, `pki/<name>.crt`: a DNS "
+          "label, not a node's name or the build's own; a new name puts the old name's certificate on the CRL",
+          required=True),
+    Field("clients[]", ("use",), Reach.FIRST_NODE, "`etcdctl` (default), `flannel`, `kube-apiserver` or "
+          "`prometheus`: which ready-to-use files it gets (see [operations](operations.md#consumers))"),
+    Field("clients[]", ("cn",), Reach.FIRST_NODE, "the certificate's CN (default: the name), its etcd user once "
+          "auth is on; letters, digits, spaces and `:._@-`"),
+    Field("clients[]", ("o",), Reach.TREE, "the certificate's optional O; the same characters"),
+    Field("clients[]", ("validity_days",), Reach.TREE, "its lifetime, default `pki.validity_days`",
+          hostile=NUMBER),
+    Field("clients[]", ("dir",), Reach.TREE, "where the consumer's host keeps the files, default "
+          "`/etc/etcd-client/<name>`"),
+    Field("clients[]", ("access",), Reach.FIRST_NODE, "the consumer's etcd role once auth is on: a list of "
+          "`{prefix: /app/, mode: read}` (every key under it) or `{key: name, mode: readwrite}` (one key); keys "
+          "are printable ASCII without spaces, and no two grants of a client may overlap. Default by `use`: "
+          "flannel `readwrite` under `/coreos.com/network/`; kube-apiserver `readwrite` under `/registry/` and on "
+          "`compact_rev_key`; etcdctl and prometheus nothing (see [operations](operations.md#auth))",
+          hostile="a list of grants, whose keys are fed one by one"),
+    Field("clients[].access[]", ("prefix", "key", "mode"), Reach.FIRST_NODE, "one grant: `prefix` or `key`, and "
+          "`mode` `read` (default), `write` or `readwrite`"),
+    Field("clients[]", ("revoked",), Reach.RELOAD, "`true` cuts the consumer off: it gets no new certificate, its "
+          "last one goes on the CRL (`pki/crl.der`), and every member refuses it once re-seeded (see "
+          "[operations](operations.md#revocation))", hostile=BOOLEAN),
+    Field("auth", ("enabled",), Reach.FIRST_NODE, "etcd's authentication with a user per certificate CN and a role "
+          "per consumer: default on for a new cluster; a cluster built before it was managed is left as it is "
+          "(users, roles, on or off) until set (see [operations](operations.md#auth))", hostile=BOOLEAN),
+    Field("flannel", ("network",), Reach.FIRST_NODE, "optional, apart from the node network; written to "
+          "`/coreos.com/network/config`", required=True),
+    Field("flannel", ("backend",), Reach.FIRST_NODE, "`vxlan` (default), `host-gw`, `udp`, `ipip` or `wireguard`"),
+    Field("flannel", ("subnet_len",), Reach.FIRST_NODE, "each host's subnet (default 24)", hostile=NUMBER),
+    Field("admin", ("name",), Reach.CLOUD_INIT, "optional operator login (default `ops`, not a system user such as "
+          "`root` or `etcd`)"),
+    Field("admin", ("sudo",), Reach.CLOUD_INIT, "`true` (default) gives the operator login passwordless sudo; "
+          "`false` leaves it without", hostile=BOOLEAN),
+    Field("admin", ("ssh_authorized_keys",), Reach.CLOUD_INIT, "its ssh public keys"),
+    Field("admin", ("password_hash",), Reach.CLOUD_INIT, "optional SHA-512 crypt hash; `python -m generator "
+          "hash-password` makes one"),
+)
+
+# The top level's sections, in the docs' order; the first four are required.
+SECTIONS = ("cluster", "network", "nodes", "etcd", "pki", "flannel", "admin", "backup", "defrag", "clients", "auth")
+REQUIRED_SECTIONS = SECTIONS[:4]
+
+
+def keys(section: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A mapping's required and optional keys: its rows' keys, then the sections nested in it."""
+    if not section:
+        return REQUIRED_SECTIONS, SECTIONS[len(REQUIRED_SECTIONS):]
+    required: list[str] = []
+    optional: list[str] = []
+    for row in FIELDS:
+        if row.section == section:
+            (required if row.required else optional).extend(row.keys)
+        elif row.section.startswith(section + "."):
+            nested = row.section[len(section) + 1:].split(".")[0].removesuffix("[]")
+            if nested not in required + optional:
+                optional.append(nested)
+    if not required and not optional:
+        raise KeyError(section)
+    return tuple(required), tuple(optional)
+
+
+def row_of(path: str) -> Field | None:
+    """The row of a field's table path ("nodes[].ip"); None for a path no row has."""
+    return next((row for row in FIELDS if path in row.paths), None)
+
+
+# The items of these lists are named by their `name`, not their place, so that a digest follows its item.
+_NAMED_ITEMS = frozenset({"nodes", "clients"})
+
+
+def values(raw: Mapping[str, Any]) -> Iterator[tuple[str, str, Any]]:
+    """Each field set in a loaded spec: (its path with items named, its table path, its value)."""
+    yield from _walk(raw, "", "")
+
+
+def _walk(data: Mapping[str, Any], path: str, table: str) -> Iterator[tuple[str, str, Any]]:
+    for key, value in data.items():
+        here, table_here = (f"{path}.{key}" if path else str(key)), (f"{table}.{key}" if table else str(key))
+        if isinstance(value, Mapping) and _is_section(table_here):
+            yield from _walk(value, here, table_here)
+        elif isinstance(value, list) and _is_section(table_here + "[]"):
+            for index, item in enumerate(value):
+                name = item.get("name") if isinstance(item, Mapping) and key in _NAMED_ITEMS else None
+                item_path = f"{here}.{name if isinstance(name, str) else index}"
+                if isinstance(item, Mapping):
+                    yield from _walk(item, item_path, table_here + "[]")
+        else:
+            yield here, table_here, value
+
+
+def _is_section(table: str) -> bool:
+    return any(row.section == table or row.section.startswith(table + ".") for row in FIELDS)
+
+
+def digests(raw: Mapping[str, Any]) -> dict[str, str]:
+    """Each set field's value as a short sha256, keyed by its path with items named: what the manifest keeps."""
+    return {path: hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            for path, _table, value in values(raw)}
+
+
+def changes(before: Mapping[str, str], after: Mapping[str, str]) -> list[tuple[str, Reach]]:
+    """The fields whose digest differs (set, changed or left out), each with its row's reach; a path
+    of no row (from a manifest another version or hand wrote) is left out."""
+    out = []
+    for path in sorted(set(before) | set(after)):
+        row = row_of(table_path(path))
+        if before.get(path) != after.get(path) and row is not None:
+            out.append((path, row.reach))
+    return out
+
+
+def table_path(path: str) -> str:
+    """ "nodes.etcd02.ip" -> "nodes[].ip": a path with items named, as the table spells it."""
+    parts = path.split(".")
+    out: list[str] = []
+    i = 0
+    while i < len(parts):
+        out.append(parts[i])
+        if _is_section(".".join(out) + "[]") and i + 1 < len(parts):
+            out[-1] += "[]"
+            i += 1  # the item's name or index
+        i += 1
+    return ".".join(out)
+
+
+def _names(row: Field) -> str:
+    return ", ".join(f"`{path}`" if i == 0 else f"`.{key}`" for i, (path, key) in enumerate(zip(row.paths, row.keys,
+                                                                                             strict=True)))
+
+
+def markdown() -> str:
+    """docs/spec.md's field table and its legend of reaches, as the docs carry them."""
+    rows = [f"| {_names(row)} | {row.doc} | {row.reach} |" for row in FIELDS]
+    legend = [f"- **{reach}**: {meaning}" for reach, meaning in REACH_MEANING.items()]
+    return "\n".join(["| field | meaning | a change on a built cluster |", "|---|---|---|", *rows, "",
+                      "How a change reaches a built cluster (`plan` names it for each field that changed):", "",
+                      *legend]) + "\n"
