@@ -15,7 +15,6 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
@@ -42,22 +41,13 @@ from .iso import iso_digest, write_iso
 from .layout import CA_NAME, DELETABLE, HEX64, JOURNAL
 from .manifest import FileEntry, Issued, Manifest, Revoked, WrittenWith
 from .outputs import CaPem, HostPem, KeyPem, LeafPem, Material, OutputFile, output_files
-from .pki import CaInputs, Change, KeyRecords, PkiState, build_pki, renew_at
+from .pki import CaInputs, Change, KeyRecords, PkiState, build_pki
+from .plan import BuildPlan, FileStatus, PlannedFile
 from .render import make_environment
 from .rotation import Phase, Rotation
 from .spec import Node, Spec
 
 _JOURNAL_NAME = re.compile(r"[a-z0-9-]{1,63}(\.ssh)?")  # a leaf or CA, or a node's host key
-
-
-class FileStatus(StrEnum):
-    """What a build does, or would do, to one file."""
-
-    CREATE = "create"
-    UPDATE = "update"
-    MODE = "mode"  # permissions only
-    UNCHANGED = "unchanged"
-    DELETE = "delete"
 
 
 @dataclass(frozen=True)
@@ -90,63 +80,6 @@ class Options:
     def recordable(self) -> bool:
         """Whether the fast path may answer or record this run: no flag that asks for work."""
         return not (self.rekey or self.renew or self.allow_downgrade or self.rotate)
-
-
-@dataclass(frozen=True)
-class PlannedFile:
-    """One file of output/<cluster>/: what it will hold, and what the build does to it."""
-
-    path: str
-    mode: int
-    sha256: str
-    size: int
-    status: FileStatus
-    make: Callable[[], bytes] | Callable[[BinaryIO], None]
-    public_key_sha256: str | None = None
-    epoch: int | None = None
-    streamed: bool = False  # make writes into a file (a seed ISO) instead of returning bytes
-
-
-@dataclass(frozen=True)
-class BuildPlan:
-    """Everything a build would write, computed in memory: nothing has touched the disk yet."""
-
-    spec: Spec
-    pki: PkiState
-    files: list[PlannedFile]
-    manifest_bytes: bytes
-    manifest_status: FileStatus
-    new_keys: dict[str, str] = field(default_factory=dict)  # name -> public key sha256, for the journal
-    notes: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    reseed: list[str] = field(default_factory=list)  # nodes whose seed changed, in rolling order
-    deletes: list[str] = field(default_factory=list)  # paths under output/<cluster>/, from DELETABLE
-    # Sealed copies that follow their key to a new name (pki/ca-next.key.age -> pki/ca.key.age at the end
-    # of a CA rotation), as key file names under pki/.
-    sealed_moves: list[tuple[str, str]] = field(default_factory=list)
-    step: str | None = None  # the rotation step taken, for the journal
-    crl_next_update: dt.datetime | None = None  # pki/crl.der's nextUpdate
-    # The spec fields changed since the last build, each with how such a change reaches the nodes.
-    field_changes: list[tuple[str, fields.Reach]] = field(default_factory=list)
-
-    @property
-    def changed(self) -> list[PlannedFile]:
-        return [f for f in self.files if f.status is not FileStatus.UNCHANGED]
-
-    @property
-    def written(self) -> int:
-        """How many files applying this plan writes, moves or deletes."""
-        return (len(self.changed) + (self.manifest_status is not FileStatus.UNCHANGED) + len(self.deletes)
-                + len(self.sealed_moves))
-
-    @property
-    def renew_at(self) -> float:
-        """When a build must look again: the first certificate to come within renew_before_days of expiry."""
-        certificates = [ca.cert for ca in self.pki.trusted] + [c.cert for c in self.pki.leaves.values()]
-        due = [renew_at(c, self.spec.pki) for c in certificates]
-        if self.crl_next_update is not None:
-            due.append(self.crl_next_update - dt.timedelta(days=self.spec.pki.renew_before_days))
-        return min(due).timestamp()
 
 
 @dataclass(frozen=True)

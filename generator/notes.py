@@ -16,12 +16,13 @@ from .auth import table as auth_table
 from .errors import printable
 from .etcd import Version, VersionChange
 from .node import peer_url
+from .plan import FileStatus
 from .rotation import Phase, describe
 from .spec import Spec
 
 if TYPE_CHECKING:
-    from .build import BuildPlan
     from .manifest import Manifest, Revoked
+    from .plan import BuildPlan
 
 _ADMIN = "from pki/, run: set -a && . ./etcdctl.env && set +a &&"
 
@@ -222,7 +223,6 @@ def build_report(plan: BuildPlan, root: str, removed: Sequence[str], written: in
 
 def plan_report(plan: BuildPlan, root: str) -> tuple[str, str]:
     """What `plan` prints: each file that would change and how, the counts, then the notes."""
-    from .build import FileStatus
     from .pki import Change
 
     changed = plan.changed

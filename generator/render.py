@@ -18,7 +18,8 @@ from . import node as node_facts
 from .errors import TemplateError
 from .etcd import CLIENT_PORT
 from .layout import CLIENTS
-from .node import PATHS, STAGED_FILES
+from .node import STAGED_FILES
+from .paths import PATHS
 from .spec import Client, ClientUse, Node, Spec
 
 __all__ = ["PATHS", "NodePem", "NodePublic", "SeedFiles", "make_environment", "render_node"]

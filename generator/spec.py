@@ -20,7 +20,7 @@ from . import fields
 from .errors import SpecError
 from .etcd import BUMP_REVISION_SINCE, Version
 from .layout import HEX64, RESERVED_NAMES
-from .node import PATHS
+from .paths import PATHS
 
 
 class KeyType(StrEnum):

@@ -30,8 +30,8 @@ from .inputs import Snapshot, cluster_root, load_bundle, now, read_spec
 from .iso import VOLUME_LABEL, iso_digest, read_iso, volume_label
 from .layout import CA_NAME, JOURNAL, NODE_FILES, SECRET_DIR_MODE, SEED_ISO, TEMP_PREFIX, is_secret
 from .manifest import Manifest, WrittenWith
-from .node import PATHS
 from .outputs import CaPem, HostPem, KeyPem, LeafPem, Material, OutputFile, output_files, seed_entries
+from .paths import PATHS
 from .pki import leaf_table
 from .render import RESTORE_ON_SEED, make_environment
 from .rotation import Phase, Rotation

@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from generator import fields
 from generator.fields import Reach
-from generator.node import PATHS, STAGED_FILES
+from generator.node import STAGED_FILES
+from generator.paths import PATHS
 from tests.helpers.cli import run
 from tests.helpers.specs import DELETE, FULL_SPEC, fake_snapshot, put
 
