@@ -9,12 +9,8 @@ no role. https://etcd.io/docs/v3.5/op-guide/authentication/rbac/
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from . import spec as spec_module  # a module, not its names: spec -> node -> auth -> spec is a cycle
-
-if TYPE_CHECKING:
-    from .spec import Access, Spec
+from .spec import ROOT_USER, Access, Auth, Spec
 
 
 @dataclass(frozen=True)
@@ -52,7 +48,7 @@ class Grants:
 
 def grants(spec: Spec) -> Grants:
     """The users, roles and grants that a spec asks for."""
-    root = spec_module.ROOT_USER
+    root = ROOT_USER
     users: dict[str, tuple[str, ...]] = {root: (root,)}
     users |= {node.name: (root,) for node in spec.nodes}
     roles = {client.name: tuple(Grant.of(a) for a in client.access) for client in spec.clients if client.access}
@@ -65,17 +61,17 @@ UNMANAGED = ("auth: left as it is on the cluster, which was built before authent
              "is changed, and auth stays on or off); set auth.enabled to manage it (docs/operations.md#auth)")
 
 
-def decide(spec: Spec, built_before: bool, was_enabled: bool | None) -> spec_module.Auth:
+def decide(spec: Spec, built_before: bool, was_enabled: bool | None) -> Auth:
     """auth.enabled as the spec says; unset, on for a new cluster and as the previous build left it otherwise. A
     cluster built before auth was managed is left as it is (users and roles made by hand stay, and so does whether
     auth is on) until the spec sets auth.enabled."""
     if spec.auth.enabled is not None:
-        return spec_module.Auth(enabled=spec.auth.enabled)
+        return Auth(enabled=spec.auth.enabled)
     if not built_before:
-        return spec_module.Auth(enabled=True)
+        return Auth(enabled=True)
     if was_enabled is None:
-        return spec_module.Auth(enabled=None, managed=False)
-    return spec_module.Auth(enabled=was_enabled)
+        return Auth(enabled=None, managed=False)
+    return Auth(enabled=was_enabled)
 
 
 def table(spec: Spec) -> list[str]:
@@ -85,7 +81,7 @@ def table(spec: Spec) -> list[str]:
     table = grants(spec)
     lines = [f"auth: {'on' if table.enabled else 'off'} ({spec.nodes[0].name} applies these etcd users and roles)"]
     for user, roles in table.users.items():
-        if spec_module.ROOT_USER in roles:
+        if ROOT_USER in roles:
             what = "root (every key, membership, snapshots, defragmentation)"
         elif roles:
             what = "; ".join(f"{g.mode} {g.key + '*' if g.range_end else g.key}" for r in roles for g in table.roles[r])
