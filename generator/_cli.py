@@ -172,9 +172,9 @@ def _run_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .build import run
+    from .build import plan
 
-    result = run(args.spec, args.out, _options(args), write=False, epoch=os.environ.get("SOURCE_DATE_EPOCH"))
+    result = plan(args.spec, args.out, _options(args), epoch=os.environ.get("SOURCE_DATE_EPOCH"))
     out.write(result.out)
     err.write(result.err)
     return EXIT_OK

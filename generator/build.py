@@ -93,21 +93,30 @@ class BuildResult:
     timings: Mapping[str, float] = field(default_factory=dict)  # seconds per stage, for the benchmark
 
 
-def run(spec_path: Path, out: Path, options: Options, write: bool = True, clock: dt.datetime | None = None,
+def run(spec_path: Path, out: Path, options: Options, clock: dt.datetime | None = None,
         epoch: str | None = None) -> BuildResult:
-    """Build (or, with write=False, plan) the cluster that spec_path defines under out/<cluster>/.
+    """Build the cluster that spec_path defines under out/<cluster>/: plan, apply, record the fast path.
 
     Args:
         spec_path: cluster.yaml.
         out: the output root.
         options: --rekey, --renew, --allow-downgrade, a rotate-ca step.
-        write: apply the plan and record the fast path; False only plans, under a shared lock.
         clock: the time certificates are issued at (default: now).
         epoch: SOURCE_DATE_EPOCH as the environment gives it.
 
     Raises:
         GeneratorError: any problem with the spec, the inputs, the output tree or the plan.
     """
+    return _read_and_run(spec_path, out, options, True, clock, epoch)
+
+
+def plan(spec_path: Path, out: Path, options: Options, epoch: str | None = None) -> BuildResult:
+    """What `run` would do, under a shared lock: nothing is written. Raises as `run` does."""
+    return _read_and_run(spec_path, out, options, False, None, epoch)
+
+
+def _read_and_run(spec_path: Path, out: Path, options: Options, write: bool, clock: dt.datetime | None,
+                  epoch: str | None) -> BuildResult:
     spec, spec_warnings, spec_sha256 = read_spec_source(spec_path)
     try:
         return _run(spec, spec_path, out, options, write, clock, epoch, spec_warnings, spec_sha256)
