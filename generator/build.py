@@ -495,6 +495,12 @@ def _replacing(spec: Spec, previous: Manifest, records: KeyRecords) -> frozenset
                      "added to a running cluster needs join: true, so that it adds itself instead of starting a "
                      "cluster of its own" for i, node in enumerate(spec.nodes)
                      if node.name not in built and not node.joins]
+    # A member the last build made without join (the manifest's fields say so) is in the cluster already:
+    # join would have it add itself a second time.
+    problems += [f"nodes.{i}.join: {node.name} is a member of the built cluster already; join: true is for a "
+                 "member added to a running one (a lost member takes replace: true)"
+                 for i, node in enumerate(spec.nodes)
+                 if node.join and (previous.fields or {}).get(f"nodes.{node.name}.join") == "false"]
     if problems:
         raise MaterialError(problems)
     return frozenset(n.name for n in spec.nodes if n.replace and (

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -28,7 +28,6 @@ class Reach(StrEnum):
     STEP = "step"
     REPLACE = "replace"
     REFUSED = "refused"
-    NEW_CLUSTER = "new cluster"
 
 
 # What each reach means, as docs/spec.md and `plan` say it.
@@ -41,7 +40,6 @@ REACH_MEANING: Mapping[Reach, str] = {
     Reach.STEP: "a membership step or restore: `plan` and `build` print its order",
     Reach.REPLACE: "refused on a built member unless it has replace: true (a new disk or machine)",
     Reach.REFUSED: "refused on a built cluster: the error says what to do instead",
-    Reach.NEW_CLUSTER: "another output tree: a new cluster",
 }
 
 
@@ -51,6 +49,8 @@ class Field:
 
     `section` is a dotted path with `[]` for a list's items ("nodes[]", "clients[].access[]"), "" for the
     top level. `hostile` is empty when the hostile-input test feeds these keys strings, else why not.
+    `cleared` is the reach of a flag that was true and is no longer, or of a value left out, when it differs
+    from `reach`.
     """
 
     section: str
@@ -59,6 +59,7 @@ class Field:
     doc: str
     required: bool = False
     hostile: str = ""
+    cleared: Reach | None = None
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -70,8 +71,9 @@ BOOLEAN = "a boolean"
 READ_PATH = "a path the build reads; no node gets it"
 
 FIELDS: tuple[Field, ...] = (
-    Field("cluster", ("name",), Reach.NEW_CLUSTER, "the cluster's name (a DNS label, at most 56 characters): the "
-          "output directory and the default etcd token", required=True),
+    Field("cluster", ("name",), Reach.RESTART, "the cluster's name (a DNS label, at most 56 characters): the "
+          "output directory and the default etcd token; a new name is a new tree (a new cluster) unless the tree "
+          "is moved to it", required=True),
     Field("cluster", ("domain",), Reach.RESTART, "DNS domain; a node's FQDN defaults to `name.domain`",
           required=True),
     Field("network", ("prefix",), Reach.CLOUD_INIT, "prefix length of the node network (the first node's IP under "
@@ -93,10 +95,12 @@ FIELDS: tuple[Field, ...] = (
     Field("nodes[]", ("mac",), Reach.CLOUD_INIT, "MAC of the NIC that gets the address (quote it in YAML)",
           required=True),
     Field("nodes[]", ("fqdn",), Reach.RELOAD, "optional, defaults to `name.domain`; in the certificate's SAN"),
-    Field("nodes[]", ("join",), Reach.STEP, "`true` for a member added to a running cluster: it adds itself as a "
-          "learner (see [operations](operations.md))", hostile=BOOLEAN),
+    Field("nodes[]", ("join",), Reach.REFUSED, "`true` for a member added to a running cluster: it adds itself as "
+          "a learner (see [operations](operations.md)); dropped once it is in, every member's initial cluster "
+          "names it; a built member cannot take it", hostile=BOOLEAN, cleared=Reach.RESTART),
     Field("nodes[]", ("replace",), Reach.STEP, "`true` for a member whose machine or disk was lost: new key, stale "
-          "entry removed, rejoins", hostile=BOOLEAN),
+          "entry removed, rejoins; dropped once it is back, its options name the cluster as it is",
+          hostile=BOOLEAN, cleared=Reach.RESTART),
     Field("nodes[]", ("data_device", "data_fs"), Reach.REPLACE, "this node's data disk and its filesystem, over "
           "`etcd.data_device` and `.data_fs` (a `/dev/disk/by-id/` name differs from machine to machine) (see "
           "[operations](operations.md#data-disk))"),
@@ -120,9 +124,10 @@ FIELDS: tuple[Field, ...] = (
           "at `/opt/etcd`: `/dev/disk/by-id/<id>` (stable across reboots), `/dev/disk/by-path/...`, `/dev/vdb`, "
           "`/dev/sdb` or `/dev/nvme1n1`; `ext4` (default) or `xfs` (see [operations](operations.md#data-disk))"),
     Field("etcd.restore", ("snapshot",), Reach.STEP, "restore every member from a snapshot (see "
-          "[operations](operations.md))", required=True, hostile=READ_PATH),
+          "[operations](operations.md)); removed once the cluster is up, the members take the spec's token again",
+          required=True, hostile=READ_PATH, cleared=Reach.RESTART),
     Field("etcd.restore", ("bump_revision",), Reach.STEP, "how far the restore raises the revision (default "
-          "1000000000)", hostile=NUMBER),
+          "1000000000)", hostile=NUMBER, cleared=Reach.RESTART),
     Field("etcd", ("plaintext_localhost",), Reach.RESTART, "`true` adds the guide's `http://127.0.0.1:2379` "
           "listener (off: it bypasses client-cert auth for every local user)", hostile=BOOLEAN),
     Field("backup", ("enabled", "keep"), Reach.RELOAD, "scheduled snapshots: on (default), and how many are kept "
@@ -211,63 +216,73 @@ def row_of(path: str) -> Field | None:
     return next((row for row in FIELDS if path in row.paths), None)
 
 
-# The items of these lists are named by their `name`, not their place, so that a digest follows its item.
-_NAMED_ITEMS = frozenset({"nodes", "clients"})
+# Lists whose items are named: an item added or removed is one change of its own, with this reach.
+ITEMS: Mapping[str, tuple[Reach, Reach]] = {
+    "nodes": (Reach.STEP, Reach.STEP),  # added with join: true, or scaled in: build and plan print the steps
+    "clients": (Reach.FIRST_NODE, Reach.RELOAD),  # its etcd user; a removed one's last certificate goes on the CRL
+}
+ORDER = "nodes"  # the digest of the node order (the first node runs the cluster-wide steps; initial cluster)
+ORDER_REACH = Reach.RESTART
+_FLAG = {True: "true", False: "false"}
 
 
-def values(raw: Mapping[str, Any]) -> Iterator[tuple[str, str, Any]]:
-    """Each field set in a loaded spec: (its path with items named, its table path, its value)."""
-    yield from _walk(raw, "", "")
+def digests(values: Mapping[str, Any]) -> dict[str, str]:
+    """What the manifest keeps of each field's loaded value, by its path with items named ("nodes.etcd02.ip"):
+    a flag as true or false, anything else as a short sha256."""
+    return {path: _FLAG[value] if isinstance(value, bool)
+            else hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            for path, value in values.items()}
 
 
-def _walk(data: Mapping[str, Any], path: str, table: str) -> Iterator[tuple[str, str, Any]]:
-    for key, value in data.items():
-        here, table_here = (f"{path}.{key}" if path else str(key)), (f"{table}.{key}" if table else str(key))
-        if isinstance(value, Mapping) and _is_section(table_here):
-            yield from _walk(value, here, table_here)
-        elif isinstance(value, list) and _is_section(table_here + "[]"):
-            for index, item in enumerate(value):
-                name = item.get("name") if isinstance(item, Mapping) and key in _NAMED_ITEMS else None
-                item_path = f"{here}.{name if isinstance(name, str) else index}"
-                if isinstance(item, Mapping):
-                    yield from _walk(item, item_path, table_here + "[]")
-        else:
-            yield here, table_here, value
+@dataclass(frozen=True)
+class Change:
+    """One field (or named item, or the node order) that differs from the last build."""
+
+    path: str
+    what: str  # changed, set, left out, cleared, added, removed, reordered
+    reach: Reach
 
 
-def _is_section(table: str) -> bool:
-    return any(row.section == table or row.section.startswith(table + ".") for row in FIELDS)
-
-
-def digests(raw: Mapping[str, Any]) -> dict[str, str]:
-    """Each set field's value as a short sha256, keyed by its path with items named: what the manifest keeps."""
-    return {path: hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-            for path, _table, value in values(raw)}
-
-
-def changes(before: Mapping[str, str], after: Mapping[str, str]) -> list[tuple[str, Reach]]:
-    """The fields whose digest differs (set, changed or left out), each with its row's reach; a path
-    of no row (from a manifest another version or hand wrote) is left out."""
-    out = []
+def changes(before: Mapping[str, str], after: Mapping[str, str]) -> list[Change]:
+    """What differs between two builds' digests, each with its reach; a path of no row is left out."""
+    was_items, now_items = _items(before), _items(after)
+    out = [Change(item, "added", ITEMS[item.split(".")[0]][0]) for item in sorted(now_items - was_items)]
+    out += [Change(item, "removed", ITEMS[item.split(".")[0]][1]) for item in sorted(was_items - now_items)]
+    moved = {c.path for c in out}
     for path in sorted(set(before) | set(after)):
+        was, now = before.get(path), after.get(path)
+        if was == now or _item(path) in moved:
+            continue
+        if path == ORDER:
+            if not moved:
+                out.append(Change(path, "reordered", ORDER_REACH))
+            continue
         row = row_of(table_path(path))
-        if before.get(path) != after.get(path) and row is not None:
-            out.append((path, row.reach))
+        if row is None:
+            continue
+        what = "set" if was is None else "left out" if now is None else "changed"
+        cleared = row.cleared is not None and ((was == "true" and now != "true") or now is None)
+        out.append(Change(path, "cleared" if cleared else what, row.cleared if cleared and row.cleared
+                          else row.reach))
     return out
+
+
+def _items(digests_: Mapping[str, str]) -> set[str]:
+    return {item for item in map(_item, digests_) if item is not None}
+
+
+def _item(path: str) -> str | None:
+    """"nodes.etcd02" for a field of that node (or client); None for any other path."""
+    parts = path.split(".")
+    return ".".join(parts[:2]) if parts[0] in ITEMS and len(parts) > 2 else None
 
 
 def table_path(path: str) -> str:
     """ "nodes.etcd02.ip" -> "nodes[].ip": a path with items named, as the table spells it."""
     parts = path.split(".")
-    out: list[str] = []
-    i = 0
-    while i < len(parts):
-        out.append(parts[i])
-        if _is_section(".".join(out) + "[]") and i + 1 < len(parts):
-            out[-1] += "[]"
-            i += 1  # the item's name or index
-        i += 1
-    return ".".join(out)
+    if parts[0] in ITEMS and len(parts) > 2:
+        return ".".join([f"{parts[0]}[]", *parts[2:]])
+    return path
 
 
 def _names(row: Field) -> str:
@@ -279,6 +294,11 @@ def markdown() -> str:
     """docs/spec.md's field table and its legend of reaches, as the docs carry them."""
     rows = [f"| {_names(row)} | {row.doc} | {row.reach} |" for row in FIELDS]
     legend = [f"- **{reach}**: {meaning}" for reach, meaning in REACH_MEANING.items()]
-    return "\n".join(["| field | meaning | a change on a built cluster |", "|---|---|---|", *rows, "",
+    cleared = [f"- `{path}` {'back to false or ' if row.hostile == BOOLEAN else ''}left out: **{row.cleared}**"
+               for row in FIELDS if row.cleared for path in row.paths]
+    items = [f"- a `{name}` item added: **{added}**; removed: **{removed}**"
+             for name, (added, removed) in ITEMS.items()]
+    return "\n".join(["| field | meaning | a change on a built cluster |", "|---|---|---|", *rows, "", *cleared,
+                      *items, f"- the `{ORDER}` in another order: **{ORDER_REACH}**", "",
                       "How a change reaches a built cluster (`plan` names it for each field that changed):", "",
                       *legend]) + "\n"

@@ -22,9 +22,9 @@ NAME = MANIFEST
 FORMAT = 2
 _MODE = re.compile(r"0[0-7]{3}")
 _DISK_WORD = re.compile(r"[A-Za-z0-9/:._+@-]{1,200}")  # a device path or a filesystem type, as the spec admits
-_FIELD_PATH = re.compile(r"[a-z0-9_]+(\.[A-Za-z0-9_-]{1,64}){0,6}")  # keys, node and client names, list indices
-_DIGEST16 = re.compile(r"[0-9a-f]{16}")
-MAX_FIELDS = 100_000
+_FIELD_PATH = re.compile(r"[a-z_]+(\.[a-z0-9_-]{1,64}){0,3}")  # keys, and node and client names
+_FIELD_VALUE = re.compile(r"[0-9a-f]{16}|true|false")  # a short sha256, or a flag
+MAX_FIELDS = 50_000
 
 
 @dataclass(frozen=True)
@@ -324,9 +324,11 @@ def _fields(table: Any, where: str) -> dict[str, str] | None:
     if table is None:
         return None
     if not (isinstance(table, dict) and len(table) <= MAX_FIELDS
-            and all(isinstance(k, str) and _FIELD_PATH.fullmatch(k) and isinstance(v, str) and _DIGEST16.fullmatch(v)
+            and all(isinstance(k, str) and _FIELD_PATH.fullmatch(k) and isinstance(v, str) and _FIELD_VALUE.fullmatch(v)
                     for k, v in table.items())):
-        raise OutputError(f"{where}: must map at most {MAX_FIELDS} field paths to 16 hex digits")
+        raise OutputError(f"{where}: must map at most {MAX_FIELDS} field paths to 16 hex digits, true or false")
+    if "cluster.name" not in table:  # every build records it
+        raise OutputError(f"{where}: has no cluster.name; not a record a build wrote")
     return dict(table)
 
 

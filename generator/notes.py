@@ -243,10 +243,10 @@ def plan_report(plan: BuildPlan, root: str) -> tuple[str, str]:
     return "".join(out) + notes, warnings
 
 
-def field_changes(changes: Sequence[tuple[str, fields.Reach]]) -> list[str]:
+def field_changes(changes: Sequence[fields.Change]) -> list[str]:
     """The spec fields changed since the last build, each with how such a change reaches the nodes."""
     if not changes:
         return []
-    width = max(len(path) for path, _ in changes)
+    width = max(len(c.path) for c in changes)
     return (["spec fields changed since the last build, and how such a change reaches the nodes:\n"]
-            + [f"  {path.ljust(width)}  {reach}: {fields.REACH_MEANING[reach]}\n" for path, reach in changes])
+            + [f"  {c.path.ljust(width)}  {c.what}: {c.reach}: {fields.REACH_MEANING[c.reach]}\n" for c in changes])

@@ -60,7 +60,7 @@ class BuildPlan:
     step: str | None = None  # the rotation step taken, for the journal
     crl_next_update: dt.datetime | None = None  # pki/crl.der's nextUpdate
     # The spec fields changed since the last build, each with how such a change reaches the nodes.
-    field_changes: list[tuple[str, fields.Reach]] = field(default_factory=list)
+    field_changes: list[fields.Change] = field(default_factory=list)
 
     @property
     def changed(self) -> list[PlannedFile]:

@@ -514,8 +514,51 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
     assert name and domain and network and nodes and etcd and pki and backup and defrag  # noqa: S101 - no errs
     spec = Spec(name=name, domain=domain, network=network, nodes=tuple(nodes), etcd=etcd,
                 pki=pki, flannel=flannel, admin=admin, backup=backup, clients=tuple(clients), defrag=defrag,
-                revoked=revoked, auth=auth, field_digests=fields.digests(top))
-    return spec, errs.warnings
+                revoked=revoked, auth=auth)
+    return dataclasses.replace(spec, field_digests=fields.digests(field_values(spec))), errs.warnings
+
+
+def field_values(spec: Spec) -> dict[str, Any]:
+    """Each field's loaded value (defaults filled in, values normalised), by its path with items named
+    ("nodes.etcd02.ip"), and the node order: what tells one build's spec from the next."""
+    sections: dict[str, list[tuple[str, Any]]] = {
+        "cluster": [("cluster", {"name": spec.name, "domain": spec.domain})],
+        "network": [("network", spec.network)], "network.ntp": [("network.ntp", spec.network.ntp)],
+        "nodes[]": [(f"nodes.{n.name}", n) for n in spec.nodes],
+        "etcd": [("etcd", spec.etcd)], "etcd.restore": [("etcd.restore", spec.etcd.restore)],
+        "pki": [("pki", spec.pki)], "pki.ca": [("pki.ca", spec.pki.ca)],
+        "pki.ca_next": [("pki.ca_next", spec.pki.ca_next)],
+        "backup": [("backup", spec.backup)], "defrag": [("defrag", spec.defrag)],
+        "flannel": [("flannel", spec.flannel)], "admin": [("admin", spec.admin)],
+        "auth": [("auth", spec.auth)],
+        "clients[]": [(f"clients.{c.name}", c) for c in spec.clients]
+        + [(f"clients.{name}", {"name": name, "revoked": True}) for name in spec.revoked],
+        "clients[].access[]": [],  # within clients[].access, whose value is the whole list
+    }
+    values: dict[str, Any] = {fields.ORDER: [n.name for n in spec.nodes]}
+    # A file the build reads is known by its content, not its path (which moves with the checkout): the
+    # manifest's bundle and restore sha256, and the CA checks of the build itself.
+    for row in (row for row in fields.FIELDS if row.hostile != fields.READ_PATH):
+        for prefix, holder in sections[row.section]:
+            for key in row.keys:
+                value = _loaded(holder, key)
+                if value is not _UNSET:
+                    values[f"{prefix}.{key}"] = value
+    return values
+
+
+_UNSET = object()
+
+
+def _loaded(holder: Any, key: str) -> Any:
+    """A field's loaded value in its dataclass (or mapping); _UNSET where its section or item has none."""
+    if holder is None:
+        return _UNSET
+    if isinstance(holder, Mapping):
+        return holder.get(key, _UNSET)
+    if isinstance(holder, Defrag) and key == "schedule":
+        return [holder.days, holder.time]
+    return getattr(holder, key)
 
 
 def _check_membership(nodes: list[Node], etcd: Etcd | None, errs: _Errors) -> None:

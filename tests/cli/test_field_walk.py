@@ -42,7 +42,7 @@ BASE = copy.deepcopy(FULL_SPEC)
 del BASE["etcd"]["data_device"], BASE["etcd"]["data_fs"], BASE["etcd"]["token"]
 # For each field: the change made (path -> new value, DELETE to leave one out), and for a step what its note says.
 CHANGES: dict[str, tuple[dict[str, Any], str]] = {
-    "cluster.name": ({"cluster.name": "other"}, ""),
+    "cluster.name": ({"cluster.name": "other"}, ""),  # with the tree moved to out/other (else a new tree)
     "cluster.domain": ({"cluster.domain": "example.org"}, ""),
     "network.prefix": ({"network.prefix": 16}, ""),
     "network.gateway": ({"network.gateway": "10.8.0.253"}, ""),
@@ -55,9 +55,8 @@ CHANGES: dict[str, tuple[dict[str, Any], str]] = {
     "nodes[].ip": ({"nodes.1.ip": "10.8.0.9"}, "etcdctl member update"),
     "nodes[].mac": ({"nodes.1.mac": "52:54:00:00:00:09"}, ""),
     "nodes[].fqdn": ({"nodes.1.fqdn": "other.example.com"}, ""),
-    "nodes[].join": ({"nodes.3": {"name": "etcd04", "ip": "10.8.0.4", "mac": "52:54:00:00:00:04", "join": True}},
-                     "etcd04"),
-    "nodes[].replace": ({"nodes.1.replace": True}, "etcd02"),
+    "nodes[].join": ({"nodes.1.join": True}, ""),
+    "nodes[].replace": ({"nodes.1.replace": True}, "etcdctl member add etcd02"),
     "nodes[].data_device": ({"nodes.1.data_device": "/dev/vdc"}, ""),
     "nodes[].data_fs": ({"nodes.1.data_device": "/dev/vdb", "nodes.1.data_fs": "xfs"}, ""),
     "etcd.version": ({"etcd.version": "3.5.17"}, ""),
@@ -73,8 +72,9 @@ CHANGES: dict[str, tuple[dict[str, Any], str]] = {
     "etcd.quota_backend_bytes": ({"etcd.quota_backend_bytes": 4 << 30}, ""),
     "etcd.data_device": ({"etcd.data_device": "/dev/vdc"}, ""),
     "etcd.data_fs": ({"etcd.data_device": "/dev/vdb", "etcd.data_fs": "xfs"}, ""),
-    "etcd.restore.snapshot": ({"etcd.restore": {"snapshot": "snap.db"}}, "restore"),
-    "etcd.restore.bump_revision": ({"etcd.restore": {"snapshot": "snap.db", "bump_revision": 5}}, "restore"),
+    "etcd.restore.snapshot": ({"etcd.restore": {"snapshot": "snap.db"}}, "restore: boot every member"),
+    "etcd.restore.bump_revision": ({"etcd.restore": {"snapshot": "snap.db", "bump_revision": 5}},
+                                   "restore: boot every member"),
     "etcd.plaintext_localhost": ({"etcd.plaintext_localhost": True}, ""),
     "backup.enabled": ({"backup.enabled": False}, ""),
     "backup.keep": ({"backup.keep": 3}, ""),
@@ -112,6 +112,19 @@ CHANGES: dict[str, tuple[dict[str, Any], str]] = {
     "admin.ssh_authorized_keys": ({"admin.ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC o@e"]}, ""),
     "admin.password_hash": ({"admin.password_hash": "$6$rounds=5000$saltsaltsaltsalt$" + "a" * 86}, ""),
 }
+JOINER = {"name": "etcd04", "ip": "10.8.0.4", "mac": "52:54:00:00:00:04", "join": True}
+# Changes that are not one field's: (the edits of the tree's first build, the edits after it, the reach the table
+# gives them, what a step's note says).
+EXTRA: dict[str, tuple[dict[str, Any], dict[str, Any], Reach, str]] = {
+    "a node added": ({}, {"nodes.3": JOINER}, fields.ITEMS["nodes"][0], "etcd04 joins the running cluster"),
+    "a node removed": ({}, {"nodes.2": DELETE}, fields.ITEMS["nodes"][1], "etcd03 left the spec: take it out"),
+    "a client added": ({}, {"clients.2": {"name": "kube"}}, fields.ITEMS["clients"][0], ""),
+    "a client removed": ({}, {"clients.1": DELETE}, fields.ITEMS["clients"][1], ""),
+    "the node order": ({}, {"nodes": [BASE["nodes"][2], BASE["nodes"][0], BASE["nodes"][1]]}, fields.ORDER_REACH, ""),
+    "join cleared": ({"nodes.3": JOINER}, {"nodes.3.join": DELETE}, Reach.RESTART, ""),
+    "replace cleared": ({"nodes.1.replace": True}, {"nodes.1.replace": DELETE}, Reach.RESTART, ""),
+    "restore removed": ({"etcd.restore": {"snapshot": "snap.db"}}, {"etcd.restore": DELETE}, Reach.RESTART, ""),
+}
 RESTARTS = {row.name for row in STAGED_FILES if row.restart}
 INSTALL = PATHS.install_bin.rsplit("/", 1)[-1]
 
@@ -131,14 +144,12 @@ def _changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
     return {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
 
 
-def observed(before: dict[str, bytes], after: dict[str, bytes], first: str) -> Reach | None:
-    """The reach that what the build wrote shows, the strongest first."""
-    if not any(path.startswith("demo/") for path in after if before.get(path) != after[path]):
-        return Reach.NEW_CLUSTER if any(path.startswith("other/") for path in after) else None
-    changed = {path.split("/")[1] for path in after if path.endswith("/user-data") and before[path] != after[path]}
-    tarball = [json.loads(files["demo/manifest.json"])["bundle"]["sha256"] for files in (before, after)]
-    staged = {name: _changed(_staged(before[f"demo/{name}/user-data"]), _staged(after[f"demo/{name}/user-data"]))
-              for name in changed}
+def observed(before: dict[str, bytes], after: dict[str, bytes], first: str, tree: str) -> Reach | None:
+    """The reach that what the build wrote under out/<tree>/ shows, the strongest first."""
+    changed = {path.split("/")[1] for path in after if path.endswith("/user-data") and before.get(path) != after[path]}
+    tarball = [json.loads(files[f"{tree}/manifest.json"])["bundle"]["sha256"] for files in (before, after)]
+    staged = {name: _changed(_staged(before.get(f"{tree}/{name}/user-data", b"write_files: [{path: /x}]")),
+                             _staged(after[f"{tree}/{name}/user-data"])) for name in changed}
     if tarball[0] != tarball[1] or any(files & RESTARTS for files in staged.values()):
         return Reach.RESTART
     if any(files for name, files in staged.items() if name != first):
@@ -196,6 +207,43 @@ def _other_ca(work: Path) -> None:
 
 def test_every_field_has_a_change() -> None:
     assert set(CHANGES) == {path for row in fields.FIELDS for path in row.paths}
+    # A flag with a reach of its own when cleared has a case in EXTRA.
+    assert {row.paths for row in fields.FIELDS if row.cleared} == {("nodes[].join",), ("nodes[].replace",),
+                                                                   ("etcd.restore.snapshot",),
+                                                                   ("etcd.restore.bump_revision",)}
+
+
+def _build(work: Path, spec: dict[str, Any]) -> tuple[int, str, str]:
+    (work / "cluster.yaml").write_text(yaml.safe_dump(spec))
+    return run("build", "--spec", str(work / "cluster.yaml"), "--out", str(work / "out"))
+
+
+def _edited(edits: dict[str, Any], start: dict[str, Any] = BASE) -> dict[str, Any]:
+    spec = copy.deepcopy(start)
+    for where, value in edits.items():
+        put(spec, where, value)
+    return spec
+
+
+def _check(work: Path, spec: dict[str, Any], reach: Reach, note: str, concrete: str) -> None:
+    """Build `spec` over the tree in `work` and check that what happened is `reach`."""
+    before = _files(work / "out")
+    code, out, err = _build(work, spec)
+    if reach in (Reach.REFUSED, Reach.REPLACE):
+        assert code == 1, out
+        assert _files(work / "out") == before, "a refused build wrote"
+        lines = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert lines and all(line.startswith(f"error: {concrete}") for line in lines), err
+        if reach is Reach.REPLACE:
+            assert "replace: true" in err, err
+        return
+    if reach is Reach.STEP:  # done, or refused with the command that starts it
+        assert note in out + err and (code == 0 or all(line.startswith(f"error: {concrete}")
+                                                       for line in err.splitlines())), (out, err)
+        return
+    assert code == 0, err
+    assert observed(before, _files(work / "out"), spec["nodes"][0]["name"], spec["cluster"]["name"]) is reach, \
+        (out, err)
 
 
 @pytest.mark.parametrize("path", list(CHANGES))
@@ -204,25 +252,21 @@ def test_a_changed_field_reaches_the_nodes_as_its_row_says(built: Path, tmp_path
     assert row is not None
     work = tmp_path / "w"
     shutil.copytree(built, work, symlinks=True)
-    spec = copy.deepcopy(BASE)
     edits, note = CHANGES[path]
-    for where, value in edits.items():
-        put(spec, where, value)
-    (work / "cluster.yaml").write_text(yaml.safe_dump(spec))
-    before = _files(work / "out")
-    code, out, err = run("build", "--spec", str(work / "cluster.yaml"), "--out", str(work / "out"))
+    if path == "cluster.name":
+        (work / "out/demo").rename(work / "out/other")
     concrete = next(iter(edits)).rsplit(".", 1)[0] if path.count("[]") else path.rsplit(".", 1)[0]
-    if row.reach in (Reach.REFUSED, Reach.REPLACE):
-        assert code == 1, out
-        assert _files(work / "out") == before, "a refused build wrote"
-        lines = [line for line in err.splitlines() if line.startswith("error: ")]
-        assert lines and all(line.startswith(f"error: {concrete}") for line in lines), err
-        if row.reach is Reach.REPLACE:
-            assert "replace: true" in err, err
-        return
-    if row.reach is Reach.STEP:  # done, or refused with the command that starts it
-        assert note in out + err and (code == 0 or all(line.startswith(f"error: {concrete}")
-                                                       for line in err.splitlines())), (out, err)
-        return
-    assert code == 0, err
-    assert observed(before, _files(work / "out"), "etcd01") is row.reach, (out, err)
+    _check(work, _edited(edits), row.reach, note, concrete)
+
+
+@pytest.mark.parametrize("case", list(EXTRA))
+def test_an_item_added_or_removed_the_node_order_and_a_cleared_flag_reach_the_nodes_as_the_table_says(
+        built: Path, tmp_path: Path, case: str) -> None:
+    first, edits, reach, note = EXTRA[case]
+    work = tmp_path / "w"
+    shutil.copytree(built, work, symlinks=True)
+    start = _edited(first)
+    if first:
+        code, _, err = _build(work, start)
+        assert code == 0, err
+    _check(work, _edited(edits, start), reach, note, "")

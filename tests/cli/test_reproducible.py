@@ -17,9 +17,10 @@ def plan(workdir: Path) -> set[str]:
 
 
 def planned_fields(workdir: Path) -> list[str]:
-    """The spec fields `plan` names as changed, each with its reach."""
+    """The spec fields `plan` names as changed: each path, what changed, and its reach."""
     _, _, fields = _plan(workdir).partition(FIELDS_HEADER)
-    return [" ".join(line.split(":")[0].split()) for line in fields.splitlines() if line.startswith("  ")]
+    return [" ".join(line.split(":")[0].split() + [line.split(":")[1].strip()]) for line in fields.splitlines()
+            if line.startswith("  ")]
 
 
 FIELDS_HEADER = "spec fields changed since the last build, and how such a change reaches the nodes:\n"
@@ -85,7 +86,7 @@ def test_one_node_change_touches_only_that_node(workdir: Path) -> None:
     node_files = {"etcd02/network-config", "etcd02/meta-data", "etcd02/user-data", "etcd02/user-data.redacted",
                   "etcd02/seed.iso"}
     assert plan(workdir) == node_files | {"manifest.json"}
-    assert planned_fields(workdir) == ["nodes.etcd02.mac cloud-init"]
+    assert planned_fields(workdir) == ["nodes.etcd02.mac changed cloud-init"]
     before = snapshot(workdir / "out" / "demo")
     redacted = (workdir / "out/demo/etcd02/user-data.redacted").read_text().splitlines()
     assert build(workdir)[0] == 0
@@ -102,7 +103,7 @@ def test_timeout_change_rewrites_three_options_and_isos(workdir: Path) -> None:
     edit(workdir, "heartbeat_interval: 100", "heartbeat_interval: 150")
     per_node = ("options.env", "user-data", "user-data.redacted", "meta-data", "seed.iso")
     assert plan(workdir) == {f"etcd0{i}/{f}" for i in (1, 2, 3) for f in per_node} | {"manifest.json"}
-    assert planned_fields(workdir) == ["etcd.heartbeat_interval restart"]
+    assert planned_fields(workdir) == ["etcd.heartbeat_interval changed restart"]
 
 
 def test_added_member(workdir: Path) -> None:
@@ -137,4 +138,4 @@ def test_plan_names_no_field_for_a_tree_written_before_fields_were_kept(workdir:
     assert "etcd01/options.env" in plan(workdir) and planned_fields(workdir) == []
     assert build(workdir)[0] == 0
     edit(workdir, "heartbeat_interval: 150", "heartbeat_interval: 200")
-    assert planned_fields(workdir) == ["etcd.heartbeat_interval restart"]
+    assert planned_fields(workdir) == ["etcd.heartbeat_interval changed restart"]

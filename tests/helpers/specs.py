@@ -118,7 +118,7 @@ def put(data: Any, path: str, value: Any) -> None:
     for part in parents:
         data = data[int(part)] if isinstance(data, list) else data.setdefault(part, {})
     if value is DELETE:
-        del data[last]
+        del data[int(last) if isinstance(data, list) else last]
     elif isinstance(data, list):
         data[int(last):int(last) + 1] = [value]
     else:
