@@ -129,7 +129,7 @@ test-newest:
 	rm -rf $(VENV)-newest
 	$(PYTHON) -m venv $(VENV)-newest
 	$(call PIP,$(VENV)-newest) install --upgrade -e '.[test]'
-	$(VENV)-newest/bin/python tools/deps.py newest $(TEST_LOCK) -- -m "$(FAST_TIERS)" \
+	$(VENV)-newest/bin/python tools/deps.py newest $(TEST_LOCK) --runtime $(LOCK) -- -m "$(FAST_TIERS)" \
 		-o cache_dir=$(VENV)-newest/.pytest_cache
 
 # The same on the lowest release of each direct dependency that pyproject.toml claims to support.

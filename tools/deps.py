@@ -3,10 +3,13 @@
 usage: deps.py check LOCK                 every package the lock pins is installed at its pinned version
        deps.py versions                   the installed versions of the direct dependencies
        deps.py pin NAME LOCK              the lock's requirement for NAME, hashes included (for pip download)
-       deps.py newest LOCK -- PYTEST_ARGS run the tests on what is installed (the newest allowed releases),
+       deps.py newest LOCK [--runtime RUNTIME_LOCK] -- PYTEST_ARGS
+                                          run the tests on what is installed (the newest allowed releases),
                                           unless every one is the lock's (`make test` ran them); when they
                                           fail, try each release newer than the lock alone on top of the
-                                          lock and name the ones that break them
+                                          lock and name the ones that break them. With --runtime, releases
+                                          newer than the lock of none of RUNTIME_LOCK's packages (test
+                                          tools only) get the unit tier alone
 """
 
 from __future__ import annotations
@@ -101,13 +104,21 @@ def pin(name: str, lock: Path) -> int:
     return 0
 
 
-def newest(lock: Path, pytest_args: list[str]) -> int:
+# The tier a release of a test tool alone gets: a user installs none of them, and a developer gets the lock's
+# until `make lock` takes the new one in (and `make test` runs every tier on it).
+TOOLS_ONLY_TIER = "unit"
+
+
+def newest(lock: Path, pytest_args: list[str], runtime: Path | None = None) -> int:
     ahead = newer(lock)
     versions()
     print("newer than the lock: " + (", ".join(f"{n} {have} (locked {was})" for n, have, was in ahead) or "none"))
     if not ahead:  # the same releases as the lock: `make test` has run these tests on them already
         print(f"the newest releases pyproject.toml allows are those of {lock}: nothing more to test")
         return 0
+    if runtime is not None and not {name for name, _, _ in ahead} & set(pins(runtime)):
+        print(f"none of them is a package users install ({runtime}): the unit tier on them")
+        pytest_args = [TOOLS_ONLY_TIER if i and pytest_args[i - 1] == "-m" else a for i, a in enumerate(pytest_args)]
     if _pytest(pytest_args):
         return 0
     # One release at a time on top of the lock, rerunning only the tests that failed.
@@ -138,6 +149,8 @@ def main(argv: list[str]) -> int:
             return pin(name, Path(lock))
         case ["newest", lock, "--", *pytest_args]:
             return newest(Path(lock), pytest_args)
+        case ["newest", lock, "--runtime", runtime, "--", *pytest_args]:
+            return newest(Path(lock), pytest_args, Path(runtime))
     print(__doc__, file=sys.stderr)
     return 2
 

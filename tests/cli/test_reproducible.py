@@ -19,7 +19,7 @@ def plan(workdir: Path) -> set[str]:
 def planned_fields(workdir: Path) -> list[str]:
     """The spec fields `plan` names as changed: each path, what changed, and its reach."""
     _, _, fields = _plan(workdir).partition(FIELDS_HEADER)
-    return [" ".join(line.split(":")[0].split() + [line.split(":")[1].strip()]) for line in fields.splitlines()
+    return [" ".join([*line.split(":")[0].split(), line.split(":")[1].strip()]) for line in fields.splitlines()
             if line.startswith("  ")]
 
 

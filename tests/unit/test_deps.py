@@ -90,3 +90,27 @@ def test_newest_runs_nothing_when_the_newest_releases_are_the_locked_ones(
     installed["cryptography"] = "52.0.0"
     assert deps.newest(lock, ["-m", "unit"]) == 0
     assert runs == [["-m", "unit"]]
+
+
+def test_newest_gives_a_release_of_a_test_tool_alone_the_unit_tier(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A newer hypothesis, which no user installs, runs the unit tier on it; a newer cryptography every fast tier.
+    pytest is stood in for, as above."""
+    lock, runtime = tmp_path / "requirements-test.lock", tmp_path / "requirements.lock"
+    lock.write_text("cryptography==51.0.1 \\\n    --hash=sha256:aa\nhypothesis==6.1.0 \\\n    --hash=sha256:bb\n")
+    runtime.write_text("cryptography==51.0.1 \\\n    --hash=sha256:aa\n")
+    installed = {"cryptography": "51.0.1", "hypothesis": "6.2.0"}
+    runs: list[list[str]] = []
+    monkeypatch.setattr(deps, "installed", lambda name: installed.get(name))
+
+    def pytest_run(args: list[str], *extra: str) -> bool:
+        runs.append([*args, *extra])
+        return True
+    monkeypatch.setattr(deps, "_pytest", pytest_run)
+    tiers = ["-m", "unit or cli or parsers", "-o", "cache_dir=x"]
+    assert deps.newest(lock, tiers, runtime) == 0
+    assert runs == [["-m", "unit", "-o", "cache_dir=x"]]
+    assert "none of them is a package users install" in capsys.readouterr().out
+    installed["cryptography"] = "52.0.0"
+    assert deps.newest(lock, tiers, runtime) == 0
+    assert runs[1] == tiers
