@@ -16,7 +16,7 @@ TIERS = ("unit", "cli", "parsers", "etcd", "e2e")
 # time, are marked etcd_side to form the second: each test network is a set of namespaces named after
 # its process, so the halves never meet.
 ETCD_SIDE = frozenset({"test_membership.py", "test_revocation.py", "test_auth.py", "test_status.py",
-                       "test_status_hostile.py"})
+                       "test_status_hostile.py", "test_data_disk_xfs.py"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -21,6 +21,7 @@ mount              mount               test
 umount             mount               test
 mkfs.ext4          e2fsprogs           test e2e
 debugfs            e2fsprogs           test
+mkfs.xfs           xfsprogs            test
 isoinfo            genisoimage         test
 cloud-init         cloud-init          test
 systemd-analyze    systemd             test

@@ -18,53 +18,19 @@ import pytest
 
 from generator.spec import load_spec
 from tests.helpers.converge import NEEDS, Lab, converged_lab
+from tests.helpers.disks import DEVICE, Disks, claim_file, etcd_mount, format_as, fs_uuid, loop_available, stop_etcd
 from tests.helpers.specs import ROOT
 
 pytestmark = NEEDS
 TRIXIE = ROOT / "vendor" / "etcd-v3.5.16-linux-amd64.tar.gz"  # `make test` builds it (Debian trixie's 3.5.16)
-DEVICE = "/dev/vdb"
 HIDES = ("etcd-seed: ERROR: etcd's data is on the root disk under /opt/etcd, which /dev/vdb would hide: a member is "
          "not moved between disks; mark etcd03 replace: true in cluster.yaml to rebuild it on the new disk")
-
-
-class Disks:
-    """Sparse files attached as loop devices; one per member, and spares for the refusals."""
-
-    def __init__(self, work: Path) -> None:
-        self.work, self.loops = work, {}  # type: ignore[var-annotated]
-
-    def attach(self, name: str) -> str:
-        image = self.work / f"{name}.img"
-        with open(image, "wb") as handle:
-            handle.truncate(256 << 20)  # etcd preallocates a 64 MB WAL file
-        loop = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        self.loops[name] = loop
-        return loop
-
-    def plug(self, lab: Lab, node: str, disk: str | None) -> None:
-        """Make the node's /dev/vdb the given disk's device node, or take it away."""
-        path = lab.root(node) / DEVICE.lstrip("/")
-        path.unlink(missing_ok=True)
-        if disk is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            rdev = os.stat(self.loops[disk]).st_rdev
-            os.mknod(path, 0o600 | 0o060000, os.makedev(os.major(rdev), os.minor(rdev)))
-
-    def close(self) -> None:
-        for loop in self.loops.values():
-            subprocess.run(["losetup", "-d", loop], check=False)
-
-
-def _claim(lab: Lab, name: str) -> Path:
-    """The node's record of the filesystem UUID that holds its member (written once the disk is in use)."""
-    return lab.root(name) / "var/lib/etcd-seed/data-disk"
 
 
 @contextlib.contextmanager
 def _claim_as(lab: Lab, name: str, text: str | None) -> Iterator[None]:
     """The node's claim replaced for a while: None as on a first install (no member on a disk yet), or a text."""
-    claim = _claim(lab, name)
+    claim = claim_file(lab, name)
     kept = claim.read_bytes()
     claim.unlink()
     if text is not None:
@@ -75,33 +41,11 @@ def _claim_as(lab: Lab, name: str, text: str | None) -> Iterator[None]:
         claim.write_bytes(kept)
 
 
-def _format_as(device: str, owner: str | None) -> None:
-    """An etcd-data filesystem as this tool makes one, with an owner file naming a member when given."""
-    subprocess.run(["mkfs.ext4", "-q", "-L", "etcd-data", device], check=True)
-    if owner is None:
-        return
-    with tempfile.TemporaryDirectory() as where:
-        subprocess.run(["mount", device, where], check=True)
-        try:
-            Path(where, ".etcd-seed-member").write_text(owner + "\n")
-        finally:
-            subprocess.run(["umount", where], check=True)
-
-
-def _uuid(device: str) -> str:
-    return subprocess.run(["blkid", "-p", "-o", "value", "-s", "UUID", device], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
-def _loop_available() -> bool:
-    return subprocess.run(["losetup", "-f"], capture_output=True, check=False).returncode == 0
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Disks]]:
     if not TRIXIE.exists():
         pytest.skip(f"make test builds vendor/{TRIXIE.name} with apt-get download")
-    if not _loop_available():
+    if not loop_available():
         pytest.skip("no loop device: losetup -f failed")
     work = tmp_path_factory.mktemp("data-disk")
     disks = Disks(work)
@@ -119,35 +63,18 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Disks]]
         disks.close()
 
 
-def _stop(lab: Lab, name: str) -> None:
-    pid = lab.pid(name)
-    os.kill(pid, 15)
-    deadline = time.monotonic() + 20
-    while Path(f"/proc/{pid}").exists() and b"zombie" not in Path(f"/proc/{pid}/status").read_bytes().lower():
-        assert time.monotonic() < deadline, f"{name}'s etcd did not stop"
-        time.sleep(0.2)
-
-
-def _etcd_mount(lab: Lab, name: str) -> str:
-    """What etcd itself has at /opt/etcd: the source device, from inside its mount namespace."""
-    done = subprocess.run(["nsenter", "-t", str(lab.pid(name)), "-m", "findmnt", "-n", "-o", "SOURCE,FSTYPE,LABEL",
-                           "--mountpoint", str(lab.root(name) / "opt/etcd")], capture_output=True, text=True,
-                          check=False)
-    return done.stdout.strip()
-
-
 def test_a_blank_disk_is_formatted_and_etcd_runs_on_it(lab: tuple[Lab, Disks]) -> None:
     members, disks = lab
     for name in ("etcd01", "etcd02", "etcd03"):
         log = (members.root(name) / "etc/fstab").read_text()
         assert log == f"{DEVICE} /opt/etcd ext4 defaults,nofail,x-systemd.device-timeout=30s 0 2\n"
         device = members.root(name) / DEVICE.lstrip("/")
-        assert _etcd_mount(members, name).split() == [str(device), "ext4", "etcd-data"], _etcd_mount(members, name)
+        assert etcd_mount(members, name).split() == [str(device), "ext4", "etcd-data"], etcd_mount(members, name)
         assert os.stat(device).st_rdev == os.stat(disks.loops[name]).st_rdev
         unit = (members.root(name) / "etc/systemd/system/etcd.service").read_text()
         assert "RequiresMountsFor=/opt/etcd/data /opt/etcd/wal\n" in unit
         # The node names the disk its member is on, and the disk the member it holds.
-        assert _claim(members, name).read_text() == f"UUID={_uuid(disks.loops[name])}\n"
+        assert claim_file(members, name).read_text() == f"UUID={fs_uuid(disks.loops[name])}\n"
         owner = subprocess.run(["nsenter", "-t", str(members.pid(name)), "-m", "cat",
                                 str(members.root(name) / "opt/etcd/.etcd-seed-member")], capture_output=True,
                                text=True, check=True).stdout
@@ -159,7 +86,7 @@ def test_a_blank_disk_is_formatted_and_etcd_runs_on_it(lab: tuple[Lab, Disks]) -
 def test_the_same_seed_and_a_reboot_keep_the_disk(lab: tuple[Lab, Disks]) -> None:
     members, _ = lab
     assert members.converge("etcd02").endswith("nothing changed; etcd left running")
-    _stop(members, "etcd02")  # the node goes down
+    stop_etcd(members, "etcd02")  # the node goes down
     done = members.install("etcd02", None, "--boot")  # and at its next boot, the step before etcd
     assert done.returncode == 0, done.stderr
     # Each run here has a mount namespace of its own: as on a boot where systemd gave up on the disk (a device that
@@ -201,15 +128,15 @@ def test_a_disk_that_is_not_blank_or_ours_is_never_formatted(lab: tuple[Lab, Dis
     if case == "other-fs":
         subprocess.run(["mkfs.ext4", "-q", "-L", "photos", disks.loops[spare]], check=True)
     elif case in ("ours-over-member-on-root", "another-member", "another-cluster"):
-        _format_as(disks.loops[spare], owner)
+        format_as(disks.loops[spare], owner)
     elif case == "data":
         with open(image, "r+b") as handle:
             handle.seek(4096)
             handle.write(b"someone's data")
     before = image.read_bytes()[:1 << 20]
-    claimed = _claim(members, "etcd03").read_text().strip().removeprefix("UUID=")
-    assert claimed == _uuid(disks.loops["etcd03"])
-    _stop(members, "etcd03")
+    claimed = claim_file(members, "etcd03").read_text().strip().removeprefix("UUID=")
+    assert claimed == fs_uuid(disks.loops["etcd03"])
+    stop_etcd(members, "etcd03")
     hidden = members.root("etcd03") / "opt/etcd/data/member"
     try:
         disks.plug(members, "etcd03", None if case == "missing" else spare)
@@ -287,11 +214,11 @@ def test_a_damaged_filesystem_that_systemd_refused_is_not_mounted_at_boot(lab: t
     subprocess.run(["mkfs.ext4", "-q", "-L", "etcd-data", device], check=True)
     for request in ("mkdir junk", "sif junk mode 0", "ssv state 2"):  # an inode of no type: fsck -p stops there
         subprocess.run(["debugfs", "-w", "-R", request, device], capture_output=True, check=True)
-    _stop(members, "etcd03")
+    stop_etcd(members, "etcd03")
     calls = len(members.calls("etcd03"))
     try:
         disks.plug(members, "etcd03", "damaged")
-        with _claim_as(members, "etcd03", f"UUID={_uuid(device)}\n"):  # the member's own disk, damaged
+        with _claim_as(members, "etcd03", f"UUID={fs_uuid(device)}\n"):  # the member's own disk, damaged
             done = members.install("etcd03", None, "--boot")
     finally:
         disks.plug(members, "etcd03", "etcd03")
@@ -326,7 +253,7 @@ def test_a_mkfs_cut_short_is_made_again(lab: tuple[Lab, Disks]) -> None:
     for tool in (tools / "mkfs.ext4", held / "systemctl"):
         tool.chmod(0o755)
     marker = members.root("etcd03") / "var/lib/etcd-seed/formatting"
-    _stop(members, "etcd03")
+    stop_etcd(members, "etcd03")
     try:
         disks.plug(members, "etcd03", "cut")
         with _claim_as(members, "etcd03", None):  # a first install
@@ -338,7 +265,7 @@ def test_a_mkfs_cut_short_is_made_again(lab: tuple[Lab, Disks]) -> None:
             again = members.install("etcd03", None, "--boot", path=str(held))
             probe = subprocess.run(["blkid", "-p", "-o", "export", device], capture_output=True, text=True,
                                    check=False)
-            claimed = _claim(members, "etcd03").read_text()
+            claimed = claim_file(members, "etcd03").read_text()
     finally:
         disks.plug(members, "etcd03", "etcd03")
         assert members.install("etcd03", None, "--boot").returncode == 0
@@ -346,7 +273,7 @@ def test_a_mkfs_cut_short_is_made_again(lab: tuple[Lab, Disks]) -> None:
     assert again.returncode == 0, again.stderr
     assert "etcd-seed: formatting /dev/vdb (ext4) again: a power cut stopped the last mkfs\n" in again.stderr
     assert "TYPE=ext4" in probe.stdout and "LABEL=etcd-data" in probe.stdout, probe.stdout
-    assert claimed == f"UUID={_uuid(device)}\n"  # from now on, the node's member is on that disk
+    assert claimed == f"UUID={fs_uuid(device)}\n"  # from now on, the node's member is on that disk
     assert not marker.exists()
     members.wait_healthy()
 
@@ -361,7 +288,7 @@ def test_the_formatting_record_never_formats_a_filesystem_and_a_failed_mkfs_drop
     assert members.etcdctl("put", "kept-through-the-record", "1").returncode == 0
     size = subprocess.run(["blockdev", "--getsize64", str(device)], capture_output=True, text=True,
                           check=True).stdout.strip()
-    _stop(members, "etcd03")
+    stop_etcd(members, "etcd03")
     marker.write_text(f"{DEVICE} {size}\n")  # a loop device has no serial
     done = members.install("etcd03", None, "--boot")
     assert done.returncode == 0, done.stderr
@@ -376,7 +303,7 @@ def test_the_formatting_record_never_formats_a_filesystem_and_a_failed_mkfs_drop
     tools.mkdir()
     (tools / "mkfs.ext4").write_text("#!/bin/sh\necho 'mkfs.ext4: no space left on device' >&2\nexit 1\n")
     (tools / "mkfs.ext4").chmod(0o755)
-    _stop(members, "etcd03")
+    stop_etcd(members, "etcd03")
     try:
         disks.plug(members, "etcd03", "failing")
         with _claim_as(members, "etcd03", None):  # a first install
@@ -396,17 +323,17 @@ def test_a_disk_formatted_by_an_earlier_seed_is_adopted(lab: tuple[Lab, Disks]) 
     step writes both for the disk it mounts, and the member runs on with its data."""
     members, disks = lab
     assert members.etcdctl("put", "before-adoption", "1").returncode == 0
-    _stop(members, "etcd03")
+    stop_etcd(members, "etcd03")
     with tempfile.TemporaryDirectory() as where:
         subprocess.run(["mount", disks.loops["etcd03"], where], check=True)
         try:
             Path(where, ".etcd-seed-member").unlink()
         finally:
             subprocess.run(["umount", where], check=True)
-    _claim(members, "etcd03").unlink()
+    claim_file(members, "etcd03").unlink()
     done = members.install("etcd03", None, "--boot")
     assert done.returncode == 0, done.stderr
-    assert _claim(members, "etcd03").read_text() == f"UUID={_uuid(disks.loops['etcd03'])}\n"
+    assert claim_file(members, "etcd03").read_text() == f"UUID={fs_uuid(disks.loops['etcd03'])}\n"
     assert members.systemctl("etcd03", "start", "etcd.service").returncode == 0
     members.wait_healthy()
     read = members.etcdctl("get", "--consistency=s", "--print-value-only", "before-adoption",
