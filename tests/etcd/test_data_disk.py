@@ -17,8 +17,19 @@ from pathlib import Path
 import pytest
 
 from generator.spec import load_spec
-from tests.helpers.converge import NEEDS, Lab, converged_lab
-from tests.helpers.disks import DEVICE, Disks, claim_file, etcd_mount, format_as, fs_uuid, loop_available, stop_etcd
+from tests.helpers.converge import NEEDS, Lab
+from tests.helpers.disks import (
+    DEVICE,
+    Disks,
+    claim_as,
+    claim_file,
+    disk_lab,
+    etcd_mount,
+    format_as,
+    fs_uuid,
+    loop_available,
+    stop_etcd,
+)
 from tests.helpers.specs import ROOT
 
 pytestmark = NEEDS
@@ -27,40 +38,14 @@ HIDES = ("etcd-seed: ERROR: etcd's data is on the root disk under /opt/etcd, whi
          "not moved between disks; mark etcd03 replace: true in cluster.yaml to rebuild it on the new disk")
 
 
-@contextlib.contextmanager
-def _claim_as(lab: Lab, name: str, text: str | None) -> Iterator[None]:
-    """The node's claim replaced for a while: None as on a first install (no member on a disk yet), or a text."""
-    claim = claim_file(lab, name)
-    kept = claim.read_bytes()
-    claim.unlink()
-    if text is not None:
-        claim.write_text(text)
-    try:
-        yield
-    finally:
-        claim.write_bytes(kept)
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Disks]]:
     if not TRIXIE.exists():
         pytest.skip(f"make test builds vendor/{TRIXIE.name} with apt-get download")
     if not loop_available():
         pytest.skip("no loop device: losetup -f failed")
-    work = tmp_path_factory.mktemp("data-disk")
-    disks = Disks(work)
-
-    def prepare(lab: Lab) -> None:
-        for name in ("etcd01", "etcd02", "etcd03"):
-            (lab.root(name) / "etc").mkdir(parents=True, exist_ok=True)  # a node's /etc, for its fstab
-            disks.attach(name)
-            disks.plug(lab, name, name)
-    try:
-        with converged_lab(work / "lab", TRIXIE, "3.5.16", "dd", etcd_extra=f"  data_device: {DEVICE}\n",
-                           prepare=prepare) as lab:
-            yield lab, disks
-    finally:
-        disks.close()
+    with disk_lab(tmp_path_factory.mktemp("data-disk"), TRIXIE, "dd", "ext4") as lab:
+        yield lab
 
 
 def test_a_blank_disk_is_formatted_and_etcd_runs_on_it(lab: tuple[Lab, Disks]) -> None:
@@ -144,7 +129,7 @@ def test_a_disk_that_is_not_blank_or_ours_is_never_formatted(lab: tuple[Lab, Dis
             hidden.mkdir(parents=True)
         if case == "swapped":  # the member's own disk stays mounted, as it is on the running node
             subprocess.run(["mount", disks.loops["etcd03"], str(home)], check=True)
-        with _claim_as(members, "etcd03", None) if case in FIRST_INSTALL else contextlib.nullcontext():
+        with claim_as(members, "etcd03", None) if case in FIRST_INSTALL else contextlib.nullcontext():
             done = members.install("etcd03", None, "--boot")
             after = image.read_bytes()[:1 << 20]  # before systemd (the stand-in) mounts what fstab names
             # etcd.service requires the mount: systemd (here the stand-in) does not start etcd on the root disk,
@@ -218,7 +203,7 @@ def test_a_damaged_filesystem_that_systemd_refused_is_not_mounted_at_boot(lab: t
     calls = len(members.calls("etcd03"))
     try:
         disks.plug(members, "etcd03", "damaged")
-        with _claim_as(members, "etcd03", f"UUID={fs_uuid(device)}\n"):  # the member's own disk, damaged
+        with claim_as(members, "etcd03", f"UUID={fs_uuid(device)}\n"):  # the member's own disk, damaged
             done = members.install("etcd03", None, "--boot")
     finally:
         disks.plug(members, "etcd03", "etcd03")
@@ -256,7 +241,7 @@ def test_a_mkfs_cut_short_is_made_again(lab: tuple[Lab, Disks]) -> None:
     stop_etcd(members, "etcd03")
     try:
         disks.plug(members, "etcd03", "cut")
-        with _claim_as(members, "etcd03", None):  # a first install
+        with claim_as(members, "etcd03", None):  # a first install
             killed = members.install("etcd03", None, "--boot", path=str(tools))
             assert killed.returncode != 0 and "etcd-seed: formatting /dev/vdb (ext4)\n" in killed.stderr, \
                 killed.stderr
@@ -306,7 +291,7 @@ def test_the_formatting_record_never_formats_a_filesystem_and_a_failed_mkfs_drop
     stop_etcd(members, "etcd03")
     try:
         disks.plug(members, "etcd03", "failing")
-        with _claim_as(members, "etcd03", None):  # a first install
+        with claim_as(members, "etcd03", None):  # a first install
             failed = members.install("etcd03", None, "--boot", path=str(tools))
     finally:
         disks.plug(members, "etcd03", "etcd03")

@@ -4,6 +4,7 @@ byte of it written (the owner file is read through a read-only mount that replay
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import subprocess
@@ -12,8 +13,19 @@ from collections.abc import Iterator
 import pytest
 
 from generator.spec import load_spec
-from tests.helpers.converge import NEEDS, Lab, converged_lab
-from tests.helpers.disks import DEVICE, Disks, claim_file, etcd_mount, format_as, fs_uuid, loop_available, stop_etcd
+from tests.helpers.converge import NEEDS, Lab
+from tests.helpers.disks import (
+    DEVICE,
+    Disks,
+    claim_as,
+    claim_file,
+    disk_lab,
+    etcd_mount,
+    format_as,
+    fs_uuid,
+    loop_available,
+    stop_etcd,
+)
 from tests.helpers.specs import ROOT
 
 pytestmark = NEEDS
@@ -35,20 +47,23 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Disks]]
     missing = _xfs_available()
     if missing:
         pytest.skip(missing)
-    work = tmp_path_factory.mktemp("data-disk-xfs")
-    disks = Disks(work)
+    with disk_lab(tmp_path_factory.mktemp("data-disk-xfs"), TRIXIE, "dx", "xfs", XFS_MIB) as lab:
+        yield lab
 
-    def prepare(lab: Lab) -> None:
-        for name in ("etcd01", "etcd02", "etcd03"):
-            (lab.root(name) / "etc").mkdir(parents=True, exist_ok=True)
-            disks.attach(name, XFS_MIB)
-            disks.plug(lab, name, name)
+
+@contextlib.contextmanager
+def _first_install_on(members: Lab, disks: Disks, disk: str) -> Iterator[None]:
+    """etcd03 stopped, with no record of its disk (as on a first install) and `disk` at DEVICE; then back on
+    its own disk, converged and started."""
+    stop_etcd(members, "etcd03")
     try:
-        with converged_lab(work / "lab", TRIXIE, "3.5.16", "dx", etcd_extra=f"  data_device: {DEVICE}\n"
-                           "  data_fs: xfs\n", prepare=prepare) as lab:
-            yield lab, disks
+        with claim_as(members, "etcd03", None):
+            disks.plug(members, "etcd03", disk)
+            yield
     finally:
-        disks.close()
+        disks.plug(members, "etcd03", "etcd03")
+        assert members.install("etcd03", None, "--boot").returncode == 0
+        assert members.systemctl("etcd03", "start", "etcd.service").returncode == 0
 
 
 def test_a_blank_disk_is_formatted_xfs_and_etcd_runs_on_it(lab: tuple[Lab, Disks]) -> None:
@@ -78,19 +93,9 @@ def test_another_members_xfs_disk_is_refused_and_not_written(lab: tuple[Lab, Dis
     before = hashlib.sha256(image.read_bytes()).hexdigest()
     fstab = members.root("etcd03") / "etc/fstab"
     fstab_before = fstab.read_bytes()
-    claim = claim_file(members, "etcd03")
-    kept = claim.read_bytes()
-    stop_etcd(members, "etcd03")
-    try:
-        claim.unlink()  # a first install, which has no record of its disk: the disk's owner file decides
-        disks.plug(members, "etcd03", "foreign")
+    with _first_install_on(members, disks, "foreign"):  # no record of its disk: the disk's owner file decides
         done = members.install("etcd03", None, "--boot")
         after = hashlib.sha256(image.read_bytes()).hexdigest()
-    finally:
-        claim.write_bytes(kept)
-        disks.plug(members, "etcd03", "etcd03")
-        assert members.install("etcd03", None, "--boot").returncode == 0
-        assert members.systemctl("etcd03", "start", "etcd.service").returncode == 0
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == (
         f"etcd-seed: ERROR: the data device /dev/vdb holds the data of another member (cluster token and member: "
         f"{token} etcd01), not of etcd03 ({token} etcd03); attach etcd03's own disk, or a blank one and mark etcd03 "
@@ -107,18 +112,8 @@ def test_a_disk_mkfs_xfs_refuses_is_reported_with_its_reason(lab: tuple[Lab, Dis
     disks.attach("small", 256)
     fstab = members.root("etcd03") / "etc/fstab"
     fstab_before = fstab.read_bytes()
-    claim = claim_file(members, "etcd03")
-    kept = claim.read_bytes()
-    stop_etcd(members, "etcd03")
-    try:
-        claim.unlink()  # a first install: no member on a disk yet
-        disks.plug(members, "etcd03", "small")
+    with _first_install_on(members, disks, "small"):
         done = members.install("etcd03", None, "--boot")
-    finally:
-        claim.write_bytes(kept)
-        disks.plug(members, "etcd03", "etcd03")
-        assert members.install("etcd03", None, "--boot").returncode == 0
-        assert members.systemctl("etcd03", "start", "etcd.service").returncode == 0
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == (
         "etcd-seed: ERROR: mkfs.xfs on /dev/vdb failed: Filesystem must be larger than 300MB.; nothing installed "
         "or changed"), done.stderr

@@ -3,13 +3,15 @@ a device node under its scratch root, and what tells which disk a member is on."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.helpers.converge import Lab
+from tests.helpers.converge import Lab, converged_lab
 
 DEVICE = "/dev/vdb"
 
@@ -86,3 +88,36 @@ def etcd_mount(lab: Lab, name: str) -> str:
                            "--mountpoint", str(lab.root(name) / "opt/etcd")], capture_output=True, text=True,
                           check=False)
     return done.stdout.strip()
+
+
+@contextlib.contextmanager
+def claim_as(lab: Lab, name: str, text: str | None) -> Iterator[None]:
+    """The node's claim replaced for a while: None as on a first install (no member on a disk yet), or a text."""
+    claim = claim_file(lab, name)
+    kept = claim.read_bytes()
+    claim.unlink()
+    if text is not None:
+        claim.write_text(text)
+    try:
+        yield
+    finally:
+        claim.write_bytes(kept)
+
+
+@contextlib.contextmanager
+def disk_lab(work: Path, tarball: Path, tag: str, fs: str, mib: int = 256) -> Iterator[tuple[Lab, Disks]]:
+    """Three members converged onto a blank `fs` data disk each, at DEVICE (a loop device of `mib` MiB)."""
+    disks = Disks(work)
+
+    def prepare(lab: Lab) -> None:
+        for name in ("etcd01", "etcd02", "etcd03"):
+            (lab.root(name) / "etc").mkdir(parents=True, exist_ok=True)  # a node's /etc, for its fstab
+            disks.attach(name, mib)
+            disks.plug(lab, name, name)
+    try:
+        with converged_lab(work / "lab", tarball, "3.5.16", tag, prepare=prepare,
+                           etcd_extra=f"  data_device: {DEVICE}\n" + (f"  data_fs: {fs}\n" if fs != "ext4" else "")
+                           ) as lab:
+            yield lab, disks
+    finally:
+        disks.close()

@@ -71,13 +71,8 @@ def test_newest_names_the_release_that_breaks_the_tests(monkeypatch: pytest.Monk
                    "pyproject.toml with a note in docs/testing.md\n")
 
 
-def test_newest_runs_nothing_when_the_newest_releases_are_the_locked_ones(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The newest releases equal to the lock: the run would repeat `make test`'s, so none is made. A release newer
-    than the lock is tested. pytest is stood in for, as above."""
-    lock = tmp_path / "requirements-test.lock"
-    lock.write_text("cryptography==51.0.1 \\\n    --hash=sha256:aa\n")
-    installed = {"cryptography": "51.0.1"}
+def _stand_ins(monkeypatch: pytest.MonkeyPatch, installed: dict[str, str]) -> list[list[str]]:
+    """`installed` as what is installed, and a pytest that passes and records each run's arguments."""
     runs: list[list[str]] = []
     monkeypatch.setattr(deps, "installed", lambda name: installed.get(name))
 
@@ -85,6 +80,17 @@ def test_newest_runs_nothing_when_the_newest_releases_are_the_locked_ones(
         runs.append([*args, *extra])
         return True
     monkeypatch.setattr(deps, "_pytest", pytest_run)
+    return runs
+
+
+def test_newest_runs_nothing_when_the_newest_releases_are_the_locked_ones(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The newest releases equal to the lock: the run would repeat `make test`'s, so none is made. A release newer
+    than the lock is tested. pytest is stood in for, as above."""
+    lock = tmp_path / "requirements-test.lock"
+    lock.write_text("cryptography==51.0.1 \\\n    --hash=sha256:aa\n")
+    installed = {"cryptography": "51.0.1"}
+    runs = _stand_ins(monkeypatch, installed)
     assert deps.newest(lock, ["-m", "unit"]) == 0
     assert runs == [] and "nothing more to test" in capsys.readouterr().out
     installed["cryptography"] = "52.0.0"
@@ -100,13 +106,7 @@ def test_newest_gives_a_release_of_a_test_tool_alone_the_unit_tier(
     lock.write_text("cryptography==51.0.1 \\\n    --hash=sha256:aa\nhypothesis==6.1.0 \\\n    --hash=sha256:bb\n")
     runtime.write_text("cryptography==51.0.1 \\\n    --hash=sha256:aa\n")
     installed = {"cryptography": "51.0.1", "hypothesis": "6.2.0"}
-    runs: list[list[str]] = []
-    monkeypatch.setattr(deps, "installed", lambda name: installed.get(name))
-
-    def pytest_run(args: list[str], *extra: str) -> bool:
-        runs.append([*args, *extra])
-        return True
-    monkeypatch.setattr(deps, "_pytest", pytest_run)
+    runs = _stand_ins(monkeypatch, installed)
     tiers = ["-m", "unit or cli or parsers", "-o", "cache_dir=x"]
     assert deps.newest(lock, tiers, runtime) == 0
     assert runs == [["-m", "unit", "-o", "cache_dir=x"]]
