@@ -11,7 +11,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -47,8 +46,6 @@ from .render import make_environment
 from .rotation import Phase, Rotation
 from .spec import Node, Spec
 
-_JOURNAL_NAME = re.compile(r"[a-z0-9-]{1,63}(\.ssh)?")  # a leaf or CA, or a node's host key
-
 
 @dataclass(frozen=True)
 class Inputs:
@@ -63,7 +60,7 @@ class Inputs:
     snapshot: Snapshot | None = None
     imported_next: tuple[bytes, bytes] | None = None
     rotation: Rotation = field(default_factory=Rotation)
-    sealed_index: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # pki/sealed.json
+    sealed_index: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # layout.SEALED_INDEX
     spec_sha256: str = ""  # of the spec's text, for the manifest's written_with
 
 
@@ -191,6 +188,9 @@ def load_inputs(spec: Spec, root: Path, spec_sha256: str, sources: Sources | Non
                   rotation=current, sealed_index=sealed.read_index(root / layout.PKI), spec_sha256=spec_sha256)
 
 
+_CHECK_BY_HAND = f"check {layout.PKI}/ by hand, then remove {JOURNAL}"
+
+
 def _journal_document(data: bytes | None) -> dict[str, object] | None:
     if data is None:
         return None
@@ -198,9 +198,9 @@ def _journal_document(data: bytes | None) -> dict[str, object] | None:
         document = json.loads(data)
     except (ValueError, RecursionError):
         raise OutputError(f"{JOURNAL}: not valid JSON; an interrupted run left it damaged",
-                          hint=f"check pki/ by hand, then remove {JOURNAL}") from None
+                          hint=_CHECK_BY_HAND) from None
     if not isinstance(document, dict):
-        raise OutputError(f"{JOURNAL}: must be a JSON object", hint=f"check pki/ by hand, then remove {JOURNAL}")
+        raise OutputError(f"{JOURNAL}: must be a JSON object", hint=_CHECK_BY_HAND)
     return document
 
 
@@ -218,10 +218,10 @@ def parse_journal(data: bytes | None) -> dict[str, str]:
                           "complete it")
     keys = document.get("keys")
     if not isinstance(keys, dict) or not all(
-            isinstance(k, str) and _JOURNAL_NAME.fullmatch(k) and isinstance(v, str) and HEX64.fullmatch(v)
+            isinstance(k, str) and layout.is_key_name(k) and isinstance(v, str) and HEX64.fullmatch(v)
             for k, v in keys.items()):
         raise OutputError(f"{JOURNAL}: keys: must map names to 64 hex digits",
-                          hint=f"check pki/ by hand, then remove {JOURNAL}")
+                          hint=_CHECK_BY_HAND)
     return dict(keys)
 
 
@@ -269,7 +269,7 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     host_keys = hostkeys.host_keys(spec, inputs.pki_files, records, replacing, pki.events)
     state = _rotation_state(inputs.rotation, phase, pki)
     public_keys = pki.public_keys()
-    existing_crl = inputs.pki_files.get(layout.CRL.removeprefix(f"{layout.PKI}/"))
+    existing_crl = inputs.pki_files.get(layout.CRL_NAME)
     contradictions = revocation.contradictions(inputs.previous)
     if contradictions:
         raise OutputError(f"{manifest.NAME}: {contradictions[0]}; restore manifest.json from git")
@@ -293,10 +293,10 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
 
     planned = {f.path for f in files}
     sealed_moves, sealed_warnings = _sealed_moves(pki, inputs)
-    moved = {f"pki/{source}.age" for source, _ in sealed_moves}
+    moved = {layout.sealed_path(source) for source, _ in sealed_moves}
     deletes = sorted(p for p in DELETABLE - planned if p in inputs.disk)
-    deletes += [f"{p}.age" for p in sorted(DELETABLE - planned) if p.endswith(".key") and f"{p}.age" in inputs.disk
-                and f"{p}.age" not in moved]
+    deletes += [copy for p in sorted(DELETABLE - planned) if layout.is_key(p)
+                and (copy := layout.sealed_file(p)) in inputs.disk and copy not in moved]
     new_keys = {layout.key_name(f.path) or "": f.public_key_sha256 for f in files
                 if f.public_key_sha256 and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
     written_with, library_note = _written_with(inputs, files, deletes, pki, revoked, options)
@@ -307,8 +307,8 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
         else FileStatus.UPDATE
 
     built = previous_nodes(inputs.previous)
-    new_seeds = {f.path.split("/")[0] for f in files
-                 if f.path.endswith(f"/{layout.SEED_ISO}") and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
+    new_seeds = {node for f in files
+                 if (node := layout.built_node(f.path)) and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
     # Only members of a running cluster (built before) are rolled; a joining or replaced node boots afresh.
     afresh = replacing | {n.name for n in spec.nodes if n.join and n.name not in built}
     # A node with a new key goes first: the others' new seeds revoke its old certificate, peer and client.
@@ -446,26 +446,27 @@ def _plan_file(output: OutputFile, current: fs.OnDisk | None) -> PlannedFile:
 
 
 def _sealed_moves(pki: PkiState, inputs: Inputs) -> tuple[list[tuple[str, str]], list[str]]:
-    """When rotate-ca finish makes the next CA's key pki/ca.key, its sealed copy becomes pki/ca.key.age (a second
+    """When rotate-ca finish makes the next CA's key the CA key, its sealed copy becomes the CA key's (a second
     operator's unseal must get the CA key in use); a sealed CA key that is not the one in use is named."""
     if pki.ca_imported or not inputs.sealed_index:
         return [], []
     want = hashlib.sha256(pki.ca.key_pem).hexdigest()
     index = inputs.sealed_index
     sealed_as = {name: entry.get("key_sha256") for name, entry in index.items()}
-    if sealed_as.get(f"{CA_NAME}.key") == want:
+    source, target = _MOVES[0]
+    if sealed_as.get(target) == want:
         return [], []
-    source = f"{layout.NEXT_CA}.key"
-    if sealed_as.get(source) == want and f"pki/{source}.age" in inputs.disk:
-        return [(source, f"{CA_NAME}.key")], []
-    if f"pki/{CA_NAME}.key.age" in inputs.disk:
-        return [], [f"pki/{CA_NAME}.key.age: holds a CA key other than the one in use (sealed before a CA "
+    if sealed_as.get(source) == want and layout.sealed_path(source) in inputs.disk:
+        return [(source, target)], []
+    ca_copy = layout.sealed_path(target)
+    if ca_copy in inputs.disk:
+        return [], [f"{ca_copy}: holds a CA key other than the one in use (sealed before a CA "
                     "rotation?); run seal again so that unseal restores the CA key in use"]
     return [], []
 
 
 def _rotation_state(current: Rotation, phase: Phase, pki: PkiState) -> Rotation:
-    """pki/rotation.json after this build: what it was, or the step just taken."""
+    """The rotation state (layout.ROTATION) after this build: what it was, or the step just taken."""
     if phase is current.phase:
         return current
     if phase is Phase.TRUST_BOTH:
@@ -543,7 +544,7 @@ def _check_data_disks(spec: Spec, previous: Manifest, replacing: frozenset[str])
 
 def previous_nodes(previous: Manifest) -> set[str]:
     """The nodes the previous build wrote a seed for."""
-    return {path.split("/")[0] for path in previous.files if path.endswith(f"/{layout.SEED_ISO}")}
+    return {node for path in previous.files if (node := layout.built_node(path))}
 
 
 def certificates(pki: PkiState) -> dict[str, x509.Certificate]:
@@ -561,7 +562,7 @@ def _write_order(path: str) -> int:
         return 0
     if layout.is_key(path):
         return 1
-    return 2 if path.startswith(f"{layout.PKI}/") else 3
+    return 2 if layout.in_pki(path) else 3
 
 
 def apply_plan(root: Path, plan: BuildPlan) -> list[str]:
@@ -594,22 +595,23 @@ def _finish(root: Path, sealed_moves: list[tuple[str, str]], deletes: list[str])
     """What a run does after its renames; each step can be repeated, so a killed run is continued."""
     pki_dir = root / layout.PKI
     for source, target in sealed_moves:
-        data = fs.read_regular(pki_dir / f"{source}.age", fs.LIMITS["pem"], f"pki/{source}.age", OutputError,
-                               missing_ok=True)
+        copy = layout.sealed_path(source)
+        data = fs.read_regular(root / copy, fs.LIMITS["pem"], copy, OutputError, missing_ok=True)
         if data is not None:
-            fs.write_file(pki_dir / f"{target}.age", data, layout.PUBLIC_MODE)
+            fs.write_file(root / layout.sealed_path(target), data, layout.PUBLIC_MODE)
         index = dict(sealed.read_index(pki_dir))
         if source in index:
             index[target] = index.pop(source)
             sealed.write_index(pki_dir, index)
-        fs.remove(pki_dir / f"{source}.age")
+        fs.remove(root / copy)
     for path in deletes:  # after the manifest that no longer lists them is in place
         fs.remove(root / path)
     fs.remove(root / JOURNAL)
 
 
-_MOVES = [(f"{layout.NEXT_CA}.key", f"{CA_NAME}.key")]
-_DELETES = DELETABLE | {f"{p}.age" for p in DELETABLE if p.endswith(".key")}
+# The one sealed move (rotate-ca finish), as key file names in the keys directory.
+_MOVES = [(layout.key_file_name(layout.NEXT_CA), layout.key_file_name(CA_NAME))]
+_DELETES = DELETABLE | {layout.sealed_file(p) for p in DELETABLE if layout.is_key(p)}
 
 
 def interrupted_step(root: Path) -> str | None:

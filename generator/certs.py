@@ -116,7 +116,7 @@ def public_der(holder: PrivateKey | x509.Certificate) -> bytes:
 
 
 def cert_fingerprint(cert: x509.Certificate) -> str:
-    """The sha256 of a certificate's DER, as manifest.json and pki/rotation.json record it."""
+    """The sha256 of a certificate's DER, as the manifest and the rotation state record it."""
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from .layout import CRL, cert_file
+
 
 class Reach(StrEnum):
     """How a changed field reaches the nodes of a built cluster (the strongest way it can)."""
@@ -149,7 +151,7 @@ FIELDS: tuple[Field, ...] = (
           "on a built cluster is a rotation (`ca_next`)", required=True, hostile=READ_PATH),
     Field("pki.ca_next", ("cert", "key"), Reach.STEP, "the imported CA a rotation moves to, during its phases 1 "
           "and 2 (see [operations](operations.md#rotate-the-ca))", required=True, hostile=READ_PATH),
-    Field("clients[]", ("name",), Reach.RELOAD, "a consumer's client certificate, `pki/<name>.crt`: a DNS "
+    Field("clients[]", ("name",), Reach.RELOAD, f"a consumer's client certificate, `{cert_file('<name>')}`: a DNS "
           "label, not a node's name or the build's own; a new name puts the old name's certificate on the CRL",
           required=True),
     Field("clients[]", ("use",), Reach.FIRST_NODE, "`etcdctl` (default), `flannel`, `kube-apiserver` or "
@@ -170,7 +172,7 @@ FIELDS: tuple[Field, ...] = (
     Field("clients[].access[]", ("prefix", "key", "mode"), Reach.FIRST_NODE, "one grant: `prefix` or `key`, and "
           "`mode` `read` (default), `write` or `readwrite`"),
     Field("clients[]", ("revoked",), Reach.RELOAD, "`true` cuts the consumer off: it gets no new certificate, its "
-          "last one goes on the CRL (`pki/crl.der`), and every member refuses it once re-seeded (see "
+          f"last one goes on the CRL (`{CRL}`), and every member refuses it once re-seeded (see "
           "[operations](operations.md#revocation))", hostile=BOOLEAN),
     Field("auth", ("enabled",), Reach.FIRST_NODE, "etcd's authentication with a user per certificate CN and a role "
           "per consumer: default on for a new cluster; a cluster built before it was managed is left as it is "

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import MaterialError, OutputError
-from .layout import PUBLIC_DIR_MODE, PUBLIC_MODE, TEMP_PREFIX
+from .layout import PUBLIC_DIR_MODE, PUBLIC_MODE, TEMP_PREFIX, pki_path
 
 MiB = 1 << 20
 LIMITS = {"spec": MiB, "pem": MiB, "state": 64 * MiB, "bundle": 1024 * MiB, "snapshot": 8 * 1024 * MiB}
@@ -77,7 +77,7 @@ def read_optional(path: Path, field: str | None = None, limit: int = LIMITS["sta
 
 
 def load_pki_dir(pki_dir: Path) -> dict[str, bytes]:
-    """Every .crt, .key and .der (the CRL) already in a cluster's pki/ directory, by file name."""
+    """Every .crt, .key and .der (the CRL) already in a cluster's keys directory, by file name."""
     if not pki_dir.is_dir():
         return {}
     try:
@@ -86,7 +86,7 @@ def load_pki_dir(pki_dir: Path) -> dict[str, bytes]:
         raise OutputError(f"{pki_dir}: cannot read existing PKI: {exc.strerror or exc}") from None
     found = {}
     for name in names:
-        data = read_regular(pki_dir / name, LIMITS["pem"], f"pki/{name}", error=OutputError, missing_ok=True)
+        data = read_regular(pki_dir / name, LIMITS["pem"], pki_path(name), error=OutputError, missing_ok=True)
         if data is not None:
             found[name] = data
     return found

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from .errors import MaterialError
-from .layout import host_key_name
+from .layout import PKI, host_key_name, key_file
 from .pki import Change, KeyRecords, PkiEvent
 from .spec import Spec
 
@@ -55,7 +55,7 @@ class HostKey:
 
 def host_keys(spec: Spec, existing: Mapping[str, bytes], records: KeyRecords, renew: frozenset[str],
               events: list[PkiEvent]) -> dict[str, HostKey]:
-    """Each node's host key: the one in pki/ when it is the recorded one, else a new one.
+    """Each node's host key: the one in the keys directory when it is the recorded one, else a new one.
 
     `renew`: nodes that get a new host key (a replaced machine's old key counts as exposed).
 
@@ -65,7 +65,7 @@ def host_keys(spec: Spec, existing: Mapping[str, bytes], records: KeyRecords, re
     keys, problems = {}, []
     for node in spec.nodes:
         name = host_key_name(node.name)
-        source = f"pki/{name}.key"
+        source = key_file(name)
         pem = existing.get(f"{name}.key")
         if pem is None or node.name in renew:
             if pem is None and name in records.recorded:
@@ -88,7 +88,7 @@ def host_keys(spec: Spec, existing: Mapping[str, bytes], records: KeyRecords, re
             continue
         keys[node.name] = host
     if problems:
-        raise MaterialError(problems, hint="restore pki/ from the cluster's repository (unseal)")
+        raise MaterialError(problems, hint=f"restore {PKI}/ from the cluster's repository (unseal)")
     return keys
 
 

@@ -176,7 +176,7 @@ class Manifest:
     etcd_version: str | None = None
     replaced: Mapping[str, str] = field(default_factory=dict)  # node -> public key its replacement got
     restore_sha256: str | None = None
-    revoked: tuple[Revoked, ...] = ()  # what pki/crl.der lists
+    revoked: tuple[Revoked, ...] = ()  # what the CRL (layout.CRL) lists
     auth_enabled: bool | None = None  # None: left to the cluster (built before auth was managed)
     written_with: WrittenWith | None = None  # None in a tree written before it was recorded
     issued: tuple[Issued, ...] = ()  # every unexpired leaf certificate issued; empty before it was kept
@@ -203,7 +203,7 @@ def render_manifest(cluster: str, etcd_version: str, bundle: Mapping[str, Any], 
         certs: the leaf (or CA) certificate of each .crt file, by path.
         replaced: for each node marked replace, the public key sha256 its replacement was given.
         restore: sha256 and size of the snapshot the seeds restore from.
-        revoked: the certificates pki/crl.der lists.
+        revoked: the certificates the CRL lists.
         auth_enabled: whether the seeds turn etcd's authentication on.
         written_with: the spec and the versions that wrote the files.
         issued: every unexpired leaf certificate the builds of this tree issued.

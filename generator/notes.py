@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .manifest import Manifest, Revoked
     from .plan import BuildPlan
 
-_ADMIN = "from pki/, run: set -a && . ./etcdctl.env && set +a &&"
+_ADMIN = f"from {layout.PKI}/, run: set -a && . ./etcdctl.env && set +a &&"
 
 
 def _member_id(name: str) -> str:
@@ -60,7 +60,8 @@ def membership(spec: Spec, previous: Manifest, built: set[str], replacing: froze
     for name in sorted(built - {n.name for n in spec.nodes}):
         notes.append(f"{name} left the spec: take it out of the cluster before you power it off; {_ADMIN} "
                      f"etcdctl member remove {_member_id(name)} "
-                     f"; then delete {name}/, pki/{name}.key, pki/{name}.crt and pki/{name}.ssh.key from the output")
+                     f"; then delete {name}/, {layout.key_file(name)}, {layout.cert_file(name)} and "
+                     f"{layout.key_file(layout.host_key_name(name))} from the output")
     clients = {c.name for c in spec.clients}
     left: dict[str, list[str]] = {}
     for path in sorted(p for p in previous.files if p.startswith(f"{layout.CLIENTS}/")):
@@ -68,8 +69,8 @@ def membership(spec: Spec, previous: Manifest, built: set[str], replacing: froze
         if name not in clients:
             left.setdefault(name, []).append(path)
     for name, paths in left.items():
-        notes.append(f"client {name} is no longer in use: delete {', '.join(paths)}, pki/{name}.key and "
-                     f"pki/{name}.crt from the output")
+        notes.append(f"client {name} is no longer in use: delete {', '.join(paths)}, {layout.key_file(name)} and "
+                     f"{layout.cert_file(name)} from the output")
     if spec.etcd.restore is not None:
         notes.append("restore: boot every member on an empty disk from its new seed; each restores the snapshot "
                      "once, then the members form a new cluster (new token and cluster ID); power off every old "
@@ -100,7 +101,7 @@ def revocation(revoked: tuple[Revoked, ...], before: tuple[Revoked, ...]) -> lis
     """What a certificate revoked by this build means, and what the operator must do for it to take effect."""
     listed = {r.serial for r in before}
     return [f"{r.name}: its certificate (serial {r.serial}, valid until {r.not_after}) is revoked ({r.reason}); "
-            "every member refuses it once it runs a seed of this build (no restart: etcd reads pki/crl.der on each "
+            f"every member refuses it once it runs a seed of this build (no restart: etcd reads {layout.CRL} on each "
             "new connection), so re-seed every node" for r in revoked if r.serial not in listed]
 
 
@@ -122,7 +123,7 @@ def _previous_ips(previous: Manifest, name: str) -> list[str]:
 def rolling_order(names: Sequence[str]) -> str:
     """What the operator does with changed seeds of a running cluster, one node at a time."""
     steps = "; ".join(f"{i}. {name}" for i, name in enumerate(names, 1))
-    return (f"roll the changed seeds one node at a time: attach the node's new seed.iso and reboot it, then "
+    return (f"roll the changed seeds one node at a time: attach the node's new {layout.SEED_ISO} and reboot it, then "
             f"wait until 'ETCDCTL_ENDPOINTS=https://<its IP>:2379 etcdctl endpoint health' reports that member "
             f"healthy before the next ({steps}); "
             "take the leader last ('python -m generator status' names the node to roll next)")
@@ -131,7 +132,7 @@ def rolling_order(names: Sequence[str]) -> str:
 _DOES = {
     Phase.TRUST_BOTH: "every node trusts the old and the new CA; certificates stay as they are",
     Phase.ISSUE: "every certificate is issued from the new CA, keys kept; nodes still trust both CAs",
-    Phase.TRUST_NEW: "nodes trust only the new CA; the old CA and its key are gone from pki/",
+    Phase.TRUST_NEW: f"nodes trust only the new CA; the old CA and its key are gone from {layout.PKI}/",
 }
 
 
@@ -141,14 +142,15 @@ def rotation(phase: Phase, stepped: bool) -> str | None:
         return None
     roll = "roll every node with its new seed, one at a time, each healthy before the next"
     if phase is Phase.TRUST_BOTH:
-        then = ("then run 'rotate-ca issue'; give consumers pki/ca-bundle.crt as their CA file now, since "
+        then = (f"then run 'rotate-ca issue'; give consumers {layout.CA_BUNDLE} as their CA file now, since "
                 "members will present certificates of either CA")
     elif phase is Phase.ISSUE:
         then = ("then give every consumer its reissued certificate and run 'rotate-ca finish', which deletes "
-                "the old CA's key (pki/ca.key until then) and makes pki/ca.crt the new CA")
+                f"the old CA's key ({layout.key_file(layout.CA_NAME)} until then) and makes "
+                f"{layout.cert_file(layout.CA_NAME)} the new CA")
     else:
         then = ("then the rotation is complete: a certificate of the old CA is refused from now on; run 'seal' "
-                "again so that pki/ca.key.age holds the new CA's key")
+                f"again so that {layout.sealed_file(layout.key_file(layout.CA_NAME))} holds the new CA's key")
     return f"CA rotation: phase {phase:d} of 3 ({describe(phase)}): {_DOES[phase]}; {roll}; {then}"
 
 
@@ -191,7 +193,7 @@ def _size(n: int) -> str:
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
-    header = ("node", "ip", "cert expires", "seed.iso")
+    header = ("node", "ip", "cert expires", layout.SEED_ISO)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return "".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n"
                    for row in [header, *rows])
@@ -206,16 +208,15 @@ def build_report(plan: BuildPlan, root: str, removed: Sequence[str], written: in
     """What `build` prints: what it did, each node's certificate and seed, how to check, then the notes."""
     out = [f"removed {rel}: left by a run that was killed\n" for rel in removed]
     out += [f"pki: {event}\n" for event in plan.pki.events]
-    out += [f"moved pki/{source}.age to pki/{target}.age: the sealed copy follows its key\n"
-            for source, target in plan.sealed_moves]
+    out += [f"moved {layout.sealed_path(source)} to {layout.sealed_path(target)}: the sealed copy follows its "
+            "key\n" for source, target in plan.sealed_moves]
     out += [f"deleted {rel}\n" for rel in plan.deletes]
     total = len(plan.files) + 1
     out.append(f"{root}: {written} of {total} files written" + ("" if written else " (nothing changed)") + "\n")
-    sizes: Mapping[str, int] = {f.path.split("/")[0]: f.size for f in plan.files
-                                if f.path.endswith(f"/{layout.SEED_ISO}")}
+    sizes: Mapping[str, int] = {node: f.size for f in plan.files if (node := layout.built_node(f.path))}
     out.append(_table([(node.name, str(node.ip), f"{plan.pki.leaves[node.name].cert.not_valid_after_utc:%Y-%m-%d}",
                         _size(sizes[node.name])) for node in plan.spec.nodes]))
-    out.append(f"check the cluster: cd {root}/pki && set -a && . ./etcdctl.env && set +a && "
+    out.append(f"check the cluster: cd {root}/{layout.PKI} && set -a && . ./etcdctl.env && set +a && "
                "etcdctl endpoint health\n")
     notes, warnings = _notes(plan)
     return "".join(out) + notes, warnings
@@ -231,7 +232,8 @@ def plan_report(plan: BuildPlan, root: str) -> tuple[str, str]:
     out += [f"  {planned.path.ljust(width)}  {planned.status}\n" for planned in changed]
     if plan.manifest_status is not FileStatus.UNCHANGED:
         out.append(f"  {layout.MANIFEST.ljust(width)}  {plan.manifest_status}\n")
-    out += [f"  pki/{target}.age  move (from pki/{source}.age)\n" for source, target in plan.sealed_moves]
+    out += [f"  {layout.sealed_path(target)}  move (from {layout.sealed_path(source)})\n"
+            for source, target in plan.sealed_moves]
     out += [f"  {rel.ljust(width)}  {FileStatus.DELETE}\n" for rel in plan.deletes]
     counts = {k: sum(1 for f in changed if f.status is k) for k in FileStatus}
     out.append(f"{root}: {counts[FileStatus.CREATE]} to create, {counts[FileStatus.UPDATE]} to update, "

@@ -18,9 +18,8 @@ from . import hostkeys, layout
 from .etcd import Bundle
 from .inputs import Snapshot
 from .iso import SeedEntry
-from .layout import NODE_FILES, PUBLIC_MODE, SECRET_MODE, SEED_ISO
+from .layout import NODE_FILES, PUBLIC_MODE, RESTORE_ON_SEED, SECRET_MODE, SEED_ISO
 from .render import (
-    RESTORE_ON_SEED,
     NodePem,
     NodePublic,
     client_files,
@@ -78,8 +77,8 @@ class Material:
     next_ca: CaPem | None  # phases 1 and 2 of a CA rotation
     leaves: Mapping[str, LeafPem]
     hosts: Mapping[str, HostPem]
-    rotation_json: bytes | None  # pki/rotation.json, once a rotation has begun
-    crl: bytes  # pki/crl.der
+    rotation_json: bytes | None  # layout.ROTATION, once a rotation has begun
+    crl: bytes  # layout.CRL
 
     @property
     def trust_pem(self) -> bytes:
@@ -88,8 +87,8 @@ class Material:
 
     @property
     def ca_file(self) -> str:
-        """The trust file's name in pki/, as clients name it."""
-        return (layout.CA_BUNDLE if self.next_ca else layout.cert_file(layout.CA_NAME)).removeprefix("pki/")
+        """The trust file's name in the keys directory, as clients name it."""
+        return layout.trust_name(self.next_ca is not None)
 
 
 @dataclass(frozen=True)
@@ -108,13 +107,15 @@ class OutputFile:
 
 
 def seed_entries(texts: Mapping[str, str], bundle: Bundle, snapshot: Snapshot | None = None) -> tuple[SeedEntry, ...]:
-    """What goes on a node's seed ISO, in the NODE_FILES order, then the tarball and a restore's snapshot."""
-    entries = [SeedEntry(f.name, texts[f.name].encode()) for f in NODE_FILES if f.on_iso]
+    """What goes on a node's seed ISO, as layout.seed_contents names it: the node's seed files, then the tarball
+    (unless the nodes download it) and a restore's snapshot."""
+    data = {name: texts[name].encode() for name in layout.SEED_NODE_FILES}
     if bundle.data is not None:
-        entries.append(SeedEntry(bundle.name, bundle.data))
+        data[bundle.name] = bundle.data
     if snapshot is not None:
-        entries.append(SeedEntry(RESTORE_ON_SEED, snapshot.data))
-    return tuple(entries)
+        data[RESTORE_ON_SEED] = snapshot.data
+    names = layout.seed_contents(bundle.name if bundle.data is not None else None, snapshot is not None)
+    return tuple(SeedEntry(name, data[name]) for name in names)
 
 
 def _key(path: str, key: KeyPem) -> OutputFile:

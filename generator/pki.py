@@ -13,7 +13,7 @@ from enum import StrEnum
 
 from cryptography import x509
 
-from . import certs
+from . import certs, layout
 from .certs import CA, CLIENT_ONLY, SERVER_AND_CLIENT, Credential, Identity, LeafKind, PrivateKey, public_key_sha256
 from .errors import MaterialError
 from .layout import ADMIN, CA_NAME
@@ -69,8 +69,8 @@ class KeyRecords:
 class PkiState:
     """Everything issued or reused in one run, plus what happened to each item.
 
-    `ca` is pki/ca.crt; during phases 1 and 2 of a CA rotation `next_ca` is pki/ca-next.crt, trusted
-    beside it, and from phase 2 on it signs the leaves.
+    `ca` is the CA's certificate (layout.CA_NAME); during phases 1 and 2 of a CA rotation `next_ca` is the next
+    CA's (layout.NEXT_CA), trusted beside it, and from phase 2 on it signs the leaves.
     """
 
     ca: CA
@@ -209,8 +209,8 @@ def build_pki(spec: Spec, existing: Mapping[str, bytes], imported: tuple[bytes, 
                      next_ca=next_ca, next_imported=cas.imported_next is not None, phase=cas.phase)
     newest = next_ca or ca  # during a rotation the old CA may be close to its end: that is why it is rotated
     if renew_at(newest.cert, spec.pki) <= now:
-        source = ("pki.ca_next.cert" if state.next_imported else f"pki/{NEXT}.crt") if next_ca is not None \
-            else "pki.ca.cert" if ca_imported else "pki/ca.crt"
+        source = ("pki.ca_next.cert" if state.next_imported else layout.cert_file(NEXT)) if next_ca is not None \
+            else "pki.ca.cert" if ca_imported else layout.cert_file(CA_NAME)
         raise MaterialError(
             f"{source}: the CA expires on "
             f"{newest.cert.not_valid_after_utc:%Y-%m-%d}, within pki.renew_before_days "
@@ -228,9 +228,12 @@ def build_pki(spec: Spec, existing: Mapping[str, bytes], imported: tuple[bytes, 
     return state
 
 
+_PAIR_NEXT = layout.pki_path(f"{NEXT}.*")  # the next CA's certificate and key
+
+
 def _resolve_cas(spec: Spec, existing: Mapping[str, bytes], cas: CaInputs, now: dt.datetime, records: KeyRecords,
                  events: list[PkiEvent]) -> tuple[CA, bool, CA | None]:
-    """pki/ca.crt's CA, whether it is imported, and the rotation's next CA during phases 1 and 2."""
+    """The cluster's CA, whether it is imported, and the rotation's next CA during phases 1 and 2."""
     have_next = f"{NEXT}.crt" in existing or f"{NEXT}.key" in existing
     if cas.finishing:  # the next CA takes the old one's place; the old one is dropped
         generated = f"{NEXT}.key" in existing
@@ -238,17 +241,18 @@ def _resolve_cas(spec: Spec, existing: Mapping[str, bytes], cas: CaInputs, now: 
             raise MaterialError("pki.ca_next: 'rotate-ca finish' makes the next CA the cluster's CA; point pki.ca "
                                 "at the files pki.ca_next names, then remove pki.ca_next")
         if generated and cas.imported is not None:
-            raise MaterialError("pki.ca: the next CA was made by this tool (pki/ca-next.key); remove pki.ca, "
-                                "which names the old CA")
+            raise MaterialError(f"pki.ca: the next CA was made by this tool ({layout.key_file(NEXT)}); remove "
+                                "pki.ca, which names the old CA")
         if not generated and cas.imported is None:
-            raise MaterialError("pki.ca: must name the imported next CA (pki/ca-next.crt) for 'rotate-ca finish'")
+            raise MaterialError(f"pki.ca: must name the imported next CA ({layout.cert_file(NEXT)}) for 'rotate-ca "
+                                "finish'")
         nxt = _load_next(spec, existing, cas, now, records)
         events.append(PkiEvent(CA_NAME, Change.ROTATED, "rotation phase 3: the old CA is dropped"))
         return nxt, not generated, None
     if cas.phase in (Phase.NONE, Phase.TRUST_NEW):
         if have_next:
-            raise MaterialError(f"pki/{NEXT}.crt: present, but no CA rotation is in progress; refusing to "
-                                "guess what it is", hint=f"move pki/{NEXT}.* away, or restore pki/rotation.json")
+            raise MaterialError(f"{layout.cert_file(NEXT)}: present, but no CA rotation is in progress; refusing "
+                                "to guess what it is", hint=f"move {_PAIR_NEXT} away, or restore {layout.ROTATION}")
         if cas.imported_next is not None:
             raise MaterialError("pki.ca_next: names the CA a rotation moves to, but none is in progress; start "
                                 "one with 'rotate-ca begin', or remove pki.ca_next")
@@ -257,16 +261,16 @@ def _resolve_cas(spec: Spec, existing: Mapping[str, bytes], cas: CaInputs, now: 
     except MaterialError as exc:
         if cas.rotation.phase is not Phase.ISSUE:
             raise
-        # finish writes the new CA's key over pki/ca.key first: a finish cut short leaves that key there.
+        # finish writes the new CA's key over the CA's key file first: a finish cut short leaves that key there.
         raise MaterialError(exc.messages, hint="if a 'rotate-ca finish' was interrupted, run it again") from None
     if cas.phase in (Phase.NONE, Phase.TRUST_NEW):
         return ca, cas.imported is not None, None
     if not cas.beginning and certs.cert_fingerprint(ca.cert) != cas.rotation.old_ca:
-        raise MaterialError("pki/ca.crt: is not the CA pki/rotation.json names as the old CA")
+        raise MaterialError(f"{layout.cert_file(CA_NAME)}: is not the CA {layout.ROTATION} names as the old CA")
     if cas.beginning:
         if have_next:
-            raise MaterialError(f"pki/{NEXT}.crt: already exists; refusing to replace it with a new CA",
-                                hint=f"move pki/{NEXT}.* away first")
+            raise MaterialError(f"{layout.cert_file(NEXT)}: already exists; refusing to replace it with a new CA",
+                                hint=f"move {_PAIR_NEXT} away first")
         if cas.imported_next is not None:
             nxt = certs.load_ca(*cas.imported_next, now, "pki.ca_next")
             if certs.public_der(nxt.key) == certs.public_der(ca.key):
@@ -281,28 +285,29 @@ def _resolve_cas(spec: Spec, existing: Mapping[str, bytes], cas: CaInputs, now: 
 
 def _load_next(spec: Spec, existing: Mapping[str, bytes], cas: CaInputs, now: dt.datetime,
                records: KeyRecords) -> CA:
-    """The rotation's next CA as an earlier build of this rotation left it in pki/ca-next.*."""
+    """The rotation's next CA as an earlier build of this rotation left it in the keys directory."""
     cert_pem, key_pem = existing.get(f"{NEXT}.crt"), existing.get(f"{NEXT}.key")
     if cert_pem is None:
-        raise MaterialError(f"pki/{NEXT}.crt: missing during a CA rotation (phase {cas.rotation.phase:d})",
-                            hint="restore it (and pki/ca-next.key.age with unseal) from the cluster's repository")
+        raise MaterialError(f"{layout.cert_file(NEXT)}: missing during a CA rotation (phase {cas.rotation.phase:d})",
+                            hint=f"restore it (and {layout.sealed_file(layout.key_file(NEXT))} with unseal) from the "
+                            "cluster's repository")
     if key_pem is not None:
         if cas.imported_next is not None and not cas.finishing:
-            raise MaterialError(f"pki.ca_next: the rotation's next CA was made by this tool (pki/{NEXT}.key); "
-                                "remove pki.ca_next")
-        nxt = certs.load_ca(cert_pem, key_pem, now, f"pki/{NEXT}.crt", own=True)
-        _check_recorded(NEXT, nxt.key, key_pem, records, f"pki/{NEXT}.key")
+            raise MaterialError(f"pki.ca_next: the rotation's next CA was made by this tool "
+                                f"({layout.key_file(NEXT)}); remove pki.ca_next")
+        nxt = certs.load_ca(cert_pem, key_pem, now, layout.cert_file(NEXT), own=True)
+        _check_recorded(NEXT, nxt.key, key_pem, records, layout.key_file(NEXT))
     else:
         source = cas.imported_next if not cas.finishing else cas.imported
         if source is None:
-            raise MaterialError("pki.ca_next: the rotation's next CA was imported (pki/ca-next.crt has no key "
-                                "here); pki.ca_next must name its cert and key until 'rotate-ca finish'")
+            raise MaterialError(f"pki.ca_next: the rotation's next CA was imported ({layout.cert_file(NEXT)} has no "
+                                "key here); pki.ca_next must name its cert and key until 'rotate-ca finish'")
         nxt = certs.load_ca(*source, now, "pki.ca_next" if not cas.finishing else "pki.ca")
         if not _same_ca(cert_pem, nxt):
             raise MaterialError(f"{'pki.ca_next' if not cas.finishing else 'pki.ca'}: differs from the next CA "
-                                f"already in pki/{NEXT}.crt; refusing to replace it")
+                                f"already in {layout.cert_file(NEXT)}; refusing to replace it")
     if certs.cert_fingerprint(nxt.cert) != cas.rotation.new_ca:
-        raise MaterialError(f"pki/{NEXT}.crt: is not the CA pki/rotation.json names as the new CA")
+        raise MaterialError(f"{layout.cert_file(NEXT)}: is not the CA {layout.ROTATION} names as the new CA")
     return nxt
 
 
@@ -315,30 +320,30 @@ def _resolve_ca(spec: Spec, existing: Mapping[str, bytes], imported: tuple[bytes
             return ca  # same certificate, different PEM layout: nothing to replace
         if have_cert and existing["ca.crt"] != ca.cert_pem:
             raise MaterialError(
-                "pki.ca.cert: differs from the CA already in pki/ca.crt; refusing to replace it",
-                hint="every node certificate would change; move the old pki/ directory away first")
+                f"pki.ca.cert: differs from the CA already in {layout.cert_file(CA_NAME)}; refusing to replace it",
+                hint=f"every node certificate would change; move the old {layout.PKI}/ directory away first")
         events.append(PkiEvent(CA_NAME, Change.IMPORTED, "" if not have_cert else "unchanged"))
         return ca
     if have_key and not have_cert and CA_NAME in records.pending:
         # An earlier run was killed after it wrote ca.key and before ca.crt: finish it.
-        key = _load_key(existing["ca.key"], "pki/ca.key")
-        _check_recorded(CA_NAME, key, existing["ca.key"], records, "pki/ca.key")
+        key = _load_key(existing["ca.key"], layout.key_file(CA_NAME))
+        _check_recorded(CA_NAME, key, existing["ca.key"], records, layout.key_file(CA_NAME))
         events.append(PkiEvent(CA_NAME, Change.CREATED, "its certificate, for the key an interrupted run wrote"))
         return create_ca(spec, now, key)
     if have_cert != have_key:
-        missing = "ca.key" if have_cert else "ca.crt"
-        raise MaterialError(f"pki/{missing}: missing while its pair exists; refusing to create a "
+        missing = layout.key_file(CA_NAME) if have_cert else layout.cert_file(CA_NAME)
+        raise MaterialError(f"{missing}: missing while its pair exists; refusing to create a "
                             "new CA over the old one",
-                            hint="restore the file, or move pki/ away to start a new CA")
+                            hint=f"restore the file, or move {layout.PKI}/ away to start a new CA")
     if have_cert:
-        ca = certs.load_ca(existing["ca.crt"], existing["ca.key"], now, "pki/ca.crt", own=True)
-        _check_recorded(CA_NAME, ca.key, existing["ca.key"], records, "pki/ca.key")
+        ca = certs.load_ca(existing["ca.crt"], existing["ca.key"], now, layout.cert_file(CA_NAME), own=True)
+        _check_recorded(CA_NAME, ca.key, existing["ca.key"], records, layout.key_file(CA_NAME))
         events.append(PkiEvent(CA_NAME, Change.REUSED))
         return ca
     if records.ca_recorded:
-        raise MaterialError("pki/ca.crt, pki/ca.key: missing, but manifest.json records a CA; refusing to "
-                            "create a new one", hint="restore pki/ (unseal), or move manifest.json away to "
-                            "start over with a new CA")
+        raise MaterialError(f"{layout.cert_file(CA_NAME)}, {layout.key_file(CA_NAME)}: missing, but manifest.json "
+                            "records a CA; refusing to create a new one", hint=f"restore {layout.PKI}/ (unseal), or "
+                            "move manifest.json away to start over with a new CA")
     events.append(PkiEvent(CA_NAME, Change.CREATED))
     return create_ca(spec, now)
 
@@ -353,7 +358,7 @@ def _check_recorded(name: str, key: PrivateKey, pem: bytes, records: KeyRecords,
     want = records.recorded.get(name) or records.pending.get(name)
     if want is None:
         raise MaterialError(f"{source}: not recorded in manifest.json; refusing to adopt a key this tool "
-                            "did not write", hint="a copied pki/ needs the manifest.json it came with")
+                            "did not write", hint=f"a copied {layout.PKI}/ needs the manifest.json it came with")
     if public_key_sha256(key) != want:
         raise MaterialError(f"{source}: its public key differs from the one manifest.json records; "
                             "refusing to use it", hint=f"to replace it on purpose, build with --rekey {name}")
@@ -369,7 +374,7 @@ def _same_ca(cert_pem: bytes, ca: CA) -> bool:
 def _leaf_key(pki: Pki, name: str, existing: Mapping[str, bytes], records: KeyRecords, rekey: str | None,
               problems: list[str], events: list[PkiEvent]) -> PrivateKey:
     """The key a leaf keeps, or a new one when there is none, the type changed, or `rekey` gives a reason."""
-    source = f"pki/{name}.key"
+    source = layout.key_file(name)
     pem = existing.get(f"{name}.key")
     if rekey:
         events.append(PkiEvent(name, Change.NEW_KEY, rekey))
@@ -393,13 +398,13 @@ def _leaf_key(pki: Pki, name: str, existing: Mapping[str, bytes], records: KeyRe
 
 def _check_distinct_keys(cas: list[CA], keys: Mapping[str, PrivateKey], problems: list[str]) -> None:
     """No leaf may carry a CA's key, and no two leaves may share a key."""
-    seen = {certs.public_der(ca.key): "a CA (pki/ca.key or pki/ca-next.key)" for ca in cas}
+    seen = {certs.public_der(ca.key): f"a CA ({layout.key_file(CA_NAME)} or {layout.key_file(NEXT)})" for ca in cas}
     for name, key in keys.items():
         der = certs.public_der(key)
         if der in seen:
-            problems.append(f"pki/{name}.key: is the same key as {seen[der]}; refusing to use it")
+            problems.append(f"{layout.key_file(name)}: is the same key as {seen[der]}; refusing to use it")
         else:
-            seen[der] = f"pki/{name}.key"
+            seen[der] = layout.key_file(name)
 
 
 def _leaf(pki: Pki, ca: CA, name: str, identity: Identity, key: PrivateKey, existing: Mapping[str, bytes],

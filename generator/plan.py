@@ -54,11 +54,11 @@ class BuildPlan:
     warnings: list[str] = field(default_factory=list)
     reseed: list[str] = field(default_factory=list)  # nodes whose seed changed, in rolling order
     deletes: list[str] = field(default_factory=list)  # paths under output/<cluster>/, from DELETABLE
-    # Sealed copies that follow their key to a new name (pki/ca-next.key.age -> pki/ca.key.age at the end
-    # of a CA rotation), as key file names under pki/.
+    # Sealed copies that follow their key to a new name (the next CA's to the CA's at the end of a CA
+    # rotation), as key file names in the keys directory.
     sealed_moves: list[tuple[str, str]] = field(default_factory=list)
     step: str | None = None  # the rotation step taken, for the journal
-    crl_next_update: dt.datetime | None = None  # pki/crl.der's nextUpdate
+    crl_next_update: dt.datetime | None = None  # the CRL's nextUpdate
     # The spec fields changed since the last build, each with how such a change reaches the nodes.
     field_changes: list[fields.Change] = field(default_factory=list)
 

@@ -17,7 +17,7 @@ import jinja2
 from . import node as node_facts
 from .errors import TemplateError
 from .etcd import CLIENT_PORT
-from .layout import CLIENTS
+from .layout import CA_CERT_NAME, CLIENTS, RESTORE_ON_SEED
 from .node import STAGED_FILES
 from .paths import PATHS
 from .spec import Client, ClientUse, Node, Spec
@@ -123,16 +123,17 @@ def password_marker(password_hash: str) -> str:
     return f"withheld from review; sha256 of the hash: {hashlib.sha256(password_hash.encode()).hexdigest()}"
 
 
-def render_etcdctl_env(env: jinja2.Environment, spec: Spec, ca_file: str = "ca.crt") -> str:
-    """pki/etcdctl.env: endpoints and file names for etcdctl with the admin certificate.
+def render_etcdctl_env(env: jinja2.Environment, spec: Spec, ca_file: str = CA_CERT_NAME) -> str:
+    """layout.ETCDCTL_ENV: endpoints and file names for etcdctl with the admin certificate.
 
-    `ca_file`: what clients trust, ca-bundle.crt while a CA rotation trusts two CAs.
+    `ca_file`: what clients trust (layout.trust_name).
     """
     return _render(env, "etcdctl.env.j2", {"spec": spec, "endpoints": node_facts.client_endpoints(spec),
                                            "ca_file": ca_file})
 
 
-def render_client(env: jinja2.Environment, spec: Spec, client: Client, template: str, ca_file: str = "ca.crt") -> str:
+def render_client(env: jinja2.Environment, spec: Spec, client: Client, template: str,
+                  ca_file: str = CA_CERT_NAME) -> str:
     """One of a client's ready-to-use files (see CLIENT_FILES): flanneld's variables, kube-apiserver's flags,
     etcdctl's variables, or Prometheus' scrape job and alert rules."""
     return _render(env, template, {
@@ -265,9 +266,6 @@ def _staged(name: str, content: str | bytes, dest: str, mode: str, etcd_owned: b
                       sha256 or hashlib.sha256(content).hexdigest(), binary=True)
     digest = sha256 or hashlib.sha256((content.rstrip("\n") + "\n").encode()).hexdigest()
     return Staged(name, content, dest, mode, etcd_owned, restart, digest)
-
-
-RESTORE_ON_SEED = "snapshot.db"  # the restore snapshot's name on the seed ISO
 
 
 def _restore_context(spec: Spec, node: Node) -> dict[str, str] | None:

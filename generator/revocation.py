@@ -1,4 +1,4 @@
-"""Revocation: which certificates the cluster no longer accepts, and the CRL (pki/crl.der) that lists them.
+"""Revocation: which certificates the cluster no longer accepts, and the CRL (layout.CRL) that lists them.
 
 A leaf certificate is revoked when its identity is marked `revoked: true` or leaves the spec, or when the
 build gives it a new key (a replaced node, --rekey) while the old certificate is still valid. Renewal and
@@ -129,7 +129,7 @@ def lost(existing: bytes | None, trusted: Sequence[CA], previous: Manifest) -> l
 
 @dataclass(frozen=True)
 class CrlFile:
-    """pki/crl.der as this build writes it, and whether it was issued now (else reused as it was)."""
+    """The CRL as this build writes it, and whether it was issued now (else reused as it was)."""
 
     der: bytes
     issued: bool
@@ -138,7 +138,7 @@ class CrlFile:
 
 def crl(existing: bytes | None, revoked: tuple[Revoked, ...], signer: CA, now: dt.datetime, days: int,
         renew_before_days: int, renew: bool = False) -> CrlFile:
-    """Reuse pki/crl.der while it is the signer's, lists exactly `revoked` and is not due; else issue a new one,
+    """Reuse the CRL while it is the signer's, lists exactly `revoked` and is not due; else issue a new one,
     valid for `days`, numbered one past the old."""
     old = certs.read_crl(existing, signer.cert) if existing is not None else None
     wanted = frozenset(int(r.serial, 16) for r in revoked)

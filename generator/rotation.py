@@ -6,7 +6,7 @@ so the trust is widened first, then every leaf moves to the new CA, then the old
   2. issue: every leaf is issued from the new CA (keys are kept); trust stays old + new;
   3. trust the new CA only; the old CA's key is deleted.
 Each phase is an ordinary build whose seeds are rolled one node at a time before the next phase.
-The state lives in pki/rotation.json, listed in manifest.json like every file the build writes.
+The state lives in the tree (layout.ROTATION), listed in manifest.json like every file the build writes.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Rotation:
 
     @property
     def in_progress(self) -> bool:
-        """Phases 1 and 2: two CAs are trusted and pki/ca-next.* exists."""
+        """Phases 1 and 2: two CAs are trusted and the next CA's files exist."""
         return self.phase in (Phase.TRUST_BOTH, Phase.ISSUE)
 
 
@@ -75,7 +75,7 @@ def describe(phase: Phase) -> str:
 
 
 def parse(data: bytes | None, recorded_sha256: str | None) -> Rotation:
-    """Read pki/rotation.json; it must be the file the last build wrote (manifest.json lists its sha256).
+    """Read the rotation state; it must be the file the last build wrote (manifest.json lists its sha256).
 
     Raises:
         OutputError: damaged, changed by hand, or missing while the manifest lists it.
@@ -105,7 +105,7 @@ def parse(data: bytes | None, recorded_sha256: str | None) -> Rotation:
 
 
 def render(rotation: Rotation) -> bytes:
-    """pki/rotation.json for a rotation in any phase but NONE."""
+    """The rotation state's file (layout.ROTATION) for a rotation in any phase but NONE."""
     document = {"phase": int(rotation.phase), "step": describe(rotation.phase),
                 "old_ca": rotation.old_ca, "new_ca": rotation.new_ca}
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()

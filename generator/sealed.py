@@ -11,16 +11,15 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from . import external, fs, hostkeys
+from . import external, fs, hostkeys, layout
 from .certs import public_key_sha256
 from .errors import MaterialError
 from .inputs import cluster_root, read_manifest, read_spec
 from .layout import HEX64, MANIFEST, PKI, PUBLIC_MODE, SEALED_INDEX, SECRET_DIR_MODE, SECRET_MODE
 from .manifest import Manifest
 
-INDEX = SEALED_INDEX.removeprefix("pki/")  # which key each .age file holds, and for whom it was sealed
+INDEX = layout.SEALED_INDEX_NAME  # which key each .age file holds, and for whom it was sealed
 _RECIPIENT = re.compile(r"age1[0-9a-z]{58}")
-_KEY_FILE = re.compile(r"[a-z0-9-]{1,63}(\.ssh)?\.key")  # TLS keys, and nodes' SSH host keys
 
 
 @dataclass(frozen=True)
@@ -30,10 +29,10 @@ class SealResult:
 
 
 def recorded_keys(previous: Manifest) -> dict[str, str]:
-    """The key files of pki/ that the manifest records, with their public key sha256 (None if format 1)."""
-    return {path.removeprefix("pki/"): entry.public_key_sha256 or ""
-            for path, entry in previous.files.items()
-            if path.startswith("pki/") and _KEY_FILE.fullmatch(path.removeprefix("pki/"))}
+    """The key files the manifest records, by name in the keys directory, with their public key sha256 ("" if
+    format 1)."""
+    return {layout.key_file_name(name): entry.public_key_sha256 or ""
+            for path, entry in previous.files.items() if (name := layout.key_name(path)) is not None}
 
 
 def seal(pki_dir: Path, recipients: Sequence[str], previous: Manifest) -> SealResult:
@@ -51,14 +50,14 @@ def seal(pki_dir: Path, recipients: Sequence[str], previous: Manifest) -> SealRe
     index = read_index(pki_dir)
     result = SealResult([], [])
     for name in sorted(recorded_keys(previous)):
-        data = fs.read_regular(pki_dir / name, fs.LIMITS["pem"], f"pki/{name}")
+        data = fs.read_regular(pki_dir / name, fs.LIMITS["pem"], layout.pki_path(name))
         assert data is not None  # noqa: S101 - missing_ok is off
         want = {"key_sha256": hashlib.sha256(data).hexdigest(), "recipients": sorted(recipients)}
-        target = pki_dir / f"{name}.age"
+        target = pki_dir / layout.sealed_file(name)
         if index.get(name) == want and target.is_file():
             result.unchanged.append(target.name)
             continue
-        fs.write_file(target, external.age_encrypt(data, recipients, f"pki/{name}"), PUBLIC_MODE)
+        fs.write_file(target, external.age_encrypt(data, recipients, layout.pki_path(name)), PUBLIC_MODE)
         index[name] = want
         result.sealed.append(target.name)
     write_index(pki_dir, index)
@@ -78,25 +77,25 @@ def unseal(pki_dir: Path, identity: Path, previous: Manifest) -> list[str]:
     index = read_index(pki_dir)
     keys = recorded_keys(previous)
     if not keys:
-        raise MaterialError(f"{pki_dir.parent / 'manifest.json'}: records no keys; nothing to unseal")
-    fs.make_dirs(pki_dir.parent, {"pki": SECRET_DIR_MODE})
+        raise MaterialError(f"{pki_dir.parent / MANIFEST}: records no keys; nothing to unseal")
+    fs.make_dirs(pki_dir.parent, {PKI: SECRET_DIR_MODE})
     restored, problems = [], []
     for name, public in sorted(keys.items()):
-        sealed_path = pki_dir / f"{name}.age"
-        sealed = fs.read_regular(sealed_path, fs.LIMITS["pem"], f"pki/{name}.age", missing_ok=True)
+        sealed_path, copy = pki_dir / layout.sealed_file(name), layout.sealed_path(name)
+        sealed = fs.read_regular(sealed_path, fs.LIMITS["pem"], copy, missing_ok=True)
         if sealed is None:
-            problems.append(f"pki/{name}.age: missing; {name} was never sealed")
+            problems.append(f"{copy}: missing; {name} was never sealed")
             continue
         data = external.age_decrypt(sealed, identity, str(sealed_path))
         recorded = index.get(name, {}).get("key_sha256")
         if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
-            problems.append(f"pki/{name}.age: decrypts to a key other than the one {INDEX} records")
+            problems.append(f"{copy}: decrypts to a key other than the one {INDEX} records")
             continue
-        problem = _check_public(data, public, previous.files[f"pki/{name}"].sha256)
+        problem = _check_public(data, public, previous.files[layout.pki_path(name)].sha256)
         if problem:
-            problems.append(f"pki/{name}.age: {problem}; refusing to restore it")
+            problems.append(f"{copy}: {problem}; refusing to restore it")
             continue
-        existing = fs.read_regular(pki_dir / name, fs.LIMITS["pem"], f"pki/{name}", missing_ok=True)
+        existing = fs.read_regular(pki_dir / name, fs.LIMITS["pem"], layout.pki_path(name), missing_ok=True)
         if existing is not None and existing != data:
             problems.append(f"{pki_dir / name}: exists and differs from {sealed_path.name}; refusing to replace it")
             continue
@@ -123,7 +122,7 @@ def _check_public(data: bytes, public: str, file_sha256: str) -> str | None:
 
 
 def read_index(pki_dir: Path) -> dict[str, Mapping[str, object]]:
-    """pki/sealed.json as it is on disk ({} when there is none)."""
+    """The sealed index as it is on disk ({} when there is none)."""
     return parse_index(fs.read_optional(pki_dir / INDEX, SEALED_INDEX))
 
 
@@ -147,7 +146,7 @@ def parse_index(data: bytes | None) -> dict[str, Mapping[str, object]]:
         raise MaterialError(f"{SEALED_INDEX}: must be a JSON object")
     for name, entry in index.items():
         where = f"{SEALED_INDEX}: {name}"
-        if not _KEY_FILE.fullmatch(str(name)) or not isinstance(entry, dict):
+        if not layout.is_key(layout.pki_path(str(name))) or not isinstance(entry, dict):
             raise MaterialError(f"{where}: must name a key file and map to an object")
         sha, recipients = entry.get("key_sha256"), entry.get("recipients")
         if not (isinstance(sha, str) and HEX64.fullmatch(sha)):
@@ -168,14 +167,15 @@ def _cluster(spec_path: Path, out: Path) -> tuple[Path, Manifest]:
 
 
 def seal_cluster(spec_path: Path, out: Path, recipients: Sequence[str]) -> tuple[Path, SealResult]:
-    """`seal` for the cluster spec_path defines, under the tree's lock: pki/ and what was sealed."""
+    """`seal` for the cluster spec_path defines, under the tree's lock: the keys directory and what was sealed."""
     root, previous = _cluster(spec_path, out)
     with fs.locked(root, exclusive=True):
         return root / PKI, seal(root / PKI, recipients, previous)
 
 
 def unseal_cluster(spec_path: Path, out: Path, identity: Path) -> tuple[Path, list[str]]:
-    """`unseal` for the cluster spec_path defines, under the tree's lock: pki/ and the keys restored."""
+    """`unseal` for the cluster spec_path defines, under the tree's lock: the keys directory and the keys
+    restored."""
     root, previous = _cluster(spec_path, out)
     with fs.locked(root, exclusive=True):
         return root / PKI, unseal(root / PKI, identity, previous)

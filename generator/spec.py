@@ -19,7 +19,7 @@ import yaml
 from . import fields
 from .errors import SpecError
 from .etcd import BUMP_REVISION_SINCE, Version
-from .layout import HEX64, RESERVED_NAMES
+from .layout import HEX64, RESERVED_NAMES, pki_path
 from .paths import PATHS
 
 
@@ -686,7 +686,7 @@ def _check_cluster_name(value: str) -> str | None:
 
 def _check_node_name(value: str) -> str | None:
     if value in RESERVED_NAMES:
-        return (f"'{value}' is reserved: the build writes pki/{value}.* or {value}/ for itself; "
+        return (f"'{value}' is reserved: the build writes {pki_path(value)}.* or {value}/ for itself; "
                 "choose another node name")
     return _check_label(value)
 
@@ -1088,7 +1088,7 @@ def _clients(value: Any, nodes: list[Node], pki: Pki | None, errs: _Errors) -> l
                      "choose another client name")
             name = None
         if name is not None and (name in RESERVED_NAMES or name in taken):
-            errs.add(f"{path}.name", f"'{name}' is taken by {taken.get(name, 'the build (pki/' + name + '.*)')}; "
+            errs.add(f"{path}.name", f"'{name}' is taken by {taken.get(name, f'the build ({pki_path(name)}.*)')}; "
                      "choose another client name")
             name = None
         use = data.get("use", ClientUse.ETCDCTL.value)

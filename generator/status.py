@@ -233,8 +233,8 @@ def _drift(spec: Spec, row: Row) -> list[str]:
     found = []
     for port, state in ((CLIENT_PORT, row.client_cert), (PEER_PORT, row.peer_cert)):
         if state == "older":
-            found.append(f"serves an older certificate on {port} than pki/{row.node}.crt: its new seed is not "
-                         "running yet")
+            found.append(f"serves an older certificate on {port} than {layout.cert_file(row.node)}: its new seed is "
+                         "not running yet")
     if row.version is not None and row.version != spec.etcd.version:
         found.append(f"runs etcd {row.version}, the build says {spec.etcd.version}")
     if row.quota is not None and row.quota != spec.etcd.quota_backend_bytes:
@@ -545,7 +545,7 @@ def check(spec_path: Path, out: Path, timeout: float = TIMEOUT_S) -> Status:
     """
     spec, _ = read_spec(spec_path)
     root = cluster_root(out, spec)
-    trust = root / (layout.CA_BUNDLE if (root / layout.CA_BUNDLE).exists() else layout.cert_file(layout.CA_NAME))
+    trust = root / layout.trust_file((root / layout.CA_BUNDLE).exists())
     cert, key = root / layout.cert_file(layout.ADMIN), root / layout.key_file(layout.ADMIN)
     for path in (trust, cert, key, *(root / layout.cert_file(n.name) for n in spec.nodes)):
         if not path.is_file():

@@ -28,12 +28,12 @@ from .etcd import Bundle
 from .fs import OnDisk
 from .inputs import Snapshot, cluster_root, load_bundle, now, read_spec
 from .iso import VOLUME_LABEL, iso_digest, read_iso, volume_label
-from .layout import CA_NAME, JOURNAL, NODE_FILES, SECRET_DIR_MODE, SEED_ISO, TEMP_PREFIX, is_secret
+from .layout import CA_NAME, JOURNAL, NODE_FILES, RESTORE_ON_SEED, SECRET_DIR_MODE, is_secret
 from .manifest import Manifest, WrittenWith
 from .outputs import CaPem, HostPem, KeyPem, LeafPem, Material, OutputFile, output_files, seed_entries
 from .paths import PATHS
 from .pki import leaf_table
-from .render import RESTORE_ON_SEED, make_environment
+from .render import make_environment
 from .rotation import Phase, Rotation
 from .spec import Spec
 
@@ -105,7 +105,7 @@ def check(spec_path: Path, out: Path, warn_days: int, fail_days: int) -> Report:
         # cloud-init's schema check runs in a process of its own, beside the rest of verify.
         names = sorted(p for p in disk if p.endswith("/user-data"))
         schema = pool.submit(external.cloud_init_schema, [root / name for name in names])
-        small = [p for p in disk if not p.endswith(f"/{SEED_ISO}")]
+        small = [p for p in disk if layout.built_node(p) is None]
         tree = Tree(files=fs.read_files(root, small), disk=disk, dirs=dirs, odd=odd,
                     read_large=lambda rel: fs.read_regular(root / rel, fs.LIMITS["bundle"] * 2, rel) or b"",
                     git_tracked=external.git_tracked(root))
@@ -183,7 +183,7 @@ def verify_tree(spec: Spec, tree: Tree, now: dt.datetime, warn_days: int, fail_d
                              f"has {bundle.sha256}"))
     material = _material(spec, tree, previous, trusted, hosts)
     epochs = {node.name: entry.epoch for node in spec.nodes
-              if (entry := previous.files.get(layout.node_file(node.name, SEED_ISO))) and entry.epoch is not None}
+              if (entry := previous.files.get(layout.seed_file(node.name))) and entry.epoch is not None}
     tarball: Bundle | str = bundle if bundle is not None else \
         spec.etcd.sha256 or previous.bundle_sha256 or ""
     try:
@@ -202,7 +202,7 @@ def verify_tree(spec: Spec, tree: Tree, now: dt.datetime, warn_days: int, fail_d
 
 def _check_crl(tree: Tree, previous: Manifest, signer: x509.Certificate, now: dt.datetime,
                found: list[Finding]) -> None:
-    """pki/crl.der: signed by the CA that issues leaves, listing exactly the manifest's revoked serials, and current.
+    """The CRL: signed by the CA that issues leaves, listing exactly the manifest's revoked serials, and current.
     Every member refuses every client while its CRL is unreadable."""
     crl = certs.read_crl(tree.files.get(layout.CRL, b""), signer)
     if crl is None:
@@ -289,21 +289,21 @@ def _check_rotation(tree: Tree, previous: Manifest, ca: x509.Certificate, now: d
         found.append(Finding(layout.ROTATION, exc.messages[0].split(": ", 1)[-1]))
         return None
     fingerprint = cert_fingerprint(ca)
-    next_path = f"pki/{layout.NEXT_CA}.crt"
+    ca_path, next_path = layout.cert_file(CA_NAME), layout.cert_file(layout.NEXT_CA)
     if not state.in_progress:
         if state.phase is Phase.TRUST_NEW and fingerprint != state.new_ca:
-            found.append(Finding("pki/ca.crt", "is not the CA pki/rotation.json names as the new CA"))
+            found.append(Finding(ca_path, f"is not the CA {layout.ROTATION} names as the new CA"))
         return state, [ca]
     found.append(Finding(layout.ROTATION, f"CA rotation in phase {state.phase:d} of 3 "
                          f"({rotation.describe(state.phase)})"
                          "; finish it before the old CA expires", error=False))
-    nxt = _check_ca(tree, next_path, f"pki/{layout.NEXT_CA}.key", previous, now, warn_days, fail_days, found)
+    nxt = _check_ca(tree, next_path, layout.key_file(layout.NEXT_CA), previous, now, warn_days, fail_days, found)
     if nxt is None:
         return None
     if fingerprint != state.old_ca:
-        found.append(Finding("pki/ca.crt", "is not the CA pki/rotation.json names as the old CA"))
+        found.append(Finding(ca_path, f"is not the CA {layout.ROTATION} names as the old CA"))
     if cert_fingerprint(nxt) != state.new_ca:
-        found.append(Finding(next_path, "is not the CA pki/rotation.json names as the new CA"))
+        found.append(Finding(next_path, f"is not the CA {layout.ROTATION} names as the new CA"))
     return state, [ca, nxt]
 
 
@@ -377,25 +377,23 @@ def _check_manifest(tree: Tree, found: list[Finding]) -> Manifest | None:
 def _check_layout(tree: Tree, previous: Manifest | None, found: list[Finding]) -> None:
     """Directories' modes, and anything in the tree that the build did not write."""
     listed = set(previous.files) if previous else set()
-    sealed = {f"{path}.age" for path in listed if path.startswith("pki/") and path.endswith(".key")}
-    pki_mode = tree.dirs.get("pki")
+    pki_mode = tree.dirs.get(layout.PKI)
     # git keeps no directory modes: only a tree that holds keys is held to 0700.
     if pki_mode is not None and pki_mode != SECRET_DIR_MODE and _holds_secrets(tree):
-        found.append(Finding("pki/", f"mode is {pki_mode:04o}; the directory of the keys must be 0700"))
+        found.append(Finding(f"{layout.PKI}/", f"mode is {pki_mode:04o}; the directory of the keys must be 0700"))
     for rel, mode in sorted(tree.dirs.items()):
         if mode & 0o022:
             found.append(Finding(f"{rel}/", f"mode is {mode:04o}; others could replace its files"))
     for rel in tree.odd:
         found.append(Finding(rel, "is not a regular file or directory (a link or a device); the build writes none"))
-    for rel in sorted(set(tree.disk) - listed - {manifest.NAME}):
-        name = rel.rsplit("/", 1)[-1]
-        if name.startswith(TEMP_PREFIX):
+    for rel in sorted(set(tree.disk) - listed):
+        if layout.is_temp(rel):
             found.append(Finding(rel, "left by a run that was killed; it may hold a key (the next build removes it)"))
         elif rel == JOURNAL:
             found.append(Finding(rel, "a build was interrupted; run it again to complete it"))
-        elif rel in sealed or rel in (layout.SEALED_INDEX, layout.CACHE):
+        elif layout.kept_unlisted(rel, listed):
             continue
-        elif rel.startswith("pki/"):
+        elif layout.in_pki(rel):
             found.append(Finding(rel, "is not a file the build wrote; nothing but the build's own files "
                                  "belongs beside the keys"))
         else:
@@ -414,15 +412,15 @@ def _check_sealed(tree: Tree, previous: Manifest | None, found: list[Finding]) -
         found.append(Finding(layout.SEALED_INDEX, str(exc)))
         return
     for name, entry in sorted(index.items()):
-        path = f"pki/{name}.age"
+        key, path = layout.pki_path(name), layout.sealed_path(name)
         if path not in tree.disk:
             continue
-        recorded = previous.files.get(f"pki/{name}")
+        recorded = previous.files.get(key)
         if recorded is None:
-            found.append(Finding(path, f"{layout.SEALED_INDEX} says it holds pki/{name}, which {manifest.NAME} "
+            found.append(Finding(path, f"{layout.SEALED_INDEX} says it holds {key}, which {manifest.NAME} "
                                  "does not record; delete it, or run seal again"))
         elif entry.get("key_sha256") != recorded.sha256:
-            found.append(Finding(path, f"holds a key other than the pki/{name} that {manifest.NAME} records; run "
+            found.append(Finding(path, f"holds a key other than the {key} that {manifest.NAME} records; run "
                                  "seal again so that unseal restores the key in use"))
 
 
@@ -477,7 +475,7 @@ def _check_distinct(tree: Tree, keys: Mapping[str, PrivateKey], found: list[Find
     for name, key in keys.items():
         der = public_der(key)
         if der in seen:
-            found.append(Finding(f"pki/{name}.key", f"is the same key as pki/{seen[der]}.key"))
+            found.append(Finding(layout.key_file(name), f"is the same key as {layout.key_file(seen[der])}"))
         seen.setdefault(der, name)
 
 
@@ -509,7 +507,7 @@ def _check_node(spec: Spec, name: str, tree: Tree, previous: Manifest, outputs: 
 def _check_iso(name: str, tree: Tree, previous: Manifest, texts: Mapping[str, str], tarball: str | None,
                bundle: Bundle | None, found: list[Finding]) -> None:
     """The seed holds exactly the rendered files under the cidata label; byte for byte when it can be rebuilt."""
-    path = f"{name}/{SEED_ISO}"
+    path = layout.seed_file(name)
     if path not in tree.disk or tree.read_large is None:
         return
     entry = previous.files.get(path)
@@ -528,14 +526,13 @@ def _check_iso(name: str, tree: Tree, previous: Manifest, texts: Mapping[str, st
     if volume_label(iso) != VOLUME_LABEL:
         found.append(Finding(path, f"its label is {volume_label(iso)!r}, not {VOLUME_LABEL!r}"))
     restore = RESTORE_ON_SEED if previous.restore_sha256 else None
-    want_names = {f.name for f in NODE_FILES if f.on_iso} | ({tarball} if tarball else set()) | \
-        ({restore} if restore else set())
+    want_names = set(layout.seed_contents(tarball, restore is not None))
     if set(on_seed) != want_names:
         extra, lacking = sorted(set(on_seed) - want_names), sorted(want_names - set(on_seed))
         found.append(Finding(path, f"holds {sorted(on_seed)}; extra {extra}, missing {lacking}"))
-    for node_file in NODE_FILES:
-        if node_file.on_iso and on_seed.get(node_file.name) != texts[node_file.name].encode():
-            found.append(Finding(path, f"its {node_file.name} differs from {name}/{node_file.name}"))
+    for file_name in layout.SEED_NODE_FILES:
+        if on_seed.get(file_name) != texts[file_name].encode():
+            found.append(Finding(path, f"its {file_name} differs from {layout.node_file(name, file_name)}"))
     if previous.bundle_sha256 and tarball and tarball in on_seed and \
             hashlib.sha256(on_seed[tarball]).hexdigest() != previous.bundle_sha256:
         found.append(Finding(path, f"its {tarball} is not the bundle the manifest records"))
