@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +20,22 @@ from typing import BinaryIO
 import jinja2
 from cryptography import x509
 
-from . import auth, certs, fastpath, fields, fs, hostkeys, keygen, layout, manifest, notes, revocation, rotation, sealed
+from . import (
+    auth,
+    certs,
+    fastpath,
+    fields,
+    fs,
+    hostkeys,
+    journal,
+    keygen,
+    layout,
+    manifest,
+    notes,
+    revocation,
+    rotation,
+    sealed,
+)
 from . import node as node_facts
 from .errors import GeneratorError, MaterialError, OutputError, printable
 from .etcd import Bundle, Version
@@ -37,7 +51,7 @@ from .inputs import (
     source_date_epoch,
 )
 from .iso import iso_digest, write_iso
-from .layout import CA_NAME, DELETABLE, HEX64, JOURNAL
+from .layout import CA_NAME, DELETABLE, JOURNAL
 from .manifest import FileEntry, Issued, Manifest, Revoked, WrittenWith
 from .outputs import CaPem, HostPem, KeyPem, LeafPem, Material, OutputFile, output_files
 from .pki import CaInputs, Change, KeyRecords, PkiState, build_pki
@@ -147,7 +161,7 @@ def _run(spec: Spec, spec_path: Path, out: Path, options: Options, write: bool, 
         with fs.locked(root, exclusive=True):
             try:
                 fastpath.forget(root)
-                resumed, step = recover(root)
+                resumed, step = journal.recover(root)
                 if resumed:
                     previous = read_manifest(root)  # the recovered run renamed its manifest into place
                     if step is not None and step == options.rotate:  # its step is taken: this run builds on it
@@ -155,7 +169,7 @@ def _run(spec: Spec, spec_path: Path, out: Path, options: Options, write: bool, 
                 plan = plan_build(spec, load_inputs(spec, root, spec_sha256, sources, previous), make_environment(),
                                   issued_at, pinned, options, timings)
                 started = time.perf_counter()
-                removed = apply_plan(root, plan)
+                removed = journal.apply(root, plan)
                 timings["write"] = time.perf_counter() - started
             except BaseException:
                 fs.remove_empty(created)  # only while holding the lock: another run may be about to use them
@@ -183,46 +197,9 @@ def load_inputs(spec: Spec, root: Path, spec_sha256: str, sources: Sources | Non
     current = rotation.parse(fs.read_optional(root / layout.ROTATION, layout.ROTATION),
                              listed.sha256 if listed else None)
     return Inputs(bundle=sources.bundle, imported=sources.imported, pki_files=fs.load_pki_dir(root / layout.PKI),
-                  previous=previous, pending=parse_journal(fs.read_optional(root / JOURNAL, JOURNAL)),
+                  previous=previous, pending=journal.pending_keys(fs.read_optional(root / JOURNAL, JOURNAL)),
                   disk=fs.scan(root)[0], snapshot=sources.snapshot, imported_next=sources.imported_next,
                   rotation=current, sealed_index=sealed.read_index(root / layout.PKI), spec_sha256=spec_sha256)
-
-
-_CHECK_BY_HAND = f"check {layout.PKI}/ by hand, then remove {JOURNAL}"
-
-
-def _journal_document(data: bytes | None) -> dict[str, object] | None:
-    if data is None:
-        return None
-    try:
-        document = json.loads(data)
-    except (ValueError, RecursionError):
-        raise OutputError(f"{JOURNAL}: not valid JSON; an interrupted run left it damaged",
-                          hint=_CHECK_BY_HAND) from None
-    if not isinstance(document, dict):
-        raise OutputError(f"{JOURNAL}: must be a JSON object", hint=_CHECK_BY_HAND)
-    return document
-
-
-def parse_journal(data: bytes | None) -> dict[str, str]:
-    """The keys an interrupted run was putting in place, by name.
-
-    Raises:
-        OutputError: damaged, or a run whose renames only a build may complete (plan reads, never writes).
-    """
-    document = _journal_document(data)
-    if document is None:
-        return {}
-    if "renames" in document:
-        raise OutputError(f"{JOURNAL}: a build was interrupted; run it (or the same rotate-ca step) again to "
-                          "complete it")
-    keys = document.get("keys")
-    if not isinstance(keys, dict) or not all(
-            isinstance(k, str) and layout.is_key_name(k) and isinstance(v, str) and HEX64.fullmatch(v)
-            for k, v in keys.items()):
-        raise OutputError(f"{JOURNAL}: keys: must map names to 64 hex digits",
-                          hint=_CHECK_BY_HAND)
-    return dict(keys)
 
 
 def key_records(previous: Manifest, pending: Mapping[str, str]) -> KeyRecords:
@@ -418,10 +395,6 @@ def _manifest(spec: Spec, inputs: Inputs, files: list[PlannedFile], pki: PkiStat
         data_disks={n.name: _disk_of(spec, n) for n in spec.nodes}, fields=spec.field_digests)
 
 
-def _const(data: bytes) -> Callable[[], bytes]:
-    return lambda: data
-
-
 def _plan_file(output: OutputFile, current: fs.OnDisk | None) -> PlannedFile:
     # Every file is made and compared with what is on disk, ISOs included: a seed that
     # was changed by hand (an extra vendor-data, another label) is rebuilt, whatever the
@@ -434,7 +407,7 @@ def _plan_file(output: OutputFile, current: fs.OnDisk | None) -> PlannedFile:
     else:
         assert output.content is not None  # noqa: S101 - the build holds every key it writes
         data = output.content
-        sha, size, make = hashlib.sha256(data).hexdigest(), len(data), _const(data)
+        sha, size, make = hashlib.sha256(data).hexdigest(), len(data), fs.const(data)
     if current is None:
         status = FileStatus.CREATE
     elif current.sha256 != sha:
@@ -453,7 +426,7 @@ def _sealed_moves(pki: PkiState, inputs: Inputs) -> tuple[list[tuple[str, str]],
     want = hashlib.sha256(pki.ca.key_pem).hexdigest()
     index = inputs.sealed_index
     sealed_as = {name: entry.get("key_sha256") for name, entry in index.items()}
-    source, target = _MOVES[0]
+    source, target = journal.SEALED_MOVE
     if sealed_as.get(target) == want:
         return [], []
     if sealed_as.get(source) == want and layout.sealed_path(source) in inputs.disk:
@@ -553,99 +526,3 @@ def certificates(pki: PkiState) -> dict[str, x509.Certificate]:
     if pki.next_ca is not None:
         cas[layout.cert_file(layout.NEXT_CA)] = pki.next_ca.cert
     return {**cas, **{layout.cert_file(name): c.cert for name, c in pki.leaves.items()}}
-
-
-def _write_order(path: str) -> int:
-    # Keys before certificates, the CA key first: a run killed in between leaves a key
-    # without its certificate, which the next run completes, never the other way round.
-    if path == layout.key_file(CA_NAME):
-        return 0
-    if layout.is_key(path):
-        return 1
-    return 2 if layout.in_pki(path) else 3
-
-
-def apply_plan(root: Path, plan: BuildPlan) -> list[str]:
-    """Write what the plan changes under root, which the caller holds locked.
-
-    Returns:
-        Stale temporary files of an earlier, killed run that were removed.
-    """
-    removed = fs.remove_stale_temps(root)
-    fs.make_dirs(root, {layout.PKI: layout.SECRET_DIR_MODE,
-                        **({layout.CLIENTS: layout.PUBLIC_DIR_MODE} if plan.spec.clients else {}),
-                        **{node.name: layout.PUBLIC_DIR_MODE for node in plan.spec.nodes}})
-    writes = [fs.Write(f.path, f.mode, f.make, f.streamed)
-              for f in sorted(plan.changed, key=lambda f: _write_order(f.path))
-              if f.status is not FileStatus.MODE]
-    for f in plan.changed:
-        if f.status is FileStatus.MODE:
-            fs.chmod(root / f.path, f.mode)
-    if plan.manifest_status is not FileStatus.UNCHANGED:
-        writes.append(fs.Write(layout.MANIFEST, layout.PUBLIC_MODE, _const(plan.manifest_bytes)))
-    if writes or plan.deletes or plan.sealed_moves:
-        record = {"keys": plan.new_keys, "deletes": plan.deletes, "sealed_moves": plan.sealed_moves,
-                  "step": plan.step}
-        fs.stage_and_commit(root, writes, JOURNAL, record)
-        _finish(root, plan.sealed_moves, plan.deletes)
-    return removed
-
-
-def _finish(root: Path, sealed_moves: list[tuple[str, str]], deletes: list[str]) -> None:
-    """What a run does after its renames; each step can be repeated, so a killed run is continued."""
-    pki_dir = root / layout.PKI
-    for source, target in sealed_moves:
-        copy = layout.sealed_path(source)
-        data = fs.read_regular(root / copy, fs.LIMITS["pem"], copy, OutputError, missing_ok=True)
-        if data is not None:
-            fs.write_file(root / layout.sealed_path(target), data, layout.PUBLIC_MODE)
-        index = dict(sealed.read_index(pki_dir))
-        if source in index:
-            index[target] = index.pop(source)
-            sealed.write_index(pki_dir, index)
-        fs.remove(root / copy)
-    for path in deletes:  # after the manifest that no longer lists them is in place
-        fs.remove(root / path)
-    fs.remove(root / JOURNAL)
-
-
-# The one sealed move (rotate-ca finish), as key file names in the keys directory.
-_MOVES = [(layout.key_file_name(layout.NEXT_CA), layout.key_file_name(CA_NAME))]
-_DELETES = DELETABLE | {layout.sealed_file(p) for p in DELETABLE if layout.is_key(p)}
-
-
-def interrupted_step(root: Path) -> str | None:
-    """The rotation step a run killed among its renames was taking (None: no such run, or a plain build). Its gate
-    was passed, or forced, before the run began, so running the same step again completes it without asking."""
-    document = _journal_document(fs.read_optional(root / JOURNAL, JOURNAL))
-    step = document.get("step") if document is not None and "renames" in document else None
-    return step if step in rotation.STEPS else None
-
-
-def recover(root: Path) -> tuple[bool, str | None]:
-    """Complete a run that was killed among its renames, as its journal lists them.
-
-    Returns:
-        Whether there was one to complete, and the rotation step it was taking (None for a plain build).
-
-    Raises:
-        OutputError: a journal of another shape (it is a file in the output tree, so it is checked).
-    """
-    document = _journal_document(fs.read_optional(root / JOURNAL, JOURNAL))
-    if document is None or "renames" not in document:
-        return False, None  # none, or one from before renames were journalled: the plan adopts its keys
-    hint = f"check the output tree by hand, then remove {JOURNAL}"
-    renames, moves, deletes, step = (document.get("renames"), document.get("sealed_moves"), document.get("deletes"),
-                                     document.get("step"))
-    if not (isinstance(renames, list) and all(isinstance(r, list) and len(r) == 2
-                                              and all(isinstance(x, str) for x in r) for r in renames)):
-        raise OutputError(f"{JOURNAL}: renames: must be a list of [temporary, final] paths", hint=hint)
-    if not (isinstance(moves, list) and all(isinstance(m, list) and tuple(m) in _MOVES for m in moves)):
-        raise OutputError(f"{JOURNAL}: sealed_moves: must name only {_MOVES[0][0]} -> {_MOVES[0][1]}", hint=hint)
-    if not (isinstance(deletes, list) and all(isinstance(d, str) and d in _DELETES for d in deletes)):
-        raise OutputError(f"{JOURNAL}: deletes: may name only the rotation's files", hint=hint)
-    if step is not None and step not in rotation.STEPS:
-        raise OutputError(f"{JOURNAL}: step: must be one of {', '.join(rotation.STEPS)}", hint=hint)
-    fs.finish_renames(root, [(a, b) for a, b in renames])
-    _finish(root, [(a, b) for a, b in moves], deletes)
-    return True, step

@@ -211,6 +211,11 @@ def remove_stale_temps(root: Path) -> list[str]:
     return removed
 
 
+def const(data: bytes) -> Callable[[], bytes]:
+    """A Write's `make` for bytes already in memory."""
+    return lambda: data
+
+
 @dataclass(frozen=True)
 class Write:
     """One file to put in place: its path under root, mode, and how to make its bytes.

@@ -41,7 +41,7 @@ from typing import Any
 
 from cryptography import x509
 
-from . import fs, kvread, layout, rotation
+from . import fs, journal, kvread, layout, rotation
 from .certs import cert_fingerprint
 from .errors import MaterialError, OutputError, printable
 from .etcd import CLIENT_PORT, PEER_PORT
@@ -603,10 +603,8 @@ ROTATION_RISK = {"issue": "a node that does not trust the new CA yet refuses eve
 
 def resumes(spec_path: Path, out: Path, step: str) -> bool:
     """Whether `rotate-ca <step>` continues a run of the same step that was killed among its renames."""
-    from .build import interrupted_step  # the journal's reader; build is heavy and status needs it only here
-
     spec, _ = read_spec(spec_path)
-    return interrupted_step(cluster_root(out, spec)) == step
+    return journal.interrupted_step(cluster_root(out, spec)) == step
 
 
 def confirm_rolled(spec_path: Path, out: Path, step: str, timeout: float = TIMEOUT_S) -> None:
