@@ -79,15 +79,16 @@ bench: $(STAMP) $(UPSTREAM_BUNDLE)
 	sh tools/system-deps.sh test
 	$(PY) tools/bench.py
 
-# The member script runs as root on every node: linted and type-checked for the oldest Python a node may have.
+# The node's package and its launcher run as root or etcd on every node: linted and type-checked for the oldest
+# Python a node may have.
 NODE_PYTHON := 3.10
-MEMBER_SCRIPT := templates/etcd-seed-member.py
+NODE_CODE := templates/etcd_seed_node templates/etcd-seed-member.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check generator tests tools
-	$(VENV)/bin/ruff check --target-version py$(subst .,,$(NODE_PYTHON)) $(MEMBER_SCRIPT)
+	$(VENV)/bin/ruff check --target-version py$(subst .,,$(NODE_PYTHON)) $(NODE_CODE)
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy --strict --python-version $(NODE_PYTHON) $(MEMBER_SCRIPT)
+	$(VENV)/bin/mypy --strict --python-version $(NODE_PYTHON) $(NODE_CODE)
 
 bundle: $(BUNDLE)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from . import auth
@@ -200,6 +200,11 @@ def writes_flannel_config(spec: Spec, node: Node) -> bool:
     return node == spec.nodes[0] and spec.flannel is not None
 
 
+def joins(spec: Spec, node: Node) -> bool:
+    """A member added to a running cluster starts as a learner and promotes itself."""
+    return node.joins
+
+
 # The sources that are not templates: the node's PEM material, its member.json and the CRL (DER, binary).
 CA_PEM, KEY_PEM, CHAIN_PEM, MEMBER_JSON, CRL_DER = "pem:ca", "pem:key", "pem:chain", "json:member", "der:crl"
 
@@ -222,9 +227,35 @@ class StagedFile:
     when: Callable[[Spec, Node], bool] = _always
 
 
-# Every file the install step puts in place, in its order: user-data's write_files and the
-# install script's put lines both loop over this one table.
-STAGED_FILES = (
+def _job(module: str) -> StagedFile:
+    """A module of the node's package, templates/etcd_seed_node/, which etcd-seed-member runs."""
+    return StagedFile(f"etcd_seed_node.{module}.py", f"etcd_seed_node/{module}.py",
+                      f"{PATHS.node_package}/{module}.py", "644")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A systemd unit the seed runs, with the staged files that are its own: its unit files and the module or
+    script it runs. Where `when` holds, the install step puts them in place and enables the unit (etcd.service
+    pulls in the clock step, which is not enabled), and after applying a new seed starts it if `start` (at boot,
+    systemd does). Where `when` does not hold, it disables the unit, removes its files and reports `off`."""
+
+    name: str
+    files: tuple[StagedFile, ...]
+    when: Callable[[Spec, Node], bool] = _always
+    enable: bool = True
+    start: bool = False
+    # The install step's news when a new seed turns it off on a node. The same on every node and for every spec:
+    # a change elsewhere in the spec must not change the seed of a node that does not run the unit.
+    off: str = ""
+
+
+def _unit(name: str, template: str, dest: str) -> StagedFile:
+    return StagedFile(name, template, dest, "644")
+
+
+# Every file every node gets, in the install step's order, before the files of its units.
+CORE_FILES = (
     StagedFile("ca.crt", CA_PEM, PATHS.ca, "644", etcd_owned=True, restart=True),
     StagedFile("etcd.key", KEY_PEM, PATHS.key, "600", etcd_owned=True),
     StagedFile("etcd.crt", CHAIN_PEM, PATHS.cert, "644", etcd_owned=True),
@@ -233,48 +264,46 @@ STAGED_FILES = (
     StagedFile("options.env", "options.env.j2", PATHS.options, "640", etcd_owned=True, restart=True),
     StagedFile("member.json", MEMBER_JSON, PATHS.member_config, "640", etcd_owned=True),
     StagedFile("etcd-seed-member", "etcd-seed-member.py", PATHS.member_bin, "755"),
-    StagedFile("etcd.service", "etcd.service.j2", PATHS.unit, "644", restart=True),
-    StagedFile("etcd-seed-promote.service", "etcd-seed-promote.service.j2", PATHS.promote_unit, "644"),
-    StagedFile("etcd-seed-boot.service", "etcd-seed-boot.service.j2", PATHS.boot_unit, "644"),
-    StagedFile("etcd-seed-clock.service", "etcd-seed-clock.service.j2", PATHS.clock_unit, "644"),
-    StagedFile("etcd-seed-report.service", "etcd-seed-report.service.j2", PATHS.report_unit, "644"),
-    StagedFile("etcd-seed-backup", "etcd-backup.sh.j2", PATHS.backup_bin, "755", when=backs_up),
-    StagedFile("etcd-backup.service", "etcd-backup.service.j2", PATHS.backup_unit, "644", when=backs_up),
-    StagedFile("etcd-backup.timer", "etcd-backup.timer.j2", PATHS.backup_timer, "644", when=backs_up),
-    StagedFile("etcd-defrag.service", "etcd-defrag.service.j2", PATHS.defrag_unit, "644", when=defrags),
-    StagedFile("etcd-defrag.timer", "etcd-defrag.timer.j2", PATHS.defrag_timer, "644", when=defrags),
-    StagedFile("etcd-seed-auth.service", "etcd-seed-auth.service.j2", PATHS.auth_unit, "644", when=applies_auth),
-    StagedFile("etcd-flannel-config", "flannel-config.sh.j2", PATHS.flannel_bin, "755", when=writes_flannel_config),
-    StagedFile("etcd-flannel-config.service", "flannel-config.service.j2", PATHS.flannel_unit, "644",
-               when=writes_flannel_config),
+    _job("__init__"),
+    _job("transport"),
+    _job("cli"),
 )
 
-
-@dataclass(frozen=True)
-class Timer:
-    """A systemd timer the install step enables when its feature is on, and removes (with its service) when off."""
-
-    name: str  # the unit name without .timer
-    timer: str
-    service: str
-    what: str  # for the install step's line: "<what> off"
-    when: Callable[[Spec, Node], bool]
-
-
-TIMERS = (
-    Timer("etcd-backup", PATHS.backup_timer, PATHS.backup_unit, "backups", backs_up),
-    Timer("etcd-defrag", PATHS.defrag_timer, PATHS.defrag_unit, "defragmentation", defrags),
+# Every unit the seed runs, in the order the install step enables and starts them.
+UNITS = (
+    Unit("etcd.service", (StagedFile("etcd.service", "etcd.service.j2", PATHS.unit, "644", restart=True),
+                          _job("prepare"))),
+    Unit("etcd-seed-boot.service", (_unit("etcd-seed-boot.service", "etcd-seed-boot.service.j2", PATHS.boot_unit),)),
+    Unit("etcd-seed-report.service", (_unit("etcd-seed-report.service", "etcd-seed-report.service.j2",
+                                            PATHS.report_unit), _job("report"))),
+    Unit("etcd-seed-clock.service", (_unit("etcd-seed-clock.service", "etcd-seed-clock.service.j2",
+                                           PATHS.clock_unit), _job("clock")), enable=False),
+    Unit("etcd-seed-promote.service", (_unit("etcd-seed-promote.service", "etcd-seed-promote.service.j2",
+                                             PATHS.promote_unit), _job("promote")),
+         when=joins, start=True, off="promotion off"),
+    Unit("etcd-backup.timer", (StagedFile("etcd-seed-backup", "etcd-backup.sh.j2", PATHS.backup_bin, "755"),
+                               _unit("etcd-backup.service", "etcd-backup.service.j2", PATHS.backup_unit),
+                               _unit("etcd-backup.timer", "etcd-backup.timer.j2", PATHS.backup_timer)),
+         when=backs_up, start=True, off="backups off"),
+    Unit("etcd-defrag.timer", (_unit("etcd-defrag.service", "etcd-defrag.service.j2", PATHS.defrag_unit),
+                               _unit("etcd-defrag.timer", "etcd-defrag.timer.j2", PATHS.defrag_timer),
+                               _job("defrag")),
+         when=defrags, start=True, off="defragmentation off"),
+    Unit("etcd-seed-auth.service", (_unit("etcd-seed-auth.service", "etcd-seed-auth.service.j2", PATHS.auth_unit),
+                                    _job("auth")),
+         when=applies_auth, start=True, off="auth step off on this node"),
+    Unit("etcd-flannel-config.service", (StagedFile("etcd-flannel-config", "flannel-config.sh.j2", PATHS.flannel_bin,
+                                                    "755"),
+                                         _unit("etcd-flannel-config.service", "flannel-config.service.j2",
+                                               PATHS.flannel_unit)),
+         when=writes_flannel_config, start=True, off="flannel's network config off"),
 )
+
+# Every file the install step puts in place, in its order: user-data's write_files and the
+# install script's put lines both loop over this one table.
+STAGED_FILES = CORE_FILES + tuple(replace(f, when=unit.when) for unit in UNITS for f in unit.files)
 
 
 def enabled_units(spec: Spec, node: Node) -> tuple[str, ...]:
     """The units the install step enables on this node, in one `systemctl enable`."""
-    units = ["etcd.service", "etcd-seed-boot.service", "etcd-seed-report.service"]
-    if node.joins:
-        units.append("etcd-seed-promote.service")
-    units += [f"{t.name}.timer" for t in TIMERS if t.when(spec, node)]
-    if applies_auth(spec, node):
-        units.append("etcd-seed-auth.service")
-    if writes_flannel_config(spec, node):
-        units.append("etcd-flannel-config.service")
-    return tuple(units)
+    return tuple(u.name for u in UNITS if u.enable and u.when(spec, node))

@@ -23,6 +23,8 @@ class Paths:
     member_config: str = "/etc/etcd/member.json"  # what etcd-seed-member needs to know of this node
     membership_env: str = "/opt/etcd/membership.env"  # written by etcd-seed-member when the node joins
     member_bin: str = "/usr/local/sbin/etcd-seed-member"
+    # The node's jobs (templates/etcd_seed_node/), one module each, which member_bin runs.
+    node_package: str = "/usr/local/lib/etcd-seed/etcd_seed_node"
     backup_bin: str = "/usr/local/sbin/etcd-seed-backup"
     promote_unit: str = "/etc/systemd/system/etcd-seed-promote.service"
     backup_unit: str = "/etc/systemd/system/etcd-backup.service"

@@ -196,10 +196,10 @@ def _context(spec: Spec, node: Node, tarball_sha256: str) -> dict[str, Any]:
         options = node_facts.options(spec, node)
     except ValueError as exc:
         raise TemplateError(str(exc)) from None
-    timers = [(t, t.when(spec, node)) for t in node_facts.TIMERS]
+    units = [(u, u.when(spec, node)) for u in node_facts.UNITS]
     return {"spec": spec, "node": node, "paths": PATHS, "sha256": tarball_sha256, "options": options,
             "disk": node_facts.data_disk(spec, node), "disk_owner": node_facts.disk_owner(spec, node),
-            "timers": timers, "defrag_calendar": spec.defrag.on_calendar(spec.nodes.index(node))}
+            "units": units, "defrag_calendar": spec.defrag.on_calendar(spec.nodes.index(node))}
 
 
 def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePublic, tarball_sha256: str,
@@ -232,8 +232,7 @@ def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, pem: Node
         # The key's digest is its PEM's sha256, which a reviewer's checkout has too (PEM ends in one newline).
         digest = pem.key_sha256 if row.source == node_facts.KEY_PEM else None
         staged.append(_staged(row.name, content, row.dest, row.mode, row.etcd_owned, row.restart, digest))
-    install_sh = _render(env, "etcd-install.sh.j2", {**context, "staged": staged, "flannel": flannel,
-                                                     "auth": node_facts.applies_auth(spec, node),
+    install_sh = _render(env, "etcd-install.sh.j2", {**context, "staged": staged,
                                                      "enabled_units": node_facts.enabled_units(spec, node),
                                                      "restore": _restore_context(spec, node),
                                                      "seed_id": seed_id})

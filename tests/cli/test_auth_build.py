@@ -166,7 +166,7 @@ def test_a_new_first_node_takes_the_auth_step_over(workdir: Path) -> None:
     assert code == 0, err
     assert _auth(workdir, "etcd02") is not None and _auth(workdir, "etcd01") is None
     install = (workdir / "out/demo/etcd01/user-data.redacted").read_text()
-    assert "systemctl disable --now etcd-seed-auth.service" in install and "auth step handed to etcd02" in install
+    assert "systemctl disable --now etcd-seed-auth.service" in install and "auth step off on this node" in install
     assert "etcd-seed-auth.service" in (workdir / "out/demo/etcd02/user-data.redacted").read_text()
 
 

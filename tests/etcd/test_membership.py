@@ -19,7 +19,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 
 from generator import _cli
 from generator.iso import read_iso
+from tests.helpers import node_package
 from tests.helpers.converge import BASE, NEEDS, UPSTREAM, Lab, converged_lab, killer
 from tests.helpers.etcd_checks import all_voting, assert_all_healthy
 from tests.helpers.specs import ROOT
@@ -256,10 +256,9 @@ def _promote_before_etcd_runs(lab: Lab, name: str) -> None:
         shutil.copy(source, root / path.lstrip("/"))
     (root / "etc/etcd").mkdir(parents=True, exist_ok=True)
     (root / "etc/etcd/member.json").write_text(json.dumps(config))
-    script = str(staged / "etcd-seed-member")
-    done = subprocess.run(lab.net.command(lab.namespaces[name], [sys.executable, script, "promote"]),
-                          env={**os.environ, "ETCD_SEED_ROOT": str(root)}, capture_output=True, text=True, timeout=60,
-                          check=False)
+    node_package.install(root, staged)
+    done = node_package.run(root, "promote", launcher=staged / "etcd-seed-member", timeout_s=60,
+                            command=lab.net.command(lab.namespaces[name], []))
     assert done.returncode == 1 and f"{name} is a voting member" not in done.stderr, done.stderr
     assert f"etcd on {name} does not answer yet" in done.stderr and "gave up after 3s" in done.stderr, done.stderr
 
@@ -481,9 +480,9 @@ def _member_step(lab: Lab, ns: str, step: str, etcdctl: Path | None = None, conf
     (root / "etc/etcd").mkdir(parents=True, exist_ok=True)
     (root / "etc/etcd/member.json").write_text(json.dumps(settings))
     (root / "opt/etcd").mkdir(parents=True, exist_ok=True)
-    return subprocess.run(lab.net.command(ns, [sys.executable, str(staged / "etcd-seed-member"), step]),
-                          env={**os.environ, "ETCD_SEED_ROOT": str(root)}, capture_output=True, text=True,
-                          timeout=90, check=False)
+    node_package.install(root, staged)
+    return node_package.run(root, step, launcher=staged / "etcd-seed-member", timeout_s=90,
+                            command=lab.net.command(ns, []))
 
 
 def test_member_script_acts_only_on_its_own_entries(tmp_path: Path) -> None:

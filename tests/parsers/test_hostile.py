@@ -79,11 +79,13 @@ USER_DATA_KEYS = {"hostname", "fqdn", "manage_etc_hosts", "ssh_pwauth", "ssh_del
 REARM = make_environment().get_template("etcd-seed-rearm.sh.j2").render(paths=PATHS)
 WRITE_FILES = {f"{PATHS.staged}/{name}" for name in (
     "ca.crt", "etcd.crt", "etcd.key", "crl.der", "options.env", "etcd.service", "member.json",
-    "etcd-seed-promote.service", "etcd-seed-report.service",
-    "etcd-seed-boot.service", "etcd-seed-clock.service", "etcd-seed-member", "etcd-backup.service", "etcd-backup.timer",
-    "etcd-seed-backup", "etcd-defrag.service", "etcd-defrag.timer")} | {PATHS.install_bin}
+    "etcd-seed-report.service", "etcd-seed-boot.service", "etcd-seed-clock.service", "etcd-seed-member",
+    "etcd-backup.service", "etcd-backup.timer", "etcd-seed-backup", "etcd-defrag.service", "etcd-defrag.timer",
+    *(f"etcd_seed_node.{job}.py" for job in ("__init__", "transport", "cli", "prepare", "report", "clock", "defrag")))
+} | {PATHS.install_bin}
 FLANNEL_FILES = {f"{PATHS.staged}/etcd-flannel-config", f"{PATHS.staged}/etcd-flannel-config.service"}
-FIRST_NODE_FILES = {f"{PATHS.staged}/etcd-seed-auth.service"}  # it applies etcd's users and roles
+# It applies etcd's users and roles.
+FIRST_NODE_FILES = {f"{PATHS.staged}/etcd-seed-auth.service", f"{PATHS.staged}/etcd_seed_node.auth.py"}
 
 
 def _get(data: Any, path: str) -> Any:

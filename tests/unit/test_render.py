@@ -51,6 +51,13 @@ def rendered(example: Spec) -> dict[str, SeedFiles]:
     return render_all(example)
 
 
+@pytest.fixture(scope="module")
+def joining() -> SeedFiles:
+    """etcd03's seed when it joins a running cluster: it alone gets the promote unit and module."""
+    text = spec_yaml().replace("{name: etcd03, ", "{name: etcd03, join: true, ")
+    return render_all(parse(text))["etcd03"]
+
+
 FILES = tuple(f.name for f in NODE_FILES if f.name != SEED_ISO)
 
 
@@ -86,14 +93,15 @@ def test_seed_files_are_staged_root_only(rendered: dict[str, SeedFiles]) -> None
     data = yaml.safe_load(rendered["etcd01"].texts["user-data"])
     files = _files_by_path(data)
     staged = {p for p in files if p.startswith(f"{PATHS.staged}/")}
+    modules = ("__init__", "transport", "cli", "prepare", "report", "clock", "defrag", "auth")
     assert staged == {f"{PATHS.staged}/{n}" for n in ("ca.crt", "etcd.crt", "etcd.key", "options.env", "etcd.service",
                                                       "etcd-flannel-config.service", "member.json", "crl.der",
-                                                      "etcd-seed-auth.service",
-                                                      "etcd-seed-promote.service", "etcd-backup.service",
+                                                      "etcd-seed-auth.service", "etcd-backup.service",
                                                       "etcd-backup.timer", "etcd-seed-boot.service",
                                                       "etcd-seed-clock.service", "etcd-seed-report.service",
                                                       "etcd-defrag.service", "etcd-defrag.timer",
-                                                      "etcd-seed-member", "etcd-seed-backup", "etcd-flannel-config")}
+                                                      "etcd-seed-member", "etcd-seed-backup", "etcd-flannel-config",
+                                                      *(f"etcd_seed_node.{m}.py" for m in modules))}
     assert all(files[p]["owner"] == "root:root" and files[p]["permissions"] == "0600" for p in staged)
     assert set(files) - staged == {PATHS.install_bin}
     assert files[f"{PATHS.staged}/etcd.key"]["content"] == fake_pem("etcd01").key_pem.decode()
@@ -161,7 +169,8 @@ def test_flannel_only_on_the_first_node(rendered: dict[str, SeedFiles]) -> None:
     assert f"{PATHS.staged}/etcd-flannel-config" in paths["etcd01"]
     assert f"{PATHS.staged}/etcd-flannel-config" not in paths["etcd02"]
     plain = parse(spec_yaml().split("flannel:")[0])
-    assert "flannel" not in render_all(plain)["etcd01"].texts["user-data"]
+    files = set(_files_by_path(yaml.safe_load(render_all(plain)["etcd01"].texts["user-data"])))
+    assert not [p for p in files if "flannel" in p]
 
 
 def test_url_mode_downloads_and_checks(tmp_path: Path) -> None:
@@ -216,14 +225,16 @@ def test_version_specific_options() -> None:
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze (Debian's systemd)")
-def test_units_pass_systemd_verify(rendered: dict[str, SeedFiles], tmp_path: Path) -> None:
+def test_units_pass_systemd_verify(rendered: dict[str, SeedFiles], joining: SeedFiles, tmp_path: Path) -> None:
     """Every unit a node gets, as `systemd-analyze verify` (systemd's own unit parser) reads it in a root that holds
     the node's files: no unknown key, no bad value. The promote step is started again after a failed run, for as
     long as it takes, and the boot step runs before etcd on every boot."""
     root = tmp_path / "root"
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     units = []
-    for entry in yaml.safe_load(rendered["etcd01"].texts["user-data"])["write_files"]:
+    entries = {e["path"]: e for files in (joining, rendered["etcd01"])
+               for e in yaml.safe_load(files.texts["user-data"])["write_files"]}
+    for entry in entries.values():
         name = entry["path"].rsplit("/", 1)[1]
         target = root / ("etc/systemd/system/" + name if name.endswith((".service", ".timer"))
                          else ("usr/local/sbin/" + name))
@@ -281,10 +292,10 @@ def test_time_sync_holds_etcd_and_backups_for_a_bounded_wait(rendered: dict[str,
 
 def test_every_rename_on_the_node_is_followed_by_a_sync_of_its_directory() -> None:
     """A rename reaches the disk only with its directory: after a power cut the old name would be back. Each `mv`
-    in a node script and each os.replace in the member script is followed, within three lines, by a sync."""
+    in a node script and each os.replace in the node package is followed, within three lines, by a sync."""
     templates = Path(__file__).resolve().parents[2] / "templates"
     unsynced = []
-    for path in [*sorted(templates.glob("*.sh.j2")), templates / "etcd-seed-member.py"]:
+    for path in [*sorted(templates.glob("*.sh.j2")), *sorted(templates.glob("etcd_seed_node/*.py"))]:
         lines = path.read_text().splitlines()
         for i, line in enumerate(lines):
             code = line.split("#", 1)[0]
@@ -317,13 +328,13 @@ def test_a_changed_setting_changes_the_instance_id(example: Spec) -> None:
     assert render_all(changed)["etcd02"].instance_id != before
 
 
-def test_no_unit_that_waits_for_quorum_holds_the_boot(rendered: dict[str, SeedFiles]) -> None:
+def test_no_unit_that_waits_for_quorum_holds_the_boot(rendered: dict[str, SeedFiles], joining: SeedFiles) -> None:
     """A unit multi-user.target wants is waited for by the boot, and by cloud-final.service after it on Debian 13:
     one that retries until the cluster has quorum (promote, auth, report) must count as started once its process
     runs (Type=exec). As a oneshot, systemd 254 and newer keep its start job, and the boot, waiting through every
     Restart=, so a member alone never reaches cloud-init's final stage."""
     checked = set()
-    for files in rendered.values():
+    for files in [*rendered.values(), joining]:
         data = yaml.safe_load(files.texts["user-data"])
         for path, entry in _files_by_path(data).items():
             text = entry.get("content", "")
