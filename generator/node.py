@@ -263,7 +263,6 @@ CORE_FILES = (
     StagedFile("crl.der", CRL_DER, PATHS.crl, "644", etcd_owned=True),
     StagedFile("options.env", "options.env.j2", PATHS.options, "640", etcd_owned=True, restart=True),
     StagedFile("member.json", MEMBER_JSON, PATHS.member_config, "640", etcd_owned=True),
-    StagedFile("etcd-seed-member", "etcd-seed-member.py", PATHS.member_bin, "755"),
     _job("__init__"),
     _job("transport"),
     _job("cli"),
@@ -300,8 +299,11 @@ UNITS = (
 )
 
 # Every file the install step puts in place, in its order: user-data's write_files and the
-# install script's put lines both loop over this one table.
-STAGED_FILES = CORE_FILES + tuple(replace(f, when=unit.when) for unit in UNITS for f in unit.files)
+# install script's put lines both loop over this one table. The launcher comes last: an install
+# stopped half-way leaves the last seed's launcher, which runs without the new package, not a new
+# launcher without its modules.
+LAUNCHER = StagedFile("etcd-seed-member", "etcd-seed-member.py", PATHS.member_bin, "755")
+STAGED_FILES = (*CORE_FILES, *(replace(f, when=unit.when) for unit in UNITS for f in unit.files), LAUNCHER)
 
 
 def enabled_units(spec: Spec, node: Node) -> tuple[str, ...]:

@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import importlib
 import os
-import pkgutil
 import re
 import sys
 import time
 
 import etcd_seed_node
-from etcd_seed_node.transport import CONFIG, ONCE, UNTIL_DEADLINE, Etcd, Meta, Refused, Retry, load_config, say
+from etcd_seed_node.transport import CONFIG, UNTIL_DEADLINE, Etcd, Meta, Refused, Retry, load_config, say
 
 JOB = re.compile(r"[a-z]+")
 
 
 def jobs() -> list[str]:
-    """The jobs this node has: its seed stages only the modules of the units it runs."""
-    here = [m.name for m in pkgutil.iter_modules(etcd_seed_node.__path__)]
-    return sorted(name for name in here if name not in ("cli", "transport"))
+    """The jobs this node has: its seed stages only the modules of the units it runs (as source: a stray
+    compiled file is no job)."""
+    here = [name.removesuffix(".py") for path in etcd_seed_node.__path__ for name in os.listdir(path)
+            if name.endswith(".py")]
+    return sorted(name for name in here if JOB.fullmatch(name) and name not in ("cli", "transport"))
 
 
 def meta(job: str) -> Meta | None:
@@ -29,6 +30,14 @@ def meta(job: str) -> Meta | None:
     return found if isinstance(found, Meta) and found.job == job else None
 
 
+def attempt(job: Meta, etcd: Etcd) -> int:
+    """One run of a job; member.json without what the job reads is Refused, never a traceback."""
+    try:
+        return job.run(etcd)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise Refused(f"cannot read {CONFIG} ({type(exc).__name__}: {exc})") from None
+
+
 def main(argv: list[str]) -> int:
     job = meta(argv[1]) if len(argv) == 2 else None
     if job is None:
@@ -36,23 +45,21 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         etcd = Etcd(load_config())
-        timeout_s, pause_s = etcd.cfg["timeout_s"], etcd.cfg["refused_pause_s"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        timeout_s, pause_s = int(etcd.cfg.get("timeout_s", 0)), int(etcd.cfg.get("refused_pause_s", 0))
+    except (OSError, ValueError, TypeError) as exc:
         say(f"ERROR: cannot read {CONFIG} ({exc}); {job.job}: nothing written to the data dir")
         return 1
-    if job.retry == ONCE:
+    if job.retry != UNTIL_DEADLINE:  # once (the timer's next run is the retry), or bounded by itself
         try:
-            return job.run(etcd)
+            return attempt(job, etcd)
         except (Refused, Retry) as exc:
             say(f"ERROR: {job.job}: {exc}")
             return 1
-    if job.retry != UNTIL_DEADLINE:
-        return job.run(etcd)
     deadline = time.monotonic() + timeout_s
     delay, last = 2, ""
     while True:
         try:
-            return job.run(etcd)
+            return attempt(job, etcd)
         except Refused as exc:
             say(f"ERROR: {exc}; {job.job}: nothing written to the data dir")
             time.sleep(pause_s)  # systemd starts it again after this

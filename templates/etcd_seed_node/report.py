@@ -26,8 +26,10 @@ def report(etcd: Etcd) -> int:
     # Whether auth is on is not asked: etcd's AuthStatus goes through raft, and a 3.4 member of a cluster being
     # upgraded cannot apply it (it crashed in tests/etcd/test_converge.py's rollback).
     if want is not None:
-        from etcd_seed_node import auth  # only the node that applies auth has the module
-
+        try:
+            from etcd_seed_node import auth  # only the node that applies auth has the module
+        except ImportError:  # its seed's install is under way: member.json is in place before the module
+            raise Retry("this node applies auth, and its auth job is not in place yet") from None
         if pending := len(auth.plan(etcd, want)):
             raise Retry(f"etcd's users, roles and grants are not yet as seed {seed} has them ({pending} changes to "
                         "make): etcd-seed-auth.service makes them")

@@ -98,9 +98,19 @@ class Etcd:
 
     def __init__(self, cfg: Record) -> None:
         self.cfg = cfg
-        self.name: str = cfg["name"]
-        self.peer_url: str = cfg["peer_url"]
-        self.own: list[str] = [cfg["client_url"]]
+
+    # Read when a job asks (the clock job needs only clock_wait_s): a missing key fails that job, by name.
+    @property
+    def name(self) -> str:
+        return str(self.cfg["name"])
+
+    @property
+    def peer_url(self) -> str:
+        return str(self.cfg["peer_url"])
+
+    @property
+    def own(self) -> list[str]:
+        return [str(self.cfg["client_url"])]
 
     def etcdctl(self, endpoints: list[str], *args: str, timeout_s: int = 15) -> tuple[int, str, str]:
         argv = [ROOT + self.cfg["etcdctl"], "--endpoints=" + ",".join(endpoints),

@@ -33,8 +33,9 @@ def install(root: Path, staged: Path | None = None) -> None:
 
 def run(root: Path, job: str, launcher: Path = LAUNCHER, timeout_s: int = 30,
         command: list[str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`etcd-seed-member JOB` with the package under `root` (command: a prefix such as a namespace's)."""
-    return subprocess.run([*(command or []), sys.executable, str(launcher), job],
+    """`etcd-seed-member JOB` with the package under `root` (command: a prefix such as a namespace's), with the
+    flags of its #! line: -I keeps templates/ off the path, so only the package under `root` is found."""
+    return subprocess.run([*(command or []), sys.executable, "-I", "-B", str(launcher), job],
                           env={**os.environ, "ETCD_SEED_ROOT": str(root)}, capture_output=True, text=True,
                           timeout=timeout_s, check=False)
 

@@ -258,6 +258,8 @@ def test_units_pass_systemd_verify(rendered: dict[str, SeedFiles], joining: Seed
     assert "\nRestart=on-failure\n" in service and "\nRestartSec=30s\n" in service
     boot = (root / "etc/systemd/system/etcd-seed-boot.service").read_text()
     assert "\nBefore=etcd.service " in boot and "\nWantedBy=etcd.service\n" in boot
+    # The clock step runs the node's package, which a boot with a new seed replaces first.
+    assert "etcd-seed-clock.service" in next(line for line in boot.splitlines() if line.startswith("Before="))
     assert f"\nExecStart={PATHS.install_bin} --boot\n" in boot
 
 

@@ -11,6 +11,7 @@ import pytest
 from etcd_seed_node import cli, transport
 
 from generator import node as node_facts
+from generator.paths import PATHS
 from generator.spec import Spec, load_spec
 from tests.helpers import node_package
 from tests.helpers.specs import ROOT, spec_yaml
@@ -18,14 +19,44 @@ from tests.helpers.specs import ROOT, spec_yaml
 JOBS = ["auth", "clock", "defrag", "prepare", "promote", "report"]
 
 
-@pytest.mark.parametrize("config", ["", "{", '{"name": "etcd01"}', "[]"])
-def test_a_broken_config_is_an_error_line_not_a_traceback(tmp_path: Path, config: str) -> None:
+# What no job can run on: not JSON, not an object, a mistyped timeout; and what each job but auth cannot (auth
+# without "auth" in member.json says another node applies it, and succeeds).
+BROKEN = ["", "{", "[]", '{"name": "etcd01", "timeout_s": "soon"}']
+LACKING = ['{"name": "etcd01", "timeout_s": 0, "refused_pause_s": 0, "clock_wait_s": "x"}',
+           '{"timeout_s": 0, "refused_pause_s": 0}']
+
+
+@pytest.mark.parametrize(("job", "config"), [(job, c) for job in JOBS for c in BROKEN]
+                         + [(job, c) for job in JOBS if job != "auth" for c in LACKING])
+def test_a_broken_config_is_an_error_line_not_a_traceback(tmp_path: Path, config: str, job: str) -> None:
+    """Every job, on a member.json that is not JSON, not an object, or lacks or mistypes what the job reads: one
+    ERROR line (the clock job's used to be a traceback when clock_wait_s was missing or not a number)."""
     node_package.install(tmp_path)
     (tmp_path / "etc/etcd").mkdir(parents=True)
     (tmp_path / "etc/etcd/member.json").write_text(config)
-    done = node_package.run(tmp_path, "prepare")
+    done = node_package.run(tmp_path, job)
     assert done.returncode == 1
     assert done.stderr.startswith("etcd-seed: ERROR: ") and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+
+
+def test_the_clock_job_needs_only_its_bound(tmp_path: Path) -> None:
+    node_package.install(tmp_path)
+    (tmp_path / "etc/etcd").mkdir(parents=True)
+    (tmp_path / "etc/etcd/member.json").write_text('{"clock_wait_s": 0}')
+    done = node_package.run(tmp_path, "clock")
+    assert done.returncode == 0 and done.stderr == \
+        "etcd-seed: clock: no time servers in the seed (network.ntp); not waiting\n", done.stderr
+
+
+def test_only_source_files_are_jobs(tmp_path: Path) -> None:
+    """A compiled file or a directory left in the package is no job: only the modules a seed stages run."""
+    node_package.install(tmp_path)
+    where = tmp_path / "usr/local/lib/etcd-seed/etcd_seed_node"
+    (where / "defrag.py").rename(where / "defrag.pyc")
+    (where / "stray").mkdir()
+    done = node_package.run(tmp_path, "defrag")
+    assert done.returncode == 2 and done.stderr == "usage: etcd-seed-member.py auth|clock|prepare|promote|report\n"
 
 
 def test_every_job_declares_its_meta() -> None:
@@ -82,6 +113,14 @@ def test_a_node_gets_only_the_modules_of_its_units() -> None:
     assert modules["etcd02"] == every | ({"defrag.py"} if spec.defrag.enabled else set())
     assert ("auth.py" in modules["etcd01"]) == spec.auth.managed
     assert not any("promote.py" in found for found in modules.values())  # no node joins in this spec
+
+
+def test_the_launcher_is_put_after_every_module_of_its_package() -> None:
+    """An install stopped half-way must not leave a new launcher without its modules: etcd's ExecStartPre runs it."""
+    order = [f.dest for f in node_facts.STAGED_FILES]
+    assert order[-1] == PATHS.member_bin
+    assert all(order.index(f.dest) < len(order) - 1 for f in node_facts.STAGED_FILES if f.source.startswith(
+        "etcd_seed_node/"))
 
 
 def test_member_json_holds_what_the_jobs_read() -> None:

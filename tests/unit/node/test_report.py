@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from etcd_seed_node import report, transport
 
+from tests.helpers import node_package
 from tests.helpers.node_package import IN_STEP, ScriptedEtcd
 
 
@@ -67,3 +68,18 @@ def test_the_first_node_reports_its_seed_only_once_auth_is_as_the_seed_has_it(
             report.report(node)
         assert node.sent == []
     assert not [c for c in node.calls if c[0] in ("user", "role") and c[1] not in ("list", "get")]  # only reads
+
+
+def test_the_auth_node_without_its_auth_module_waits(tmp_path: Path) -> None:
+    """member.json (which names auth) is put before auth.py: a report run in between waits, not a traceback."""
+    node_package.install(tmp_path)
+    (tmp_path / "usr/local/lib/etcd-seed/etcd_seed_node/auth.py").unlink()
+    (tmp_path / "etc/etcd").mkdir(parents=True)
+    (tmp_path / "applied").write_text("etcd01-0123456789abcdef\n")
+    config = {"name": "etcd01", "peer_url": "https://10.0.0.1:2380", "client_url": "https://10.0.0.1:2379",
+              "applied": "/applied", "seed_key": "/etcd-seed/seed/etcd01", "timeout_s": 0, "refused_pause_s": 0,
+              "auth": {"enabled": True, "users": {}, "roles": {}}}
+    (tmp_path / "etc/etcd/member.json").write_text(json.dumps(config))
+    done = node_package.run(tmp_path, "report")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "its auth job is not in place yet" in done.stderr
