@@ -8,7 +8,8 @@ ExecStartPre=, then reads every EnvironmentFile= (a leading '-' makes one
 optional) with systemd's own parser (libsystemd-shared, see tests/helpers/parsers.py),
 later files overriding earlier ones, and runs the real etcd binary in the caller's
 network namespace. A oneshot unit (etcd-backup.service, etcd-defrag.service) runs to its end; `start
---no-block` of etcd-seed-promote.service runs it in the background. File paths
+--no-block` of etcd-seed-promote.service runs it in the background; as systemd, such a unit is active while
+its run goes on, and a start then does nothing. File paths
 in the settings are moved under the scratch root, the only change to what the
 script wrote. enable and disable are remembered for is-enabled. Every call is logged, so a test can
 count starts, restarts and enables.
@@ -36,9 +37,9 @@ PATH_KEYS = ("ETCD_DATA_DIR", "ETCD_WAL_DIR", "ETCD_CERT_FILE", "ETCD_KEY_FILE",
 UNITS = "etc/systemd/system"
 
 
-def _pid(state: Path) -> int | None:
+def _pid(state: Path, unit: str = "etcd") -> int | None:
     try:
-        pid = int((state / "etcd.pid").read_text())
+        pid = int((state / f"{unit}.pid").read_text())
     except (FileNotFoundError, ValueError):
         return None
     try:
@@ -163,9 +164,13 @@ def main(argv: list[str]) -> int:
     verb, unit = words[0], (words[1] if len(words) > 1 else "")
     if verb in ("enable", "disable", "is-enabled"):
         return _enablement(state, verb, words[1:])
-    if verb == "start" and unit in ("etcd-backup.service", "etcd-defrag.service", "etcd-seed-promote.service",
-                                    "etcd-seed-auth.service", "etcd-seed-report.service"):
-        return _oneshot(root, state, unit, wait="--no-block" not in argv)
+    if unit in ("etcd-backup.service", "etcd-defrag.service", "etcd-seed-promote.service", "etcd-seed-auth.service",
+                "etcd-seed-report.service"):
+        if verb == "is-active":  # as systemd: active while its run goes on
+            return 0 if _pid(state, unit) is not None else 3
+        if verb == "start" and _pid(state, unit) is None:
+            return _oneshot(root, state, unit, wait="--no-block" not in argv)
+        return 0
     if unit != "etcd.service":
         return 0  # timers, the flannel unit and daemon-reload: recorded only
     if verb == "is-active":

@@ -72,5 +72,6 @@ def test_nothing_to_turn_off_calls_nothing(tmp_path: Path) -> None:
 
 def test_a_joining_node_starts_its_promotion_after_a_new_seed() -> None:
     script = _script(spec_yaml().replace("{name: etcd03, ", "{name: etcd03, join: true, "), "etcd03")
-    assert '[ "$boot" = yes ] || systemctl start --no-block etcd-seed-promote.service' in script
+    assert '[ "$boot" = yes ] || systemctl is-active --quiet etcd-seed-promote.service || ' \
+        'systemctl start --no-block etcd-seed-promote.service' in script
     assert "systemctl start --no-block etcd-seed-promote.service" not in _script(spec_yaml(), "etcd03")
