@@ -309,3 +309,37 @@ STAGED_FILES = (*CORE_FILES, *(replace(f, when=unit.when) for unit in UNITS for 
 def enabled_units(spec: Spec, node: Node) -> tuple[str, ...]:
     """The units the install step enables on this node, in one `systemctl enable`."""
     return tuple(u.name for u in UNITS if u.enable and u.when(spec, node))
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything one member's seed says of it, decided once: what render fills its templates with."""
+
+    options: dict[str, str]  # options.env
+    member_config: dict[str, object]  # member.json
+    units: tuple[tuple[Unit, bool], ...]  # every unit, and whether this node runs it
+    staged: tuple[StagedFile, ...]  # the files its seed stages, in the install step's order
+    enabled_units: tuple[str, ...]
+    disk: DataDisk | None
+    disk_owner: str
+    restore_argv: tuple[str, ...] | None  # `snapshot restore`'s flags on a restore seed
+    client_url: str
+    founder_endpoints: str  # where the install step's notes point etcdctl
+    flannel: bool  # it writes flannel's network config
+    defrag_calendar: str
+
+
+def facts(spec: Spec, node: Node) -> Facts:
+    """This member's facts.
+
+    Raises:
+        ValueError: an options.env value outside its safe set (render reports it as a template error).
+    """
+    return Facts(
+        options=options(spec, node), member_config=member_config(spec, node),
+        units=tuple((u, u.when(spec, node)) for u in UNITS),
+        staged=tuple(f for f in STAGED_FILES if f.when(spec, node)), enabled_units=enabled_units(spec, node),
+        disk=data_disk(spec, node), disk_owner=disk_owner(spec, node),
+        restore_argv=tuple(restore_argv(spec, node)) if spec.etcd.restore is not None else None,
+        client_url=client_url(node), founder_endpoints=client_endpoints(spec, founders_only=True),
+        flannel=writes_flannel_config(spec, node), defrag_calendar=spec.defrag.on_calendar(spec.nodes.index(node)))

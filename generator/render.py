@@ -18,7 +18,6 @@ from . import node as node_facts
 from .errors import TemplateError
 from .etcd import CLIENT_PORT
 from .layout import CA_CERT_NAME, CLIENTS, RESTORE_ON_SEED
-from .node import STAGED_FILES
 from .paths import PATHS
 from .spec import Client, ClientUse, Node, Spec
 
@@ -157,8 +156,9 @@ def render_node(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePem,
     Raises:
         TemplateError: a template is missing, uses an undefined variable, or would emit unsafe text.
     """
-    public = render_public(env, spec, node, pem.public(), tarball_sha256)
-    user_data = _render_user_data(env, spec, node, pem.public(), tarball_sha256, pem.key_pem.decode(),
+    member = _facts(spec, node)
+    public = _render_public(env, spec, node, member, pem.public(), tarball_sha256)
+    user_data = _render_user_data(env, spec, node, member, pem.public(), tarball_sha256, pem.key_pem.decode(),
                                   pem.host_key_pem.decode(), spec.admin.password_hash if spec.admin else None,
                                   public.instance_id)
     return SeedFiles(texts={"user-data": user_data, **public.texts}, instance_id=public.instance_id)
@@ -170,17 +170,29 @@ def render_public(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePubl
 
     Needs no secret: the keys appear only as their sha256, so a reviewer's checkout renders the same.
     """
-    context = _context(spec, node, tarball_sha256)
+    return _render_public(env, spec, node, _facts(spec, node), pem, tarball_sha256)
+
+
+def _facts(spec: Spec, node: Node) -> node_facts.Facts:
+    try:
+        return node_facts.facts(spec, node)
+    except ValueError as exc:
+        raise TemplateError(str(exc)) from None
+
+
+def _render_public(env: jinja2.Environment, spec: Spec, node: Node, member: node_facts.Facts, pem: NodePublic,
+                   tarball_sha256: str) -> SeedFiles:
+    context = _context(spec, node, member, tarball_sha256)
     password = password_marker(spec.admin.password_hash) if spec.admin and spec.admin.password_hash else None
     markers = (redaction_marker(pem.key_sha256), redaction_marker(pem.host_key_sha256), password)
     network_config = _render(env, "network-config.j2", context)
     # The instance-id changes whenever anything on this node's seed changes, and only
     # then: the redacted user-data names the key and password by their sha256. The install step carries
     # it too (it records the seed it applied), so it is taken over the user-data without it.
-    unnamed = _render_user_data(env, spec, node, pem, tarball_sha256, *markers, seed_id="")
+    unnamed = _render_user_data(env, spec, node, member, pem, tarball_sha256, *markers, seed_id="")
     digest = hashlib.sha256(f"{node.name}\0{unnamed}\0{network_config}".encode()).hexdigest()
     instance_id = f"{node.name}-{digest[:16]}"
-    redacted = _render_user_data(env, spec, node, pem, tarball_sha256, *markers, seed_id=instance_id)
+    redacted = _render_user_data(env, spec, node, member, pem, tarball_sha256, *markers, seed_id=instance_id)
     texts = {
         "user-data.redacted": redacted,
         "meta-data": _render(env, "meta-data.j2", {**context, "instance_id": instance_id}),
@@ -191,37 +203,29 @@ def render_public(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePubl
     return SeedFiles(texts=texts, instance_id=instance_id)
 
 
-def _context(spec: Spec, node: Node, tarball_sha256: str) -> dict[str, Any]:
-    try:
-        options = node_facts.options(spec, node)
-    except ValueError as exc:
-        raise TemplateError(str(exc)) from None
-    units = [(u, u.when(spec, node)) for u in node_facts.UNITS]
-    return {"spec": spec, "node": node, "paths": PATHS, "sha256": tarball_sha256, "options": options,
-            "disk": node_facts.data_disk(spec, node), "disk_owner": node_facts.disk_owner(spec, node),
-            "units": units, "defrag_calendar": spec.defrag.on_calendar(spec.nodes.index(node))}
+def _context(spec: Spec, node: Node, member: node_facts.Facts, tarball_sha256: str) -> dict[str, Any]:
+    return {"spec": spec, "node": node, "paths": PATHS, "sha256": tarball_sha256, "options": member.options,
+            "disk": member.disk, "disk_owner": member.disk_owner, "units": member.units,
+            "defrag_calendar": member.defrag_calendar}
 
 
-def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePublic, tarball_sha256: str,
-                      key_text: str, host_key_text: str, password_hash: str | None, seed_id: str) -> str:
-    context = _context(spec, node, tarball_sha256)
-    flannel = node_facts.writes_flannel_config(spec, node)
-    extra: dict[str, object] = {"client_url": node_facts.client_url(node),
-             "endpoints": node_facts.client_endpoints(spec, founders_only=True)}
-    if flannel:
+def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, member: node_facts.Facts, pem: NodePublic,
+                      tarball_sha256: str, key_text: str, host_key_text: str, password_hash: str | None,
+                      seed_id: str) -> str:
+    context = _context(spec, node, member, tarball_sha256)
+    extra: dict[str, object] = {"client_url": member.client_url, "endpoints": member.founder_endpoints}
+    if member.flannel:
         extra |= {"flannel_key": FLANNEL_KEY, "flannel_json": flannel_json(spec),
                   "flannel_attempts": FLANNEL_ATTEMPTS, "flannel_delay": FLANNEL_DELAY_S}
     sources: dict[str, str | bytes] = {
         node_facts.CA_PEM: pem.ca_cert_pem.decode(),
         node_facts.KEY_PEM: key_text,
         node_facts.CHAIN_PEM: pem.chain_pem.decode(),
-        node_facts.MEMBER_JSON: json.dumps(node_facts.member_config(spec, node), indent=2, sort_keys=True),
+        node_facts.MEMBER_JSON: json.dumps(member.member_config, indent=2, sort_keys=True),
         node_facts.CRL_DER: pem.crl_der,
     }
     staged = []
-    for row in STAGED_FILES:
-        if not row.when(spec, node):
-            continue
+    for row in member.staged:
         content: str | bytes
         if row.source in sources:
             content = sources[row.source]
@@ -233,8 +237,8 @@ def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, pem: Node
         digest = pem.key_sha256 if row.source == node_facts.KEY_PEM else None
         staged.append(_staged(row.name, content, row.dest, row.mode, row.etcd_owned, row.restart, digest))
     install_sh = _render(env, "etcd-install.sh.j2", {**context, "staged": staged,
-                                                     "enabled_units": node_facts.enabled_units(spec, node),
-                                                     "restore": _restore_context(spec, node),
+                                                     "enabled_units": member.enabled_units,
+                                                     "restore": _restore_context(spec, member),
                                                      "seed_id": seed_id})
     return _render(env, "user-data.j2", {
         **context, "staged": staged, "install_sh": install_sh,
@@ -267,16 +271,16 @@ def _staged(name: str, content: str | bytes, dest: str, mode: str, etcd_owned: b
     return Staged(name, content, dest, mode, etcd_owned, restart, digest)
 
 
-def _restore_context(spec: Spec, node: Node) -> dict[str, str] | None:
+def _restore_context(spec: Spec, member: node_facts.Facts) -> dict[str, str] | None:
     """What the install step needs to restore this member from the snapshot on its seed."""
     restore = spec.etcd.restore
-    if restore is None:
+    if restore is None or member.restore_argv is None:
         return None
-    assert restore.sha256 is not None  # noqa: S101 - node.options (in _context) checked it first
+    assert restore.sha256 is not None  # noqa: S101 - node.options (in node.facts) checked it first
     bin_dir = shlex.quote(PATHS.bin)
     tool = f'"$root"{bin_dir}/etcdutl' if spec.etcd.release.has_etcdutl else f'ETCDCTL_API=3 "$root"{bin_dir}/etcdctl'
     return {"name": RESTORE_ON_SEED, "sha256": restore.sha256, "tool": tool,
-            "argv": " ".join(shlex.quote(a) for a in node_facts.restore_argv(spec, node)),
+            "argv": " ".join(shlex.quote(a) for a in member.restore_argv),
             "bumped": f" (revision +{restore.bump_revision})" if restore.bump_revision else ""}
 
 
