@@ -12,8 +12,9 @@ from pathlib import Path
 from . import etcd, fs, layout, manifest
 from .errors import MaterialError
 from .etcd import Bundle
+from .loader import load_spec
 from .manifest import Manifest
-from .spec import CASource, Spec, load_spec
+from .spec import CASource, Spec
 
 
 @dataclass(frozen=True)

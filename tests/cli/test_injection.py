@@ -187,8 +187,8 @@ def test_etcdctl_env_template_errors_are_wrapped() -> None:
     import jinja2
 
     from generator.errors import TemplateError
+    from generator.loader import load_spec
     from generator.render import make_environment, render_etcdctl_env
-    from generator.spec import load_spec
 
     env = make_environment()
     env.loader = jinja2.DictLoader({"etcdctl.env.j2": "X={{ spec.nothing_here }}\n"})
@@ -201,7 +201,7 @@ def test_etcdctl_env_template_errors_are_wrapped() -> None:
 def test_options_env_reads_the_same_in_systemd_and_sh(workdir: Path) -> None:
     """systemd's own parser and sh read every options.env into exactly the settings the build meant."""
     from generator import node as node_facts
-    from generator.spec import load_spec
+    from generator.loader import load_spec
     from tests.helpers.parsers import sh_env
 
     assert build(workdir)[0] == 0

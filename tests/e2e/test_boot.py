@@ -20,9 +20,9 @@ from cryptography import x509
 
 from generator import _cli
 from generator.iso import read_iso
+from generator.loader import load_spec
 from generator.node import options as etcd_options
 from generator.render import FLANNEL_KEY, flannel_json
-from generator.spec import load_spec
 from tests.helpers.etcd_checks import (
     assert_all_healthy,
     assert_members_are_the_spec,

@@ -32,7 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from generator import _cli
-from generator.spec import load_spec
+from generator.loader import load_spec
 from tests.helpers.etcd_checks import all_voting, assert_all_healthy, assert_members_are_the_spec
 from tests.helpers.specs import ROOT
 from tests.helpers.vm import (

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from generator.spec import load_spec
+from generator.loader import load_spec
 from tests.helpers.converge import NEEDS, Lab
 from tests.helpers.disks import (
     DEVICE,

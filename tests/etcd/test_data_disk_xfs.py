@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from generator.spec import load_spec
+from generator.loader import load_spec
 from tests.helpers.converge import NEEDS, Lab
 from tests.helpers.disks import (
     DEVICE,

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from generator.etcd import BOLT_MAGIC
+from generator.loader import load_spec
 from generator.pki import KeyRecords, PkiState
 from generator.render import NodePem
-from generator.spec import Spec, load_spec
+from generator.spec import Spec
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)

@@ -25,8 +25,9 @@ from cryptography import x509
 
 from generator import _cli
 from generator.iso import SeedEntry, build_iso, read_iso
+from generator.loader import load_spec
 from generator.node import options as etcd_options
-from generator.spec import Spec, load_spec
+from generator.spec import Spec
 from tests.helpers import netns
 from tests.helpers.etcd_checks import (
     ETCDCTL_ENV,

@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 from generator import fields as spec_fields
 from generator import node as node_facts
 from generator.errors import SpecError
+from generator.loader import load_spec
 from generator.render import PATHS, SeedFiles, client_files, make_environment, render_client, render_node
-from generator.spec import ClientUse, Spec, load_spec
+from generator.spec import ClientUse, Spec
 from tests.helpers.parsers import cloud_init_available, cloud_init_load, sh_env, systemd_available, systemd_env
 from tests.helpers.specs import ROOT, fake_pem, put
 

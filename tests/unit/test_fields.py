@@ -12,8 +12,8 @@ import yaml
 
 from generator import fields
 from generator.errors import OutputError, SpecError
+from generator.loader import field_values, load_spec
 from generator.manifest import parse_manifest
-from generator.spec import field_values, load_spec
 from tests.helpers.specs import FULL_SPEC, ROOT, put
 
 DOCS = ROOT / "docs" / "spec.md"

@@ -16,8 +16,8 @@ from generator import layout
 from generator.errors import SpecError
 from generator.etcd import Bundle
 from generator.inputs import Snapshot
+from generator.loader import load_spec
 from generator.outputs import seed_entries
-from generator.spec import load_spec
 from tests.helpers.cli import SECRETS, build, tree
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from generator.errors import SpecError
 from generator.layout import RESERVED_NAMES
-from generator.spec import load_spec
+from generator.loader import load_spec
 from tests.helpers.specs import ROOT, parse, spec_yaml
 
 BASE = spec_yaml()

@@ -11,8 +11,9 @@ import pytest
 from etcd_seed_node import cli, transport
 
 from generator import node as node_facts
+from generator.loader import load_spec
 from generator.paths import PATHS
-from generator.spec import Spec, load_spec
+from generator.spec import Spec
 from tests.helpers import node_package
 from tests.helpers.specs import ROOT, spec_yaml
 
