@@ -306,10 +306,6 @@ LAUNCHER = StagedFile("etcd-seed-member", "etcd-seed-member.py", PATHS.member_bi
 STAGED_FILES = (*CORE_FILES, *(replace(f, when=unit.when) for unit in UNITS for f in unit.files), LAUNCHER)
 
 
-def enabled_units(spec: Spec, node: Node) -> tuple[str, ...]:
-    """The units the install step enables on this node, in one `systemctl enable`."""
-    return tuple(u.name for u in UNITS if u.enable and u.when(spec, node))
-
 
 @dataclass(frozen=True)
 class Facts:
@@ -319,7 +315,6 @@ class Facts:
     member_config: dict[str, object]  # member.json
     units: tuple[tuple[Unit, bool], ...]  # every unit, and whether this node runs it
     staged: tuple[StagedFile, ...]  # the files its seed stages, in the install step's order
-    enabled_units: tuple[str, ...]
     disk: DataDisk | None
     disk_owner: str
     restore_argv: tuple[str, ...] | None  # `snapshot restore`'s flags on a restore seed
@@ -327,6 +322,11 @@ class Facts:
     founder_endpoints: str  # where the install step's notes point etcdctl
     flannel: bool  # it writes flannel's network config
     defrag_calendar: str
+
+    @property
+    def enabled_units(self) -> tuple[str, ...]:
+        """The units the install step enables on this node, in one `systemctl enable`."""
+        return tuple(unit.name for unit, on in self.units if on and unit.enable)
 
 
 def facts(spec: Spec, node: Node) -> Facts:
@@ -338,7 +338,7 @@ def facts(spec: Spec, node: Node) -> Facts:
     return Facts(
         options=options(spec, node), member_config=member_config(spec, node),
         units=tuple((u, u.when(spec, node)) for u in UNITS),
-        staged=tuple(f for f in STAGED_FILES if f.when(spec, node)), enabled_units=enabled_units(spec, node),
+        staged=tuple(f for f in STAGED_FILES if f.when(spec, node)),
         disk=data_disk(spec, node), disk_owner=disk_owner(spec, node),
         restore_argv=tuple(restore_argv(spec, node)) if spec.etcd.restore is not None else None,
         client_url=client_url(node), founder_endpoints=client_endpoints(spec, founders_only=True),
