@@ -30,10 +30,9 @@ from tests.helpers.disks import (
     loop_available,
     stop_etcd,
 )
-from tests.helpers.specs import ROOT
+from tests.helpers.specs import TRIXIE
 
 pytestmark = NEEDS
-TRIXIE = ROOT / "vendor" / "etcd-v3.5.16-linux-amd64.tar.gz"  # `make test` builds it (Debian trixie's 3.5.16)
 HIDES = ("etcd-seed: ERROR: etcd's data is on the root disk under /opt/etcd, which /dev/vdb would hide: a member is "
          "not moved between disks; mark etcd03 replace: true in cluster.yaml to rebuild it on the new disk")
 

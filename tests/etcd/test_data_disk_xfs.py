@@ -26,10 +26,9 @@ from tests.helpers.disks import (
     loop_available,
     stop_etcd,
 )
-from tests.helpers.specs import ROOT
+from tests.helpers.specs import TRIXIE
 
 pytestmark = NEEDS
-TRIXIE = ROOT / "vendor" / "etcd-v3.5.16-linux-amd64.tar.gz"
 XFS_MIB = 512  # mkfs.xfs (xfsprogs 5.19 on) makes no filesystem of 300 MB or less
 
 

@@ -14,10 +14,9 @@ import pytest
 
 from tests.helpers.converge import BASE, NEEDS, Lab, converged_lab
 from tests.helpers.etcd_checks import Writer
-from tests.helpers.specs import ROOT
+from tests.helpers.specs import TRIXIE
 
 pytestmark = NEEDS
-TRIXIE = ROOT / "vendor" / "etcd-v3.5.16-linux-amd64.tar.gz"  # `make test` builds it (Debian trixie's 3.5.16)
 QUOTA = 16 << 20  # small, so that a NOSPACE alarm takes seconds to raise
 VALUE = base64.b64encode(os.urandom(600 << 10)).decode()  # 800 KiB that no page can share
 

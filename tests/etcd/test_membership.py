@@ -33,11 +33,10 @@ from generator.iso import read_iso
 from tests.helpers import node_package
 from tests.helpers.converge import BASE, NEEDS, UPSTREAM, Lab, converged_lab, killer
 from tests.helpers.etcd_checks import all_voting, assert_all_healthy
-from tests.helpers.specs import ROOT
+from tests.helpers.specs import TRIXIE
 
 pytestmark = NEEDS
 
-TRIXIE = ROOT / "vendor" / "etcd-v3.5.16-linux-amd64.tar.gz"  # `make test` builds it (Debian trixie's 3.5.16)
 SNAPSHOT_NAME = re.compile(r"etcd0[0-9]-[0-9]{8}T[0-9]{6}Z-rev([0-9]+)-c([0-9]+)\.db")
 
 

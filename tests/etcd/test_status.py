@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 
 from tests.helpers.converge import NEEDS, Lab, converged_lab
-from tests.helpers.specs import ROOT
+from tests.helpers.specs import TRIXIE
 
 pytestmark = NEEDS
-TRIXIE = ROOT / "vendor" / "etcd-v3.5.16-linux-amd64.tar.gz"  # `make test` builds it (Debian trixie's 3.5.16)
 
 
 @pytest.fixture(scope="module")

