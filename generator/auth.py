@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .spec import ROOT_USER, Access, Auth, Spec
+from .spec import ROOT_USER, Access, Spec
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,14 @@ class Grants:
                           for name, grants in self.roles.items()}}
 
 
-def grants(spec: Spec) -> Grants:
-    """The users, roles and grants that a spec asks for."""
+def grants(spec: Spec, decision: Decision) -> Grants:
+    """The users, roles and grants that a spec asks for, with auth on or off as decided."""
     root = ROOT_USER
     users: dict[str, tuple[str, ...]] = {root: (root,)}
     users |= {node.name: (root,) for node in spec.nodes}
     roles = {client.name: tuple(Grant.of(a) for a in client.access) for client in spec.clients if client.access}
     users |= {client.cn: ((client.name,) if client.access else ()) for client in spec.clients}
-    return Grants(enabled=spec.auth.on, users=dict(sorted(users.items())), roles=dict(sorted(roles.items())))
+    return Grants(enabled=decision.on, users=dict(sorted(users.items())), roles=dict(sorted(roles.items())))
 
 
 # A cluster built before auth was managed: the build leaves its users, roles and auth alone.
@@ -61,24 +61,38 @@ UNMANAGED = ("auth: left as it is on the cluster, which was built before authent
              "is changed, and auth stays on or off); set auth.enabled to manage it (docs/operations.md#auth)")
 
 
-def decide(spec: Spec, built_before: bool, was_enabled: bool | None) -> Auth:
+@dataclass(frozen=True)
+class Decision:
+    """auth.enabled as the build decided it. `managed` False: the build leaves etcd's users, roles and auth as the
+    cluster has them (a cluster built before authentication was managed, whose spec does not set auth.enabled)."""
+
+    enabled: bool | None  # None only when not managed
+    managed: bool = True
+
+    @property
+    def on(self) -> bool:
+        """Whether the seeds turn auth on."""
+        return self.managed and self.enabled is not False
+
+
+def decide(spec: Spec, built_before: bool, was_enabled: bool | None) -> Decision:
     """auth.enabled as the spec says; unset, on for a new cluster and as the previous build left it otherwise. A
     cluster built before auth was managed is left as it is (users and roles made by hand stay, and so does whether
     auth is on) until the spec sets auth.enabled."""
     if spec.auth.enabled is not None:
-        return Auth(enabled=spec.auth.enabled)
+        return Decision(enabled=spec.auth.enabled)
     if not built_before:
-        return Auth(enabled=True)
+        return Decision(enabled=True)
     if was_enabled is None:
-        return Auth(enabled=None, managed=False)
-    return Auth(enabled=was_enabled)
+        return Decision(enabled=None, managed=False)
+    return Decision(enabled=was_enabled)
 
 
-def table(spec: Spec) -> list[str]:
+def table(spec: Spec, decision: Decision) -> list[str]:
     """What each identity may do, one line each, for `plan`."""
-    if not spec.auth.managed:
+    if not decision.managed:
         return []  # the build's notes say so
-    table = grants(spec)
+    table = grants(spec, decision)
     lines = [f"auth: {'on' if table.enabled else 'off'} ({spec.nodes[0].name} applies these etcd users and roles)"]
     for user, roles in table.users.items():
         if ROOT_USER in roles:

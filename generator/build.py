@@ -21,8 +21,8 @@ import jinja2
 from cryptography import x509
 
 from . import (
-    auth,
     certs,
+    decisions,
     fastpath,
     fields,
     fs,
@@ -37,6 +37,7 @@ from . import (
     sealed,
 )
 from . import node as node_facts
+from .decisions import Decisions
 from .errors import GeneratorError, MaterialError, OutputError, printable
 from .etcd import Bundle, Version
 from .inputs import (
@@ -236,7 +237,7 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     """
     timings = {} if timings is None else timings
     started = time.perf_counter()
-    spec, change = _preflight(spec, inputs, epoch, options)
+    decided, change = _preflight(spec, inputs, epoch, options)
     records = key_records(inputs.previous, inputs.pending)
     replacing = _replacing(spec, inputs.previous, records)
     _check_data_disks(spec, inputs.previous, replacing)
@@ -264,7 +265,7 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     started = time.perf_counter()
     material = _material(pki, public_keys, host_keys, state, crl.der)
     not_before = {node.name: int(pki.leaves[node.name].cert.not_valid_before_utc.timestamp()) for node in spec.nodes}
-    outputs = output_files(spec, material, env, inputs.bundle, inputs.snapshot, epoch, not_before)
+    outputs = output_files(spec, decided, material, env, inputs.bundle, inputs.snapshot, epoch, not_before)
     files = [_plan_file(output, inputs.disk.get(output.path)) for output in outputs]
     timings["outputs"] = time.perf_counter() - started
 
@@ -277,7 +278,7 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     new_keys = {layout.key_name(f.path) or "": f.public_key_sha256 for f in files
                 if f.public_key_sha256 and f.status in (FileStatus.CREATE, FileStatus.UPDATE)}
     written_with, library_note = _written_with(inputs, files, deletes, pki, revoked, options)
-    manifest_bytes = _manifest(spec, inputs, files, pki, public_keys, revoked, written_with, issued)
+    manifest_bytes = _manifest(spec, decided, inputs, files, pki, public_keys, revoked, written_with, issued)
     current = inputs.disk.get(layout.MANIFEST)
     manifest_status = FileStatus.CREATE if current is None else FileStatus.UNCHANGED \
         if current.sha256 == hashlib.sha256(manifest_bytes).hexdigest() and current.mode == layout.PUBLIC_MODE \
@@ -293,9 +294,9 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
     reseed = sorted((node.name for node in spec.nodes
                      if node.name in built and node.name not in afresh and node.name in new_seeds),
                     key=lambda name: name not in rekeyed)
-    said = notes.membership(spec, inputs.previous, built, replacing)
+    said = notes.membership(spec, decided, inputs.previous, built, replacing)
     said += notes.revocation(revoked, inputs.previous.revoked)
-    said += notes.auth(spec, inputs.previous)
+    said += notes.auth(spec, decided.auth, inputs.previous)
     said += [change] if change else []
     said += [library_note] if library_note else []
     said += [notes.rolling_order(reseed)] if reseed else []
@@ -305,7 +306,7 @@ def plan_build(spec: Spec, inputs: Inputs, env: jinja2.Environment, now: dt.date
                 "remove 'replace: true' from the spec" for i, node in enumerate(spec.nodes)
                 if node.replace and node.name not in replacing]
     floor = notes.upgrade_floor(_previous_version(inputs.previous), spec.etcd.release)
-    return BuildPlan(spec=spec, pki=pki, files=files, manifest_bytes=manifest_bytes,
+    return BuildPlan(spec=spec, decided=decided, pki=pki, files=files, manifest_bytes=manifest_bytes,
                      manifest_status=manifest_status, new_keys=new_keys, notes=said,
                      warnings=warnings + sealed_warnings + ([floor] if floor else []), reseed=reseed,
                      deletes=deletes, sealed_moves=sealed_moves, step=options.rotate, crl_next_update=crl.next_update,
@@ -317,9 +318,9 @@ def _previous_version(previous: Manifest) -> Version | None:
     return Version.parse(previous.etcd_version) if previous.etcd_version else None
 
 
-def _preflight(spec: Spec, inputs: Inputs, epoch: int | None, options: Options) -> tuple[Spec, str]:
-    """What is refused before anything is issued; the spec with its restore snapshot's digest, and the note on
-    the version change."""
+def _preflight(spec: Spec, inputs: Inputs, epoch: int | None, options: Options) -> tuple[Decisions, str]:
+    """What is refused before anything is issued; what the build settles that the spec leaves open, and the note
+    on the version change."""
     before = _previous_version(inputs.previous)
     change, refusal = notes.version_change(spec.etcd.release.change_from(before, options.allow_downgrade), before,
                                            spec.etcd.release)
@@ -328,11 +329,9 @@ def _preflight(spec: Spec, inputs: Inputs, epoch: int | None, options: Options) 
     if epoch is not None and not 0 <= epoch <= manifest.MAX_EPOCH:
         raise MaterialError(f"SOURCE_DATE_EPOCH: {epoch} is outside 0..{manifest.MAX_EPOCH}, the range an "
                             "ISO 9660 date can hold")
-    if spec.etcd.restore is not None:
-        assert inputs.snapshot is not None  # noqa: S101 - load_sources reads it with the spec
-        spec = spec.with_snapshot(inputs.snapshot.sha256)
-    spec = spec.with_auth(auth.decide(spec, inputs.previous.format != 0, inputs.previous.auth_enabled))
-    return spec, change
+    # load_sources reads the snapshot with a spec that has etcd.restore.
+    snapshot = inputs.snapshot.sha256 if inputs.snapshot is not None else None
+    return decisions.decide(spec, inputs.previous.format != 0, inputs.previous.auth_enabled, snapshot), change
 
 
 def _material(pki: PkiState, public: Mapping[str, str], host_keys: Mapping[str, hostkeys.HostKey], state: Rotation,
@@ -381,8 +380,9 @@ def _written_with(inputs: Inputs, files: list[PlannedFile], deletes: list[str], 
     return now, notes.library_update(updates, only)
 
 
-def _manifest(spec: Spec, inputs: Inputs, files: list[PlannedFile], pki: PkiState, public_keys: Mapping[str, str],
-              revoked: tuple[Revoked, ...], written_with: WrittenWith | None, issued: tuple[Issued, ...]) -> bytes:
+def _manifest(spec: Spec, decided: Decisions, inputs: Inputs, files: list[PlannedFile], pki: PkiState,
+              public_keys: Mapping[str, str], revoked: tuple[Revoked, ...], written_with: WrittenWith | None,
+              issued: tuple[Issued, ...]) -> bytes:
     return manifest.render_manifest(
         spec.name, spec.etcd.version,
         {"name": inputs.bundle.name, "sha256": inputs.bundle.sha256,
@@ -391,7 +391,7 @@ def _manifest(spec: Spec, inputs: Inputs, files: list[PlannedFile], pki: PkiStat
         certificates(pki),
         replaced={n.name: public_keys[n.name] for n in spec.nodes if n.replace},
         restore={"sha256": inputs.snapshot.sha256, "size": len(inputs.snapshot.data)} if inputs.snapshot else None,
-        revoked=revoked, auth_enabled=spec.auth.enabled, written_with=written_with, issued=issued,
+        revoked=revoked, auth_enabled=decided.auth.enabled, written_with=written_with, issued=issued,
         data_disks={n.name: _disk_of(spec, n) for n in spec.nodes}, fields=spec.field_digests)
 
 

@@ -13,6 +13,7 @@ from .etcd import CLIENT_PORT, PEER_PORT
 from .paths import PATHS
 
 if TYPE_CHECKING:
+    from .decisions import Decisions
     from .spec import Node, Spec
 
 
@@ -52,7 +53,7 @@ JOIN_TIMEOUT_S = 900
 REFUSED_PAUSE_S = 60
 
 
-def member_config(spec: Spec, node: Node) -> dict[str, object]:
+def member_config(spec: Spec, decided: Decisions, node: Node) -> dict[str, object]:
     """/etc/etcd/member.json: what etcd-seed-member needs to add this node to its cluster."""
     return {
         "name": node.name,
@@ -62,7 +63,7 @@ def member_config(spec: Spec, node: Node) -> dict[str, object]:
         # Only a joining member asks its peers anything; a founder's seed must not change when one joins.
         "peers": [client_url(n) for n in spec.nodes if n != node] if node.joins else [],
         # With auth on, a joining member's user must exist before it adds itself: this node creates it.
-        **({"auth_by": spec.nodes[0].name} if node.joins and spec.auth.managed else {}),
+        **({"auth_by": spec.nodes[0].name} if node.joins and decided.auth.managed else {}),
         "etcdctl": f"{PATHS.bin}/etcdctl",
         "ca": PATHS.ca, "cert": PATHS.cert, "key": PATHS.key,
         "data_dir": PATHS.data_dir, "wal_dir": PATHS.wal_dir,
@@ -80,7 +81,7 @@ def member_config(spec: Spec, node: Node) -> dict[str, object]:
         **({"disk_owner": {"path": PATHS.disk_owner, "want": disk_owner(spec, node)}}
            if data_disk(spec, node) else {}),
         # Only the node that applies them: the other founders' seeds do not change when a consumer or node does.
-        **({"auth": auth.grants(spec).to_json()} if applies_auth(spec, node) else {}),
+        **({"auth": auth.grants(spec, decided.auth).to_json()} if applies_auth(spec, decided, node) else {}),
     }
 
 
@@ -104,11 +105,11 @@ def disk_owner(spec: Spec, node: Node) -> str:
     return f"{spec.etcd.token} {node.name}"
 
 
-def restore_argv(spec: Spec, node: Node) -> list[str]:
+def restore_argv(spec: Spec, decided: Decisions, node: Node) -> list[str]:
     """The flags of `snapshot restore` for this member, after the tool and the snapshot's path."""
     assert spec.etcd.restore is not None  # noqa: S101 - callers check
     argv = [f"--name={node.name}", f"--initial-cluster={initial_cluster(spec, node)}",
-            f"--initial-cluster-token={spec.etcd.cluster_token}",
+            f"--initial-cluster-token={decided.cluster_token}",
             f"--initial-advertise-peer-urls={peer_url(node)}"]
     if spec.etcd.restore.bump_revision:
         argv += [f"--bump-revision={spec.etcd.restore.bump_revision}", "--mark-compacted"]
@@ -125,7 +126,7 @@ def initial_cluster(spec: Spec, node: Node) -> str:
     return ",".join(f"{n.name}={peer_url(n)}" for n in members)
 
 
-def options(spec: Spec, node: Node) -> dict[str, str]:
+def options(spec: Spec, decided: Decisions, node: Node) -> dict[str, str]:
     """The settings of one member, as options.env holds them (CIS Kubernetes Benchmark section 2).
 
     Raises:
@@ -158,7 +159,7 @@ def options(spec: Spec, node: Node) -> dict[str, str]:
         # (etcd-seed-member writes it to membership.env); these are what the founders start with.
         "ETCD_INITIAL_CLUSTER": initial_cluster(spec, node),
         "ETCD_INITIAL_CLUSTER_STATE": "existing" if node.joins else "new",
-        "ETCD_INITIAL_CLUSTER_TOKEN": spec.etcd.cluster_token,
+        "ETCD_INITIAL_CLUSTER_TOKEN": decided.cluster_token,
         "ETCD_HEARTBEAT_INTERVAL": str(spec.etcd.heartbeat_interval),
         "ETCD_ELECTION_TIMEOUT": str(spec.etcd.election_timeout),
         # No kube-apiserver compacts a flannel-only etcd: without this its history grows
@@ -175,32 +176,32 @@ def options(spec: Spec, node: Node) -> dict[str, str]:
 
 
 
-def _always(spec: Spec, node: Node) -> bool:
+def _always(spec: Spec, decided: Decisions, node: Node) -> bool:
     return True
 
 
-def backs_up(spec: Spec, node: Node) -> bool:
+def backs_up(spec: Spec, decided: Decisions, node: Node) -> bool:
     """Every member takes its own backups when backup is on."""
     return spec.backup.enabled
 
 
-def defrags(spec: Spec, node: Node) -> bool:
+def defrags(spec: Spec, decided: Decisions, node: Node) -> bool:
     """Every member defragments itself, at its own time, when defrag is on."""
     return spec.defrag.enabled
 
 
-def applies_auth(spec: Spec, node: Node) -> bool:
+def applies_auth(spec: Spec, decided: Decisions, node: Node) -> bool:
     """The first node applies etcd's users, roles and grants, and turns auth on or off, once the cluster has quorum;
     no node does while the build leaves auth to the cluster."""
-    return spec.auth.managed and node == spec.nodes[0]
+    return decided.auth.managed and node == spec.nodes[0]
 
 
-def writes_flannel_config(spec: Spec, node: Node) -> bool:
+def writes_flannel_config(spec: Spec, decided: Decisions, node: Node) -> bool:
     """The first founder writes flannel's network config once the cluster has quorum."""
     return node == spec.nodes[0] and spec.flannel is not None
 
 
-def joins(spec: Spec, node: Node) -> bool:
+def joins(spec: Spec, decided: Decisions, node: Node) -> bool:
     """A member added to a running cluster starts as a learner and promotes itself."""
     return node.joins
 
@@ -224,7 +225,7 @@ class StagedFile:
     mode: str
     etcd_owned: bool = False  # owned by etcd (which reads it), else by root
     restart: bool = False
-    when: Callable[[Spec, Node], bool] = _always
+    when: Callable[[Spec, Decisions, Node], bool] = _always
 
 
 def _job(module: str) -> StagedFile:
@@ -242,7 +243,7 @@ class Unit:
 
     name: str
     files: tuple[StagedFile, ...]
-    when: Callable[[Spec, Node], bool] = _always
+    when: Callable[[Spec, Decisions, Node], bool] = _always
     enable: bool = True
     start: bool = False
     # The install step's news when a new seed turns it off on a node. The same on every node and for every spec:
@@ -318,10 +319,12 @@ class Facts:
     disk: DataDisk | None
     disk_owner: str
     restore_argv: tuple[str, ...] | None  # `snapshot restore`'s flags on a restore seed
+    snapshot_sha256: str | None  # of the snapshot a restore seed carries
     client_url: str
     founder_endpoints: str  # where the install step's notes point etcdctl
     flannel: bool  # it writes flannel's network config
     defrag_calendar: str
+    auth_on: bool  # the auth step, where it runs, turns auth on (else off)
 
     @property
     def enabled_units(self) -> tuple[str, ...]:
@@ -329,17 +332,19 @@ class Facts:
         return tuple(unit.name for unit, on in self.units if on and unit.enable)
 
 
-def facts(spec: Spec, node: Node) -> Facts:
+def facts(spec: Spec, decided: Decisions, node: Node) -> Facts:
     """This member's facts.
 
     Raises:
         ValueError: an options.env value outside its safe set (render reports it as a template error).
     """
     return Facts(
-        options=options(spec, node), member_config=member_config(spec, node),
-        units=tuple((u, u.when(spec, node)) for u in UNITS),
-        staged=tuple(f for f in STAGED_FILES if f.when(spec, node)),
+        options=options(spec, decided, node), member_config=member_config(spec, decided, node),
+        units=tuple((u, u.when(spec, decided, node)) for u in UNITS),
+        staged=tuple(f for f in STAGED_FILES if f.when(spec, decided, node)),
         disk=data_disk(spec, node), disk_owner=disk_owner(spec, node),
-        restore_argv=tuple(restore_argv(spec, node)) if spec.etcd.restore is not None else None,
+        restore_argv=tuple(restore_argv(spec, decided, node)) if spec.etcd.restore is not None else None,
+        snapshot_sha256=decided.snapshot_sha256,
         client_url=client_url(node), founder_endpoints=client_endpoints(spec, founders_only=True),
-        flannel=writes_flannel_config(spec, node), defrag_calendar=spec.defrag.on_calendar(spec.nodes.index(node)))
+        flannel=writes_flannel_config(spec, decided, node),
+        defrag_calendar=spec.defrag.on_calendar(spec.nodes.index(node)), auth_on=decided.auth.on)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from . import fields, layout
 from .auth import UNMANAGED as auth_unmanaged
+from .auth import Decision as AuthDecision
 from .auth import table as auth_table
 from .errors import printable
 from .etcd import Version, VersionChange
@@ -21,6 +22,7 @@ from .rotation import Phase, describe
 from .spec import Spec
 
 if TYPE_CHECKING:
+    from .decisions import Decisions
     from .manifest import Manifest, Revoked
     from .plan import BuildPlan
 
@@ -32,7 +34,8 @@ def _member_id(name: str) -> str:
     return f"\"$(etcdctl member list | awk -F', ' '$3 == \"{name}\" {{print $1}}')\""
 
 
-def membership(spec: Spec, previous: Manifest, built: set[str], replacing: frozenset[str]) -> list[str]:
+def membership(spec: Spec, decided: Decisions, previous: Manifest, built: set[str],
+               replacing: frozenset[str]) -> list[str]:
     """What the operator does, or may do by hand, for members that join, are replaced or leave."""
     notes = []
     for node in spec.nodes:
@@ -44,10 +47,10 @@ def membership(spec: Spec, previous: Manifest, built: set[str], replacing: froze
                          f"promotes itself (journalctl -u etcd -u etcd-seed-promote shows each step); {manual}")
         elif node.join and node.name not in built:
             first = (f"re-seed {spec.nodes[0].name} first, which creates {node.name}'s etcd user (it waits for it "
-                     "otherwise); then " if spec.auth.on else
+                     "otherwise); then " if decided.auth.on else
                      f"if auth is on in the cluster (the build leaves it as the cluster has it), create the etcd user "
                      f"{node.name} with the root role by hand first (it waits for it otherwise); then "
-                     if not spec.auth.managed else "")
+                     if not decided.auth.managed else "")
             notes.append(f"{node.name} joins the running cluster by itself: {first}boot it from its seed; it adds "
                          f"itself as a learner and promotes itself once it has caught up; {manual}")
         old = _previous_ips(previous, node.name)
@@ -78,19 +81,19 @@ def membership(spec: Spec, previous: Manifest, built: set[str], replacing: froze
     return notes
 
 
-def auth(spec: Spec, previous: Manifest) -> list[str]:
+def auth(spec: Spec, decision: AuthDecision, previous: Manifest) -> list[str]:
     """What a change of etcd's authentication means for a running cluster."""
-    if not spec.auth.managed:
+    if not decision.managed:
         return [auth_unmanaged]
-    if previous.format == 0 or previous.auth_enabled == spec.auth.enabled:
+    if previous.format == 0 or previous.auth_enabled == decision.enabled:
         return []
     first = spec.nodes[0].name
     if previous.auth_enabled is None:
-        state = "on" if spec.auth.on else "off"
+        state = "on" if decision.on else "off"
         return [f"auth: now managed: once {first} runs its new seed, it deletes the etcd users and roles the spec does "
                 f"not name (those made by hand too), applies the spec's, and turns auth {state}; 'plan' lists each "
                 "consumer's access: check it before you roll"]
-    if not spec.auth.on:
+    if not decision.on:
         return [f"auth: turned off once {first} runs its new seed; every certificate can then read and write every key"]
     return [f"auth: turned on by {first} once it runs its new seed (the others' seeds do not change for it); from then "
             "on each consumer can use only its own keys, as 'plan' lists them: check that every consumer has the "
@@ -240,7 +243,7 @@ def plan_report(plan: BuildPlan, root: str) -> tuple[str, str]:
                f"{counts[FileStatus.MODE]} to chmod, " + (f"{len(plan.deletes)} to delete, " if plan.deletes else "")
                + f"{len(plan.files) - len(changed)} unchanged\n")
     out += field_changes(plan.field_changes)
-    out += [line + "\n" for line in auth_table(plan.spec)]
+    out += [line + "\n" for line in auth_table(plan.spec, plan.decided.auth)]
     notes, warnings = _notes(plan)
     return "".join(out) + notes, warnings
 

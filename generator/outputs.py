@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import jinja2
 
 from . import hostkeys, layout
+from .decisions import Decisions
 from .etcd import Bundle
 from .inputs import Snapshot
 from .iso import SeedEntry
@@ -126,12 +127,13 @@ def _public(path: str, content: bytes | str) -> OutputFile:
     return OutputFile(path, PUBLIC_MODE, content.encode() if isinstance(content, str) else content)
 
 
-def output_files(spec: Spec, material: Material, env: jinja2.Environment, bundle: Bundle | str,
+def output_files(spec: Spec, decided: Decisions, material: Material, env: jinja2.Environment, bundle: Bundle | str,
                  snapshot: Snapshot | None, epoch: int | None, not_before: Mapping[str, int]) -> list[OutputFile]:
     """Every file of output/<cluster>/ but the manifest, in the order the build lists them.
 
     Args:
         spec: the validated cluster definition.
+        decided: what the build settled that the spec leaves open.
         material: the keys and certificates to write, or as the tree holds them.
         env: from render.make_environment().
         bundle: the etcd tarball, or only its sha256 when it is not at hand (seeds are then listed
@@ -176,9 +178,9 @@ def output_files(spec: Spec, material: Material, env: jinja2.Environment, bundle
         if leaf.key.pem is not None and host.key.pem is not None:
             pem = NodePem(material.trust_pem, leaf.chain_pem, leaf.key.pem, host.key.pem, host.public_line,
                           material.crl)
-            texts = dict(render_node(env, spec, node, pem, bundle_sha).texts)
+            texts = dict(render_node(env, spec, decided, node, pem, bundle_sha).texts)
         else:
-            texts = dict(render_public(env, spec, node, public, bundle_sha).texts)
+            texts = dict(render_public(env, spec, decided, node, public, bundle_sha).texts)
         iso_epoch = epoch if epoch is not None else not_before.get(node.name)
         for node_file in NODE_FILES:
             path = layout.node_file(node.name, node_file.name)

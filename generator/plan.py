@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import BinaryIO
 
 from . import fields
+from .decisions import Decisions
 from .pki import PkiState, renew_at
 from .spec import Spec
 
@@ -45,6 +46,7 @@ class BuildPlan:
     """Everything a build would write, computed in memory: nothing has touched the disk yet."""
 
     spec: Spec
+    decided: Decisions
     pki: PkiState
     files: list[PlannedFile]
     manifest_bytes: bytes

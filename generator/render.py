@@ -15,6 +15,7 @@ from typing import Any
 import jinja2
 
 from . import node as node_facts
+from .decisions import Decisions
 from .errors import TemplateError
 from .etcd import CLIENT_PORT
 from .layout import CA_CERT_NAME, CLIENTS, RESTORE_ON_SEED
@@ -142,13 +143,14 @@ def render_client(env: jinja2.Environment, spec: Spec, client: Client, template:
         "quota_ratio": node_facts.NEAR_QUOTA_PERCENT / 100})
 
 
-def render_node(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePem,
+def render_node(env: jinja2.Environment, spec: Spec, decided: Decisions, node: Node, pem: NodePem,
                 tarball_sha256: str) -> SeedFiles:
     """Render one node's files, user-data with its key included.
 
     Args:
         env: from make_environment().
         spec: the validated cluster definition.
+        decided: what the build settled that the spec leaves open.
         node: the member being rendered.
         pem: the node's CA, certificate chain and key.
         tarball_sha256: sha256 of the etcd release tarball, checked on the node.
@@ -156,7 +158,7 @@ def render_node(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePem,
     Raises:
         TemplateError: a template is missing, uses an undefined variable, or would emit unsafe text.
     """
-    member = _facts(spec, node)
+    member = _facts(spec, decided, node)
     public = _render_public(env, spec, node, member, pem.public(), tarball_sha256)
     user_data = _render_user_data(env, spec, node, member, pem.public(), tarball_sha256, pem.key_pem.decode(),
                                   pem.host_key_pem.decode(), spec.admin.password_hash if spec.admin else None,
@@ -164,18 +166,18 @@ def render_node(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePem,
     return SeedFiles(texts={"user-data": user_data, **public.texts}, instance_id=public.instance_id)
 
 
-def render_public(env: jinja2.Environment, spec: Spec, node: Node, pem: NodePublic,
+def render_public(env: jinja2.Environment, spec: Spec, decided: Decisions, node: Node, pem: NodePublic,
                   tarball_sha256: str) -> SeedFiles:
     """Render the files of a node that are committed: everything but user-data and the ISO.
 
     Needs no secret: the keys appear only as their sha256, so a reviewer's checkout renders the same.
     """
-    return _render_public(env, spec, node, _facts(spec, node), pem, tarball_sha256)
+    return _render_public(env, spec, node, _facts(spec, decided, node), pem, tarball_sha256)
 
 
-def _facts(spec: Spec, node: Node) -> node_facts.Facts:
+def _facts(spec: Spec, decided: Decisions, node: Node) -> node_facts.Facts:
     try:
-        return node_facts.facts(spec, node)
+        return node_facts.facts(spec, decided, node)
     except ValueError as exc:
         raise TemplateError(str(exc)) from None
 
@@ -206,7 +208,7 @@ def _render_public(env: jinja2.Environment, spec: Spec, node: Node, member: node
 def _context(spec: Spec, node: Node, member: node_facts.Facts, tarball_sha256: str) -> dict[str, Any]:
     return {"spec": spec, "node": node, "paths": PATHS, "sha256": tarball_sha256, "options": member.options,
             "disk": member.disk, "disk_owner": member.disk_owner, "units": member.units,
-            "defrag_calendar": member.defrag_calendar}
+            "defrag_calendar": member.defrag_calendar, "auth_on": member.auth_on}
 
 
 def _render_user_data(env: jinja2.Environment, spec: Spec, node: Node, member: node_facts.Facts, pem: NodePublic,
@@ -274,12 +276,11 @@ def _staged(name: str, content: str | bytes, dest: str, mode: str, etcd_owned: b
 def _restore_context(spec: Spec, member: node_facts.Facts) -> dict[str, str] | None:
     """What the install step needs to restore this member from the snapshot on its seed."""
     restore = spec.etcd.restore
-    if restore is None or member.restore_argv is None:
+    if restore is None or member.restore_argv is None or member.snapshot_sha256 is None:
         return None
-    assert restore.sha256 is not None  # noqa: S101 - node.options (in node.facts) checked it first
     bin_dir = shlex.quote(PATHS.bin)
     tool = f'"$root"{bin_dir}/etcdutl' if spec.etcd.release.has_etcdutl else f'ETCDCTL_API=3 "$root"{bin_dir}/etcdctl'
-    return {"name": RESTORE_ON_SEED, "sha256": restore.sha256, "tool": tool,
+    return {"name": RESTORE_ON_SEED, "sha256": member.snapshot_sha256, "tool": tool,
             "argv": " ".join(shlex.quote(a) for a in member.restore_argv),
             "bumped": f" (revision +{restore.bump_revision})" if restore.bump_revision else ""}
 

@@ -77,7 +77,6 @@ class Restore:
 
     snapshot: Path
     bump_revision: int
-    sha256: str | None = None  # of the snapshot file, once the build has read and checked it
 
 
 @dataclass(frozen=True)
@@ -98,20 +97,6 @@ class Etcd:
     restore: Restore | None = None
     data_device: str | None = None  # a disk of its own for etcd's data and WAL, mounted at PATHS.home
     data_fs: str = "ext4"
-
-    @property
-    def cluster_token(self) -> str:
-        """ETCD_INITIAL_CLUSTER_TOKEN: a restore starts a new cluster under a token of its own, so that
-        a surviving member of the old cluster can never talk to the new one.
-
-        Raises:
-            ValueError: the restore's snapshot has not been read yet (a bug in the caller).
-        """
-        if self.restore is None:
-            return self.token
-        if self.restore.sha256 is None:
-            raise ValueError("etcd.restore: the snapshot's sha256 is needed before rendering")
-        return f"{self.token}-r{self.restore.sha256[:12]}"
 
     @functools.cached_property
     def release(self) -> Version:
@@ -244,18 +229,10 @@ DEFAULT_ACCESS: dict[ClientUse, tuple[Access, ...]] = {
 class Auth:
     """etcd's authentication: users from the certificates' CNs, a role per consumer.
 
-    `enabled` None: the build decides (on for a new cluster, as the previous build had it otherwise).
-    `managed` False: the build leaves etcd's users, roles and auth as the cluster has them (a cluster built before
-    authentication was managed, whose spec does not set auth.enabled).
+    `enabled` None: the build decides (auth.decide: on for a new cluster, as the previous build had it otherwise).
     """
 
     enabled: bool | None = None
-    managed: bool = True
-
-    @property
-    def on(self) -> bool:
-        """Whether the seeds turn auth on; undecided (a spec the build has not seen) counts as a new cluster's."""
-        return self.managed and self.enabled is not False
 
 
 @dataclass(frozen=True)
@@ -304,16 +281,6 @@ class Spec:
     auth: Auth = Auth()
     # Each set field's value as a short sha256 (fields.digests), for the manifest: what the next plan compares.
     field_digests: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-    def with_auth(self, decided: Auth) -> Spec:
-        """This spec with auth.enabled decided."""
-        return dataclasses.replace(self, auth=decided)
-
-    def with_snapshot(self, sha256: str) -> Spec:
-        """This spec with its restore snapshot's sha256 filled in."""
-        assert self.etcd.restore is not None  # noqa: S101 - callers check
-        restore = dataclasses.replace(self.etcd.restore, sha256=sha256)
-        return dataclasses.replace(self, etcd=dataclasses.replace(self.etcd, restore=restore))
 
     @property
     def founders(self) -> tuple[Node, ...]:

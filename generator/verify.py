@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from . import auth, certs, etcd, external, fs, hostkeys, layout, manifest, provenance, rotation, sealed
+from . import certs, decisions, etcd, external, fs, hostkeys, layout, manifest, provenance, rotation, sealed
 from .certs import PrivateKey, cert_fingerprint, check_leaf, load_key, public_der, public_key_sha256, signs
 from .errors import GeneratorError, MaterialError, OutputError
 from .etcd import Bundle
@@ -167,13 +167,11 @@ def verify_tree(spec: Spec, tree: Tree, now: dt.datetime, warn_days: int, fail_d
         return found
     rotating, trusted = state
     signer = trusted[-1] if rotating.phase is Phase.ISSUE else trusted[0]
-    # auth.enabled as the build that wrote this tree decided it (manifest.json records it).
-    spec = spec.with_auth(auth.decide(spec, True, previous.auth_enabled))
-    if spec.etcd.restore is not None:
-        if previous.restore_sha256 is None:
-            found.append(Finding(manifest.NAME, "records no restore snapshot, but the spec has etcd.restore"))
-            return found
-        spec = spec.with_snapshot(previous.restore_sha256)
+    if spec.etcd.restore is not None and previous.restore_sha256 is None:
+        found.append(Finding(manifest.NAME, "records no restore snapshot, but the spec has etcd.restore"))
+        return found
+    # As the build that wrote this tree decided (manifest.json records auth.enabled and the snapshot).
+    decided = decisions.decide(spec, True, previous.auth_enabled, previous.restore_sha256)
     keys = _check_leaves(spec, tree, previous, trusted, signer, rotating, now, warn_days, fail_days, found)
     _check_crl(tree, previous, signer, now, found)
     _check_distinct(tree, keys, found)
@@ -187,7 +185,7 @@ def verify_tree(spec: Spec, tree: Tree, now: dt.datetime, warn_days: int, fail_d
     tarball: Bundle | str = bundle if bundle is not None else \
         spec.etcd.sha256 or previous.bundle_sha256 or ""
     try:
-        outputs = output_files(spec, material, env, tarball, None, None, epochs)
+        outputs = output_files(spec, decided, material, env, tarball, None, None, epochs)
     except GeneratorError as exc:
         found.append(Finding(f"{spec.nodes[0].name}/", f"cannot render what the spec asks for: {exc}"))
         return found

@@ -201,6 +201,7 @@ def test_etcdctl_env_template_errors_are_wrapped() -> None:
 def test_options_env_reads_the_same_in_systemd_and_sh(workdir: Path) -> None:
     """systemd's own parser and sh read every options.env into exactly the settings the build meant."""
     from generator import node as node_facts
+    from generator.decisions import decide
     from generator.loader import load_spec
     from tests.helpers.parsers import sh_env
 
@@ -208,8 +209,8 @@ def test_options_env_reads_the_same_in_systemd_and_sh(workdir: Path) -> None:
     spec, _ = load_spec((workdir / "cluster.yaml").read_text(), base_dir=workdir)
     for node in spec.nodes:
         path = workdir / "out" / "demo" / node.name / "options.env"
-        assert systemd_env(path) == node_facts.options(spec, node)
-        assert sh_env(path) == node_facts.options(spec, node)
+        assert systemd_env(path) == node_facts.options(spec, decide(spec), node)
+        assert sh_env(path) == node_facts.options(spec, decide(spec), node)
 
 
 def test_fake_bundle_fixture_is_a_release_layout() -> None:

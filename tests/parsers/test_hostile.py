@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from generator import fields as spec_fields
 from generator import node as node_facts
+from generator.decisions import decide
 from generator.errors import SpecError
 from generator.loader import load_spec
 from generator.render import PATHS, SeedFiles, client_files, make_environment, render_client, render_node
@@ -121,7 +122,7 @@ def _load(text: str) -> Spec | SpecError:
 
 def _render(spec: Spec) -> dict[str, SeedFiles]:
     env = make_environment()
-    return {n.name: render_node(env, spec, n, fake_pem(n.name), "b" * 64) for n in spec.nodes}
+    return {n.name: render_node(env, spec, decide(spec), n, fake_pem(n.name), "b" * 64) for n in spec.nodes}
 
 
 def check_outputs(spec: Spec, rendered: dict[str, SeedFiles], tmp: Path,
@@ -157,7 +158,7 @@ def check_outputs(spec: Spec, rendered: dict[str, SeedFiles], tmp: Path,
         if env_parser is not None:
             path = tmp / f"{node.name}.env"
             path.write_text(options)
-            assert env_parser(path) == node_facts.options(spec, node)
+            assert env_parser(path) == node_facts.options(spec, decide(spec), node)
         script = {f["path"]: f["content"] for f in user_data["write_files"]}["/usr/local/sbin/etcd-seed-install"]
         assert subprocess.run(["sh", "-n", "-c", script], check=False).returncode == 0
         url_line = next(line for line in script.splitlines() if line.startswith("url="))
@@ -172,7 +173,7 @@ def check_outputs(spec: Spec, rendered: dict[str, SeedFiles], tmp: Path,
             assert done.stdout.split("\n")[:3] == [disk.device, disk.fs, node_facts.disk_owner(spec, node)]
             assert len(disk.device.split()) == 1
         files = {f["path"]: f["content"] for f in user_data["write_files"]}
-        assert json.loads(files[f"{PATHS.staged}/member.json"]) == node_facts.member_config(spec, node)
+        assert json.loads(files[f"{PATHS.staged}/member.json"]) == node_facts.member_config(spec, decide(spec), node)
         backup = files[f"{PATHS.staged}/etcd-seed-backup"]
         assert subprocess.run(["sh", "-n", "-c", backup], check=False).returncode == 0
         dir_line = next(line for line in backup.splitlines() if line.startswith("dir="))

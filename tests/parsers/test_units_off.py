@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from generator import node as node_facts
+from generator.decisions import decide
 from generator.render import PATHS, make_environment, render_node
 from tests.helpers.specs import fake_pem, parse, spec_yaml
 
@@ -21,7 +22,7 @@ OFF_START, OFF_END = "# The units this seed does not run here", "# Every unit th
 def _script(text: str, node: str) -> str:
     spec = parse(text)
     target = next(n for n in spec.nodes if n.name == node)
-    files = render_node(make_environment(), spec, target, fake_pem(node), SHA)
+    files = render_node(make_environment(), spec, decide(spec), target, fake_pem(node), SHA)
     data = yaml.safe_load(files.texts["user-data"])
     return str(next(f["content"] for f in data["write_files"] if f["path"] == PATHS.install_bin))
 

@@ -16,6 +16,7 @@ import jinja2
 import pytest
 import yaml
 
+from generator.decisions import decide
 from generator.errors import TemplateError
 from generator.layout import NODE_FILES, SEED_ISO
 from generator.render import (
@@ -38,7 +39,7 @@ ADMIN = """admin:
 
 def render_all(spec: Spec) -> dict[str, SeedFiles]:
     env = make_environment()
-    return {n.name: render_node(env, spec, n, fake_pem(n.name), SHA) for n in spec.nodes}
+    return {n.name: render_node(env, spec, decide(spec), n, fake_pem(n.name), SHA) for n in spec.nodes}
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +179,7 @@ def test_url_mode_downloads_and_checks(tmp_path: Path) -> None:
     spec = parse(spec_yaml().replace("bundle: etcd.tar.gz",
                                      f"url: https://example.com/etcd.tar.gz\n  sha256: {'a' * 64}"))
     env = make_environment()
-    files = render_node(env, spec, spec.nodes[0], fake_pem("etcd01"), "a" * 64)
+    files = render_node(env, spec, decide(spec), spec.nodes[0], fake_pem("etcd01"), "a" * 64)
     script = _files_by_path(yaml.safe_load(files.texts["user-data"]))["/usr/local/sbin/etcd-seed-install"]["content"]
     assert "url=https://example.com/etcd.tar.gz" in script
     assert f"want={'a' * 64}" in script
@@ -203,7 +204,7 @@ def test_instance_id_follows_the_node_config(example: Spec, rendered: dict[str, 
     again = render_all(example)
     assert {n: f.instance_id for n, f in again.items()} == ids
     env = make_environment()
-    changed = render_node(env, example, example.nodes[1], fake_pem("renewed"), SHA)
+    changed = render_node(env, example, decide(example), example.nodes[1], fake_pem("renewed"), SHA)
     assert changed.instance_id != ids["etcd02"]
 
 
@@ -214,7 +215,7 @@ def test_undefined_variable_fails_loudly(example: Spec) -> None:
     env.loader = jinja2.ChoiceLoader([jinja2.DictLoader({"options.env.j2": "ETCD_NAME={{ node.nickname }}\n"}),
                                       env.loader])
     with pytest.raises(TemplateError, match=r"templates/options\.env\.j2: .*nickname"):
-        render_node(env, example, example.nodes[0], fake_pem("etcd01"), SHA)
+        render_node(env, example, decide(example), example.nodes[0], fake_pem("etcd01"), SHA)
 
 
 def test_version_specific_options() -> None:

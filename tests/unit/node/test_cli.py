@@ -11,6 +11,7 @@ import pytest
 from etcd_seed_node import cli, transport
 
 from generator import node as node_facts
+from generator.decisions import Decisions, decide
 from generator.loader import load_spec
 from generator.paths import PATHS
 from generator.spec import Spec
@@ -105,14 +106,21 @@ def test_each_job_module_is_staged_with_the_unit_its_meta_names() -> None:
         {s.removeprefix("etcd_seed_node/") for s in [*core, *staged_with] if s.startswith("etcd_seed_node/")}
 
 
+def _modules(spec: Spec, decided: Decisions) -> dict[str, set[str]]:
+    return {node.name: {f.dest.rsplit("/", 1)[1] for f in node_facts.STAGED_FILES
+                        if f.source.startswith("etcd_seed_node/") and f.when(spec, decided, node)}
+            for node in spec.nodes}
+
+
 def test_a_node_gets_only_the_modules_of_its_units() -> None:
     """The spec's first node applies auth; a joining node promotes itself; defrag is on every node or none."""
     spec = _spec()
-    modules = {node.name: {f.dest.rsplit("/", 1)[1] for f in node_facts.STAGED_FILES
-                           if f.source.startswith("etcd_seed_node/") and f.when(spec, node)} for node in spec.nodes}
+    modules = _modules(spec, decide(spec))
     every = {"__init__.py", "transport.py", "cli.py", "prepare.py", "report.py", "clock.py"}
     assert modules["etcd02"] == every | ({"defrag.py"} if spec.defrag.enabled else set())
-    assert ("auth.py" in modules["etcd01"]) == spec.auth.managed
+    assert "auth.py" in modules["etcd01"]
+    # A cluster built before auth was managed, whose spec does not set auth.enabled: no node applies auth.
+    assert not any("auth.py" in found for found in _modules(spec, decide(spec, True, None)).values())
     assert not any("promote.py" in found for found in modules.values())  # no node joins in this spec
 
 
@@ -126,7 +134,7 @@ def test_the_launcher_is_put_after_every_module_of_its_package() -> None:
 
 def test_member_json_holds_what_the_jobs_read() -> None:
     spec = _spec()
-    config = json.loads(json.dumps(node_facts.member_config(spec, spec.nodes[2])))
+    config = json.loads(json.dumps(node_facts.member_config(spec, decide(spec), spec.nodes[2])))
     etcd = transport.Etcd(config)
     assert etcd.name == "etcd03" and etcd.peer_url == "https://192.168.0.3:2380"
     assert {"timeout_s", "refused_pause_s", "clock_wait_s", "peers", "mode", "data_dir", "wal_dir"} <= set(config)
