@@ -19,6 +19,7 @@ import yaml
 from cryptography import x509
 
 from generator import _cli
+from generator.decisions import decide
 from generator.iso import read_iso
 from generator.loader import load_spec
 from generator.node import options as etcd_options
@@ -338,7 +339,8 @@ def test_rolling_upgrade_renew_and_setting(lab: Lab) -> None:
         assert served_serial(lab, vm.ip, 2379, "admin") == issued
         assert served_serial(lab, vm.ip, 2380, peer) == issued
         environ = lab.ssh(vm.ip, "sudo cat /proc/$(pidof etcd)/environ | tr '\\0' '\\n' | grep '^ETCD_'")
-        assert dict(line.split("=", 1) for line in environ.stdout.splitlines()) == etcd_options(lab.spec, node)
+        expected = etcd_options(lab.spec, decide(lab.spec), node)
+        assert dict(line.split("=", 1) for line in environ.stdout.splitlines()) == expected
         # runcmd, later in the same boot, found the seed in place: etcd was started once in this boot, not again.
         # -a: a power cut leaves zeros where cloud-init's unflushed log lines were, and grep calls the file binary.
         runcmd = lab.ssh(vm.ip, f"sudo grep -a 'etcd-seed: applied etcd {target}:' /var/log/cloud-init-output.log")

@@ -24,6 +24,7 @@ import pytest
 from cryptography import x509
 
 from generator import _cli
+from generator.decisions import decide
 from generator.iso import SeedEntry, build_iso, read_iso
 from generator.loader import load_spec
 from generator.node import options as etcd_options
@@ -496,7 +497,7 @@ def assert_node_state(lab: Lab, index: int) -> None:
     assert facts["route"].startswith(f"default via {HUB_IP} "), facts["route"]
     assert facts["listeners"] == f"{node.ip}:2379"  # no http://127.0.0.1:2379 unless asked for
     # What systemd's own EnvironmentFile parser handed etcd: exactly the settings the build meant.
-    assert json.loads(facts["environ"]) == etcd_options(lab.spec, node)
+    assert json.loads(facts["environ"]) == etcd_options(lab.spec, decide(lab.spec), node)
 
 
 def bad_bundle_vm(lab: Lab) -> VM:
