@@ -14,6 +14,10 @@ from pathlib import PurePosixPath
 
 CLIENT_PORT = 2379  # IANA-assigned (etcd docs: op-guide/configuration)
 PEER_PORT = 2380
+# etcd refuses to start outside these bounds (etcd server/config: election timeout must be at least 5x the
+# heartbeat and at most 50 s).
+MAX_ELECTION_TIMEOUT_MS = 50000
+ELECTION_TO_HEARTBEAT_MIN = 5
 
 # The release lines this tool renders for; each needs its own row in the tables below.
 SUPPORTED = ((3, 4), (3, 6))

@@ -1,22 +1,37 @@
 """Fields: every key of cluster.yaml in one table, with what it means and how a change of it reaches a
 built cluster.
 
-The spec's loader takes each section's keys from here (a key missing here is an unknown key), docs/spec.md's
-field table and the hostile-input test's list of fields are made from it, and `plan` names the reach of each
-field that changed since the last build (the manifest keeps a digest of each field's value). A field is
-one row here plus the code that reads it.
+The spec's loader takes each section's keys from here (a key missing here is an unknown key) and reads each
+typed key as its row says (type, bounds, default, check); docs/spec.md's field table and the hostile-input
+test's list of fields are made from it, and `plan` names the reach of each field that changed since the last
+build (the manifest keeps a digest of each field's value). A field is one row here, its attribute in the
+model (spec.py) and the code that reads it; the loader checks by hand only what spans several fields.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from . import checks
+from .etcd import MAX_ELECTION_TIMEOUT_MS
 from .layout import CRL, cert_file
+from .spec import (
+    CLIENT_USES,
+    DATA_FILESYSTEMS,
+    DEFAULT_BUMP_REVISION,
+    FLANNEL_BACKENDS,
+    KEY_TYPES,
+    Backup,
+    ClientUse,
+    Defrag,
+    GiB,
+    KeyType,
+)
 
 
 class Reach(StrEnum):
@@ -46,13 +61,49 @@ REACH_MEANING: Mapping[Reach, str] = {
 
 
 @dataclass(frozen=True)
+class Text:
+    """A non-empty string; `check` says what is wrong with one, or None."""
+
+    check: Callable[[str], str | None] | None = None
+    default: str | None = None
+
+
+@dataclass(frozen=True)
+class Number:
+    """A whole number within low..high; no default: the loader gives one (it depends on another field)."""
+
+    low: int
+    high: int
+    default: int | None = None
+
+
+@dataclass(frozen=True)
+class Flag:
+    """true or false; a None default leaves the decision to the build."""
+
+    default: bool | None
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of a few words."""
+
+    choices: tuple[str, ...]
+    default: str | None = None
+
+
+Type = Text | Number | Flag | OneOf
+
+
+@dataclass(frozen=True)
 class Field:
     """One row: keys of one section that share a meaning and a reach.
 
     `section` is a dotted path with `[]` for a list's items ("nodes[]", "clients[].access[]"), "" for the
     top level. `hostile` is empty when the hostile-input test feeds these keys strings, else why not.
     `cleared` is the reach of a flag that was true and is no longer, or of a value left out, when it differs
-    from `reach`.
+    from `reach`. `types` holds each key's type, in the order of `keys`; a key of None, or a row without types,
+    is a list, a mapping or an address, which the loader reads by hand.
     """
 
     section: str
@@ -62,6 +113,7 @@ class Field:
     required: bool = False
     hostile: str = ""
     cleared: Reach | None = None
+    types: tuple[Type | None, ...] = ()
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -75,11 +127,14 @@ READ_PATH = "a path the build reads; no node gets it"
 FIELDS: tuple[Field, ...] = (
     Field("cluster", ("name",), Reach.RESTART, "the cluster's name (a DNS label, at most 56 characters): the "
           "output directory and the default etcd token; a new name is a new tree (a new cluster) unless the tree "
-          "is moved to it", required=True),
+          "is moved to it", required=True,
+          types=(Text(checks.cluster_name),)),
     Field("cluster", ("domain",), Reach.RESTART, "DNS domain; a node's FQDN defaults to `name.domain`",
-          required=True),
+          required=True,
+          types=(Text(checks.domain),)),
     Field("network", ("prefix",), Reach.CLOUD_INIT, "prefix length of the node network (the first node's IP under "
-          "this prefix)", required=True, hostile=NUMBER),
+          "this prefix)", required=True, hostile=NUMBER,
+          types=(Number(8, 30, 24),)),
     Field("network", ("gateway",), Reach.CLOUD_INIT, "optional default gateway, inside the node network"),
     Field("network", ("dns", "search"), Reach.CLOUD_INIT, "optional nameservers and search domains"),
     Field("network.ntp", ("servers", "pools"), Reach.CLOUD_INIT, "optional time servers (IPv4 addresses or DNS "
@@ -87,82 +142,115 @@ FIELDS: tuple[Field, ...] = (
           "(chrony or systemd-timesyncd) with them"),
     Field("network.ntp", ("wait_seconds",), Reach.RELOAD, "how long etcd and the backup wait at boot for a "
           "synchronised clock, 1-900 (default 60); they start after it either way (see "
-          "[operations](operations.md#time-sync))", hostile=NUMBER),
+          "[operations](operations.md#time-sync))", hostile=NUMBER,
+          types=(Number(1, 900, 60),)),
     Field("nodes[]", ("name",), Reach.REFUSED, "short host name, etcd member name and certificate CN: a DNS label, "
           "not `admin`, `ca`, `ca-bundle`, `ca-next`, `clients`, `crl`, `etcdctl`, `known_hosts`, `manifest`, "
           "`pending`, `pki`, `rotation` or `sealed` (the build's own files; `layout.RESERVED_NAMES`, checked by "
-          "`tests/unit/test_layout.py`); a new name is a new member (`join: true`)", required=True),
+          "`tests/unit/test_layout.py`); a new name is a new member (`join: true`)", required=True,
+          types=(Text(checks.node_name),)),
     Field("nodes[]", ("ip",), Reach.STEP, "static unicast IPv4 address (not loopback, multicast, link-local or "
           "reserved), in the certificate's SAN", required=True),
     Field("nodes[]", ("mac",), Reach.CLOUD_INIT, "MAC of the NIC that gets the address (quote it in YAML)",
           required=True),
-    Field("nodes[]", ("fqdn",), Reach.RELOAD, "optional, defaults to `name.domain`; in the certificate's SAN"),
+    Field("nodes[]", ("fqdn",), Reach.RELOAD, "optional, defaults to `name.domain`; in the certificate's SAN",
+          types=(Text(checks.fqdn),)),
     Field("nodes[]", ("join",), Reach.REFUSED, "`true` for a member added to a running cluster: it adds itself as "
           "a learner (see [operations](operations.md)); dropped once it is in, every member's initial cluster "
-          "names it; a built member cannot take it", hostile=BOOLEAN, cleared=Reach.RESTART),
+          "names it; a built member cannot take it", hostile=BOOLEAN, cleared=Reach.RESTART,
+          types=(Flag(False),)),
     Field("nodes[]", ("replace",), Reach.STEP, "`true` for a member whose machine or disk was lost: new key, stale "
           "entry removed, rejoins; dropped once it is back, its options name the cluster as it is",
-          hostile=BOOLEAN, cleared=Reach.RESTART),
+          hostile=BOOLEAN, cleared=Reach.RESTART,
+          types=(Flag(False),)),
     Field("nodes[]", ("data_device", "data_fs"), Reach.REPLACE, "this node's data disk and its filesystem, over "
           "`etcd.data_device` and `.data_fs` (a `/dev/disk/by-id/` name differs from machine to machine) (see "
-          "[operations](operations.md#data-disk))"),
+          "[operations](operations.md#data-disk))",
+          types=(Text(checks.data_device), OneOf(DATA_FILESYSTEMS))),
     Field("etcd", ("version",), Reach.RESTART, "etcd release, 3.4.x to 3.6.x (quote it)", required=True),
     Field("etcd", ("bundle",), Reach.RESTART, "path to the release tarball (relative to the spec); carried on "
-          "every seed", hostile=READ_PATH),
+          "every seed", hostile=READ_PATH,
+          types=(Text(),)),
     Field("etcd", ("url",), Reach.RELOAD, "instead of `bundle`, with `sha256`: each node downloads the tarball "
           "and checks it (URL characters only: no space, quote, backslash or backtick); a new URL alone is used at "
-          "the next download"),
+          "the next download",
+          types=(Text(checks.url),)),
     Field("etcd", ("sha256",), Reach.RESTART, "the tarball's checksum: required with `url`; with `bundle`, "
-          "optional, and the build refuses a tarball with another"),
+          "optional, and the build refuses a tarball with another",
+          types=(Text(checks.sha256),)),
     Field("etcd", ("heartbeat_interval", "election_timeout"), Reach.RESTART, "milliseconds (defaults 100 and 1000; "
-          "timeout at least 5 times the heartbeat)", hostile=NUMBER),
+          "timeout at least 5 times the heartbeat)", hostile=NUMBER,
+          types=(Number(10, 10000, 100), Number(50, MAX_ELECTION_TIMEOUT_MS, 1000))),
     Field("etcd", ("token",), Reach.RESTART, "initial cluster token (letters, digits, `.`, `_`, `-`); defaults to "
-          "one derived from name and domain; a built member keeps the cluster it has"),
+          "one derived from name and domain; a built member keeps the cluster it has",
+          types=(Text(checks.token),)),
     Field("etcd", ("auto_compaction_mode", "auto_compaction_retention"), Reach.RESTART, "`periodic` and `1h` by "
-          "default"),
+          "default",
+          types=(OneOf(("periodic", "revision"), "periodic"), None)),
     Field("etcd", ("quota_backend_bytes",), Reach.RESTART, "backend quota, default 2 GiB; above 8 GiB is a warning",
-          hostile=NUMBER),
+          hostile=NUMBER,
+          types=(Number(1 << 20, 64 * GiB, 2 * GiB),)),
     Field("etcd", ("data_device", "data_fs"), Reach.REPLACE, "a disk of its own for etcd's data and WAL, mounted "
           "at `/opt/etcd`: `/dev/disk/by-id/<id>` (stable across reboots), `/dev/disk/by-path/...`, `/dev/vdb`, "
-          "`/dev/sdb` or `/dev/nvme1n1`; `ext4` (default) or `xfs` (see [operations](operations.md#data-disk))"),
+          "`/dev/sdb` or `/dev/nvme1n1`; `ext4` (default) or `xfs` (see [operations](operations.md#data-disk))",
+          types=(Text(checks.data_device), OneOf(DATA_FILESYSTEMS, "ext4"))),
     Field("etcd.restore", ("snapshot",), Reach.STEP, "restore every member from a snapshot (see "
           "[operations](operations.md)); removed once the cluster is up, the members take the spec's token again",
-          required=True, hostile=READ_PATH, cleared=Reach.RESTART),
+          required=True, hostile=READ_PATH, cleared=Reach.RESTART,
+          types=(Text(),)),
     Field("etcd.restore", ("bump_revision",), Reach.STEP, "how far the restore raises the revision (default "
-          "1000000000)", hostile=NUMBER, cleared=Reach.RESTART),
+          "1000000000)", hostile=NUMBER, cleared=Reach.RESTART,
+          types=(Number(0, 1 << 62, DEFAULT_BUMP_REVISION),)),
     Field("etcd", ("plaintext_localhost",), Reach.RESTART, "`true` adds the guide's `http://127.0.0.1:2379` "
-          "listener (off: it bypasses client-cert auth for every local user)", hostile=BOOLEAN),
+          "listener (off: it bypasses client-cert auth for every local user)", hostile=BOOLEAN,
+          types=(Flag(False),)),
     Field("backup", ("enabled", "keep"), Reach.RELOAD, "scheduled snapshots: on (default), and how many are kept "
-          "(default 7)", hostile=NUMBER),
+          "(default 7)", hostile=NUMBER,
+          types=(Flag(True), Number(1, 1000, Backup.keep))),
     Field("backup", ("schedule", "dir"), Reach.RELOAD, "when (a systemd calendar, default `daily`) and where "
-          "(default `/var/backups/etcd`)"),
+          "(default `/var/backups/etcd`)",
+          types=(Text(checks.calendar, Backup.schedule), Text(checks.backup_dir, Backup.dir))),
     Field("defrag", ("enabled", "stagger_minutes", "min_free_percent"), Reach.RELOAD, "scheduled "
           "defragmentation: on, 10 minutes between nodes, 50% of the file free (see "
-          "[operations](operations.md#defragmentation))", hostile=NUMBER),
+          "[operations](operations.md#defragmentation))", hostile=NUMBER,
+          types=(Flag(True), Number(1, 240, Defrag.stagger_minutes), Number(1, 99, Defrag.min_free_percent))),
     Field("defrag", ("schedule",), Reach.RELOAD, "`'03:30'` by default (`[weekdays] HH:MM`, the first node's time; "
-          "quote it)"),
+          "quote it)",
+          types=(Text(checks.defrag_schedule, Defrag.time),)),
     Field("pki", ("key_type",), Reach.RELOAD, "`rsa2048` (default), `rsa3072`, `rsa4096`, `ecdsa-p256`, "
-          "`ecdsa-p384`; a change gives every leaf a new key"),
-    Field("pki", ("validity_days",), Reach.RELOAD, "leaf certificate lifetime (default 365)", hostile=NUMBER),
-    Field("pki", ("ca_validity_days",), Reach.TREE, "lifetime of a generated CA (default 3650)", hostile=NUMBER),
+          "`ecdsa-p384`; a change gives every leaf a new key",
+          types=(OneOf(KEY_TYPES, KeyType.RSA2048.value),)),
+    Field("pki", ("validity_days",), Reach.RELOAD, "leaf certificate lifetime (default 365)", hostile=NUMBER,
+          types=(Number(1, 3650, 365),)),
+    Field("pki", ("ca_validity_days",), Reach.TREE, "lifetime of a generated CA (default 3650)", hostile=NUMBER,
+          types=(Number(1, 36500, 3650),)),
     Field("pki", ("renew_before_days",), Reach.TREE, "a run renews leaves this close to expiry (default 30)",
-          hostile=NUMBER),
+          hostile=NUMBER,
+          types=(Number(0, 3650, 30),)),
     Field("pki.ca", ("cert", "key"), Reach.REFUSED, "import an existing CA instead of generating one; another CA "
-          "on a built cluster is a rotation (`ca_next`)", required=True, hostile=READ_PATH),
+          "on a built cluster is a rotation (`ca_next`)", required=True, hostile=READ_PATH,
+          types=(Text(), Text())),
     Field("pki.ca_next", ("cert", "key"), Reach.STEP, "the imported CA a rotation moves to, during its phases 1 "
-          "and 2 (see [operations](operations.md#rotate-the-ca))", required=True, hostile=READ_PATH),
+          "and 2 (see [operations](operations.md#rotate-the-ca))", required=True, hostile=READ_PATH,
+          types=(Text(), Text())),
     Field("clients[]", ("name",), Reach.RELOAD, f"a consumer's client certificate, `{cert_file('<name>')}`: a DNS "
           "label, not a node's name or the build's own; a new name puts the old name's certificate on the CRL",
-          required=True),
+          required=True,
+          types=(Text(checks.label),)),
     Field("clients[]", ("use",), Reach.FIRST_NODE, "`etcdctl` (default), `flannel`, `kube-apiserver` or "
-          "`prometheus`: which ready-to-use files it gets (see [operations](operations.md#consumers))"),
+          "`prometheus`: which ready-to-use files it gets (see [operations](operations.md#consumers))",
+          types=(OneOf(CLIENT_USES, ClientUse.ETCDCTL.value),)),
     Field("clients[]", ("cn",), Reach.FIRST_NODE, "the certificate's CN (default: the name), its etcd user once "
-          "auth is on; letters, digits, spaces and `:._@-`"),
-    Field("clients[]", ("o",), Reach.TREE, "the certificate's optional O; the same characters"),
+          "auth is on; letters, digits, spaces and `:._@-`",
+          types=(Text(checks.dn_value),)),
+    Field("clients[]", ("o",), Reach.TREE, "the certificate's optional O; the same characters",
+          types=(Text(checks.dn_value),)),
     Field("clients[]", ("validity_days",), Reach.TREE, "its lifetime, default `pki.validity_days`",
-          hostile=NUMBER),
+          hostile=NUMBER,
+          types=(Number(1, 3650),)),
     Field("clients[]", ("dir",), Reach.TREE, "where the consumer's host keeps the files, default "
-          "`/etc/etcd-client/<name>`"),
+          "`/etc/etcd-client/<name>`",
+          types=(Text(checks.plain_path),)),
     Field("clients[]", ("access",), Reach.FIRST_NODE, "the consumer's etcd role once auth is on: a list of "
           "`{prefix: /app/, mode: read}` (every key under it) or `{key: name, mode: readwrite}` (one key); keys "
           "are printable ASCII without spaces, and no two grants of a client may overlap. Default by `use`: "
@@ -173,21 +261,28 @@ FIELDS: tuple[Field, ...] = (
           "`mode` `read` (default), `write` or `readwrite`"),
     Field("clients[]", ("revoked",), Reach.RELOAD, "`true` cuts the consumer off: it gets no new certificate, its "
           f"last one goes on the CRL (`{CRL}`), and every member refuses it once re-seeded (see "
-          "[operations](operations.md#revocation))", hostile=BOOLEAN),
+          "[operations](operations.md#revocation))", hostile=BOOLEAN,
+          types=(Flag(False),)),
     Field("auth", ("enabled",), Reach.FIRST_NODE, "etcd's authentication with a user per certificate CN and a role "
           "per consumer: default on for a new cluster; a cluster built before it was managed is left as it is "
-          "(users, roles, on or off) until set (see [operations](operations.md#auth))", hostile=BOOLEAN),
+          "(users, roles, on or off) until set (see [operations](operations.md#auth))", hostile=BOOLEAN,
+          types=(Flag(None),)),
     Field("flannel", ("network",), Reach.FIRST_NODE, "optional, apart from the node network; written to "
           "`/coreos.com/network/config`", required=True),
-    Field("flannel", ("backend",), Reach.FIRST_NODE, "`vxlan` (default), `host-gw`, `udp`, `ipip` or `wireguard`"),
-    Field("flannel", ("subnet_len",), Reach.FIRST_NODE, "each host's subnet (default 24)", hostile=NUMBER),
+    Field("flannel", ("backend",), Reach.FIRST_NODE, "`vxlan` (default), `host-gw`, `udp`, `ipip` or `wireguard`",
+          types=(OneOf(FLANNEL_BACKENDS, "vxlan"),)),
+    Field("flannel", ("subnet_len",), Reach.FIRST_NODE, "each host's subnet (default 24)", hostile=NUMBER,
+          types=(Number(8, 30, 24),)),
     Field("admin", ("name",), Reach.CLOUD_INIT, "optional operator login (default `ops`, not a system user such as "
-          "`root` or `etcd`)"),
+          "`root` or `etcd`)",
+          types=(Text(checks.label, "ops"),)),
     Field("admin", ("sudo",), Reach.CLOUD_INIT, "`true` (default) gives the operator login passwordless sudo; "
-          "`false` leaves it without", hostile=BOOLEAN),
+          "`false` leaves it without", hostile=BOOLEAN,
+          types=(Flag(True),)),
     Field("admin", ("ssh_authorized_keys",), Reach.CLOUD_INIT, "its ssh public keys"),
     Field("admin", ("password_hash",), Reach.CLOUD_INIT, "optional SHA-512 crypt hash; `python -m generator "
-          "hash-password` makes one"),
+          "hash-password` makes one",
+          types=(Text(checks.password_hash),)),
 )
 
 # The top level's sections, in the docs' order; the first four are required.
@@ -211,6 +306,20 @@ def keys(section: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if not required and not optional:
         raise KeyError(section)
     return tuple(required), tuple(optional)
+
+
+def type_of(section: str, key: str) -> Type:
+    """How the loader reads one key of a section.
+
+    Raises:
+        KeyError: the key has no type in its row (a bug: the loader reads it by hand).
+    """
+    for row in FIELDS:
+        if row.section == section and key in row.keys and row.types:
+            found = row.types[row.keys.index(key)]
+            if found is not None:
+                return found
+    raise KeyError(f"{section}.{key}")
 
 
 def row_of(path: str) -> Field | None:

@@ -13,13 +13,11 @@ from typing import Any
 
 import yaml
 
-from . import fields
+from . import checks, fields
 from .errors import SpecError
-from .etcd import BUMP_REVISION_SINCE, Version
-from .layout import HEX64, RESERVED_NAMES, pki_path
-from .paths import PATHS
+from .etcd import BUMP_REVISION_SINCE, ELECTION_TO_HEARTBEAT_MIN, Version
+from .layout import RESERVED_NAMES, pki_path
 from .spec import (
-    CLIENT_USES,
     DEFAULT_ACCESS,
     ROOT_USER,
     Access,
@@ -43,26 +41,12 @@ from .spec import (
     Spec,
 )
 
-KEY_TYPES = tuple(k.value for k in KeyType)
-FLANNEL_BACKENDS = ("vxlan", "host-gw", "udp", "ipip", "wireguard")
-# etcd refuses to start outside these bounds (etcd server/config: election
-# timeout must be at least 5x the heartbeat and at most 50 s).
-MAX_ELECTION_TIMEOUT_MS = 50000
-ELECTION_TO_HEARTBEAT_MIN = 5
-
 # Every pattern is used with fullmatch: `$` would also accept a trailing newline.
 # Values matching these reach YAML, shell, systemd and env files without escaping.
-_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
-_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-# RFC 3986 characters only: no space, quote, backslash, backtick or control character.
-_URL = re.compile(r"https?://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?(/[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*)?")
 # A comment of printable ASCII only: any line break YAML knows (\r, \x85, \u2028 ...) is refused.
 _SSH_KEY = re.compile(r"(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp[0-9]+|sk-[a-z0-9@.-]+) "
                       r"[A-Za-z0-9+/]+={0,3}( [\x20-\x7e]*)?")
-_SHA512_CRYPT = re.compile(r"\$6\$(rounds=[0-9]{1,9}\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}")
-# The CA's CN is "<cluster> etcd CA", and X.509 caps a CN at 64 characters (RFC 5280 ub-common-name).
-MAX_CLUSTER_NAME = 64 - len(" etcd CA")
 # Accounts a Debian system already has, or that the seed creates: the operator login must be new.
 SYSTEM_USERS = frozenset({
     "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy",
@@ -74,38 +58,8 @@ MAX_SPEC_BYTES = 1 << 20
 MAX_DEPTH = 20
 # etcd warns that a backend quota above 8 GiB is not recommended (etcd docs: dev-guide/limit).
 QUOTA_WARN_BYTES = 8 * GiB
-# How much a restore adds to the revision by default: far beyond any write rate between the
-# snapshot and the restore, so that no watcher sees a revision twice (etcd-io/etcd#16028).
-DEFAULT_BUMP_REVISION = 1_000_000_000
 _PERIODIC_RETENTION = re.compile(r"[0-9]{1,6}(h|m|s)?")
 _REVISION_RETENTION = re.compile(r"[0-9]{1,12}")
-# A subset of systemd.time(7) calendar events, so that the build refuses what systemd would:
-# a shorthand such as daily, or [weekdays] [date] time, each part *, numbers, a..b ranges, lists, /steps.
-_CAL_SHORT = ("minutely", "hourly", "daily", "weekly", "monthly", "quarterly", "semiannually", "yearly",
-              "annually")
-_CAL_NUM = r"(\*|[0-9]{1,4}(\.\.[0-9]{1,4})?)(/[0-9]{1,4})?"
-_CAL_PART = rf"{_CAL_NUM}(,{_CAL_NUM})*"
-_CAL_DAY = r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
-_CALENDAR = re.compile(rf"({_CAL_DAY}((\.\.|,){_CAL_DAY})* )?({_CAL_PART}-{_CAL_PART}-{_CAL_PART} )?"
-                       rf"{_CAL_PART}:{_CAL_PART}(:{_CAL_PART})?")
-# defrag.schedule: the first node's time of day, on some weekdays or on every day.
-_DEFRAG_SCHEDULE = re.compile(rf"({_CAL_DAY}((\.\.|,){_CAL_DAY})* )?([01][0-9]|2[0-3]):[0-5][0-9]")
-# etcd.data_device: a whole disk by a stable name, or a kernel name. Printable, no space or quote: the install
-# script and /etc/fstab carry it.
-_DATA_DEVICE = re.compile(r"/dev/(disk/by-(id|path|uuid|label|partuuid|partlabel)/[A-Za-z0-9:._+@-]{1,128}"
-                          r"|(vd|sd|xvd|hd)[a-z]{1,2}|nvme[0-9]{1,2}n[0-9]{1,2})")
-DATA_FILESYSTEMS = ("ext4", "xfs")
-_ABS_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
-# An X.509 CN or O of a client certificate: printable ASCII that needs no escaping anywhere it is shown.
-_DN_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 :._@-]{0,63}")
-# Backups hold the whole keyspace: never where any user can write (or swap the files), and never where
-# the etcd user can never write, so that the unit would fail on every run.
-_BACKUP_UNSAFE = (("/var/tmp", "which every user can write"),  # noqa: S108 - a path refused, not used
-                  ("/var/lock", "which every user can write"),
-                  ("/var/log", "which the etcd user cannot write"), ("/root", "which the etcd user cannot write"),
-                  ("/home", "where the etcd user cannot write"))
-_SYSTEM_TOP_DIRS = frozenset({"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run",
-                              "sbin", "sys", "tmp", "usr"})
 
 
 class _Errors:
@@ -196,8 +150,8 @@ def load_spec(text: str, base_dir: Path, source: str = "cluster.yaml") -> tuple[
     cluster = _mapping(top.get("cluster"), "cluster", errs, "cluster")
     name = domain = None
     if cluster is not None:
-        name = _text(cluster, "name", "cluster", errs, check=_check_cluster_name)
-        domain = _text(cluster, "domain", "cluster", errs, check=_check_domain)
+        typed, _ = _typed(cluster, "cluster", errs)
+        name, domain = typed["name"], typed["domain"]
     network = _network(top.get("network"), errs)
     nodes = _nodes(top.get("nodes"), domain, errs)
     etcd = _etcd(top.get("etcd"), name, domain, base_dir, errs)
@@ -325,6 +279,46 @@ def _kind(value: Any) -> str:
             int: "a number", float: "a number"}.get(type(value), type(value).__name__)
 
 
+_ROW: Any = object()
+
+
+def _read(data: Mapping[str, Any], section: str, key: str, errs: _Errors, where: str | None = None,
+          default: Any = _ROW) -> Any:
+    """One key of a section, read as its row in the field table types it; `where` names a list's item
+    ("nodes.2"), and `default` stands in for the row's when it depends on another field. A bad value is
+    reported and read as None (a flag: as its default)."""
+    kind = fields.type_of(section, key)
+    parent = section if where is None else where
+    if default is not _ROW:
+        kind = dataclasses.replace(kind, default=default)
+    if isinstance(kind, fields.Text):
+        return _text(data, key, parent, errs, kind.check, kind.default)
+    if isinstance(kind, fields.Number):
+        return _integer(data, key, parent, errs, kind.default, kind.low, kind.high)
+    if isinstance(kind, fields.Flag):
+        return _boolean(data, key, parent, errs, kind.default)
+    if key not in data:
+        return kind.default
+    if data[key] not in kind.choices:
+        errs.add(_join(parent, key), f"{data[key]!r} is not one of {', '.join(kind.choices)}")
+        return None
+    return data[key]
+
+
+def _typed(data: Mapping[str, Any], section: str, errs: _Errors) -> tuple[dict[str, Any], bool]:
+    """Every typed key of a section, read in the field table's order, by its key; and whether each given or
+    required one was good (a bad one is reported and read as None)."""
+    typed: dict[str, Any] = {}
+    ok = True
+    for row in fields.FIELDS:
+        if row.section == section:
+            for key, kind in zip(row.keys, row.types or (None,) * len(row.keys), strict=True):
+                if kind is not None:
+                    typed[key] = _read(data, section, key, errs)
+                    ok = ok and not ((key in data or row.required) and typed[key] is None)
+    return typed, ok
+
+
 def _text(data: Mapping[str, Any], key: str, parent: str, errs: _Errors,
           check: Callable[[str], str | None] | None = None, default: str | None = None) -> str | None:
     path = _join(parent, key)
@@ -344,7 +338,7 @@ def _text(data: Mapping[str, Any], key: str, parent: str, errs: _Errors,
     return value
 
 
-def _integer(data: Mapping[str, Any], key: str, parent: str, errs: _Errors, default: int,
+def _integer(data: Mapping[str, Any], key: str, parent: str, errs: _Errors, default: int | None,
              low: int, high: int) -> int | None:
     path = _join(parent, key)
     value = data.get(key, default)
@@ -357,8 +351,10 @@ def _integer(data: Mapping[str, Any], key: str, parent: str, errs: _Errors, defa
     return value
 
 
-def _boolean(data: Mapping[str, Any], key: str, parent: str, errs: _Errors, default: bool) -> bool:
-    value = data.get(key, default)
+def _boolean(data: Mapping[str, Any], key: str, parent: str, errs: _Errors, default: bool | None) -> bool | None:
+    if key not in data:
+        return default
+    value = data[key]
     if not isinstance(value, bool):
         errs.add(_join(parent, key), f"must be true or false, got {_kind(value)}")
         return default
@@ -380,76 +376,24 @@ def _ipv4(value: Any, path: str, errs: _Errors) -> ipaddress.IPv4Address | None:
     return address
 
 
-def _check_label(value: str) -> str | None:
-    if not _LABEL.fullmatch(value):
-        return (f"{value!r} is not a valid name: use 1-63 lowercase letters, digits and '-', "
-                "starting and ending with a letter or digit")
-    return None
-
-
-def _check_cluster_name(value: str) -> str | None:
-    if len(value) > MAX_CLUSTER_NAME:
-        return f"is {len(value)} characters; at most {MAX_CLUSTER_NAME} fit the CA's common name"
-    return _check_label(value)
-
-
-def _check_node_name(value: str) -> str | None:
-    if value in RESERVED_NAMES:
-        return (f"'{value}' is reserved: the build writes {pki_path(value)}.* or {value}/ for itself; "
-                "choose another node name")
-    return _check_label(value)
-
-
-def _check_domain(value: str) -> str | None:
-    labels = value.removesuffix(".").split(".")
-    if len(value) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
-        return f"{value!r} is not a valid DNS name"
-    return None
-
-
-def _check_token(value: str) -> str | None:
-    if not _TOKEN.fullmatch(value):
-        return (f"{value!r} is not a valid token: use 1-128 letters, digits, '.', '_' and '-', "
-                "starting with a letter or digit")
-    return None
-
-
-def _check_url(value: str) -> str | None:
-    if not _URL.fullmatch(value):
-        return (f"{value!r} is not an http(s) URL of plain characters (letters, digits and "
-                "-._~!$&'()*+,;=:@%/?; no spaces, quotes or control characters)")
-    return None
-
-
-def _check_sha256(value: str) -> str | None:
-    return None if HEX64.fullmatch(value) else "must be 64 lowercase hex digits"
-
-
-def _check_fqdn(value: str) -> str | None:
-    problem = _check_domain(value)
-    if problem is None and "." not in value.removesuffix("."):
-        return f"{value!r} is not fully qualified (it has no domain)"
-    return problem
-
-
 def _network(value: Any, errs: _Errors) -> Network | None:
     data = _mapping(value, "network", errs, "network")
     if data is None:
         return None
-    prefix = _integer(data, "prefix", "network", errs, default=24, low=8, high=30)
+    typed, ok = _typed(data, "network", errs)
     gateway = _node_ip(data["gateway"], "network.gateway", errs) if "gateway" in data else None
     dns = [a for i, item in enumerate(_list(data, "dns", "network", errs))
            if (a := _ipv4(item, f"network.dns.{i}", errs)) is not None]
     search = []
     for i, item in enumerate(_list(data, "search", "network", errs)):
-        if not isinstance(item, str) or _check_domain(item):
+        if not isinstance(item, str) or checks.domain(item):
             errs.add(f"network.search.{i}", f"{item!r} is not a valid DNS name")
         else:
             search.append(item)
     ntp = _ntp(data["ntp"], errs) if "ntp" in data else None
-    if prefix is None or ("gateway" in data and gateway is None) or ("ntp" in data and ntp is None):
+    if not ok or ("gateway" in data and gateway is None) or ("ntp" in data and ntp is None):
         return None
-    return Network(prefix=prefix, gateway=gateway, dns=tuple(dns), search=tuple(search), ntp=ntp)
+    return Network(**typed, gateway=gateway, dns=tuple(dns), search=tuple(search), ntp=ntp)
 
 
 def _ntp(value: Any, errs: _Errors) -> Ntp | None:
@@ -463,7 +407,7 @@ def _ntp(value: Any, errs: _Errors) -> Ntp | None:
         for i, item in enumerate(_list(data, key, "network.ntp", errs)):
             given += 1
             path = f"network.ntp.{key}.{i}"
-            if not isinstance(item, str) or not _is_host(item):
+            if not isinstance(item, str) or not checks.is_host(item):
                 errs.add(path, f"{item!r} is not an IPv4 address or a DNS name")
             elif item.lower() in seen:
                 errs.add(path, f"{item!r} is listed twice")
@@ -473,19 +417,10 @@ def _ntp(value: Any, errs: _Errors) -> Ntp | None:
     if not given:
         errs.add("network.ntp", "needs at least one of servers or pools")
     # A bound, not a gate: etcd starts after it even unsynchronised, so a dead time server cannot keep it down.
-    wait = _integer(data, "wait_seconds", "network.ntp", errs, default=60, low=1, high=900)
-    if wait is None or not seen:
+    typed, ok = _typed(data, "network.ntp", errs)
+    if not ok or not seen:
         return None
-    return Ntp(servers=tuple(hosts["servers"]), pools=tuple(hosts["pools"]), wait_seconds=wait)
-
-
-def _is_host(value: str) -> bool:
-    """An IPv4 address, or a DNS name whose last label is not all digits (not a mistyped address)."""
-    try:
-        ipaddress.IPv4Address(value)
-    except ValueError:
-        return _check_domain(value) is None and not value.removesuffix(".").rsplit(".", 1)[-1].isdigit()
-    return True
+    return Ntp(**typed, servers=tuple(hosts["servers"]), pools=tuple(hosts["pools"]))
 
 
 def _list(data: Mapping[str, Any], key: str, parent: str, errs: _Errors) -> list[Any]:
@@ -514,11 +449,11 @@ def _nodes(value: Any, domain: str | None, errs: _Errors) -> list[Node]:
         data = _mapping(item, path, errs, "nodes[]")
         if data is None:
             continue
-        name = _text(data, "name", path, errs, check=_check_node_name)
+        name = _read(data, "nodes[]", "name", errs, path)
         ip = _node_ip(data["ip"], f"{path}.ip", errs) if "ip" in data else None
         mac = _mac(data["mac"], f"{path}.mac", errs) if "mac" in data else None
         default_fqdn = f"{name}.{domain.removesuffix('.')}" if name and domain else None
-        fqdn = _text(data, "fqdn", path, errs, check=_check_fqdn, default=default_fqdn)
+        fqdn = _read(data, "nodes[]", "fqdn", errs, path, default=default_fqdn)
         fqdn = fqdn.removesuffix(".") if fqdn else None  # etcd02.example.com. is etcd02.example.com
         for field, field_value in (("name", name), ("ip", ip), ("mac", mac), ("fqdn", fqdn)):
             if field_value is None:
@@ -528,15 +463,12 @@ def _nodes(value: Any, domain: str | None, errs: _Errors) -> list[Node]:
                 errs.add(f"{path}.{field}", f"'{key}' is already used by nodes.{seen[field][key]}")
             else:
                 seen[field][key] = i
-        device = _text(data, "data_device", path, errs, check=_check_data_device)
-        data_fs = data.get("data_fs")
-        if data_fs is not None and data_fs not in DATA_FILESYSTEMS:
-            errs.add(f"{path}.data_fs", f"{data_fs!r} is not one of {', '.join(DATA_FILESYSTEMS)}")
-            data_fs = None
+        device = _read(data, "nodes[]", "data_device", errs, path)
+        data_fs = _read(data, "nodes[]", "data_fs", errs, path)
         if name and ip and mac and fqdn:
             nodes.append(Node(name=name, fqdn=fqdn, ip=ip, mac=mac,
-                              join=_boolean(data, "join", path, errs, default=False),
-                              replace=_boolean(data, "replace", path, errs, default=False),
+                              join=_read(data, "nodes[]", "join", errs, path),
+                              replace=_read(data, "nodes[]", "replace", errs, path),
                               data_device=device, data_fs=data_fs))
     return nodes
 
@@ -606,22 +538,21 @@ def _etcd(value: Any, name: str | None, domain: str | None, base_dir: Path,
     elif not release.supported:
         errs.add("etcd.version", f"'{version}' is not supported; use 3.4.x, 3.5.x or 3.6.x")
         version = None
-    sha256 = _text(data, "sha256", "etcd", errs, check=_check_sha256)
+    sha256 = _read(data, "etcd", "sha256", errs)
     bundle = url = None
     if "bundle" in data and "url" in data:
         errs.add("etcd", "give either bundle or url, not both")
     elif "bundle" in data:
-        text = _text(data, "bundle", "etcd", errs)
+        text = _read(data, "etcd", "bundle", errs)
         bundle = (base_dir / text) if text else None
     elif "url" in data:
-        url = _text(data, "url", "etcd", errs, check=_check_url)
+        url = _read(data, "etcd", "url", errs)
         if "sha256" not in data:
             errs.add("etcd.sha256", "is required with etcd.url, so each node can check its download")
     else:
         errs.add("etcd.bundle", "is required (or etcd.url with etcd.sha256)")
-    heartbeat = _integer(data, "heartbeat_interval", "etcd", errs, default=100, low=10, high=10000)
-    election = _integer(data, "election_timeout", "etcd", errs, default=1000, low=50,
-                        high=MAX_ELECTION_TIMEOUT_MS)
+    heartbeat = _read(data, "etcd", "heartbeat_interval", errs)
+    election = _read(data, "etcd", "election_timeout", errs)
     if heartbeat and election and election < ELECTION_TO_HEARTBEAT_MIN * heartbeat:
         errs.add("etcd.election_timeout", f"{election} ms must be at least "
                  f"{ELECTION_TO_HEARTBEAT_MIN}x heartbeat_interval ({heartbeat} ms); etcd refuses to start")
@@ -629,23 +560,21 @@ def _etcd(value: Any, name: str | None, domain: str | None, base_dir: Path,
     if name and domain:
         digest = hashlib.sha256(f"{name}.{domain}".encode()).hexdigest()[:12]
         default_token = f"{name}-{digest}"
-    token = _text(data, "token", "etcd", errs, check=_check_token, default=default_token)
-    plaintext = _boolean(data, "plaintext_localhost", "etcd", errs, default=False)
+    token = _read(data, "etcd", "token", errs, default=default_token)
+    plaintext = _read(data, "etcd", "plaintext_localhost", errs)
     mode, retention = _compaction(data, errs)
-    quota = _integer(data, "quota_backend_bytes", "etcd", errs, default=2 * GiB, low=1 << 20, high=64 * GiB)
+    quota = _read(data, "etcd", "quota_backend_bytes", errs)
     if quota and quota > QUOTA_WARN_BYTES:
         errs.warnings.append(f"etcd.quota_backend_bytes: {quota} is above 8 GiB, more than etcd recommends "
                              "(its docs: dev-guide/limit)")
     restore = _restore(data["restore"], version, base_dir, errs) if "restore" in data else None
-    device = _text(data, "data_device", "etcd", errs, check=_check_data_device)
-    data_fs = data.get("data_fs", "ext4")
-    if data_fs not in DATA_FILESYSTEMS:
-        errs.add("etcd.data_fs", f"{data_fs!r} is not one of {', '.join(DATA_FILESYSTEMS)}")
-    elif "data_fs" in data and "data_device" not in data:
+    device = _read(data, "etcd", "data_device", errs)
+    data_fs = _read(data, "etcd", "data_fs", errs)
+    if data_fs is not None and "data_fs" in data and "data_device" not in data:
         errs.add("etcd.data_fs", "is set without etcd.data_device")
     if not (version and heartbeat and election and token and quota and mode and retention) \
             or (bundle is None and url is None) or ("restore" in data and restore is None) \
-            or ("data_device" in data and device is None) or data_fs not in DATA_FILESYSTEMS:
+            or ("data_device" in data and device is None) or data_fs is None:
         return None
     return Etcd(version=version, bundle=bundle, url=url, sha256=sha256,
                 heartbeat_interval=heartbeat, election_timeout=election, token=token,
@@ -654,18 +583,10 @@ def _etcd(value: Any, name: str | None, domain: str | None, base_dir: Path,
                 data_device=device, data_fs=data_fs)
 
 
-def _check_data_device(value: str) -> str | None:
-    if not _DATA_DEVICE.fullmatch(value) or "/../" in value or value.endswith(("/.", "/..")):
-        return (f"{value!r} is not a block device path this tool accepts: /dev/disk/by-id/<id> (stable across "
-                "reboots), /dev/disk/by-path/..., /dev/vdb, /dev/sdb or /dev/nvme1n1")
-    return None
-
-
 def _compaction(data: Mapping[str, Any], errs: _Errors) -> tuple[str | None, str | None]:
     """etcd's auto-compaction: on by default, since no kube-apiserver compacts a flannel-only etcd."""
-    mode = data.get("auto_compaction_mode", "periodic")
-    if mode not in ("periodic", "revision"):
-        errs.add("etcd.auto_compaction_mode", f"{mode!r} is not one of periodic, revision")
+    mode = _read(data, "etcd", "auto_compaction_mode", errs)
+    if mode is None:
         return None, None
     default = "1h" if mode == "periodic" else "10000"
     retention = data.get("auto_compaction_retention", default)
@@ -683,9 +604,8 @@ def _restore(value: Any, version: str | None, base_dir: Path, errs: _Errors) -> 
     data = _mapping(value, "etcd.restore", errs, "etcd.restore")
     if data is None:
         return None
-    snapshot = _text(data, "snapshot", "etcd.restore", errs)
-    bump = _integer(data, "bump_revision", "etcd.restore", errs, default=DEFAULT_BUMP_REVISION, low=0,
-                    high=1 << 62)
+    typed, ok = _typed(data, "etcd.restore", errs)
+    bump = typed["bump_revision"]
     release = Version.parse(version) if version else None
     if bump and release and not release.can_bump_revision:
         since = ".".join(map(str, BUMP_REVISION_SINCE))
@@ -694,30 +614,25 @@ def _restore(value: Any, version: str | None, base_dir: Path, errs: _Errors) -> 
                  f"use an etcd {since} or later bundle, or set bump_revision: 0 and accept that watchers may "
                  "see old revisions again (etcd-io/etcd#16028)")
         return None
-    if snapshot is None or bump is None:
+    if not ok:
         return None
-    return Restore(snapshot=base_dir / snapshot, bump_revision=bump)
+    return Restore(**typed | {"snapshot": base_dir / typed["snapshot"]})
 
 
 def _pki(value: Any, base_dir: Path, errs: _Errors) -> Pki | None:
     data = _mapping(value, "pki", errs, "pki")
     if data is None:
         return None
-    key_type = data.get("key_type", KeyType.RSA2048.value)
-    if key_type not in KEY_TYPES:
-        errs.add("pki.key_type", f"'{key_type}' is not one of {', '.join(KEY_TYPES)}")
-    validity = _integer(data, "validity_days", "pki", errs, default=365, low=1, high=3650)
-    ca_validity = _integer(data, "ca_validity_days", "pki", errs, default=3650, low=1, high=36500)
-    renew = _integer(data, "renew_before_days", "pki", errs, default=30, low=0, high=3650)
+    typed, ok = _typed(data, "pki", errs)
+    validity, renew = typed["validity_days"], typed["renew_before_days"]
     if validity and renew is not None and renew >= validity:
         errs.add("pki.renew_before_days", f"{renew} must be less than validity_days ({validity}), "
                  "or every run would renew every certificate")
     ca = _ca_source(data, "ca", base_dir, errs)
     ca_next = _ca_source(data, "ca_next", base_dir, errs)
-    if key_type not in KEY_TYPES or not validity or not ca_validity or renew is None:
+    if not ok:
         return None
-    return Pki(key_type=KeyType(key_type), validity_days=validity, ca_validity_days=ca_validity,
-               renew_before_days=renew, ca=ca, ca_next=ca_next)
+    return Pki(**typed | {"key_type": KeyType(typed["key_type"])}, ca=ca, ca_next=ca_next)
 
 
 def _ca_source(data: Mapping[str, Any], key: str, base_dir: Path, errs: _Errors) -> CASource | None:
@@ -726,9 +641,8 @@ def _ca_source(data: Mapping[str, Any], key: str, base_dir: Path, errs: _Errors)
     ca_data = _mapping(data[key], f"pki.{key}", errs, f"pki.{key}")
     if ca_data is None:
         return None
-    cert = _text(ca_data, "cert", f"pki.{key}", errs)
-    key_file = _text(ca_data, "key", f"pki.{key}", errs)
-    return CASource(cert=base_dir / cert, key=base_dir / key_file) if cert and key_file else None
+    typed, ok = _typed(ca_data, f"pki.{key}", errs)
+    return CASource(**{k: base_dir / path for k, path in typed.items()}) if ok and all(typed.values()) else None
 
 
 # An etcd key in a grant: printable ASCII without spaces, so that it reads the same in member.json,
@@ -773,9 +687,7 @@ def _access(value: Any, path: str, errs: _Errors) -> tuple[Access, ...] | None:
 
 def _auth(value: Any, errs: _Errors) -> Auth:
     data = _mapping(value, "auth", errs, "auth")
-    if data is None or "enabled" not in data:
-        return Auth()
-    return Auth(enabled=_boolean(data, "enabled", "auth", errs, default=True))
+    return Auth(**_typed(data, "auth", errs)[0]) if data is not None else Auth()
 
 
 def _clients(value: Any, nodes: list[Node], pki: Pki | None, errs: _Errors) -> list[Client]:
@@ -791,7 +703,7 @@ def _clients(value: Any, nodes: list[Node], pki: Pki | None, errs: _Errors) -> l
         data = _mapping(item, path, errs, "clients[]")
         if data is None:
             continue
-        name = _text(data, "name", path, errs, check=_check_label)
+        name = _read(data, "clients[]", "name", errs, path)
         if name == ROOT_USER:
             errs.add(f"{path}.name", "'root' is etcd's root role, which the admin and the nodes hold; "
                      "choose another client name")
@@ -800,32 +712,29 @@ def _clients(value: Any, nodes: list[Node], pki: Pki | None, errs: _Errors) -> l
             errs.add(f"{path}.name", f"'{name}' is taken by {taken.get(name, f'the build ({pki_path(name)}.*)')}; "
                      "choose another client name")
             name = None
-        use = data.get("use", ClientUse.ETCDCTL.value)
-        if use not in CLIENT_USES:
-            errs.add(f"{path}.use", f"{use!r} is not one of {', '.join(CLIENT_USES)}")
-        cn = _text(data, "cn", path, errs, check=_check_dn_value, default=name)
+        use = _read(data, "clients[]", "use", errs, path)
+        cn = _read(data, "clients[]", "cn", errs, path, default=name)
         if cn is not None and (cn == ROOT_USER or cn in node_names):
             # With etcd auth on, a client certificate's CN is its etcd user name (op-guide, "Using TLS Common
             # Name"): root is the admin's, and each node's name is that node's own identity.
             errs.add(f"{path}.cn", f"{cn!r} is the etcd user of {'the admin' if cn == ROOT_USER else 'node ' + cn}; "
                      "a client needs a CN of its own")
             cn = None
-        o = _text(data, "o", path, errs, check=_check_dn_value)
-        days = _integer(data, "validity_days", path, errs, default=pki.validity_days if pki else 365, low=1,
-                        high=3650)
+        o = _read(data, "clients[]", "o", errs, path)
+        days = _read(data, "clients[]", "validity_days", errs, path, default=pki.validity_days if pki else 365)
         if days and pki and days <= pki.renew_before_days:
             errs.add(f"{path}.validity_days", f"{days} must be more than pki.renew_before_days "
                      f"({pki.renew_before_days}), or every run would renew it")
             days = None
-        directory = _text(data, "dir", path, errs, default=f"/etc/etcd-client/{name}", check=_check_plain_path)
-        revoked = _boolean(data, "revoked", path, errs, default=False)
+        directory = _read(data, "clients[]", "dir", errs, path, default=f"/etc/etcd-client/{name}")
+        revoked = _read(data, "clients[]", "revoked", errs, path)
         access = _access(data["access"], f"{path}.access", errs) if "access" in data else None
         if cn is not None and cn in cns:
             errs.add(f"{path}.cn", f"{cn!r} is also {cns[cn]}'s CN; with etcd auth on, a CN is one etcd user, so each "
                      "consumer needs its own")
         elif cn is not None:
             cns[cn] = path
-        if name is None or use not in CLIENT_USES or cn is None or ("o" in data and o is None) or not days \
+        if name is None or use is None or cn is None or ("o" in data and o is None) or not days \
                 or directory is None:
             continue
         taken[name] = f"clients.{i}"
@@ -833,21 +742,6 @@ def _clients(value: Any, nodes: list[Node], pki: Pki | None, errs: _Errors) -> l
                               dir=directory.rstrip("/"), revoked=revoked,
                               access=DEFAULT_ACCESS[ClientUse(use)] if access is None else access))
     return clients
-
-
-def _check_dn_value(value: str) -> str | None:
-    if not _DN_VALUE.fullmatch(value):
-        return (f"{value!r} is not a name this tool puts in a certificate: 1-64 letters, digits, spaces and "
-                "':._@-', starting with a letter or digit")
-    return None
-
-
-def _check_plain_path(value: str) -> str | None:
-    """An absolute path of plain characters, with no . or .. part: safe unquoted in every file it reaches."""
-    path = value.rstrip("/")
-    if not _ABS_PATH.fullmatch(path) or any(part in (".", "..") for part in path.split("/")):
-        return f"{value!r} is not an absolute path of plain characters (letters, digits, '.', '_', '-')"
-    return None
 
 
 def _flannel(value: Any, errs: _Errors) -> Flannel | None:
@@ -861,127 +755,60 @@ def _flannel(value: Any, errs: _Errors) -> Flannel | None:
     except ValueError as exc:
         if "network" in data:
             errs.add("flannel.network", f"'{raw}' is not an IPv4 network: {exc}")
-    backend = data.get("backend", "vxlan")
-    if backend not in FLANNEL_BACKENDS:
-        errs.add("flannel.backend", f"'{backend}' is not one of {', '.join(FLANNEL_BACKENDS)}")
-    subnet_len = _integer(data, "subnet_len", "flannel", errs, default=24, low=8, high=30)
+    typed, ok = _typed(data, "flannel", errs)
+    subnet_len = typed["subnet_len"]
     if network and subnet_len and subnet_len <= network.prefixlen:
         errs.add("flannel.subnet_len", f"{subnet_len} must be longer than the prefix of "
                  f"flannel.network ({network.prefixlen})")
-    if network is None or backend not in FLANNEL_BACKENDS or subnet_len is None:
+    if network is None or not ok:
         return None
-    return Flannel(network=network, backend=backend, subnet_len=subnet_len)
+    return Flannel(**typed, network=network)
 
 
 def _admin(value: Any, errs: _Errors) -> Admin | None:
     data = _mapping(value, "admin", errs, "admin")
     if data is None:
         return None
-    name = _text(data, "name", "admin", errs, default="ops", check=_check_label)
-    if name in SYSTEM_USERS:
-        errs.add("admin.name", f"'{name}' is reserved: the system already has that user")
-        name = None
+    typed, ok = _typed(data, "admin", errs)
+    if typed["name"] in SYSTEM_USERS:
+        errs.add("admin.name", f"'{typed['name']}' is reserved: the system already has that user")
+        ok = False
     keys: list[str] = []
     for i, item in enumerate(_list(data, "ssh_authorized_keys", "admin", errs)):
         if not isinstance(item, str) or not _SSH_KEY.fullmatch(item.strip()):
             errs.add(f"admin.ssh_authorized_keys.{i}", "is not an OpenSSH public key line")
         else:
             keys.append(item.strip())
-    password_hash = _text(data, "password_hash", "admin", errs, check=_check_password_hash)
     if "password_hash" not in data and not keys and "ssh_authorized_keys" in data:
         errs.add("admin.ssh_authorized_keys", "is empty and no password_hash is set; "
                  "the admin user could never log in")
-    sudo = _boolean(data, "sudo", "admin", errs, default=True)
-    if name is None or ("password_hash" in data and password_hash is None):
+    if not ok:
         return None
-    return Admin(name=name, ssh_authorized_keys=tuple(keys), password_hash=password_hash, sudo=sudo)
+    return Admin(**typed, ssh_authorized_keys=tuple(keys))
 
 
 def _backup(value: Any, errs: _Errors) -> Backup | None:
     data = _mapping(value, "backup", errs, "backup")
     if data is None:
         return None
-    enabled = _boolean(data, "enabled", "backup", errs, default=True)
-    schedule = _text(data, "schedule", "backup", errs, default=Backup.schedule, check=_check_calendar)
-    keep = _integer(data, "keep", "backup", errs, default=Backup.keep, low=1, high=1000)
-    directory = _text(data, "dir", "backup", errs, default=Backup.dir, check=_check_backup_dir)
-    if schedule is None or keep is None or directory is None:
-        return None
-    return Backup(enabled=enabled, schedule=schedule, keep=keep, dir=directory.rstrip("/"))
+    typed, ok = _typed(data, "backup", errs)
+    return Backup(**typed | {"dir": typed["dir"].rstrip("/")}) if ok else None
 
 
 def _defrag(value: Any, nodes: int, errs: _Errors) -> Defrag | None:
     data = _mapping(value, "defrag", errs, "defrag")
     if data is None:
         return None
-    enabled = _boolean(data, "enabled", "defrag", errs, default=True)
-    schedule = _text(data, "schedule", "defrag", errs, default=Defrag.time, check=_check_defrag_schedule)
-    stagger = _integer(data, "stagger_minutes", "defrag", errs, default=Defrag.stagger_minutes, low=1, high=240)
-    free = _integer(data, "min_free_percent", "defrag", errs, default=Defrag.min_free_percent, low=1, high=99)
-    if schedule is None or stagger is None or free is None:
+    typed, ok = _typed(data, "defrag", errs)
+    if not ok:
         return None
+    schedule = typed.pop("schedule")
     days, _, time = schedule.rpartition(" ")
-    defrag = Defrag(enabled=enabled, days=days, time=time, stagger_minutes=stagger, min_free_percent=free)
-    if enabled and defrag.start_minute(max(nodes, 1) - 1) >= 24 * 60:
-        errs.add("defrag.schedule", f"{schedule!r} plus {stagger} minutes for each of the {nodes} nodes "
+    defrag = Defrag(**typed, days=days, time=time)
+    if defrag.enabled and defrag.start_minute(max(nodes, 1) - 1) >= 24 * 60:
+        errs.add("defrag.schedule", f"{schedule!r} plus {defrag.stagger_minutes} minutes for each of the {nodes} nodes "
                  "runs past midnight, where the weekdays would no longer hold; start earlier or stagger less")
         return None
     return defrag
 
 
-def _check_defrag_schedule(value: str) -> str | None:
-    if not _DEFRAG_SCHEDULE.fullmatch(value):
-        return (f"{value!r} is not [weekdays] HH:MM, such as '03:30' or 'Sun 03:30' or 'Mon..Fri 01:00' "
-                "(the first node's time; each next node starts defrag.stagger_minutes later)")
-    return None
-
-
-def _check_calendar(value: str) -> str | None:
-    if value not in _CAL_SHORT and (len(value) > 64 or not _CALENDAR.fullmatch(value) or _calendar_out_of_range(value)):
-        return (f"{value!r} is not a calendar event this tool accepts: {', '.join(_CAL_SHORT[:5])}, ... or "
-                "[weekdays] [year-month-day] hour:minute[:second], such as 'Mon..Fri *-*-* 02:30' "
-                "(systemd.time(7))")
-    return None
-
-
-def _calendar_out_of_range(value: str) -> bool:
-    """Whether a number of a calendar event lies outside its field (month 1-12, hour 0-23 ...)."""
-    words = value.split(" ")
-    date = words[-2].split("-") if len(words) > 1 and "-" in words[-2] else ["*", "*", "*"]
-    time = words[-1].split(":")
-    limits = [(1970, 2199), (1, 12), (1, 31), (0, 23), (0, 59), (0, 59)]
-    fields = date + time + ["*"] * (3 - len(time))
-    for field, (low, high) in zip(fields, limits, strict=True):
-        for item in field.split(","):
-            base, _, step = item.partition("/")
-            if step and int(step) == 0:
-                return True
-            if base != "*" and not all(low <= int(n) <= high for n in base.split("..")):
-                return True
-    return False
-
-
-def _check_backup_dir(value: str) -> str | None:
-    path = value.rstrip("/")
-    problem = _check_plain_path(value)
-    if problem:
-        return problem
-    parts = path.strip("/").split("/")
-    if len(parts) < 2 or parts[0] in _SYSTEM_TOP_DIRS:
-        return (f"{value!r} is a system directory or lies in one; use a directory of its own such as "
-                f"{Backup.dir} (the install step creates it for etcd only when it is missing)")
-    for unsafe, why in _BACKUP_UNSAFE:
-        if path == unsafe or path.startswith(unsafe + "/"):
-            return f"{value!r} lies in {unsafe}, {why}; use a directory of its own such as {Backup.dir}"
-    taken = (PATHS.home, PATHS.ssl, "/etc/etcd", PATHS.staged)
-    for other in taken:
-        if path == other or path.startswith(other + "/") or other.startswith(path + "/"):
-            return f"{value!r} overlaps {other}, which the install step manages; choose a directory of its own"
-    return None
-
-
-def _check_password_hash(value: str) -> str | None:
-    if not _SHA512_CRYPT.fullmatch(value):
-        return ("is not a SHA-512 crypt hash ($6$...); make one with "
-                "'python -m generator hash-password'")
-    return None

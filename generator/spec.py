@@ -79,6 +79,11 @@ class Restore:
     bump_revision: int
 
 
+# How much a restore adds to the revision by default: far beyond any write rate between the
+# snapshot and the restore, so that no watcher sees a revision twice (etcd-io/etcd#16028).
+DEFAULT_BUMP_REVISION = 1_000_000_000
+
+
 @dataclass(frozen=True)
 class Etcd:
     """Which etcd to install, from where, and how to tune it."""
@@ -182,6 +187,9 @@ class ClientUse(StrEnum):
 
 
 CLIENT_USES = tuple(u.value for u in ClientUse)
+KEY_TYPES = tuple(k.value for k in KeyType)
+FLANNEL_BACKENDS = ("vxlan", "host-gw", "udp", "ipip", "wireguard")
+DATA_FILESYSTEMS = ("ext4", "xfs")
 
 
 class Mode(StrEnum):

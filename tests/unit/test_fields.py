@@ -72,6 +72,54 @@ def test_every_field_refuses_a_value_of_the_wrong_type_by_name(path: str) -> Non
     assert any(m.startswith(_concrete(path) + ":") for m in refused.value.messages), refused.value.messages
 
 
+TYPED = [(path, kind) for row in fields.FIELDS for path, kind in zip(row.paths, row.types, strict=False) if kind]
+
+
+def test_every_type_covers_its_row_and_its_default_passes_it() -> None:
+    """A row types all its keys or none; a default the row gives is one the loader would accept if written."""
+    for row in fields.FIELDS:
+        assert len(row.types) in (0, len(row.keys)), row.paths
+    for path, kind in TYPED:
+        if isinstance(kind, fields.Number) and kind.default is not None:
+            assert kind.low <= kind.default <= kind.high, path
+        elif isinstance(kind, fields.OneOf) and kind.default is not None:
+            assert kind.default in kind.choices, path
+        elif isinstance(kind, fields.Text) and kind.default is not None and kind.check:
+            assert kind.check(kind.default) is None, path
+
+
+def _outside(kind: fields.Type) -> tuple[object, str] | None:
+    """A value outside a type, and the problem the loader names; None for text of no check (a path)."""
+    if isinstance(kind, fields.Number):
+        return kind.high + 1, f"must be between {kind.low} and {kind.high}, got {kind.high + 1}"
+    if isinstance(kind, fields.OneOf):
+        return "nope", f"'nope' is not one of {', '.join(kind.choices)}"
+    if isinstance(kind, fields.Flag):
+        return "yes", "must be true or false, got a string"
+    if kind.check is None:
+        return None
+    problem = kind.check("x y!")
+    assert problem, f"{kind.check.__name__} accepts 'x y!'"
+    return "x y!", problem
+
+
+CHECKED = [(path, kind) for path, kind in TYPED if _outside(kind)]  # text of no check is a path the build opens
+
+
+@pytest.mark.parametrize(("path", "kind"), CHECKED, ids=[path for path, _ in CHECKED])
+def test_the_loader_reads_each_typed_field_as_its_row_says(path: str, kind: fields.Type) -> None:
+    """Bounds, words and checks live in the row: a value outside them is refused once, with the row's words."""
+    outside = _outside(kind)
+    assert outside is not None
+    value, problem = outside
+    data = copy.deepcopy(FULL)
+    put(data, _concrete(path), value)
+    with pytest.raises(SpecError) as refused:
+        load_spec(yaml.safe_dump(data), base_dir=ROOT)
+    mine = [m for m in refused.value.messages if m.startswith(_concrete(path) + ":")]
+    assert mine == [f"{_concrete(path)}: {problem}"], refused.value.messages
+
+
 @pytest.mark.parametrize("section", ["", "cluster", "network.ntp", "nodes[]", "clients[].access[]", "pki.ca"])
 def test_a_key_no_row_has_is_unknown(section: str) -> None:
     required, optional = fields.keys(section)
