@@ -5,7 +5,8 @@ The spec's loader takes each section's keys from here (a key missing here is an 
 typed key as its row says (type, bounds, default, check); docs/spec.md's field table and the hostile-input
 test's list of fields are made from it, and `plan` names the reach of each field that changed since the last
 build (the manifest keeps a digest of each field's value). A field is one row here, its attribute in the
-model (spec.py) and the code that reads it; the loader checks by hand only what spans several fields.
+model (spec.py) and the code that reads it. The loader reads by hand the keys of no type (below) and the
+checks that span several fields.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ class Field:
     top level. `hostile` is empty when the hostile-input test feeds these keys strings, else why not.
     `cleared` is the reach of a flag that was true and is no longer, or of a value left out, when it differs
     from `reach`. `types` holds each key's type, in the order of `keys`; a key of None, or a row without types,
-    is a list, a mapping or an address, which the loader reads by hand.
+    has a grammar of its own (a list, a mapping, an address, a release version, a retention that depends on
+    the compaction mode), which the loader reads by hand.
     """
 
     section: str

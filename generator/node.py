@@ -336,8 +336,11 @@ def facts(spec: Spec, decided: Decisions, node: Node) -> Facts:
     """This member's facts.
 
     Raises:
-        ValueError: an options.env value outside its safe set (render reports it as a template error).
+        ValueError: an options.env value outside its safe set, or a restore whose snapshot was not decided
+            (render reports either as a template error).
     """
+    if spec.etcd.restore is not None and decided.snapshot_sha256 is None:
+        raise ValueError("etcd.restore: the decisions hold no snapshot sha256 (made without decisions.decide)")
     return Facts(
         options=options(spec, decided, node), member_config=member_config(spec, decided, node),
         units=tuple((u, u.when(spec, decided, node)) for u in UNITS),

@@ -276,8 +276,9 @@ def _staged(name: str, content: str | bytes, dest: str, mode: str, etcd_owned: b
 def _restore_context(spec: Spec, member: node_facts.Facts) -> dict[str, str] | None:
     """What the install step needs to restore this member from the snapshot on its seed."""
     restore = spec.etcd.restore
-    if restore is None or member.restore_argv is None or member.snapshot_sha256 is None:
+    if restore is None or member.restore_argv is None:
         return None
+    assert member.snapshot_sha256 is not None  # noqa: S101 - node.facts refuses a restore without it
     bin_dir = shlex.quote(PATHS.bin)
     tool = f'"$root"{bin_dir}/etcdutl' if spec.etcd.release.has_etcdutl else f'ETCDCTL_API=3 "$root"{bin_dir}/etcdctl'
     return {"name": RESTORE_ON_SEED, "sha256": member.snapshot_sha256, "tool": tool,

@@ -57,3 +57,17 @@ def test_auth_is_decided_from_the_spec_then_the_last_build(tmp_path: Path, wante
     decided = decide(spec, built_before, was)
     assert (decided.auth.enabled, decided.auth.managed) == (enabled, managed)
     assert decided.auth.on is (managed and enabled is not False)
+
+
+def test_a_restore_seed_is_not_rendered_from_decisions_without_its_snapshot(tmp_path: Path) -> None:
+    """Decisions made by hand without the snapshot's digest would render a seed with no restore step."""
+    from generator.decisions import Decisions
+    from generator.errors import TemplateError
+    from generator.render import make_environment, render_node
+    from tests.helpers.specs import fake_pem
+
+    spec = _spec(tmp_path, etcd__restore={"snapshot": "snap.db", "bump_revision": 0})
+    decided = decide(spec, snapshot_sha256=SNAPSHOT_SHA)
+    hand_made = Decisions(auth=decided.auth, cluster_token=decided.cluster_token)
+    with pytest.raises(TemplateError, match="snapshot sha256"):
+        render_node(make_environment(), spec, hand_made, spec.nodes[0], fake_pem("etcd01"), "0" * 64)
